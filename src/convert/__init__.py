@@ -1,0 +1,1 @@
+"""convert: lead conversion scoring."""

@@ -1,0 +1,161 @@
+"""The feature catalog: what each model feature means, in words a salesperson reads.
+
+Every feature has a name, a family (``fit``: who the lead is; ``engagement``: what the
+lead did and where it stands), a group (the SQL family that computes it), a kind
+(numeric or categorical), a unit, a description and sentence templates that turn the
+lead's value and its score points into a reason such as
+``+12 Viewed the pricing page 4 times in the last 30 days``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import pandas as pd
+
+Family = Literal["fit", "engagement"]
+Kind = Literal["numeric", "categorical"]
+FAMILIES: tuple[Family, Family] = ("fit", "engagement")
+
+
+@dataclass(frozen=True)
+class FeatureDef:
+    """One model feature and how to say it.
+
+    ``template`` receives ``{value}`` (formatted by ``unit``); ``zero_template`` is used
+    when the value is 0 and ``missing_template`` when it is missing (never happened,
+    unknown), so that a reason never reads "0 times" or "nan days ago".
+    """
+
+    name: str
+    family: Family
+    group: str
+    kind: Kind
+    unit: str
+    description: str
+    template: str
+    zero_template: str | None = None
+    missing_template: str | None = None
+
+    def format_value(self, value: Any) -> str:
+        if _is_missing(value):
+            return "unknown"
+        if self.kind == "categorical":
+            return str(value).replace("_", " ")
+        number = float(value)
+        if self.unit == "ratio":
+            return f"{number:.0%}"
+        if self.unit == "currency":
+            return _human_money(number)
+        if self.unit in ("count", "days", "employees", "band") or number.is_integer():
+            return f"{round(number):,}"
+        return f"{number:,.2f}"
+
+    def describe(self, value: Any) -> str:
+        """The lead's value in a plain sentence (without points)."""
+        if _is_missing(value):
+            return self.missing_template or f"{self.description}: unknown"
+        if self.kind == "numeric" and self.zero_template is not None and float(value) == 0:
+            return self.zero_template
+        return self.template.format(value=self.format_value(value))
+
+    def sentence(self, value: Any, points: int) -> str:
+        """A reason: signed points and the sentence, e.g. ``+12 Viewed the pricing page 4 times``."""
+        return f"{points:+d} {self.describe(value)}"
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _human_money(value: float) -> str:
+    for cut, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= cut:
+            return f"{value / cut:,.1f}{suffix}"
+    return f"{value:,.0f}"
+
+
+class Catalog:
+    """An ordered collection of :class:`FeatureDef`, looked up by name."""
+
+    def __init__(self, features: Iterable[FeatureDef] = ()) -> None:
+        self._features: dict[str, FeatureDef] = {}
+        for f in features:
+            self.add(f)
+
+    def add(self, feature: FeatureDef) -> None:
+        if feature.name in self._features:
+            raise ValueError(f"feature {feature.name!r} is defined twice in the catalog")
+        if feature.family not in FAMILIES:
+            raise ValueError(f"feature {feature.name!r} has family {feature.family!r}; use fit or engagement")
+        self._features[feature.name] = feature
+
+    def __getitem__(self, name: str) -> FeatureDef:
+        return self._features[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._features
+
+    def __iter__(self) -> Iterator[FeatureDef]:
+        return iter(self._features.values())
+
+    def __len__(self) -> int:
+        return len(self._features)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._features)
+
+    def family_of(self, names: Iterable[str]) -> list[Family]:
+        return [self._features[n].family for n in names]
+
+    def to_records(self) -> list[dict[str, Any]]:
+        return [asdict(f) for f in self]
+
+    @classmethod
+    def from_records(cls, records: Iterable[dict[str, Any]]) -> Catalog:
+        return cls(FeatureDef(**r) for r in records)
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.to_records())
+
+    def subset(self, names: Iterable[str]) -> Catalog:
+        return Catalog(self._features[n] for n in names)
+
+
+# --- words for the event vocabulary -----------------------------------------------------------
+
+#: event type -> (did it {n} times, never did it, noun for a count of it)
+EVENT_WORDS: dict[str, tuple[str, str]] = {
+    "page_view": ("Viewed {value} pages", "Viewed no pages"),
+    "pricing_page_view": ("Viewed the pricing page {value} times", "Did not view the pricing page"),
+    "email_open": ("Opened {value} emails", "Opened no emails"),
+    "email_click": ("Clicked {value} emails", "Clicked no emails"),
+    "form_submit": ("Submitted {value} forms", "Submitted no forms"),
+    "content_download": ("Downloaded {value} pieces of content", "Downloaded no content"),
+    "webinar_registered": ("Registered for {value} webinars", "Registered for no webinars"),
+    "webinar_attended": ("Attended {value} webinars", "Attended no webinars"),
+    "demo_request": ("Requested a demo {value} times", "Did not request a demo"),
+    "quote_request": ("Requested a quote {value} times", "Did not request a quote"),
+    "meeting": ("Had {value} meetings", "Had no meetings"),
+    "call": ("Had {value} calls", "Had no calls"),
+    "unsubscribe": ("Unsubscribed {value} times", "Never unsubscribed"),
+    "email_bounce": ("Had {value} bounced emails", "Had no bounced emails"),
+}
+
+
+def event_words(event_type: str) -> tuple[str, str]:
+    """Count and zero phrases for an event type; the CRM's own types get a generic phrase."""
+    if event_type in EVENT_WORDS:
+        return EVENT_WORDS[event_type]
+    label = event_type.replace("_", " ")
+    return (f"Had {{value}} '{label}' events", f"Had no '{label}' events")
+
+
+def window_phrase(days: int | None) -> str:
+    return " in all" if days is None else (" in the last day" if days == 1 else f" in the last {days} days")

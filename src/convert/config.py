@@ -1,0 +1,251 @@
+"""Typed configuration: one object, validated from ``params.yaml``, passed down explicitly.
+
+Each section matches one step (and one DVC stage's ``params``). Command-line flags
+override values through :func:`Config.with_overrides`; nothing else reads the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from convert.exceptions import ConfigError
+
+STANDARD_EVENT_TYPES: tuple[str, ...] = (
+    "page_view",
+    "pricing_page_view",
+    "email_open",
+    "email_click",
+    "form_submit",
+    "content_download",
+    "webinar_registered",
+    "webinar_attended",
+    "demo_request",
+    "quote_request",
+    "meeting",
+    "call",
+    "unsubscribe",
+    "email_bounce",
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Loading and validation of the CRM export (the data contract)."""
+
+    max_quarantine_share: float = Field(0.05, ge=0.0, le=1.0)
+    rejects: str = "rejects.csv"
+    strict: bool = False
+
+
+class LabelsConfig(_Section):
+    """Population and label: horizon and the grid of training snapshots."""
+
+    horizon_days: int = Field(90, gt=0)
+    frequency: Literal["weekly", "biweekly", "monthly", "quarterly"] = "monthly"
+    min_history_days: int = Field(60, ge=0)
+
+
+class ExtraAttribute(_Section):
+    """A non-contract column of ``leads`` or ``accounts`` that becomes a model feature."""
+
+    table: Literal["leads", "accounts"]
+    column: str
+    kind: Literal["categorical", "numeric"]
+    description: str = ""
+
+
+class FeaturesConfig(_Section):
+    """Feature definitions: windows, vocabulary and engine limits."""
+
+    windows_days: tuple[int, ...] = (7, 30, 90)
+    trend_window_days: int = Field(30, gt=0)
+    min_event_type_count: int = Field(50, ge=1)
+    max_event_types: int = Field(40, ge=1)
+    high_intent_events: tuple[str, ...] = (
+        "pricing_page_view",
+        "demo_request",
+        "quote_request",
+        "meeting",
+    )
+    employee_bands: tuple[int, ...] = (10, 50, 200, 1000, 5000)
+    revenue_bands: tuple[float, ...] = (1e6, 1e7, 1e8, 1e9)
+    extra_attributes: tuple[ExtraAttribute, ...] = ()
+    duckdb_memory_limit: str = "8GB"
+    duckdb_threads: int | None = None
+
+    @field_validator("windows_days")
+    @classmethod
+    def _windows_sorted(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(w <= 0 for w in value):
+            raise ValueError("windows_days needs at least one positive number of days")
+        return tuple(sorted(set(value)))
+
+
+class SplitConfig(_Section):
+    """Shares of the as-of times in each time slice (the rest is the training slice)."""
+
+    validation: float = Field(0.15, gt=0, lt=1)
+    calibration: float = Field(0.2, gt=0, lt=1)
+    holdout: float = Field(0.2, gt=0, lt=1)
+    purge_before_holdout: bool = True
+
+    @model_validator(mode="after")
+    def _leaves_training(self) -> SplitConfig:
+        if self.validation + self.calibration + self.holdout >= 0.9:
+            raise ValueError("validation + calibration + holdout must leave at least 10% for training")
+        return self
+
+
+class TrainConfig(_Section):
+    """LightGBM training."""
+
+    model_name: str = "lead-conversion"
+    min_positives: int = Field(50, ge=1)
+    split: SplitConfig = SplitConfig()
+    num_boost_round: int = Field(2000, ge=1)
+    early_stopping_rounds: int = Field(100, ge=1)
+    lightgbm: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "objective": "binary",
+            "learning_rate": 0.05,
+            "num_leaves": 31,
+            "min_data_in_leaf": 100,
+            "feature_fraction": 0.8,
+            "bagging_fraction": 0.8,
+            "bagging_freq": 1,
+            "lambda_l2": 1.0,
+            "cat_smooth": 10,
+            "max_cat_to_onehot": 4,
+        }
+    )
+    monotone_constraints: dict[str, Literal[-1, 0, 1]] = Field(default_factory=dict)
+    tune_trials: int = Field(0, ge=0)
+    tune_folds: int = Field(3, ge=2)
+
+
+class CalibrationConfig(_Section):
+    """Calibrator choice: candidates compared by cross-validated log loss."""
+
+    methods: tuple[Literal["isotonic", "sigmoid"], ...] = ("isotonic", "sigmoid")
+    cv_folds: int = Field(5, ge=2)
+    min_rows_isotonic: int = Field(1000, ge=10)
+
+
+class ScoringConfig(_Section):
+    """Score, grade and action rules, and the batch settings of scoring."""
+
+    grade_cutoffs: dict[str, int] = Field(default_factory=lambda: {"A": 50, "B": 25, "C": 10})
+    route_to_sales_min_score: int = Field(40, ge=0, le=100)
+    review_disqualify_max_score: int = Field(2, ge=0, le=100)
+    review_disqualify_min_idle_days: int = Field(90, ge=0)
+    chunk_size: int = Field(50_000, ge=100)
+    reasons: int = Field(3, ge=1, le=3)
+    table: str = "lead_scores"
+
+    @field_validator("grade_cutoffs")
+    @classmethod
+    def _grades_descend(cls, value: dict[str, int]) -> dict[str, int]:
+        cuts = list(value.values())
+        if cuts != sorted(cuts, reverse=True) or any(not 0 <= c <= 100 for c in cuts):
+            raise ValueError("grade_cutoffs must be scores 0-100, best grade first, descending")
+        return value
+
+
+class BaselinesConfig(_Section):
+    """The hand-made points rule marketing teams use, as a baseline to beat."""
+
+    event_points: dict[str, float] = Field(
+        default_factory=lambda: {
+            "page_view": 1,
+            "pricing_page_view": 10,
+            "email_open": 1,
+            "email_click": 3,
+            "form_submit": 5,
+            "content_download": 5,
+            "webinar_attended": 8,
+            "demo_request": 30,
+            "quote_request": 30,
+            "meeting": 20,
+            "unsubscribe": -20,
+            "email_bounce": -10,
+        }
+    )
+    industry_points: dict[str, float] = Field(
+        default_factory=lambda: {"software": 10, "financial_services": 8, "healthcare": 5}
+    )
+    min_employees: int = 50
+    employees_points: float = 10
+    seniority_points: dict[str, float] = Field(
+        default_factory=lambda: {"c_level": 15, "vp": 12, "director": 10, "manager": 5}
+    )
+
+
+class PromotionConfig(_Section):
+    """When the challenger replaces the champion."""
+
+    metric: Literal["log_loss", "brier", "roc_auc", "pr_auc"] = "log_loss"
+    min_improvement: float = Field(0.0, ge=0.0)
+
+
+class Config(_Section):
+    """The whole configuration of convert."""
+
+    seed: int = 42
+    data: DataConfig = DataConfig()
+    labels: LabelsConfig = LabelsConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    train: TrainConfig = TrainConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    baselines: BaselinesConfig = BaselinesConfig()
+    promotion: PromotionConfig = PromotionConfig()
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Config:
+        """Read and validate ``params.yaml``; errors name the file and the key."""
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError as exc:
+            raise ConfigError(f"configuration file {path} not found") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        return cls.from_dict(raw, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "configuration") -> Config:
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            )
+            raise ConfigError(f"{source} is invalid: {problems}") from exc
+
+    def with_overrides(self, **dotted: Any) -> Config:
+        """Return a copy with ``section__key=value`` overrides applied (``None`` is ignored)."""
+        raw = self.model_dump()
+        for key, value in dotted.items():
+            if value is None:
+                continue
+            node = raw
+            *parents, leaf = key.split("__")
+            for part in parents:
+                node = node[part]
+            node[leaf] = value
+        return Config.from_dict(raw, source="command-line overrides")
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """The configuration at *path*, else ``params.yaml`` in the working directory, else defaults."""
+    if path is not None:
+        return Config.from_yaml(path)
+    default = Path("params.yaml")
+    return Config.from_yaml(default) if default.exists() else Config()

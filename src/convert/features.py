@@ -1,0 +1,474 @@
+"""Point-in-time features for many as-of times in one pass, in SQL.
+
+The point-in-time rule, stated once and obeyed by every family below: for a row
+(``lead_id``, ``as_of``) a feature sees only rows whose own time is strictly before
+``as_of`` (events by ``occurred_at``, stages by ``entered_at``, leads by
+``created_at``); a lead's ``converted_at`` and ``disqualified_at`` are never features.
+Every join to a timed table in this module carries that inequality.
+
+Families (each a CTE of one query, see :func:`feature_sql`):
+
+- ``engagement``: per event type counts over the configured windows and in all,
+  recency, touches, active days, trend, email click-through, high-intent events;
+- ``lifecycle``: stage at the as-of time, days in it, lead age;
+- ``account``: engagement of the account's other leads;
+- ``firmographic``: industry, size and revenue with bands, country;
+- ``lead``: source, seniority normalised from the free-text job title;
+- ``extra``: extra attributes the configuration names.
+
+The catalog (:mod:`convert.catalog`) describes every column produced here; both are
+built by the same functions so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import duckdb
+import pandas as pd
+
+from convert.catalog import Catalog, FeatureDef, event_words, window_phrase
+from convert.config import STANDARD_EVENT_TYPES, FeaturesConfig
+from convert.schema import Accounts, Events, Leads, Snapshot, Stages
+from convert.validation import quote
+
+KEY = [Snapshot.lead_id, Snapshot.as_of]
+
+#: Seniority from a free-text job title: first matching pattern wins (vp before c_level,
+#: so that "Vice President" is not read as "President").
+SENIORITY_PATTERNS: tuple[tuple[str, str], ...] = (
+    ("vp", r"\b(vp|svp|evp|vice president|head of)\b"),
+    ("c_level", r"\b(ceo|cfo|cto|coo|cmo|cio|ciso|cro|chief|founder|co-founder|owner|president|partner)\b"),
+    ("director", r"\b(director)\b"),
+    ("manager", r"\b(manager|lead|supervisor|principal)\b"),
+    ("student", r"\b(student|intern|trainee)\b"),
+    (
+        "individual",
+        r"\b(engineer|analyst|specialist|developer|consultant|associate|coordinator|"
+        r"representative|designer|scientist|administrator|accountant|assistant|officer)\b",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """The few SQL spellings that differ between engines (DuckDB here; Spark SQL at scale)."""
+
+    name: str = "duckdb"
+
+    def minus_days(self, ts: str, days: int) -> str:
+        return f"({ts} - INTERVAL '{int(days)}' DAY)"
+
+    def days_between(self, later: str, earlier: str) -> str:
+        return f"((epoch({later}) - epoch({earlier})) / 86400.0)"
+
+    def matches(self, text: str, pattern: str) -> str:
+        return f"regexp_matches({text}, '{pattern}')"
+
+    def latest_by(self, value: str, order: str) -> str:
+        """The value of the row with the greatest *order* (ties: the greatest value)."""
+        return f"max(struct_pack(o := {order}, v := {value})).v"
+
+    def to_date(self, ts: str) -> str:
+        return f"CAST({ts} AS DATE)"
+
+
+DUCKDB = Dialect()
+
+
+def slug(name: str) -> str:
+    """An event type as a safe feature-name fragment: ``Chat Started!`` -> ``chat_started``."""
+    s = re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
+    if not s:
+        s = "type"
+    if s[0].isdigit():
+        s = "t_" + s
+    return s
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def discover_event_types(
+    con: duckdb.DuckDBPyConnection, before: pd.Timestamp, config: FeaturesConfig
+) -> list[str]:
+    """The event vocabulary seen before *before*: standard types present, then the CRM's own.
+
+    A type outside the standard vocabulary needs ``min_event_type_count`` occurrences;
+    at most ``max_event_types`` types are kept, most frequent first. Only events before
+    *before* count, so the vocabulary itself is point-in-time.
+    """
+    rows = con.execute(
+        f"SELECT {Events.event_type}, count(*) AS n FROM events WHERE {Events.occurred_at} < ? "
+        "GROUP BY 1 ORDER BY n DESC, 1",
+        [before.to_pydatetime()],
+    ).fetchall()
+    kept = [
+        t for t, n in rows if t in STANDARD_EVENT_TYPES or n >= config.min_event_type_count
+    ][: config.max_event_types]
+    order = {t: i for i, t in enumerate(STANDARD_EVENT_TYPES)}
+    return sorted(kept, key=lambda t: (order.get(t, len(order)), t))
+
+
+def _type_slugs(event_types: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    used: set[str] = set()
+    for t in event_types:
+        s = slug(t)
+        base, i = s, 2
+        while s in used:
+            s, i = f"{base}_{i}", i + 1
+        used.add(s)
+        out[t] = s
+    return out
+
+
+# --- catalog ----------------------------------------------------------------------------------
+
+
+def feature_catalog(event_types: Sequence[str], config: FeaturesConfig) -> Catalog:
+    """Describe every feature :func:`feature_sql` produces, in the same order."""
+    cat = Catalog()
+    windows = config.windows_days
+    eng = "engagement"
+    for t, s in _type_slugs(event_types).items():
+        did, never = event_words(t)
+        for w in windows:
+            cat.add(
+                FeatureDef(
+                    f"n_{s}_{w}d", eng, "engagement", "numeric", "count",
+                    f"Number of '{t}' events in the {w} days before the as-of time",
+                    did + window_phrase(w), never + window_phrase(w),
+                )
+            )
+        cat.add(
+            FeatureDef(
+                f"n_{s}_total", eng, "engagement", "numeric", "count",
+                f"Number of '{t}' events before the as-of time",
+                did + " in all", never + " so far",
+            )
+        )
+        cat.add(
+            FeatureDef(
+                f"days_since_{s}", eng, "engagement", "numeric", "days",
+                f"Days since the latest '{t}' event (missing: never)",
+                f"Last '{t.replace('_', ' ')}' {{value}} days ago", None, never + " so far",
+            )
+        )
+    for w in windows:
+        cat.add(
+            FeatureDef(
+                f"n_events_{w}d", eng, "engagement", "numeric", "count",
+                f"Number of interactions of any type in the last {w} days",
+                f"Had {{value}} interactions{window_phrase(w)}", f"No interactions{window_phrase(w)}",
+            )
+        )
+    cat.add(FeatureDef("n_events_total", eng, "engagement", "numeric", "count",
+                       "Number of interactions of any type before the as-of time",
+                       "Had {value} interactions in all", "No interactions so far"))
+    cat.add(FeatureDef("days_since_first_touch", eng, "engagement", "numeric", "days",
+                       "Days since the lead's first interaction (missing: none yet)",
+                       "First interaction {value} days ago", None, "No interactions so far"))
+    cat.add(FeatureDef("days_since_last_touch", eng, "engagement", "numeric", "days",
+                       "Days since the lead's latest interaction (missing: none yet)",
+                       "Last interaction {value} days ago", "Interacted today", "No interactions so far"))
+    cat.add(FeatureDef(f"active_days_{max(windows)}d", eng, "engagement", "numeric", "count",
+                       f"Distinct days with at least one interaction in the last {max(windows)} days",
+                       f"Active on {{value}} days{window_phrase(max(windows))}",
+                       f"Not active{window_phrase(max(windows))}"))
+    tw = config.trend_window_days
+    cat.add(FeatureDef(f"trend_{tw}d", eng, "engagement", "numeric", "count",
+                       f"Interactions in the last {tw} days minus the {tw} days before",
+                       f"Activity changed by {{value}} interactions vs the previous {tw} days",
+                       f"Activity level unchanged vs the previous {tw} days"))
+    cat.add(FeatureDef("email_ctr", eng, "engagement", "numeric", "ratio",
+                       "Email clicks divided by email opens (missing: no opens)",
+                       "Clicked {value} of opened emails", "Opened emails but clicked none",
+                       "Never opened an email"))
+    for w in windows:
+        cat.add(FeatureDef(f"n_high_intent_{w}d", eng, "engagement", "numeric", "count",
+                           f"High-intent events ({', '.join(config.high_intent_events)}) in the last {w} days",
+                           f"Showed buying intent {{value}} times{window_phrase(w)}",
+                           f"No buying-intent signals{window_phrase(w)}"))
+    cat.add(FeatureDef("days_since_high_intent", eng, "engagement", "numeric", "days",
+                       "Days since the latest high-intent event (missing: never)",
+                       "Last buying-intent signal {value} days ago", None, "Never showed buying intent"))
+    # lifecycle
+    cat.add(FeatureDef("stage", eng, "lifecycle", "categorical", "category",
+                       "Lifecycle stage at the as-of time", "Is at stage {value}", None, "No recorded stage"))
+    cat.add(FeatureDef("days_in_stage", eng, "lifecycle", "numeric", "days",
+                       "Days since the lead entered its current stage",
+                       "In the current stage for {value} days", "Entered the current stage today",
+                       "No recorded stage"))
+    cat.add(FeatureDef("lead_age_days", eng, "lifecycle", "numeric", "days",
+                       "Days since the lead was created", "Lead for {value} days", "Became a lead today"))
+    # account engagement
+    cat.add(FeatureDef("account_other_leads", eng, "account", "numeric", "count",
+                       "Other leads from the same company (missing: no company)",
+                       "{value} colleagues are also leads", "No colleagues are leads yet", "No company on record"))
+    for w in (30, 90):
+        cat.add(FeatureDef(f"account_n_events_{w}d", eng, "account", "numeric", "count",
+                           f"Interactions of the company's other leads in the last {w} days",
+                           f"Colleagues interacted {{value}} times{window_phrase(w)}",
+                           f"Colleagues did not interact{window_phrase(w)}", "No company on record"))
+    cat.add(FeatureDef("account_active_leads_90d", eng, "account", "numeric", "count",
+                       "Other leads of the same company active in the last 90 days",
+                       "{value} colleagues were active in the last 90 days",
+                       "No colleagues active in the last 90 days", "No company on record"))
+    # firmographic
+    fit = "fit"
+    cat.add(FeatureDef("industry", fit, "firmographic", "categorical", "category",
+                       "Industry of the lead's company", "Works in {value}", None, "Industry unknown"))
+    cat.add(FeatureDef("employees", fit, "firmographic", "numeric", "employees",
+                       "Employees of the lead's company", "Company has {value} employees", None,
+                       "Company size unknown"))
+    cat.add(FeatureDef("employee_band", fit, "firmographic", "numeric", "band",
+                       f"Company size band (0: under {config.employee_bands[0]} employees, "
+                       f"{len(config.employee_bands)}: {config.employee_bands[-1]} or more)",
+                       "Company size band {value}", None, "Company size unknown"))
+    cat.add(FeatureDef("annual_revenue", fit, "firmographic", "numeric", "currency",
+                       "Annual revenue of the lead's company", "Company revenue {value}", None,
+                       "Company revenue unknown"))
+    cat.add(FeatureDef("revenue_band", fit, "firmographic", "numeric", "band",
+                       "Company revenue band (0: smallest)", "Company revenue band {value}", None,
+                       "Company revenue unknown"))
+    cat.add(FeatureDef("country", fit, "firmographic", "categorical", "category",
+                       "Country of the lead (else of the company)", "Based in {value}", None,
+                       "Country unknown"))
+    # lead
+    cat.add(FeatureDef("lead_source", fit, "lead", "categorical", "category",
+                       "Channel that produced the lead", "Came from {value}", None, "Source unknown"))
+    cat.add(FeatureDef("seniority", fit, "lead", "categorical", "category",
+                       "Seniority read from the job title", "Seniority: {value}", None, "No job title"))
+    for extra in config.extra_attributes:
+        cat.add(FeatureDef(f"x_{slug(extra.column)}", fit, "extra", extra.kind,
+                           "category" if extra.kind == "categorical" else "value",
+                           extra.description or f"{extra.table}.{extra.column} from the CRM export",
+                           f"{extra.column}: {{value}}", None, f"{extra.column} unknown"))
+    return cat
+
+
+# --- SQL --------------------------------------------------------------------------------------
+
+
+def feature_sql(
+    population: str,
+    grid: str,
+    event_types: Sequence[str],
+    config: FeaturesConfig,
+    dialect: Dialect = DUCKDB,
+) -> str:
+    """One query computing every feature for each (lead_id, as_of) in *population*.
+
+    *population* is a table or subquery with ``lead_id`` and ``as_of``; *grid* holds
+    its distinct ``as_of`` values. Tables ``leads``, ``accounts``, ``events`` and
+    ``stages`` are the typed contract tables.
+    """
+    d = dialect
+    L, A, E, S = Leads, Accounts, Events, Stages
+    windows = config.windows_days
+    tw = config.trend_window_days
+    needed = sorted(set(windows) | {30, 90, tw, max(windows)})
+    slugs = _type_slugs(event_types)
+    high = ", ".join(_lit(t) for t in config.high_intent_events)
+
+    def in_window(w: int, ts: str = "e." + E.occurred_at) -> str:
+        return f"{ts} >= {d.minus_days('p.as_of', w)}"
+
+    ev1_cols = ["count(*) AS n_all"]
+    ev1_cols += [f"count(*) FILTER (WHERE {in_window(w)}) AS n_w{w}" for w in needed]
+    ev1_cols.append(
+        f"count(*) FILTER (WHERE {in_window(2 * tw)} AND NOT {in_window(tw)}) AS n_prior"
+    )
+    ev1_cols += [f"max(e.{E.occurred_at}) AS last_at", f"min(e.{E.occurred_at}) AS first_at"]
+    ev1 = (
+        f"SELECT p.lead_id, p.as_of, e.{E.event_type} AS event_type, "
+        f"{d.to_date('e.' + E.occurred_at)} AS day, {', '.join(ev1_cols)} "
+        f"FROM pop p JOIN events e ON e.{E.lead_id} = p.lead_id AND e.{E.occurred_at} < p.as_of "
+        f"GROUP BY p.lead_id, p.as_of, e.{E.event_type}, {d.to_date('e.' + E.occurred_at)}"
+    )
+
+    eng_cols: list[str] = []
+    for t, s in slugs.items():
+        is_t = f"event_type = {_lit(t)}"
+        eng_cols += [f"sum(n_w{w}) FILTER (WHERE {is_t}) AS n_{s}_{w}d" for w in windows]
+        eng_cols.append(f"sum(n_all) FILTER (WHERE {is_t}) AS n_{s}_total")
+        eng_cols.append(f"max(last_at) FILTER (WHERE {is_t}) AS last_{s}")
+    eng_cols += [f"sum(n_w{w}) AS n_events_{w}d" for w in windows]
+    eng_cols += [
+        "sum(n_all) AS n_events_total",
+        "min(first_at) AS first_touch",
+        "max(last_at) AS last_touch",
+        f"count(DISTINCT day) FILTER (WHERE n_w{max(windows)} > 0) AS active_days",
+        f"sum(n_w{tw}) - sum(n_prior) AS trend",
+        "sum(n_all) FILTER (WHERE event_type = 'email_click') AS n_clicks",
+        "sum(n_all) FILTER (WHERE event_type = 'email_open') AS n_opens",
+        f"max(last_at) FILTER (WHERE event_type IN ({high})) AS last_high_intent",
+        "sum(n_w30) AS own_30",
+        "sum(n_w90) AS own_90",
+    ]
+    eng_cols += [f"sum(n_w{w}) FILTER (WHERE event_type IN ({high})) AS high_{w}" for w in windows]
+    eng = f"SELECT lead_id, as_of, {', '.join(eng_cols)} FROM ev1 GROUP BY lead_id, as_of"
+
+    stg = (
+        f"SELECT p.lead_id, p.as_of, {d.latest_by('s.' + S.stage, 's.' + S.entered_at)} AS stage, "
+        f"max(s.{S.entered_at}) AS stage_at "
+        f"FROM pop p JOIN stages s ON s.{S.lead_id} = p.lead_id AND s.{S.entered_at} < p.as_of "
+        "GROUP BY p.lead_id, p.as_of"
+    )
+    acct_ev = (
+        f"SELECT g.as_of, l.{L.account_id} AS account_id, "
+        f"count(*) FILTER (WHERE e.{E.occurred_at} >= {d.minus_days('g.as_of', 30)}) AS n30, "
+        f"count(*) AS n90, count(DISTINCT e.{E.lead_id}) AS active90 "
+        f"FROM {grid} g JOIN events e ON e.{E.occurred_at} < g.as_of "
+        f"AND e.{E.occurred_at} >= {d.minus_days('g.as_of', 90)} "
+        f"JOIN leads l ON l.{L.lead_id} = e.{E.lead_id} AND l.{L.created_at} < g.as_of "
+        f"WHERE l.{L.account_id} IS NOT NULL GROUP BY g.as_of, l.{L.account_id}"
+    )
+    acct_leads = (
+        f"SELECT g.as_of, l.{L.account_id} AS account_id, count(*) AS n_leads "
+        f"FROM {grid} g JOIN leads l ON l.{L.created_at} < g.as_of "
+        f"WHERE l.{L.account_id} IS NOT NULL GROUP BY g.as_of, l.{L.account_id}"
+    )
+
+    def days_since(col: str) -> str:
+        return d.days_between("p.as_of", col)
+
+    out: list[str] = ["p.lead_id", "p.as_of"]
+    for s in slugs.values():
+        out += [f"coalesce(g.n_{s}_{w}d, 0) AS n_{s}_{w}d" for w in windows]
+        out.append(f"coalesce(g.n_{s}_total, 0) AS n_{s}_total")
+        out.append(f"{days_since('g.last_' + s)} AS days_since_{s}")
+    out += [f"coalesce(g.n_events_{w}d, 0) AS n_events_{w}d" for w in windows]
+    out += [
+        "coalesce(g.n_events_total, 0) AS n_events_total",
+        f"{days_since('g.first_touch')} AS days_since_first_touch",
+        f"{days_since('g.last_touch')} AS days_since_last_touch",
+        f"coalesce(g.active_days, 0) AS active_days_{max(windows)}d",
+        f"coalesce(g.trend, 0) AS trend_{tw}d",
+        "CAST(g.n_clicks AS DOUBLE) / NULLIF(g.n_opens, 0) AS email_ctr",
+    ]
+    out += [f"coalesce(g.high_{w}, 0) AS n_high_intent_{w}d" for w in windows]
+    out += [
+        f"{days_since('g.last_high_intent')} AS days_since_high_intent",
+        "st.stage AS stage",
+        f"{days_since('st.stage_at')} AS days_in_stage",
+        f"{days_since('l.' + L.created_at)} AS lead_age_days",
+        "CASE WHEN al.n_leads IS NULL THEN NULL ELSE al.n_leads - 1 END AS account_other_leads",
+        "CASE WHEN al.n_leads IS NULL THEN NULL ELSE coalesce(ae.n30, 0) - coalesce(g.own_30, 0) END "
+        "AS account_n_events_30d",
+        "CASE WHEN al.n_leads IS NULL THEN NULL ELSE coalesce(ae.n90, 0) - coalesce(g.own_90, 0) END "
+        "AS account_n_events_90d",
+        "CASE WHEN al.n_leads IS NULL THEN NULL ELSE coalesce(ae.active90, 0) "
+        "- (CASE WHEN coalesce(g.own_90, 0) > 0 THEN 1 ELSE 0 END) END AS account_active_leads_90d",
+        f"a.{A.industry} AS industry",
+        f"CAST(a.{A.employees} AS DOUBLE) AS employees",
+        f"{_band('a.' + A.employees, config.employee_bands)} AS employee_band",
+        f"a.{A.annual_revenue} AS annual_revenue",
+        f"{_band('a.' + A.annual_revenue, config.revenue_bands)} AS revenue_band",
+        f"coalesce(l.{L.country}, a.{A.country}) AS country",
+        f"l.{L.lead_source} AS lead_source",
+        f"{_seniority('l.' + L.job_title, d)} AS seniority",
+    ]
+    for extra in config.extra_attributes:
+        src = "l" if extra.table == "leads" else "a"
+        col = f"{src}.{quote(extra.column)}"
+        expr = (
+            f"TRY_CAST({col} AS DOUBLE)" if extra.kind == "numeric" else f"CAST({col} AS VARCHAR)"
+        )
+        out.append(f"{expr} AS x_{slug(extra.column)}")
+
+    return (
+        f"WITH pop AS (SELECT lead_id, as_of FROM {population}), "
+        f"ev1 AS ({ev1}), eng AS ({eng}), stg AS ({stg}), "
+        f"acct_ev AS ({acct_ev}), acct_leads AS ({acct_leads}) "
+        f"SELECT {', '.join(out)} FROM pop p "
+        f"JOIN leads l ON l.{L.lead_id} = p.lead_id "
+        f"LEFT JOIN accounts a ON a.{A.account_id} = l.{L.account_id} "
+        "LEFT JOIN eng g ON g.lead_id = p.lead_id AND g.as_of = p.as_of "
+        "LEFT JOIN stg st ON st.lead_id = p.lead_id AND st.as_of = p.as_of "
+        f"LEFT JOIN acct_leads al ON al.account_id = l.{L.account_id} AND al.as_of = p.as_of "
+        f"LEFT JOIN acct_ev ae ON ae.account_id = l.{L.account_id} AND ae.as_of = p.as_of "
+        "ORDER BY p.as_of, p.lead_id"
+    )
+
+
+def _band(expr: str, cuts: Sequence[float]) -> str:
+    arms = " ".join(f"WHEN {expr} < {float(c)!r} THEN {i}" for i, c in enumerate(cuts))
+    return f"CASE WHEN {expr} IS NULL THEN NULL {arms} ELSE {len(cuts)} END"
+
+
+def _seniority(expr: str, d: Dialect) -> str:
+    text = f"lower({expr})"
+    arms = " ".join(f"WHEN {d.matches(text, p)} THEN {_lit(level)}" for level, p in SENIORITY_PATTERNS)
+    return f"CASE WHEN {expr} IS NULL THEN NULL {arms} ELSE 'other' END"
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Features keyed by (lead_id, as_of), their catalog and the event vocabulary used."""
+
+    frame: pd.DataFrame
+    catalog: Catalog
+    event_types: tuple[str, ...]
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.catalog.names
+
+
+def build_features(
+    con: duckdb.DuckDBPyConnection,
+    population: pd.DataFrame,
+    config: FeaturesConfig,
+    event_types: Sequence[str] | None = None,
+) -> FeatureSet:
+    """Compute every feature for each (lead_id, as_of) row of *population*.
+
+    Parameters
+    ----------
+    con:
+        A connection holding the typed contract tables (``CRMData.con``).
+    population:
+        Rows to compute, with ``lead_id`` and ``as_of`` (a training set or a scoring
+        population); leads not in ``leads`` are an error of the caller.
+    config:
+        Feature settings (windows, high-intent events, bands, extra attributes).
+    event_types:
+        The event vocabulary. ``None`` discovers it from events before the latest
+        as-of time (training); scoring passes the model's stored vocabulary.
+    """
+    pop = population[KEY].copy()
+    pop[Snapshot.as_of] = pd.to_datetime(pop[Snapshot.as_of]).astype("datetime64[us]")
+    con.register("_population_frame", pop)
+    try:
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _population AS SELECT CAST(lead_id AS VARCHAR) AS lead_id, "
+            "CAST(as_of AS TIMESTAMP) AS as_of FROM _population_frame"
+        )
+    finally:
+        con.unregister("_population_frame")
+    con.execute("CREATE OR REPLACE TEMP TABLE _grid AS SELECT DISTINCT as_of FROM _population")
+    if event_types is None:
+        latest = pop[Snapshot.as_of].max() if len(pop) else pd.Timestamp.max
+        event_types = discover_event_types(con, pd.Timestamp(latest), config)
+    catalog = feature_catalog(event_types, config)
+    frame = con.execute(feature_sql("_population", "_grid", event_types, config)).df()
+    con.execute("DROP TABLE IF EXISTS _population")
+    con.execute("DROP TABLE IF EXISTS _grid")
+    missing = [c for c in catalog.names if c not in frame.columns]
+    if missing:  # a programming error: the catalog and the SQL must agree
+        raise RuntimeError(f"feature SQL did not produce {missing}")
+    frame = frame[KEY + catalog.names]
+    for f in catalog:
+        if f.kind == "numeric":
+            frame[f.name] = frame[f.name].astype("float64")
+        else:
+            frame[f.name] = frame[f.name].astype("object").where(frame[f.name].notna(), None)
+    return FeatureSet(frame=frame, catalog=catalog, event_types=tuple(event_types))

@@ -1,0 +1,407 @@
+"""The data contract's bad-rows table, applied in DuckDB SQL.
+
+Raw tables (from :mod:`convert.io`) become typed contract tables ``leads``,
+``accounts``, ``events`` and ``stages`` in the same connection. Each rule of the
+contract is one declared :class:`Rule` (column, SQL condition, reason); a row is
+quarantined for the first rule it breaks, and rows of a quarantined lead follow it.
+Errors stop with a :class:`~convert.exceptions.ContractError` naming file, row and
+column. Working in SQL keeps exports of a hundred million events within memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import duckdb
+import pandas as pd
+
+from convert.config import DataConfig
+from convert.exceptions import ContractError
+from convert.io import ROW, Source
+from convert.schema import (
+    CONTRACT_TABLES,
+    DUCKDB_TYPES,
+    Accounts,
+    Column,
+    Events,
+    Leads,
+    Rejects,
+    Stages,
+    TableSchema,
+)
+
+
+def quote(name: str) -> str:
+    """Quote an identifier for DuckDB (and Spark-compatible SQL written with double quotes)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One line of the contract's bad-rows table that quarantines a row."""
+
+    column: str
+    condition: str
+    reason: str
+
+
+@dataclass
+class TableReport:
+    """What loading one table did: rows read, loaded, quarantined (by reason) and warnings."""
+
+    table: str
+    file: str | None
+    rows_read: int = 0
+    rows_loaded: int = 0
+    quarantined: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    warnings: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class LoadReport:
+    """The per-table report of a load and the quarantined rows (the rejects file's content)."""
+
+    tables: dict[str, TableReport]
+    rejects: pd.DataFrame
+
+    @property
+    def quarantined(self) -> int:
+        return sum(t.quarantined for t in self.tables.values())
+
+    @property
+    def warnings(self) -> int:
+        return sum(sum(t.warnings.values()) for t in self.tables.values())
+
+    def lines(self) -> list[str]:
+        out = [f"{'table':<10} {'file':<18} {'read':>10} {'loaded':>10} {'quarantined':>12}"]
+        for t in self.tables.values():
+            out.append(
+                f"{t.table:<10} {t.file or '(absent)':<18} {t.rows_read:>10,} {t.rows_loaded:>10,} "
+                f"{t.quarantined:>12,}"
+            )
+            for reason, n in sorted(t.reasons.items(), key=lambda kv: -kv[1]):
+                out.append(f"    quarantined {n:>8,}  {reason}")
+            for warning, n in sorted(t.warnings.items(), key=lambda kv: -kv[1]):
+                out.append(f"    warning     {n:>8,}  {warning}")
+        return out
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+
+# --- typing ---------------------------------------------------------------------------------
+
+
+def _text(col: str, raw_type: str) -> str:
+    """A raw column as trimmed text, empty meaning NULL."""
+    if raw_type == "VARCHAR":
+        return f"NULLIF(trim({quote(col)}), '')"
+    return f"CAST({quote(col)} AS VARCHAR)"
+
+
+def _typed(col: Column, raw_type: str) -> str:
+    """SQL casting a raw column to its contract type; NULL where it does not parse."""
+    text = _text(col, raw_type)
+    if col.dtype == "timestamp":
+        source = text if raw_type == "VARCHAR" else quote(col)
+        # An offset is honoured; without one the session time zone (UTC) applies.
+        return f"TRY_CAST(TRY_CAST({source} AS TIMESTAMPTZ) AT TIME ZONE 'UTC' AS TIMESTAMP)"
+    if col.dtype == "integer":
+        return f"TRY_CAST(TRY_CAST({text} AS DOUBLE) AS BIGINT)"
+    if col.dtype == "number":
+        return f"TRY_CAST({text} AS DOUBLE)"
+    return text
+
+
+def _parsed_select(
+    schema: type[TableSchema], raw: str, columns: dict[str, str]
+) -> str:
+    """SELECT of a raw table with each contract column typed (``c``) and as text (``raw__c``)."""
+    parts = [f"rowid + 1 AS {ROW}"]
+    for col in schema.columns():
+        if col in columns:
+            parts.append(f"{_typed(col, columns[col])} AS {quote(col)}")
+            parts.append(f"{_text(col, columns[col])} AS {quote('raw__' + col)}")
+        else:
+            parts.append(f"CAST(NULL AS {DUCKDB_TYPES[col.dtype]}) AS {quote(col)}")
+            parts.append(f"CAST(NULL AS VARCHAR) AS {quote('raw__' + col)}")
+    for extra in columns:
+        if extra not in schema.names():
+            parts.append(quote(extra))
+    return f"SELECT {', '.join(parts)} FROM {raw}"
+
+
+def _case(rules: list[Rule], what: str) -> str:
+    arms = " ".join(
+        f"WHEN {r.condition} THEN '{(r.column if what == 'column' else r.reason).replace(chr(39), chr(39) * 2)}'"
+        for r in rules
+    )
+    return f"CASE {arms} ELSE NULL END"
+
+
+def _value_case(rules: list[Rule]) -> str:
+    arms = " ".join(f"WHEN {r.condition} THEN {quote('raw__' + r.column)}" for r in rules)
+    return f"CASE {arms} ELSE NULL END"
+
+
+# --- the contract's rules -------------------------------------------------------------------
+
+L, A, E, S = Leads, Accounts, Events, Stages
+
+LEAD_RULES = [
+    Rule(L.lead_id, f"{L.lead_id} IS NULL", "empty lead_id"),
+    Rule(L.created_at, f"{L.created_at} IS NULL", "created_at is empty or not an ISO 8601 timestamp"),
+    Rule(
+        L.converted_at,
+        f"raw__{L.converted_at} IS NOT NULL AND {L.converted_at} IS NULL",
+        "converted_at is not an ISO 8601 timestamp",
+    ),
+    Rule(L.converted_at, f"{L.converted_at} < {L.created_at}", "converted_at is earlier than created_at"),
+    Rule(
+        L.disqualified_at,
+        f"raw__{L.disqualified_at} IS NOT NULL AND {L.disqualified_at} IS NULL",
+        "disqualified_at is not an ISO 8601 timestamp",
+    ),
+    Rule(
+        L.disqualified_at,
+        f"{L.disqualified_at} < {L.created_at}",
+        "disqualified_at is earlier than created_at",
+    ),
+]
+
+ACCOUNT_RULES = [
+    Rule(A.account_id, f"{A.account_id} IS NULL", "empty account_id"),
+    Rule(
+        A.employees,
+        f"raw__{A.employees} IS NOT NULL AND {A.employees} IS NULL",
+        "employees is not a number",
+    ),
+    Rule(
+        A.annual_revenue,
+        f"raw__{A.annual_revenue} IS NOT NULL AND {A.annual_revenue} IS NULL",
+        "annual_revenue is not a number",
+    ),
+]
+
+
+def _child_rules(time_col: str, kind_col: str, table: str) -> list[Rule]:
+    """Rules shared by events and stages: a row belongs to a valid lead and is dated after it."""
+    return [
+        Rule("lead_id", "lead_id IS NULL", "empty lead_id"),
+        Rule("lead_id", "lead__exists AND lead__reason IS NOT NULL", "its lead is quarantined"),
+        Rule("lead_id", "NOT lead__exists", "lead_id not found in leads"),
+        Rule(time_col, f"{quote(time_col)} IS NULL", f"{time_col} is empty or not an ISO 8601 timestamp"),
+        Rule(kind_col, f"{quote(kind_col)} IS NULL", f"empty {kind_col}"),
+        Rule(
+            time_col,
+            f"{quote(time_col)} < lead__created_at",
+            f"{time_col} is earlier than the lead's created_at",
+        ),
+    ]
+
+
+EVENT_RULES = _child_rules(E.occurred_at, E.event_type, E.table)
+STAGE_RULES = _child_rules(S.entered_at, S.stage, S.table)
+
+
+# --- validation -----------------------------------------------------------------------------
+
+
+def validate(
+    con: duckdb.DuckDBPyConnection,
+    source: Source,
+    raw_columns: dict[str, list[str]],
+    config: DataConfig,
+    strict: bool | None = None,
+) -> LoadReport:
+    """Type and check the raw tables; create the typed contract tables in *con*.
+
+    Raises
+    ------
+    ContractError
+        For a missing column, a duplicate key, too large a quarantined share, or any
+        quarantine under ``strict``.
+    """
+    strict = config.strict if strict is None else strict
+    raw_types = {
+        table: dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE raw_{table})").fetchall())
+        for table in raw_columns
+    }
+    for table, schema in CONTRACT_TABLES.items():
+        if table in raw_columns:
+            _require_columns(schema, raw_columns[table], source.label(table))
+
+    reports = {t: TableReport(t, source.label(t) if t in raw_columns else None) for t in CONTRACT_TABLES}
+
+    _check_table(con, Leads, LEAD_RULES, raw_types.get("leads", {}), source)
+    if "accounts" in raw_columns:
+        _check_table(con, Accounts, ACCOUNT_RULES, raw_types["accounts"], source)
+    for schema, rules in ((Events, EVENT_RULES), (Stages, STAGE_RULES)):
+        if schema.table in raw_columns:
+            _check_child(con, schema, rules, raw_types[schema.table])
+
+    rejects = []
+    for table, schema in CONTRACT_TABLES.items():
+        if table not in raw_columns:
+            _create_empty(con, schema)
+            continue
+        rep = reports[table]
+        rep.rows_read = con.execute(f"SELECT count(*) FROM checked_{table}").fetchone()[0]  # type: ignore[index]
+        rep.reasons = dict(
+            con.execute(
+                f"SELECT reason, count(*) FROM checked_{table} WHERE reason IS NOT NULL "
+                "GROUP BY reason ORDER BY reason"
+            ).fetchall()
+        )
+        rep.quarantined = sum(rep.reasons.values())
+        rep.rows_loaded = rep.rows_read - rep.quarantined
+        rejects.append(
+            con.execute(
+                f"SELECT '{table}' AS {quote(Rejects.table_name)}, {ROW} AS {quote(Rejects.row)}, "
+                f"bad_column AS {quote(Rejects.column)}, bad_value AS {quote(Rejects.value)}, "
+                f"reason AS {quote(Rejects.reason)} FROM checked_{table} WHERE reason IS NOT NULL "
+                f"ORDER BY {ROW}"
+            ).df()
+        )
+        _create_typed(con, schema, raw_columns[table])
+
+    _lead_warnings(con, reports, has_accounts="accounts" in raw_columns)
+    if "events" in raw_columns and E.value in raw_columns["events"]:
+        n = con.execute(
+            f"SELECT count(*) FROM checked_events WHERE reason IS NULL AND raw__value IS NOT NULL "
+            f"AND {quote(E.value)} IS NULL"
+        ).fetchone()[0]  # type: ignore[index]
+        if n:
+            reports["events"].warnings["value is not a number; the event is kept with no value"] = n
+
+    frame = (
+        pd.concat(rejects, ignore_index=True)
+        if rejects
+        else pd.DataFrame(columns=Rejects.names())
+    )
+    report = LoadReport(reports, frame)
+    _enforce_thresholds(report, source, config.max_quarantine_share, strict)
+    for table in raw_columns:
+        con.execute(f"DROP TABLE IF EXISTS checked_{table}")
+    return report
+
+
+def _require_columns(schema: type[TableSchema], present: list[str], file: str) -> None:
+    for col in schema.required_columns():
+        if col not in present:
+            raise ContractError(
+                f"the required column is missing (found: {', '.join(present)}). Column names are "
+                "case-sensitive; rename it in the export or map it with --mapping",
+                file=file,
+                column=col,
+            )
+
+
+def _check_table(
+    con: duckdb.DuckDBPyConnection,
+    schema: type[TableSchema],
+    rules: list[Rule],
+    raw_types: dict[str, str],
+    source: Source,
+) -> None:
+    table = schema.table
+    key = schema.key[0]
+    parsed = _parsed_select(schema, f"raw_{table}", raw_types)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE checked_{table} AS SELECT *, {_case(rules, 'column')} AS bad_column, "
+        f"{_value_case(rules)} AS bad_value, {_case(rules, 'reason')} AS reason FROM ({parsed})"
+    )
+    dup = con.execute(
+        f"SELECT {quote(key)}, list({ROW} ORDER BY {ROW}) FROM checked_{table} "
+        f"WHERE {quote(key)} IS NOT NULL GROUP BY 1 HAVING count(*) > 1 ORDER BY min({ROW}) LIMIT 1"
+    ).fetchone()
+    if dup:
+        value, rows = dup
+        raise ContractError(
+            f"duplicate {key} {value!r} (also at row {rows[0]}); {key} must be unique in {table}. "
+            "Remove the duplicate or fix the export's keys",
+            file=source.label(table),
+            row=rows[1],
+            column=key,
+        )
+
+
+def _check_child(
+    con: duckdb.DuckDBPyConnection,
+    schema: type[TableSchema],
+    rules: list[Rule],
+    raw_types: dict[str, str],
+) -> None:
+    table = schema.table
+    parsed = _parsed_select(schema, f"raw_{table}", raw_types)
+    joined = (
+        f"SELECT c.*, l.{L.lead_id} IS NOT NULL AS lead__exists, l.reason AS lead__reason, "
+        f"l.{L.created_at} AS lead__created_at FROM ({parsed}) c "
+        f"LEFT JOIN checked_leads l ON c.lead_id = l.{L.lead_id}"
+    )
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE checked_{table} AS SELECT * EXCLUDE (lead__exists, lead__reason, "
+        f"lead__created_at), {_case(rules, 'column')} AS bad_column, {_value_case(rules)} AS bad_value, "
+        f"{_case(rules, 'reason')} AS reason FROM ({joined})"
+    )
+
+
+def _create_typed(con: duckdb.DuckDBPyConnection, schema: type[TableSchema], raw: list[str]) -> None:
+    contract = schema.names()
+    extras = [quote(c) for c in raw if c not in contract]
+    cols = ", ".join([quote(c) for c in contract] + extras)
+    con.execute(
+        f"CREATE OR REPLACE TABLE {schema.table} AS SELECT {cols} FROM checked_{schema.table} "
+        f"WHERE reason IS NULL ORDER BY {ROW}"
+    )
+
+
+def _create_empty(con: duckdb.DuckDBPyConnection, schema: type[TableSchema]) -> None:
+    cols = ", ".join(f"{quote(c)} {DUCKDB_TYPES[c.dtype]}" for c in schema.columns())
+    con.execute(f"CREATE OR REPLACE TABLE {schema.table} ({cols})")
+
+
+def _lead_warnings(
+    con: duckdb.DuckDBPyConnection, reports: dict[str, TableReport], has_accounts: bool
+) -> None:
+    if not has_accounts:
+        return
+    missing, quarantined = con.execute(
+        f"SELECT count(*) FILTER (WHERE a.account_id IS NULL), "
+        f"count(*) FILTER (WHERE a.account_id IS NOT NULL AND a.reason IS NOT NULL) "
+        f"FROM checked_leads l LEFT JOIN checked_accounts a ON l.{L.account_id} = a.{A.account_id} "
+        f"WHERE l.reason IS NULL AND l.{L.account_id} IS NOT NULL"
+    ).fetchone()  # type: ignore[misc]
+    if missing:
+        reports["leads"].warnings[
+            "account_id not found in accounts; lead kept without firmographics"
+        ] = missing
+    if quarantined:
+        reports["leads"].warnings[
+            "account quarantined; lead kept without firmographics"
+        ] = quarantined
+
+
+def _enforce_thresholds(report: LoadReport, source: Source, max_share: float, strict: bool) -> None:
+    if strict and report.quarantined:
+        first = report.rejects.iloc[0]
+        table = str(first[Rejects.table_name])
+        raise ContractError(
+            f"{first[Rejects.reason]} (value {first[Rejects.value]!r}); --strict turns every "
+            f"quarantine into an error and {report.quarantined:,} rows would be quarantined. "
+            "Fix the export, or run without --strict to set such rows aside in the rejects file",
+            file=source.label(table),
+            row=int(first[Rejects.row]),
+            column=str(first[Rejects.column]),
+        )
+    for t in report.tables.values():
+        if t.rows_read and t.quarantined / t.rows_read > max_share:
+            top = max(t.reasons.items(), key=lambda kv: kv[1])
+            raise ContractError(
+                f"{t.quarantined:,} of {t.rows_read:,} rows ({t.quarantined / t.rows_read:.1%}) would "
+                f"be quarantined, more than the allowed {max_share:.0%}; the export is probably "
+                f"mis-mapped (most common: {top[0]!r}, {top[1]:,} rows). Check the column mapping "
+                "and timestamp formats, or raise data.max_quarantine_share",
+                file=t.file,
+            )
