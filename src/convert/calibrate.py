@@ -32,6 +32,7 @@ True
 from __future__ import annotations
 
 import math
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -99,7 +100,9 @@ def _as_labels(y: npt.ArrayLike, n: int) -> npt.NDArray[np.int64]:
     return as_float.astype(np.int64)
 
 
-def _check_fit_input(raw: npt.ArrayLike, y: npt.ArrayLike) -> tuple[FloatArray, npt.NDArray[np.int64]]:
+def _check_fit_input(
+    raw: npt.ArrayLike, y: npt.ArrayLike
+) -> tuple[FloatArray, npt.NDArray[np.int64]]:
     x = _as_raw(raw)
     labels = _as_labels(y, x.shape[0])
     positives = int(labels.sum())
@@ -109,6 +112,14 @@ def _check_fit_input(raw: npt.ArrayLike, y: npt.ArrayLike) -> tuple[FloatArray, 
             f"with {positives} positive labels"
         )
     return x, labels
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _clip_probability(p: FloatArray) -> FloatArray:
@@ -227,7 +238,7 @@ class SigmoidCalibrator(Calibrator):
         -------
         self : SigmoidCalibrator
         """
-        if not (isinstance(self.min_slope, int | float) and self.min_slope > 0):
+        if not (_is_real(self.min_slope) and self.min_slope > 0):
             raise ConfigError(f"min_slope must be a positive number; got {self.min_slope!r}")
         x, labels = _check_fit_input(raw, y)
         n_pos = int(labels.sum())
@@ -299,7 +310,9 @@ class SigmoidCalibrator(Calibrator):
             cal.intercept_ = float(data["intercept"])
             cal.n_samples_ = int(data["n_samples"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise ConvertError(f"stored sigmoid calibrator is incomplete or malformed: {exc}") from exc
+            raise ConvertError(
+                f"stored sigmoid calibrator is incomplete or malformed: {exc}"
+            ) from exc
         if not (math.isfinite(cal.slope_) and cal.slope_ > 0 and math.isfinite(cal.intercept_)):
             raise ConvertError(
                 "stored sigmoid calibrator must have a finite positive slope and a finite intercept"
@@ -376,7 +389,7 @@ class IsotonicCalibrator(Calibrator):
         -------
         self : IsotonicCalibrator
         """
-        if not (isinstance(self.tail_slope, int | float) and self.tail_slope > 0):
+        if not (_is_real(self.tail_slope) and self.tail_slope > 0):
             raise ConfigError(f"tail_slope must be a positive number; got {self.tail_slope!r}")
         x, labels = _check_fit_input(raw, y)
 
@@ -452,7 +465,9 @@ class IsotonicCalibrator(Calibrator):
             y = np.asarray(data["y"], dtype=np.float64)
             cal.n_samples_ = int(data["n_samples"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise ConvertError(f"stored isotonic calibrator is incomplete or malformed: {exc}") from exc
+            raise ConvertError(
+                f"stored isotonic calibrator is incomplete or malformed: {exc}"
+            ) from exc
         valid = (
             x.ndim == 1
             and x.shape == y.shape
@@ -548,14 +563,18 @@ def select_calibrator(
             f"calibration methods must be a non-empty subset of {sorted(_CALIBRATORS)}; "
             f"got {list(methods)!r}"
         )
-    if not isinstance(cv_folds, int) or cv_folds < 2:
+    if not _is_integer(cv_folds) or cv_folds < 2:
         raise ConfigError(f"cv_folds must be an integer >= 2; got {cv_folds!r}")
-    if not isinstance(min_rows_isotonic, int) or min_rows_isotonic < 0:
-        raise ConfigError(f"min_rows_isotonic must be a non-negative integer; got {min_rows_isotonic!r}")
+    if not _is_integer(min_rows_isotonic) or min_rows_isotonic < 0:
+        raise ConfigError(
+            f"min_rows_isotonic must be a non-negative integer; got {min_rows_isotonic!r}"
+        )
 
     x, labels = _check_fit_input(raw, y)
     n = x.shape[0]
-    candidates = list(dict.fromkeys(m for m in methods if not (m == "isotonic" and n < min_rows_isotonic)))
+    candidates = list(
+        dict.fromkeys(m for m in methods if not (m == "isotonic" and n < min_rows_isotonic))
+    )
     if not candidates:
         candidates = [SigmoidCalibrator.method]
 

@@ -23,7 +23,7 @@ built by the same functions so they cannot drift apart.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import duckdb
@@ -392,7 +392,6 @@ def feature_sql(
         "LEFT JOIN stg st ON st.lead_id = p.lead_id AND st.as_of = p.as_of "
         f"LEFT JOIN acct_leads al ON al.account_id = l.{L.account_id} AND al.as_of = p.as_of "
         f"LEFT JOIN acct_ev ae ON ae.account_id = l.{L.account_id} AND ae.as_of = p.as_of "
-        "ORDER BY p.as_of, p.lead_id"
     )
 
 
@@ -423,6 +422,67 @@ class FeatureSet:
         return self.catalog.names
 
 
+def _register_population(con: duckdb.DuckDBPyConnection, population: pd.DataFrame) -> None:
+    pop = population[KEY].copy()
+    pop[Snapshot.as_of] = pd.to_datetime(pop[Snapshot.as_of]).astype("datetime64[us]")
+    con.register("_population_frame", pop)
+    try:
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _population AS SELECT CAST(lead_id AS VARCHAR) AS lead_id, "
+            "CAST(as_of AS TIMESTAMP) AS as_of FROM _population_frame"
+        )
+    finally:
+        con.unregister("_population_frame")
+
+
+def materialize_features(
+    con: duckdb.DuckDBPyConnection,
+    config: FeaturesConfig,
+    event_types: Sequence[str] | None = None,
+    population: str = "_population",
+    name: str = "_features",
+) -> tuple[str, Catalog, tuple[str, ...]]:
+    """Compute features for the rows of the *population* table into DuckDB table *name*.
+
+    The result stays in DuckDB (which spills to disk past its memory limit) so callers
+    can stream it in batches with :func:`iter_feature_batches`.
+    """
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _grid AS SELECT DISTINCT as_of FROM {population}")
+    if event_types is None:
+        row = con.execute(f"SELECT max(as_of) FROM {population}").fetchone()
+        latest = pd.Timestamp(row[0]) if row and row[0] is not None else pd.Timestamp.max
+        event_types = discover_event_types(con, latest, config)
+    catalog = feature_catalog(event_types, config)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {name} AS "
+        + feature_sql(population, "_grid", event_types, config)
+    )
+    return name, catalog, tuple(event_types)
+
+
+def finish_frame(frame: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
+    """Key columns and catalog features in order, numeric as float64, categoricals as text."""
+    missing = [c for c in catalog.names if c not in frame.columns]
+    if missing:  # a programming error: the catalog and the SQL must agree
+        raise RuntimeError(f"feature SQL did not produce {missing}")
+    frame = frame[KEY + catalog.names].copy()
+    for f in catalog:
+        if f.kind == "numeric":
+            frame[f.name] = frame[f.name].astype("float64")
+        else:
+            frame[f.name] = frame[f.name].astype("object").where(frame[f.name].notna(), None)
+    return frame
+
+
+def iter_feature_batches(
+    con: duckdb.DuckDBPyConnection, table: str, catalog: Catalog, batch_rows: int
+) -> Iterator[pd.DataFrame]:
+    """Stream a materialized feature table in batches of at most *batch_rows* rows."""
+    reader = con.execute(f"SELECT * FROM {table} ORDER BY as_of, lead_id").fetch_record_batch(batch_rows)
+    for batch in reader:
+        yield finish_frame(batch.to_pandas(), catalog)
+
+
 def build_features(
     con: duckdb.DuckDBPyConnection,
     population: pd.DataFrame,
@@ -437,38 +497,16 @@ def build_features(
         A connection holding the typed contract tables (``CRMData.con``).
     population:
         Rows to compute, with ``lead_id`` and ``as_of`` (a training set or a scoring
-        population); leads not in ``leads`` are an error of the caller.
+        population).
     config:
         Feature settings (windows, high-intent events, bands, extra attributes).
     event_types:
         The event vocabulary. ``None`` discovers it from events before the latest
         as-of time (training); scoring passes the model's stored vocabulary.
     """
-    pop = population[KEY].copy()
-    pop[Snapshot.as_of] = pd.to_datetime(pop[Snapshot.as_of]).astype("datetime64[us]")
-    con.register("_population_frame", pop)
-    try:
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE _population AS SELECT CAST(lead_id AS VARCHAR) AS lead_id, "
-            "CAST(as_of AS TIMESTAMP) AS as_of FROM _population_frame"
-        )
-    finally:
-        con.unregister("_population_frame")
-    con.execute("CREATE OR REPLACE TEMP TABLE _grid AS SELECT DISTINCT as_of FROM _population")
-    if event_types is None:
-        latest = pop[Snapshot.as_of].max() if len(pop) else pd.Timestamp.max
-        event_types = discover_event_types(con, pd.Timestamp(latest), config)
-    catalog = feature_catalog(event_types, config)
-    frame = con.execute(feature_sql("_population", "_grid", event_types, config)).df()
-    con.execute("DROP TABLE IF EXISTS _population")
-    con.execute("DROP TABLE IF EXISTS _grid")
-    missing = [c for c in catalog.names if c not in frame.columns]
-    if missing:  # a programming error: the catalog and the SQL must agree
-        raise RuntimeError(f"feature SQL did not produce {missing}")
-    frame = frame[KEY + catalog.names]
-    for f in catalog:
-        if f.kind == "numeric":
-            frame[f.name] = frame[f.name].astype("float64")
-        else:
-            frame[f.name] = frame[f.name].astype("object").where(frame[f.name].notna(), None)
-    return FeatureSet(frame=frame, catalog=catalog, event_types=tuple(event_types))
+    _register_population(con, population)
+    table, catalog, types = materialize_features(con, config, event_types)
+    frame = finish_frame(con.execute(f"SELECT * FROM {table} ORDER BY as_of, lead_id").df(), catalog)
+    for tmp in (table, "_population", "_grid"):
+        con.execute(f"DROP TABLE IF EXISTS {tmp}")
+    return FeatureSet(frame=frame, catalog=catalog, event_types=types)

@@ -76,7 +76,9 @@ def _labels(y: npt.ArrayLike) -> IntArray:
         raise ConvertError("y must hold 0/1 labels; found non-numeric values") from exc
     not_binary = ~((y_float == 0) | (y_float == 1))
     if np.any(not_binary):
-        raise ConvertError(f"y must hold 0/1 labels; found {np.unique(y_float[not_binary])[:5].tolist()}")
+        raise ConvertError(
+            f"y must hold 0/1 labels; found {np.unique(y_float[not_binary])[:5].tolist()}"
+        )
     return y_float.astype(np.int64)
 
 
@@ -99,7 +101,7 @@ def _check(y: npt.ArrayLike, p: npt.ArrayLike) -> tuple[IntArray, FloatArray]:
 
 def _both_classes(y: IntArray) -> bool:
     positives = int(y.sum())
-    return 0 < positives < y.shape[0]
+    return bool(0 < positives < y.shape[0])
 
 
 def _check_bins(n_bins: int) -> None:
@@ -107,7 +109,9 @@ def _check_bins(n_bins: int) -> None:
         raise ConvertError(f"n_bins must be a positive integer; got {n_bins!r}")
 
 
-def _equal_frequency_bins(p: FloatArray, n_bins: int, *, descending: bool = False) -> list[IntArray]:
+def _equal_frequency_bins(
+    p: FloatArray, n_bins: int, *, descending: bool = False
+) -> list[IntArray]:
     """Row indices of *n_bins* bins of (as nearly as possible) equal size, in score order.
 
     Rows are sorted by *p* (stably, so ties keep their input order) and cut into
@@ -197,7 +201,7 @@ def expected_calibration_error(y: npt.ArrayLike, p: npt.ArrayLike, n_bins: int =
     total = 0.0
     for idx in _equal_frequency_bins(p_arr, n_bins):
         total += idx.shape[0] * abs(float(p_arr[idx].mean()) - float(y_arr[idx].mean()))
-    return total / n
+    return float(total / n)
 
 
 # --- tables -------------------------------------------------------------------------------
@@ -284,9 +288,7 @@ def lift_table(y: npt.ArrayLike, p: npt.ArrayLike, n_bins: int = 10) -> pd.DataF
     with np.errstate(invalid="ignore", divide="ignore"):
         rate = positives / n.astype(np.float64)
         lift = rate / base_rate if base_rate > 0 else np.full(len(bins), np.nan)
-        capture = (
-            np.cumsum(positives) / total_pos if total_pos > 0 else np.full(len(bins), np.nan)
-        )
+        capture = np.cumsum(positives) / total_pos if total_pos > 0 else np.full(len(bins), np.nan)
     return pd.DataFrame(
         {
             "decile": np.arange(1, len(bins) + 1, dtype=np.int64),
@@ -384,7 +386,9 @@ def plot_reliability(table: pd.DataFrame, title: str = "Reliability") -> Figure:
     """
     missing = {"mean_predicted", "observed_rate", "ci_low", "ci_high"} - set(table.columns)
     if missing:
-        raise ConvertError(f"reliability table lacks columns {sorted(missing)}; use reliability_table()")
+        raise ConvertError(
+            f"reliability table lacks columns {sorted(missing)}; use reliability_table()"
+        )
     fig = _new_figure()
     ax = fig.add_subplot()
     pred = table["mean_predicted"].to_numpy(dtype=np.float64)
@@ -394,7 +398,9 @@ def plot_reliability(table: pd.DataFrame, title: str = "Reliability") -> Figure:
     low = table["ci_low"].to_numpy(dtype=np.float64)[order]
     high = table["ci_high"].to_numpy(dtype=np.float64)[order]
     top = float(np.nanmax(np.r_[pred, high, 0.01])) * 1.05
-    ax.plot([0, top], [0, top], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
+    ax.plot(
+        [0, top], [0, top], linestyle="--", color="grey", linewidth=1, label="perfect calibration"
+    )
     ax.fill_between(pred, low, high, color="tab:blue", alpha=0.2, label="95% interval (Wilson)")
     ax.plot(pred, obs, marker="o", color="tab:blue", label="observed")
     ax.set_xlim(0, top)

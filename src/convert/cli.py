@@ -1,0 +1,210 @@
+"""The ``convert-leads`` command (also ``python -m convert``): parse, configure, call one step, print.
+
+Every command that reads data takes ``--data``, ``--config``, ``--rejects`` and
+``--strict``. Errors of the user's input or configuration print one clear message and
+exit with code 2; nothing here holds logic of its own.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from convert import steps
+from convert.config import Config, load_config
+from convert.exceptions import ConvertError
+
+app = typer.Typer(
+    name="convert-leads",
+    help="Predict which sales leads become clients: train, score, explain, write back.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DataOpt = Annotated[Path, typer.Option("--data", help="CRM export folder (the data contract).")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="params.yaml (default: ./params.yaml if present).")]
+RejectsOpt = Annotated[Path | None, typer.Option("--rejects", help="Rejects file (default: rejects.csv).")]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Turn every quarantine into an error.")]
+AsOfOpt = Annotated[str, typer.Option("--as-of", help="As-of time, ISO 8601 (a date means midnight UTC).")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a bundle folder (default: the champion).")]
+
+
+def echo(message: str) -> None:
+    typer.echo(message)
+
+
+def _config(path: Path | None) -> Config:
+    return load_config(path)
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the synthetic CRM into.")],
+    leads: Annotated[int, typer.Option("--leads", min=1)] = 20_000,
+    seed: Annotated[int, typer.Option("--seed")] = 42,
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet")] = "csv",
+    start: Annotated[str, typer.Option("--start")] = "2023-01-01",
+    end: Annotated[str, typer.Option("--end")] = "2025-12-31",
+    clean: Annotated[bool, typer.Option("--clean", help="Plant no bad rows.")] = False,
+) -> None:
+    """Write a seeded synthetic CRM export (leads, accounts, events, stages)."""
+    from convert.simulate import generate_crm
+
+    if fmt not in ("csv", "parquet"):
+        raise ConvertError(f"--format must be csv or parquet, not {fmt!r}")
+    summary = generate_crm(out, n_leads=leads, seed=seed, fmt=fmt, start=start, end=end,  # type: ignore[arg-type]
+                           bad_rows=not clean)
+    echo(str(summary))
+
+
+@app.command()
+def validate(data: DataOpt, config: ConfigOpt = None, rejects: RejectsOpt = None, strict: StrictOpt = False) -> None:
+    """Check an export against the data contract and print a per-table report."""
+    cfg = _config(config)
+    loaded = steps.load_data(data, cfg, rejects, strict or None, echo)
+    echo(str(loaded.report))
+    loaded.close()
+
+
+@app.command()
+def features(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="Parquet file of the training set.")],
+    as_of: Annotated[str | None, typer.Option("--as-of")] = None,
+    horizon_days: Annotated[int | None, typer.Option("--horizon-days")] = None,
+    config: ConfigOpt = None, rejects: RejectsOpt = None, strict: StrictOpt = False,
+    catalog: Annotated[Path | None, typer.Option("--catalog", help="Also write the feature catalog (CSV).")] = None,
+) -> None:
+    """Build the labelled multi-snapshot training set and write it."""
+    from convert.io import write_frame
+    from convert.train import build_training_set
+
+    cfg = _config(config).with_overrides(labels__horizon_days=horizon_days)
+    loaded = steps.load_data(data, cfg, rejects, strict or None, echo)
+    try:
+        ts = build_training_set(loaded, cfg, as_of)
+    finally:
+        loaded.close()
+    write_frame(ts.frame, out)
+    if catalog:
+        write_frame(ts.catalog.to_frame(), catalog)
+    y = ts.frame["label"]
+    echo(f"training set: {len(ts.frame):,} rows, {len(ts.as_ofs)} as-of times "
+         f"({ts.as_ofs[0]:%Y-%m-%d} to {ts.as_ofs[-1]:%Y-%m-%d}), {int(y.sum()):,} conversions "
+         f"({y.mean():.1%}), {len(ts.features)} features -> {out}")
+
+
+@app.command()
+def train(
+    data: DataOpt,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Training as-of (default: day after the latest timestamp).")] = None,
+    horizon_days: Annotated[int | None, typer.Option("--horizon-days")] = None,
+    config: ConfigOpt = None,
+    tune: Annotated[int | None, typer.Option("--tune", help="Random-search trials with time-series CV.")] = None,
+    model_name: Annotated[str | None, typer.Option("--model-name")] = None,
+    rejects: RejectsOpt = None, strict: StrictOpt = False,
+) -> None:
+    """Train, calibrate, evaluate against baselines, log to MLflow and register."""
+    cfg = _config(config).with_overrides(labels__horizon_days=horizon_days)
+    summary = steps.train_step(data, cfg, as_of, tune, model_name, rejects and str(rejects), strict or None, echo)
+    r = summary.result
+    echo("time slices:\n" + r.slices.to_string(index=False))
+    echo(f"calibration: {r.model.calibrator_.method} (cross-validated log loss "
+         + ", ".join(f"{k} {v:.4f}" for k, v in r.calibration_cv.items()) + ")")
+    echo("hold-out evaluation (model beside the baselines):\n" + r.evaluation.table())
+    echo("realized conversion per grade:\n" + r.evaluation.grades.to_string(index=False))
+    echo("top features (mean |points|):\n" + summary.importance.head(10)[["feature", "family", "mean_abs_points"]].to_string(index=False))
+    echo(f"registered {summary.registered.label} as challenger")
+    echo(summary.registered.uri)
+
+
+@app.command()
+def evaluate(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, tables and plots.")] = Path("reports/evaluation"),
+    model: ModelOpt = None, config: ConfigOpt = None, rejects: RejectsOpt = None,
+) -> None:
+    """Re-evaluate a registered model on its hold-out; write metrics and plots."""
+    cfg = _config(config)
+    uri = model or f"models:/{cfg.train.model_name}@challenger"
+    steps.evaluate_step(data, cfg, uri, out, rejects and str(rejects), echo)
+
+
+@app.command()
+def promote(model_name: Annotated[str | None, typer.Option("--model-name")] = None, config: ConfigOpt = None) -> None:
+    """Move the champion alias to the challenger when it beats the champion."""
+    from convert import registry
+
+    cfg = _config(config)
+    decision = registry.promote(model_name or cfg.train.model_name, cfg.promotion.metric, cfg.promotion.min_improvement)
+    echo(decision.reason)
+
+
+@app.command()
+def score(
+    data: DataOpt,
+    as_of: AsOfOpt,
+    out: Annotated[str, typer.Option("--out", help="A .parquet/.csv file or a database URL (sqlite:///, postgresql://).")],
+    model: ModelOpt = None,
+    table: Annotated[str | None, typer.Option("--table", help="Current-scores table (history: NAME_history).")] = None,
+    config: ConfigOpt = None, rejects: RejectsOpt = None, strict: StrictOpt = False,
+    top: Annotated[int, typer.Option("--top", help="Print the N best leads.")] = 0,
+) -> None:
+    """Score, explain and write back every lead open at the as-of time."""
+    cfg = _config(config)
+    summary, scores = steps.score_step(data, cfg, as_of, out, model, table, rejects and str(rejects), strict or None, echo)
+    echo(str(summary))
+    if top:
+        echo(_top_table(steps.top_leads(scores, top)))
+
+
+def _top_table(frame) -> str:  # type: ignore[no-untyped-def]
+    lines = []
+    for r in frame.itertuples():
+        lines.append(f"{r.lead_id:>10}  score {r.score:>3}  grade {r.grade}  {r.action:<17}  "
+                     f"base {r.base_score} + fit {r.fit_points:+d} + engagement {r.engagement_points:+d}")
+        for reason in (r.reason_1, r.reason_2, r.reason_3):
+            if reason:
+                lines.append(f"{'':>14}{reason}")
+    return "\n".join(lines)
+
+
+@app.command()
+def explain(
+    data: DataOpt, as_of: AsOfOpt,
+    lead_id: Annotated[str, typer.Option("--lead-id")],
+    model: ModelOpt = None, config: ConfigOpt = None, rejects: RejectsOpt = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Waterfall PNG (default: explain-LEAD.png).")] = None,
+) -> None:
+    """Print one lead's explanation and write a waterfall plot."""
+    cfg = _config(config)
+    plot = plot or Path(f"explain-{lead_id}.png")
+    explanation = steps.explain_step(data, cfg, as_of, lead_id, model, plot, rejects and str(rejects), echo)
+    echo("\n".join(explanation.lines()))
+    echo(f"waterfall plot: {plot}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning convert's errors into a message and exit code 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except ConvertError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""Explanations: per-feature contributions, score points that add up, and reasons in words.
+
+Contributions ``phi_i`` are path-dependent TreeSHAP values on the model's raw (log-odds)
+score, so ``sum(phi) = raw - base_raw`` exactly. A salesperson sees a 0-100 score, so
+they are mapped to score points with ``S(r) = 100 * calibrate(r)``:
+
+    points_i = phi_i * (S(raw) - S(base_raw)) / (raw - base_raw)
+
+This is faithful: every feature keeps its sign and its share of the raw-score change,
+and the points sum to ``S(raw) - S(base_raw)``, the distance between the lead's score and
+the base score. ``S`` is strictly increasing (the calibrators interpolate), so a change
+in raw score is never mapped to zero points. When ``raw == base_raw`` the ratio is
+replaced by the slope ``S'(raw)``. Integer points come from a largest-remainder rounding
+that hits ``score - base_score`` exactly and never turns a feature's sign around, so
+``base_score + fit_points + engagement_points = score`` holds for every lead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from convert.catalog import Catalog
+from convert.model import LeadScoringModel, score_from_probability
+
+ScoreFn = Callable[[np.ndarray], np.ndarray]
+
+
+def contributions(model: LeadScoringModel, matrix: pd.DataFrame) -> np.ndarray:
+    """TreeSHAP contributions on the raw score, shape (n, p + 1), base value last.
+
+    Uses the fast exact engine (:mod:`convert.treeshap`) when available and LightGBM's
+    ``pred_contrib`` otherwise; both give the same numbers.
+    """
+    engine = _engine(model)
+    if engine is not None:
+        return engine.contributions(matrix)
+    return np.asarray(model.booster_.predict(matrix, pred_contrib=True), dtype="float64")
+
+
+def _engine(model: LeadScoringModel):  # type: ignore[no-untyped-def]
+    cached = getattr(model, "_explainer", None)
+    if cached is not None:
+        return cached
+    try:
+        from convert.treeshap import TreeExplainerFast
+    except ImportError:
+        return None
+    explainer = TreeExplainerFast(model.booster_)
+    model._explainer = explainer  # type: ignore[attr-defined]
+    return explainer
+
+
+def round_preserving_sum(values: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Integers per row that sum to *targets*, each within 1 of its value, signs kept.
+
+    Largest-remainder method: floor everything, then give the missing units to the
+    largest remainders (or, when there is one too many, take it from an entry that stays
+    on its side of zero).
+    """
+    values = np.asarray(values, dtype="float64")
+    floors = np.floor(values)
+    rem = values - floors
+    k = np.asarray(targets, dtype="int64") - floors.sum(axis=1).astype("int64")
+    n, p = values.shape
+    out = floors.astype("int64")
+    # add one unit to the k largest remainders of each row
+    order = np.argsort(-rem, axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    ranks[np.arange(n)[:, None], order] = np.arange(p)[None, :]
+    k_pos = np.clip(k, 0, p)
+    out += (ranks < k_pos[:, None]).astype("int64")
+    for i in np.flatnonzero(k < 0):  # rare: take units where the sign survives
+        need = -int(k[i])
+        eligible = np.flatnonzero((values[i] < 0) | (out[i] >= 1))
+        if eligible.size == 0:
+            eligible = np.arange(p)
+        pick = eligible[np.argsort(rem[i, eligible], kind="stable")]
+        for j in range(need):
+            out[i, pick[j % pick.size]] -= 1
+    for i in np.flatnonzero(k > p):  # degenerate: spread the rest evenly
+        extra = int(k[i]) - p
+        for j in range(extra):
+            out[i, order[i, j % p]] += 1
+    return out
+
+
+@dataclass
+class Points:
+    """Score points of a batch of leads."""
+
+    score: np.ndarray  # (n,) integer score
+    base_score: int
+    points: np.ndarray  # (n, p) integer points per feature
+    continuous: np.ndarray  # (n, p) points before rounding
+
+
+def to_points(raw: np.ndarray, phi: np.ndarray, base_raw: float, score_fn: ScoreFn) -> Points:
+    """Map raw-score contributions *phi* (n, p) to integer score points (see module doc)."""
+    raw = np.asarray(raw, dtype="float64")
+    s_raw = score_fn(raw)
+    s_base = float(score_fn(np.array([base_raw]))[0])
+    delta = raw - base_raw
+    safe = np.abs(delta) > 1e-9
+    h = 1e-4
+    slope = np.where(
+        safe,
+        (s_raw - s_base) / np.where(safe, delta, 1.0),
+        (score_fn(raw + h) - score_fn(raw - h)) / (2 * h),
+    )
+    continuous = phi * slope[:, None]
+    score = np.floor(s_raw + 0.5).astype("int64")
+    base_score = int(np.floor(s_base + 0.5))
+    points = round_preserving_sum(continuous, score - base_score)
+    return Points(score=score, base_score=base_score, points=points, continuous=continuous)
+
+
+def model_score_fn(model: LeadScoringModel) -> ScoreFn:
+    """``S(raw) = 100 * calibrated probability`` of a model, unrounded."""
+    return lambda raw: 100.0 * model.probability_from_raw(raw)
+
+
+def family_points(points: np.ndarray, catalog: Catalog, names: list[str]) -> dict[str, np.ndarray]:
+    """Sum points per catalog family (``fit``, ``engagement``)."""
+    fam = np.array(catalog.family_of(names))
+    return {f: points[:, fam == f].sum(axis=1) for f in ("fit", "engagement")}
+
+
+def reasons(
+    points: Points,
+    values: pd.DataFrame,
+    catalog: Catalog,
+    names: list[str],
+    top: int = 3,
+) -> tuple[list[list[str | None]], list[list[str | None]]]:
+    """The strongest positive and negative contributions of each lead as sentences.
+
+    Ties in integer points are broken by the unrounded points; a feature with zero
+    integer points is not a reason. Fewer than *top* leave ``None``.
+    """
+    key = points.points + np.clip(points.continuous, -0.499, 0.499) * 1e-3
+    pos_order = np.argsort(-key, axis=1, kind="stable")[:, :top]
+    neg_order = np.argsort(key, axis=1, kind="stable")[:, :top]
+    defs = [catalog[n] for n in names]
+    vals = values[names].to_numpy(dtype=object)
+    pos_out: list[list[str | None]] = []
+    neg_out: list[list[str | None]] = []
+    for i in range(points.points.shape[0]):
+        row_pts = points.points[i]
+        pos_out.append(
+            [defs[j].sentence(vals[i, j], int(row_pts[j])) if row_pts[j] > 0 else None for j in pos_order[i]]
+        )
+        neg_out.append(
+            [defs[j].sentence(vals[i, j], int(row_pts[j])) if row_pts[j] < 0 else None for j in neg_order[i]]
+        )
+    return pos_out, neg_out
+
+
+@dataclass
+class LeadExplanation:
+    """One lead's explanation, feature by feature (for ``convert-leads explain``)."""
+
+    lead_id: str
+    probability: float
+    score: int
+    base_score: int
+    table: pd.DataFrame  # feature, family, value, raw_contribution, points, sentence
+
+    def lines(self) -> list[str]:
+        fam = self.table.groupby("family")["points"].sum()
+        out = [
+            f"lead {self.lead_id}: score {self.score} (probability {self.probability:.3f}) = base "
+            f"{self.base_score} + fit {int(fam.get('fit', 0)):+d} + engagement "
+            f"{int(fam.get('engagement', 0)):+d}",
+        ]
+        shown = self.table[self.table["points"] != 0]
+        out.append(shown[["points", "family", "feature", "sentence"]].to_string(index=False))
+        return out
+
+
+def explain_lead(model: LeadScoringModel, row: pd.DataFrame) -> LeadExplanation:
+    """Every feature's contribution to one lead's score, sorted by absolute points."""
+    matrix = model.matrix(row)
+    raw = np.asarray(model.booster_.predict(matrix, raw_score=True), dtype="float64")
+    phi = contributions(model, matrix)
+    pts = to_points(raw, phi[:, :-1], float(phi[0, -1]), model_score_fn(model))
+    names = model.spec_.names
+    values = row[names].iloc[0]
+    table = pd.DataFrame(
+        {
+            "feature": names,
+            "family": model.catalog_.family_of(names),
+            "value": [values[n] for n in names],
+            "raw_contribution": phi[0, :-1],
+            "points": pts.points[0],
+            "sentence": [model.catalog_[n].sentence(values[n], int(p)) for n, p in zip(names, pts.points[0], strict=True)],
+        }
+    )
+    table = table.reindex(table["points"].abs().add(table["raw_contribution"].abs() * 1e-6).sort_values(ascending=False).index)
+    p = float(model.probability_from_raw(raw)[0])
+    return LeadExplanation(
+        lead_id=str(row.iloc[0].get("lead_id", "")),
+        probability=p,
+        score=int(score_from_probability(np.array([p]))[0]),
+        base_score=pts.base_score,
+        table=table.reset_index(drop=True),
+    )
+
+
+def plot_waterfall(explanation: LeadExplanation, max_features: int = 12):  # type: ignore[no-untyped-def]
+    """A waterfall of score points from the base score to the lead's score (matplotlib Figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = explanation.table
+    top = t.head(max_features)
+    rest = int(t["points"].sum() - top["points"].sum())
+    labels = ["base score"] + [str(s)[:70] for s in top["sentence"].str.replace(r"^[+-]\d+ ", "", regex=True)]
+    steps = [explanation.base_score] + top["points"].astype(int).tolist()
+    if rest:
+        labels.append(f"{len(t) - len(top)} other features")
+        steps.append(rest)
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(steps) + 1.5))
+    level = 0
+    for i, step in enumerate(steps):
+        start = 0 if i == 0 else level
+        color = "#777777" if i == 0 else ("#2a9d55" if step >= 0 else "#c0392b")
+        ax.barh(i, step, left=start, color=color)
+        ax.text(start + step, i, f" {step:+d}" if i else f" {step}", va="center", fontsize=8)
+        level = start + step
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(explanation.score, color="black", lw=0.8, ls="--")
+    ax.set_xlabel("score points (0-100)")
+    ax.set_title(f"Lead {explanation.lead_id}: score {explanation.score}")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,335 @@
+"""The model bundle: feature spec, LightGBM booster and calibrator, saved and loaded together.
+
+:class:`FeatureSpec` records, by name, the features a model was trained on, their kind
+and the training categories of every categorical feature; at scoring time it refuses
+data that lacks a feature and re-applies the training categories (LightGBM encodes a
+pandas category by its position in the category list, so a different list would give
+silently wrong predictions). :class:`LeadScoringModel` follows scikit-learn's
+conventions: ``fit`` returns ``self``, learned attributes end in ``_``.
+
+A saved bundle is a folder of plain files: ``booster.txt`` (LightGBM's text format),
+``calibrator.json`` and ``bundle.json`` (spec, catalog, horizon, grades, metrics), so
+a model can be read without unpickling code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from convert.calibrate import Calibrator, calibrator_from_dict
+from convert.catalog import Catalog
+from convert.exceptions import FeatureMismatchError, ModelNotFoundError
+
+BUNDLE_VERSION = 1
+
+
+@dataclass
+class FeatureSpec:
+    """The features a model expects, by name, with kinds and training categories."""
+
+    names: list[str]
+    kinds: dict[str, str]
+    categories: dict[str, list[str]] = field(default_factory=dict)
+    event_types: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_frame(
+        cls, frame: pd.DataFrame, catalog: Catalog, event_types: Sequence[str] = ()
+    ) -> FeatureSpec:
+        """Learn the categories of each categorical feature from the training rows."""
+        names = [f.name for f in catalog]
+        kinds = {f.name: f.kind for f in catalog}
+        cats = {
+            n: sorted({str(v) for v in frame[n].dropna().unique()})
+            for n in names
+            if kinds[n] == "categorical"
+        }
+        return cls(names=names, kinds=kinds, categories=cats, event_types=list(event_types))
+
+    @property
+    def categorical(self) -> list[str]:
+        return [n for n in self.names if self.kinds[n] == "categorical"]
+
+    def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The model matrix: spec columns in order, numeric as float64, categoricals with the
+        training categories (unseen values become missing).
+
+        Raises
+        ------
+        FeatureMismatchError
+            Naming the first missing feature, when the data lacks one.
+        """
+        missing = [n for n in self.names if n not in frame.columns]
+        if missing:
+            raise FeatureMismatchError(
+                f"the data lacks feature column {missing[0]!r} that the model was trained on"
+                + (f" (and {len(missing) - 1} more: {', '.join(missing[1:6])})" if len(missing) > 1 else "")
+                + ". Score with the same feature configuration (params.yaml features section and "
+                "extra attributes) as training, or retrain the model"
+            )
+        out = pd.DataFrame(index=frame.index)
+        for n in self.names:
+            if self.kinds[n] == "categorical":
+                values = frame[n].astype("object").where(frame[n].notna(), None)
+                values = values.map(lambda v: None if v is None else str(v))
+                out[n] = pd.Categorical(values, categories=self.categories[n])
+            else:
+                try:
+                    out[n] = pd.to_numeric(frame[n], errors="raise").astype("float64")
+                except (TypeError, ValueError) as exc:
+                    raise FeatureMismatchError(
+                        f"feature column {n!r} must be numeric, as in training: {exc}"
+                    ) from exc
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureSpec:
+        return cls(**dict(data))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def score_from_probability(p: np.ndarray) -> np.ndarray:
+    """score = round(100 x probability), halves rounded up (not to even), as integers."""
+    return np.floor(100.0 * np.asarray(p, dtype="float64") + 0.5).astype("int64")
+
+
+def grade_from_score(score: np.ndarray, cutoffs: Mapping[str, int]) -> np.ndarray:
+    """Grades from score cut-offs (best first, e.g. A>=50, B>=25, C>=10); the rest get the next letter."""
+    letters = list(cutoffs)
+    last = chr(ord(letters[-1]) + 1) if letters else "A"
+    out = np.full(len(score), last, dtype=object)
+    for letter in reversed(letters):
+        out[np.asarray(score) >= cutoffs[letter]] = letter
+    return out
+
+
+class LeadScoringModel:
+    """LightGBM on point-in-time features, with a calibrator from raw score to probability.
+
+    Parameters
+    ----------
+    params:
+        LightGBM parameters (objective binary); a seed and deterministic mode are added.
+    num_boost_round, early_stopping_rounds:
+        Boosting rounds and patience on the validation slice's log loss.
+    monotone_constraints:
+        ``{feature: -1|0|1}``; features not named are unconstrained.
+    seed:
+        Seeds LightGBM (bagging, feature fraction) so a re-run gives identical scores.
+
+    Attributes
+    ----------
+    booster_ : lightgbm.Booster
+    spec_ : FeatureSpec
+    catalog_ : Catalog
+    calibrator_ : Calibrator
+    best_iteration_ : int
+    base_raw_ : float
+        The expected raw score over the training rows (SHAP's base value).
+    """
+
+    def __init__(
+        self,
+        params: Mapping[str, Any] | None = None,
+        num_boost_round: int = 2000,
+        early_stopping_rounds: int = 100,
+        monotone_constraints: Mapping[str, int] | None = None,
+        seed: int = 42,
+        horizon_days: int = 90,
+        grade_cutoffs: Mapping[str, int] | None = None,
+    ) -> None:
+        self.params = dict(params or {"objective": "binary"})
+        self.num_boost_round = num_boost_round
+        self.early_stopping_rounds = early_stopping_rounds
+        self.monotone_constraints = dict(monotone_constraints or {})
+        self.seed = seed
+        self.horizon_days = horizon_days
+        self.grade_cutoffs = dict(grade_cutoffs or {"A": 50, "B": 25, "C": 10})
+        self.metadata: dict[str, Any] = {}
+
+    # --- fitting --------------------------------------------------------------------------
+
+    def _lgb_params(self, spec: FeatureSpec) -> dict[str, Any]:
+        unknown = [n for n in self.monotone_constraints if n not in spec.names]
+        if unknown:
+            raise FeatureMismatchError(
+                f"monotone constraint on unknown feature {unknown[0]!r}; features are named in "
+                "the catalog (convert-leads features --list)"
+            )
+        params = {
+            "objective": "binary",
+            "metric": "binary_logloss",
+            "verbosity": -1,
+            "seed": self.seed,
+            "deterministic": True,
+            "force_col_wise": True,
+            "num_threads": 2,
+            **self.params,
+        }
+        if self.monotone_constraints:
+            params["monotone_constraints"] = [self.monotone_constraints.get(n, 0) for n in spec.names]
+            params.setdefault("monotone_constraints_method", "advanced")
+        return params
+
+    def fit(
+        self,
+        X: pd.DataFrame,
+        y: np.ndarray | pd.Series,
+        X_valid: pd.DataFrame,
+        y_valid: np.ndarray | pd.Series,
+        catalog: Catalog,
+        event_types: Sequence[str] = (),
+    ) -> LeadScoringModel:
+        """Fit the booster on *X* with early stopping on (*X_valid*, *y_valid*)."""
+        self.catalog_ = catalog
+        self.spec_ = FeatureSpec.from_frame(X, catalog, event_types)
+        params = self._lgb_params(self.spec_)
+        train_set = lgb.Dataset(
+            self.spec_.transform(X), label=np.asarray(y, dtype="float64"),
+            categorical_feature=self.spec_.categorical or "auto", free_raw_data=True,
+        )
+        valid_set = lgb.Dataset(
+            self.spec_.transform(X_valid), label=np.asarray(y_valid, dtype="float64"),
+            reference=train_set,
+        )
+        self.booster_ = lgb.train(
+            params,
+            train_set,
+            num_boost_round=self.num_boost_round,
+            valid_sets=[valid_set],
+            valid_names=["validation"],
+            callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
+        )
+        self.best_iteration_ = int(self.booster_.best_iteration or self.booster_.current_iteration())
+        self.booster_ = _trimmed(self.booster_, self.best_iteration_)
+        self.base_raw_ = float(
+            self.booster_.predict(self.spec_.transform(X.iloc[:1]), pred_contrib=True)[0, -1]
+        )
+        return self
+
+    def calibrate(self, calibrator: Calibrator) -> LeadScoringModel:
+        """Attach a calibrator fitted on raw scores of rows the booster did not train on."""
+        self.calibrator_ = calibrator
+        return self
+
+    # --- prediction -----------------------------------------------------------------------
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "booster_"):
+            raise ModelNotFoundError("this model is not fitted yet; call fit() or load a bundle")
+
+    def matrix(self, X: pd.DataFrame) -> pd.DataFrame:
+        """The checked model matrix for *X* (see :meth:`FeatureSpec.transform`)."""
+        self._check_fitted()
+        return self.spec_.transform(X)
+
+    def predict_raw(self, X: pd.DataFrame) -> np.ndarray:
+        """Raw log-odds of LightGBM."""
+        return np.asarray(self.booster_.predict(self.matrix(X), raw_score=True), dtype="float64")
+
+    def probability_from_raw(self, raw: np.ndarray) -> np.ndarray:
+        if hasattr(self, "calibrator_"):
+            return np.asarray(self.calibrator_.predict(raw), dtype="float64")
+        return _sigmoid(np.asarray(raw, dtype="float64"))
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        """Calibrated probabilities, shape (n, 2), scikit-learn's convention."""
+        p = self.probability_from_raw(self.predict_raw(X))
+        return np.column_stack([1.0 - p, p])
+
+    def score_from_raw(self, raw: np.ndarray) -> np.ndarray:
+        return score_from_probability(self.probability_from_raw(raw))
+
+    def grades(self, score: np.ndarray) -> np.ndarray:
+        return grade_from_score(score, self.grade_cutoffs)
+
+    @property
+    def feature_names_in_(self) -> list[str]:
+        return list(self.spec_.names)
+
+    # --- persistence ----------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Write the bundle folder (booster text, calibrator and spec JSON)."""
+        self._check_fitted()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.booster_.save_model(str(path / "booster.txt"))
+        if hasattr(self, "calibrator_"):
+            (path / "calibrator.json").write_text(json.dumps(self.calibrator_.to_dict(), indent=1))
+        bundle = {
+            "bundle_version": BUNDLE_VERSION,
+            "params": self.params,
+            "num_boost_round": self.num_boost_round,
+            "early_stopping_rounds": self.early_stopping_rounds,
+            "monotone_constraints": self.monotone_constraints,
+            "seed": self.seed,
+            "horizon_days": self.horizon_days,
+            "grade_cutoffs": self.grade_cutoffs,
+            "best_iteration": self.best_iteration_,
+            "base_raw": self.base_raw_,
+            "spec": self.spec_.to_dict(),
+            "catalog": self.catalog_.to_records(),
+            "metadata": _jsonable(self.metadata),
+        }
+        (path / "bundle.json").write_text(json.dumps(bundle, indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LeadScoringModel:
+        path = Path(path)
+        if not (path / "bundle.json").exists():
+            raise ModelNotFoundError(f"{path} is not a model bundle (no bundle.json)")
+        data = json.loads((path / "bundle.json").read_text())
+        model = cls(
+            params=data["params"],
+            num_boost_round=data["num_boost_round"],
+            early_stopping_rounds=data["early_stopping_rounds"],
+            monotone_constraints=data["monotone_constraints"],
+            seed=data["seed"],
+            horizon_days=data["horizon_days"],
+            grade_cutoffs=data["grade_cutoffs"],
+        )
+        model.booster_ = lgb.Booster(model_file=str(path / "booster.txt"))
+        model.best_iteration_ = int(data["best_iteration"])
+        model.base_raw_ = float(data["base_raw"])
+        model.spec_ = FeatureSpec.from_dict(data["spec"])
+        model.catalog_ = Catalog.from_records(data["catalog"])
+        model.metadata = data.get("metadata", {})
+        if (path / "calibrator.json").exists():
+            model.calibrator_ = calibrator_from_dict(json.loads((path / "calibrator.json").read_text()))
+        return model
+
+
+def _trimmed(booster: lgb.Booster, iterations: int) -> lgb.Booster:
+    """A booster holding only the first *iterations* trees (what early stopping chose)."""
+    return lgb.Booster(model_str=booster.model_to_string(num_iteration=iterations))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return None if math.isnan(float(value)) else float(value)
+    if isinstance(value, (pd.Timestamp,)):
+        return value.isoformat()
+    return value

@@ -1,0 +1,248 @@
+"""The MLflow registry: the only module that talks to MLflow.
+
+Training runs log their parameters, hold-out metrics beside the baselines, the feature
+list with the catalog's descriptions, plots and the model bundle as a pyfunc; each model
+is registered under its name, and aliases (not the deprecated stages) mark the versions:
+a new version becomes ``challenger``, the very first also ``champion``.
+:func:`promote` moves ``champion`` when the challenger beats it on the same hold-out.
+
+Tracking uses ``MLFLOW_TRACKING_URI`` when set, else MLflow's default store in the
+working directory; URIs are never printed with credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from convert.exceptions import ModelNotFoundError
+from convert.model import LeadScoringModel
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+_LOWER_IS_BETTER = {"log_loss", "brier", "ece"}
+_MODEL_FILE = Path(__file__).with_name("mlflow_model.py")
+
+
+def _mlflow():  # type: ignore[no-untyped-def]
+    import mlflow
+
+    return mlflow
+
+
+def _client():  # type: ignore[no-untyped-def]
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def tracking_uri_for_display() -> str:
+    """The tracking URI with any password masked."""
+    uri = _mlflow().get_tracking_uri()
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", uri)
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A model version in the registry."""
+
+    name: str
+    version: str
+    run_id: str
+    uri: str
+
+    @property
+    def label(self) -> str:
+        """``name/version``, the ``model_version`` written with every score."""
+        return f"{self.name}/{self.version}"
+
+
+def _flat(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(f"{key}.", v))
+        else:
+            out[key] = v
+    return out
+
+
+def log_training(
+    model: LeadScoringModel,
+    name: str,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    tables: dict[str, pd.DataFrame],
+    figures: dict[str, Any],
+    input_example: pd.DataFrame,
+    extra_artifacts: dict[str, Path] | None = None,
+) -> RegisteredModel:
+    """Log one training run and register its model as a new version (alias ``challenger``)."""
+    mlflow = _mlflow()
+    from mlflow.models import infer_signature
+
+    mlflow.set_experiment(name)
+    with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_params({k: str(v)[:500] for k, v in _flat("", params).items()})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v})
+        for label, frame in tables.items():
+            path = Path(tmp) / f"{label}.csv"
+            frame.to_csv(path, index=False)
+            mlflow.log_artifact(str(path), artifact_path="evaluation")
+        for label, fig in figures.items():
+            mlflow.log_figure(fig, f"plots/{label}.png")
+        catalog = model.catalog_.to_frame()[["name", "family", "group", "kind", "unit", "description"]]
+        catalog_path = Path(tmp) / "features.csv"
+        catalog.to_csv(catalog_path, index=False)
+        mlflow.log_artifact(str(catalog_path))
+        mlflow.log_dict(model.metadata, "model_card.json")
+        for label, path in (extra_artifacts or {}).items():
+            mlflow.log_artifact(str(path), artifact_path=label)
+        bundle = model.save(Path(tmp) / "bundle")
+        example = input_example[model.spec_.names].head(5)
+        output = _pyfunc_output(model, example)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(_MODEL_FILE),
+            artifacts={"bundle": str(bundle)},
+            signature=infer_signature(example, output),
+            input_example=example,
+            registered_model_name=name,
+        )
+        version = str(info.registered_model_version)
+    client = _client()
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    aliases = client.get_registered_model(name).aliases
+    if CHAMPION not in aliases:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    return RegisteredModel(name, version, run.info.run_id, f"models:/{name}/{version}")
+
+
+def _pyfunc_output(model: LeadScoringModel, example: pd.DataFrame) -> pd.DataFrame:
+    from convert.model import score_from_probability
+
+    p = model.predict_proba(example)[:, 1]
+    score = score_from_probability(p)
+    return pd.DataFrame({"probability": p, "score": score, "grade": model.grades(score)})
+
+
+def resolve(uri: str) -> RegisteredModel:
+    """Resolve ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or ``NAME`` (its champion)."""
+    client = _client()
+    from mlflow.exceptions import MlflowException
+
+    m = re.fullmatch(r"(?:models:/)?([^@/]+)(?:@([^/]+)|/(\d+))?", uri)
+    if not m:
+        raise ModelNotFoundError(
+            f"model {uri!r} is not a registry URI (models:/NAME@ALIAS or models:/NAME/VERSION) "
+            "nor a bundle folder"
+        )
+    name, alias, version = m.group(1), m.group(2), m.group(3)
+    try:
+        if version is None:
+            mv = client.get_model_version_by_alias(name, alias or CHAMPION)
+        else:
+            mv = client.get_model_version(name, version)
+    except MlflowException as exc:
+        raise ModelNotFoundError(
+            f"no model {uri!r} in the registry at {tracking_uri_for_display()}: train one with "
+            "`convert-leads train` (or set MLFLOW_TRACKING_URI to the registry that has it)"
+        ) from exc
+    return RegisteredModel(name, str(mv.version), mv.run_id, f"models:/{name}/{mv.version}")
+
+
+def load_model(uri: str) -> tuple[LeadScoringModel, str]:
+    """The model bundle behind *uri* and its ``name/version`` label.
+
+    *uri* is a registry URI (see :func:`resolve`) or a local bundle folder.
+    """
+    if Path(uri).is_dir():
+        model = LeadScoringModel.load(uri)
+        return model, f"{Path(uri).name}/local"
+    reg = resolve(uri)
+    mlflow = _mlflow()
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"{reg.uri}")
+    bundle = Path(local) / "artifacts" / "bundle"
+    if not bundle.exists():
+        raise ModelNotFoundError(f"{reg.label} holds no convert bundle (artifacts/bundle)")
+    return LeadScoringModel.load(bundle), reg.label
+
+
+def load_pyfunc(uri: str):  # type: ignore[no-untyped-def]
+    """The MLflow pyfunc of a registered model (plain strings and numbers in)."""
+    return _mlflow().pyfunc.load_model(uri)
+
+
+def run_metrics(run_id: str) -> dict[str, float]:
+    return dict(_client().get_run(run_id).data.metrics)
+
+
+@dataclass(frozen=True)
+class Promotion:
+    promoted: bool
+    reason: str
+    champion: str | None
+    challenger: str | None
+
+
+def promote(name: str, metric: str = "log_loss", min_improvement: float = 0.0) -> Promotion:
+    """Move ``champion`` to the challenger when it beats the champion on the challenger's hold-out.
+
+    The champion was evaluated on the same hold-out when the challenger was trained
+    (metric ``champion_holdout_<metric>`` of the challenger's run).
+    """
+    client = _client()
+    from mlflow.exceptions import MlflowException
+
+    try:
+        aliases = client.get_registered_model(name).aliases
+    except MlflowException as exc:
+        raise ModelNotFoundError(f"no registered model named {name!r}; train one first") from exc
+    champ, chall = aliases.get(CHAMPION), aliases.get(CHALLENGER)
+    if chall is None:
+        return Promotion(False, "there is no challenger version", champ, None)
+    if champ == chall:
+        return Promotion(False, f"version {chall} is already the champion", champ, chall)
+    m = run_metrics(client.get_model_version(name, chall).run_id)
+    ours, theirs = m.get(f"holdout_{metric}"), m.get(f"champion_holdout_{metric}")
+    if ours is None or theirs is None:
+        return Promotion(
+            False,
+            f"the challenger's run has no comparison with champion version {champ} on its hold-out "
+            f"(holdout_{metric} / champion_holdout_{metric}); retrain to compare",
+            champ, chall,
+        )
+    better = (theirs - ours) if metric in _LOWER_IS_BETTER else (ours - theirs)
+    verdict = (
+        f"challenger {name}/{chall} {metric}={ours:.5f} vs champion {name}/{champ} "
+        f"{metric}={theirs:.5f} on the challenger's hold-out (improvement {better:+.5f}, "
+        f"required > {min_improvement})"
+    )
+    if better > min_improvement:
+        client.set_registered_model_alias(name, CHAMPION, chall)
+        return Promotion(True, "promoted: " + verdict, chall, chall)
+    return Promotion(False, "kept the champion: " + verdict, champ, chall)
+
+
+def champion_exists(name: str) -> bool:
+    client = _client()
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return CHAMPION in client.get_registered_model(name).aliases
+    except MlflowException:
+        return False
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=1, default=str))
+
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -1,0 +1,264 @@
+"""One function per command: compose loading, the core, the registry and write-back.
+
+Steps do the input and output (files, MLflow, databases) around the pure core, and
+return small result objects the CLI prints. A notebook or a DVC pipeline can call them
+just as the CLI does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from convert.config import Config
+from convert.dataset import CRMData, load
+from convert.explain import (
+    LeadExplanation,
+    contributions,
+    explain_lead,
+    model_score_fn,
+    plot_waterfall,
+    to_points,
+)
+from convert.io import write_frame
+from convert.model import LeadScoringModel
+from convert.schema import Labeled
+from convert.train import TrainResult, build_training_set, evaluate_holdout, split_by_time, train
+
+Echo = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def load_data(
+    path: str | Path, config: Config, rejects: str | Path | None = None, strict: bool | None = None,
+    echo: Echo = _quiet,
+) -> CRMData:
+    """Load an export, write the rejects file and report the counts."""
+    data = load(path, config, strict=strict)
+    rejects_path = Path(rejects or config.data.rejects)
+    write_frame(data.report.rejects, rejects_path)
+    r = data.report
+    echo(
+        f"loaded {path}: {r.tables['leads'].rows_loaded:,} leads, "
+        f"{r.tables['events'].rows_loaded:,} events; {r.quarantined:,} rows quarantined to "
+        f"{rejects_path}, {r.warnings:,} warnings"
+    )
+    return data
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+def global_importance(model: LeadScoringModel, frame: pd.DataFrame, max_rows: int = 20_000, seed: int = 42) -> pd.DataFrame:
+    """Mean |score points| per feature over (a sample of) *frame*, with family and description."""
+    sample = frame.sample(n=min(max_rows, len(frame)), random_state=seed) if len(frame) > max_rows else frame
+    matrix = model.matrix(sample)
+    phi = contributions(model, matrix)
+    pts = to_points(phi.sum(axis=1), phi[:, :-1], model.base_raw_, model_score_fn(model))
+    names = model.spec_.names
+    table = pd.DataFrame(
+        {
+            "feature": names,
+            "family": model.catalog_.family_of(names),
+            "mean_abs_points": np.abs(pts.continuous).mean(axis=0),
+            "mean_abs_raw": np.abs(phi[:, :-1]).mean(axis=0),
+            "description": [model.catalog_[n].description for n in names],
+        }
+    )
+    return table.sort_values("mean_abs_points", ascending=False).reset_index(drop=True)
+
+
+def plot_importance(table: pd.DataFrame, top: int = 20):  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = table.head(top).iloc[::-1]
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(t) + 1.2))
+    colors = ["#1f77b4" if f == "fit" else "#ff7f0e" for f in t["family"]]
+    ax.barh(t["feature"], t["mean_abs_points"], color=colors)
+    ax.set_xlabel("mean |score points| (blue: fit, orange: engagement)")
+    ax.set_title("Global importance")
+    fig.tight_layout()
+    return fig
+
+
+@dataclass
+class TrainSummary:
+    result: TrainResult
+    registered: Any
+    importance: pd.DataFrame
+    champion_metrics: dict[str, float] | None
+    lines: list[str] = field(default_factory=list)
+
+
+def train_step(
+    data_path: str | Path,
+    config: Config,
+    as_of: str | None = None,
+    tune_trials: int | None = None,
+    model_name: str | None = None,
+    rejects: str | None = None,
+    strict: bool | None = None,
+    echo: Echo = _quiet,
+) -> TrainSummary:
+    """Load, train, evaluate against the baselines and the champion, log and register."""
+    from convert import registry
+    from convert.metrics import evaluate, plot_lift, plot_reliability
+
+    name = model_name or config.train.model_name
+    data = load_data(data_path, config, rejects, strict, echo)
+    try:
+        result = train(data, config, as_of=as_of, tune_trials=tune_trials)
+        hold = result.split.masks["holdout"]
+        holdout = result.training_set.frame.loc[hold].reset_index(drop=True)
+        champion_metrics = None
+        if registry.champion_exists(name):
+            champion, label = registry.load_model(f"models:/{name}@{registry.CHAMPION}")
+            from convert.features import build_features
+
+            fs = build_features(data.con, holdout[[Labeled.lead_id, Labeled.as_of]], config.features,
+                                champion.spec_.event_types)
+            p = champion.predict_proba(fs.frame)[:, 1]
+            champion_metrics = evaluate(holdout[Labeled.label].to_numpy(), p)
+            echo(f"champion {label} on this hold-out: log loss {champion_metrics['log_loss']:.4f}, "
+                 f"ROC AUC {champion_metrics['roc_auc']:.4f}")
+    finally:
+        data.close()
+    ev = result.evaluation
+    importance = global_importance(result.model, holdout, seed=config.seed)
+    metrics: dict[str, float] = {}
+    for col in ev.metrics.columns:
+        prefix = "holdout_" if col == "model" else f"baseline_{col}_"
+        metrics.update({f"{prefix}{k}": float(v) for k, v in ev.metrics[col].items()})
+    if champion_metrics:
+        metrics.update({f"champion_holdout_{k}": float(v) for k, v in champion_metrics.items()})
+    params = {
+        "model_name": name, "training_as_of": result.training_set.as_of.isoformat(),
+        "horizon_days": config.labels.horizon_days, "frequency": config.labels.frequency,
+        "seed": config.seed, "calibration": result.model.calibrator_.method,
+        "best_iteration": result.model.best_iteration_, "n_features": len(result.model.spec_.names),
+        "lightgbm": result.params,
+    }
+    registered = registry.log_training(
+        result.model, name, params, metrics,
+        tables={"metrics": ev.metrics.reset_index(names="metric"), "reliability": ev.reliability,
+                "lift": ev.lift, "grades": ev.grades, "slices": result.slices,
+                "importance": importance, "calibration_cv": pd.DataFrame([result.calibration_cv])},
+        figures={"reliability": plot_reliability(ev.reliability), "lift": plot_lift(ev.lift),
+                 "importance": plot_importance(importance)},
+        input_example=holdout,
+    )
+    return TrainSummary(result, registered, importance, champion_metrics)
+
+
+def evaluate_step(
+    data_path: str | Path, config: Config, model_uri: str, out: str | Path, rejects: str | None = None,
+    echo: Echo = _quiet,
+) -> dict[str, Any]:
+    """Re-evaluate a model on its own hold-out and write metrics and plots (DVC ``evaluate``)."""
+    from convert import registry
+    from convert.metrics import plot_lift, plot_reliability
+
+    model, label = registry.load_model(model_uri)
+    echo(f"model {label}")
+    as_of = model.metadata.get("training_as_of")
+    cfg = config.with_overrides(labels__horizon_days=model.horizon_days)
+    data = load_data(data_path, cfg, rejects, echo=echo)
+    try:
+        ts = build_training_set(data, cfg, as_of)
+        split = split_by_time(ts.frame[Labeled.as_of], cfg)
+        ev = evaluate_holdout(model, ts, split, cfg)
+    finally:
+        data.close()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = {c: {k: float(v) for k, v in ev.metrics[c].items()} for c in ev.metrics.columns}
+    (out / "metrics.json").write_text(json.dumps({"model": label, **metrics}, indent=1))
+    ev.reliability.to_csv(out / "reliability.csv", index=False)
+    ev.lift.to_csv(out / "lift.csv", index=False)
+    ev.grades.to_csv(out / "grades.csv", index=False)
+    plot_reliability(ev.reliability).savefig(out / "reliability.png", dpi=110)
+    plot_lift(ev.lift).savefig(out / "lift.png", dpi=110)
+    echo(ev.table())
+    return metrics
+
+
+# --- scoring -----------------------------------------------------------------------------------
+
+
+def score_step(
+    data_path: str | Path,
+    config: Config,
+    as_of: str,
+    out: str,
+    model_uri: str | None = None,
+    table: str | None = None,
+    rejects: str | None = None,
+    strict: bool | None = None,
+    echo: Echo = _quiet,
+    progress: bool = True,
+) -> tuple[Any, pd.DataFrame]:
+    """Score the population at *as_of* with a registered model and write the results."""
+    from convert import registry
+    from convert.score import iter_scores
+    from convert.writeback import write_scores
+
+    uri = model_uri or f"models:/{config.train.model_name}@{registry.CHAMPION}"
+    model, label = registry.load_model(uri)
+    echo(f"model {label} (from {uri})")
+    data = load_data(data_path, config, rejects, strict, echo)
+    try:
+        scores = pd.concat(
+            list(iter_scores(data, model, as_of, config, label, progress=progress)), ignore_index=True
+        )
+    finally:
+        data.close()
+    summary = write_scores(scores, out, table or config.scoring.table)
+    return summary, scores
+
+
+def explain_step(
+    data_path: str | Path, config: Config, as_of: str, lead_id: str, model_uri: str | None = None,
+    plot: str | Path | None = None, rejects: str | None = None, echo: Echo = _quiet,
+) -> LeadExplanation:
+    """Explain one lead's score at *as_of* and write a waterfall plot."""
+    from convert import registry
+    from convert.exceptions import ContractError
+    from convert.score import feature_rows
+
+    uri = model_uri or f"models:/{config.train.model_name}@{registry.CHAMPION}"
+    model, label = registry.load_model(uri)
+    echo(f"model {label} (from {uri})")
+    data = load_data(data_path, config, rejects, echo=echo)
+    try:
+        rows = feature_rows(data, model, as_of, config, [lead_id])
+    finally:
+        data.close()
+    if rows.empty:
+        raise ContractError(
+            f"lead {lead_id!r} is not in the population at {as_of} (unknown, not yet created, "
+            "converted or disqualified before then)",
+            column="lead_id",
+        )
+    explanation = explain_lead(model, rows)
+    if plot:
+        fig = plot_waterfall(explanation)
+        Path(plot).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(plot, dpi=110)
+    return explanation
+
+
+def top_leads(scores: pd.DataFrame, n: int = 10) -> pd.DataFrame:
+    """The *n* best-scored leads with their reasons (ties: lead_id)."""
+    return scores.sort_values(["score", "probability", "lead_id"], ascending=[False, False, True]).head(n)

@@ -1,0 +1,913 @@
+"""Write scores back: to a file, SQLite or PostgreSQL, staged and switched atomically.
+
+This edge module is the only place that writes scores. :func:`write_scores` takes a frame
+with exactly the :class:`~convert.schema.ScoreOutput` columns and a target:
+
+* a file path ending ``.parquet`` or ``.csv``: written to a temporary file in the same
+  directory, then moved over the old file with :func:`os.replace` (readers see the old
+  file or the new one, never half of one);
+* a database URL, ``sqlite:///path.db`` or ``postgresql://user@host:port/db`` (a plain
+  ``postgresql://`` or ``postgres://`` URL is driven by psycopg 3). Two tables are kept:
+  the current table (``table``, one row per open lead, primary key ``lead_id``) and the
+  history table (``{table}_history``, primary key ``(lead_id, as_of, model_version)``).
+
+One database run:
+
+1. the rows are staged in chunks into a temporary table of the session (PostgreSQL:
+   ``COPY ... FROM STDIN`` in CSV; SQLite: ``executemany``); nothing visible changes;
+2. then ONE transaction creates the tables when absent, deletes from the current table
+   the leads missing from this run's batch (they left the population: converted or
+   disqualified), upserts the batch into the current table
+   (``INSERT ... ON CONFLICT (lead_id) DO UPDATE``) and upserts it into the history table
+   (``ON CONFLICT (lead_id, as_of, model_version) DO UPDATE``), so a re-run is idempotent.
+   Rows whose values did not change are not rewritten.
+
+Killed at any moment, the previous tables stay as they were (the staging table dies with
+the session; the switch commits in full or not at all), and a re-run gives the same final
+tables as an uninterrupted run. Concurrent runs on the same PostgreSQL table are
+serialized by a transaction-level advisory lock (SQLite: ``BEGIN IMMEDIATE``).
+
+SQLAlchemy, psycopg and pyarrow are imported lazily, inside the functions that need them:
+``import convert.writeback`` stays light and does not import a database driver.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import stat
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote, quote_plus
+
+import numpy as np
+import pandas as pd
+
+from convert.exceptions import WritebackError
+from convert.schema import Column, ScoreOutput
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import sqlalchemy as sa
+    from sqlalchemy.engine import URL, Connection, Engine
+
+__all__ = ["WriteSummary", "read_table", "write_scores"]
+
+logger = logging.getLogger(__name__)
+
+HISTORY_SUFFIX = "_history"
+STAGE_SUFFIX = "__stage"
+#: Longest identifier PostgreSQL keeps (longer ones are silently truncated).
+MAX_IDENTIFIER = 63
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
+_TABLE_RE = re.compile(rf"(?:(?P<schema>{_IDENT})\.)?(?P<name>{_IDENT})")
+_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
+_USERINFO_RE = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+#: Text form of timestamps in SQLite (the form SQLAlchemy's SQLite dialect reads and writes).
+_SQLITE_TIMESTAMP = "%Y-%m-%d %H:%M:%S.%f"
+_INT32 = (-(2**31), 2**31 - 1)
+_PG_DRIVERS = ("postgresql", "postgres", "postgresql+psycopg", "postgres+psycopg")
+_SQLITE_DRIVERS = ("sqlite", "sqlite+pysqlite")
+_TARGET_HELP = (
+    "use a path ending .parquet or .csv, sqlite:///path.db or postgresql://user@host:port/db"
+)
+#: Columns that are neither the current key nor the history key: compared on re-runs.
+_NAMES: tuple[str, ...] = tuple(ScoreOutput.names())
+_CURRENT_KEY: tuple[str, ...] = tuple(ScoreOutput.key)
+_HISTORY_KEY: tuple[str, ...] = tuple(ScoreOutput.HISTORY_KEY)
+
+
+@contextmanager
+def _timed(step: str) -> Iterator[None]:
+    """Log at DEBUG how long *step* took (the phases of a write, for tuning)."""
+    started = time.perf_counter()
+    yield
+    logger.debug("writeback: %s took %.2f s", step, time.perf_counter() - started)
+
+
+# --- public API ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WriteSummary:
+    """What one :func:`write_scores` run did.
+
+    ``target`` never contains a password. For file targets ``table`` is ``None`` and the
+    removal and history counts are 0 (a file holds exactly the batch).
+    """
+
+    target: str
+    table: str | None
+    rows_written: int
+    rows_removed: int
+    history_rows_added: int
+    seconds: float
+    history_rows_updated: int = 0
+
+    def __str__(self) -> str:
+        if self.table is None:
+            return f"wrote {self.rows_written:,} scores to {self.target} in {self.seconds:.1f} s"
+        text = (
+            f"wrote {self.rows_written:,} scores to table {self.table} at {self.target} "
+            f"in {self.seconds:.1f} s; removed {self.rows_removed:,} leads no longer in the "
+            f"population; added {self.history_rows_added:,} rows to {self.table}{HISTORY_SUFFIX}"
+        )
+        if self.history_rows_updated:
+            text += f" (updated {self.history_rows_updated:,})"
+        return text
+
+
+def write_scores(
+    scores: pd.DataFrame,
+    target: str | os.PathLike[str],
+    table: str = ScoreOutput.table,
+    *,
+    chunk_rows: int = 100_000,
+    allow_empty: bool = False,
+) -> WriteSummary:
+    """Write *scores* (the :class:`ScoreOutput` columns) to *target*; see the module docs.
+
+    Parameters
+    ----------
+    scores:
+        One row per lead of the scored population, exactly the ``ScoreOutput`` columns.
+    target:
+        ``*.parquet`` / ``*.csv`` path, ``sqlite:///path.db`` or ``postgresql://...`` URL.
+    table:
+        Current table (database targets); the history table is ``{table}_history``.
+        Letters, digits and underscores, optionally ``schema.table``.
+    chunk_rows:
+        Rows per staging chunk (bounds the memory of one chunk's encoded form).
+    allow_empty:
+        An empty batch would delete every current score (the whole population left), so it
+        is refused unless this is true.
+
+    Raises
+    ------
+    WritebackError
+        Invalid frame, table name or target, or the write failed; the previous scores are
+        intact (the message says so, or says what to do in the rare case it cannot know).
+    """
+    started = time.perf_counter()
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise WritebackError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+    name = _parse_table(table, suffix=max(len(HISTORY_SUFFIX), len(STAGE_SUFFIX)))
+    dest = _parse_target(target)
+    frame = _prepare(scores, allow_empty=allow_empty)
+    if isinstance(dest, _FileTarget):
+        _write_file(frame, dest)
+        summary = WriteSummary(
+            target=dest.display,
+            table=None,
+            rows_written=len(frame),
+            rows_removed=0,
+            history_rows_added=0,
+            seconds=time.perf_counter() - started,
+        )
+    else:
+        removed, added, updated = _write_database(frame, dest, name, chunk_rows)
+        summary = WriteSummary(
+            target=dest.display,
+            table=name.display,
+            rows_written=len(frame),
+            rows_removed=removed,
+            history_rows_added=added,
+            seconds=time.perf_counter() - started,
+            history_rows_updated=updated,
+        )
+    logger.info("%s", summary)
+    return summary
+
+
+def read_table(target: str | os.PathLike[str], table: str = ScoreOutput.table) -> pd.DataFrame:
+    """Read scores back from a file or a database table (e.g. ``lead_scores_history``).
+
+    ``ScoreOutput`` columns get their contract types (as :func:`write_scores` writes them);
+    rows are sorted by ``lead_id`` (then ``as_of``, ``model_version``). For file targets
+    *table* is ignored.
+    """
+    dest = _parse_target(target)
+    if isinstance(dest, _FileTarget):
+        frame = _read_file(dest)
+    else:
+        frame = _read_database(dest, _parse_table(table, suffix=0))
+    for column in ScoreOutput.columns():
+        if column.name in frame.columns:
+            frame[column.name] = _coerce(frame[column.name].reset_index(drop=True), column)
+    keys = [k for k in _HISTORY_KEY if k in frame.columns]
+    if keys:
+        frame = frame.sort_values(keys, kind="stable")
+    return frame.reset_index(drop=True)
+
+
+# --- names and targets --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _TableName:
+    schema: str | None
+    name: str
+
+    @property
+    def display(self) -> str:
+        return f"{self.schema}.{self.name}" if self.schema else self.name
+
+
+def _parse_table(table: object, *, suffix: int) -> _TableName:
+    """Validate ``table`` or ``schema.table``; *suffix* is the room derived names need."""
+    match = _TABLE_RE.fullmatch(table) if isinstance(table, str) else None
+    if match is None:
+        raise WritebackError(
+            f"invalid table name {table!r}: use letters, digits and underscores, not starting "
+            "with a digit, at most 63 characters, optionally as schema.table"
+        )
+    name = match["name"]
+    if len(name) + suffix > MAX_IDENTIFIER:
+        raise WritebackError(
+            f"table name {name!r} is too long: at most {MAX_IDENTIFIER - suffix} characters, "
+            f"so that {name}{HISTORY_SUFFIX} fits the {MAX_IDENTIFIER}-character limit of "
+            "PostgreSQL identifiers"
+        )
+    return _TableName(match["schema"], name)
+
+
+@dataclass(frozen=True)
+class _FileTarget:
+    path: Path
+    fmt: Literal["parquet", "csv"]
+
+    @property
+    def display(self) -> str:
+        return str(self.path)
+
+
+@dataclass(frozen=True)
+class _DbTarget:
+    url: URL
+    dialect: Literal["sqlite", "postgresql"]
+    secrets: tuple[str, ...]
+    #: the URL as the user wrote it, password hidden
+    display: str
+
+    def scrub(self, text: str) -> str:
+        """*text* without the password (in any of its spellings)."""
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+def _redact(text: str) -> str:
+    """A URL-ish string without the password of its user info, for unparsable targets."""
+    return _USERINFO_RE.sub(r"\1***@", text)
+
+
+def _parse_target(target: object) -> _FileTarget | _DbTarget:
+    try:
+        text = os.fspath(target)  # type: ignore[call-overload]
+    except TypeError:
+        raise WritebackError(
+            f"target must be a path or a database URL, got {type(target).__name__}"
+        ) from None
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if _URL_RE.match(text):
+        return _parse_url(text)
+    path = Path(text)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return _FileTarget(path, "parquet")
+    if suffix == ".csv":
+        return _FileTarget(path, "csv")
+    raise WritebackError(f"unsupported target {_redact(text)!r}: {_TARGET_HELP}")
+
+
+def _parse_url(text: str) -> _DbTarget:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(text)
+    except (ArgumentError, ValueError):
+        raise WritebackError(
+            f"target {_redact(text)!r} is not a valid database URL: {_TARGET_HELP}"
+        ) from None
+    safe = url.render_as_string(hide_password=True)
+    backend = url.get_backend_name()
+    dialect: Literal["sqlite", "postgresql"]
+    if backend in ("postgresql", "postgres"):
+        if url.drivername not in _PG_DRIVERS:
+            raise WritebackError(
+                f"unsupported PostgreSQL driver in {safe!r}: convert writes with psycopg 3; "
+                "use postgresql://user@host:port/db"
+            )
+        url = url.set(drivername="postgresql+psycopg")
+        dialect = "postgresql"
+    elif backend == "sqlite":
+        if url.drivername not in _SQLITE_DRIVERS:
+            raise WritebackError(f"unsupported SQLite driver in {safe!r}: use sqlite:///path.db")
+        if not url.database or url.database == ":memory:":
+            raise WritebackError(
+                f"SQLite target {safe!r} names no database file: use sqlite:///path.db"
+            )
+        dialect = "sqlite"
+    else:
+        raise WritebackError(f"unsupported target scheme {backend!r} in {safe!r}: {_TARGET_HELP}")
+    password = url.password
+    secrets: tuple[str, ...] = ()
+    if password:
+        spellings = {str(password), quote_plus(str(password)), quote(str(password), safe="")}
+        secrets = tuple(sorted(spellings, key=len, reverse=True))
+    return _DbTarget(url, dialect, secrets, safe)
+
+
+# --- the frame: columns, types, keys ------------------------------------------------------
+
+
+def _prepare(scores: object, *, allow_empty: bool) -> pd.DataFrame:
+    """*scores* with the ScoreOutput columns in order and their contract types; else raise."""
+    if not isinstance(scores, pd.DataFrame):
+        raise WritebackError(f"scores must be a pandas DataFrame, got {type(scores).__name__}")
+    given = [str(c) for c in scores.columns]
+    missing = [c for c in _NAMES if c not in given]
+    extra = [c for c in given if c not in _NAMES]
+    doubled = sorted({c for c in given if given.count(c) > 1})
+    if missing or extra or doubled:
+        problems = []
+        if missing:
+            problems.append(f"missing column(s) {', '.join(map(repr, missing))}")
+        if extra:
+            problems.append(f"unexpected column(s) {', '.join(map(repr, extra))}")
+        if doubled:
+            problems.append(f"repeated column(s) {', '.join(map(repr, doubled))}")
+        raise WritebackError(
+            f"scores do not have the ScoreOutput columns: {'; '.join(problems)}. "
+            f"Expected exactly: {', '.join(_NAMES)}"
+        )
+    frame = scores.copy(deep=False)
+    frame.columns = pd.Index(given)
+    data: dict[str, pd.Series] = {}
+    for column in ScoreOutput.columns():
+        series = _coerce(frame[column.name].reset_index(drop=True), column)
+        if not column.nullable:
+            empty = series.isna().to_numpy()
+            if empty.any():
+                raise WritebackError(
+                    f"column {column.name!r} has {int(empty.sum()):,} empty value(s) "
+                    f"(first at row {int(np.argmax(empty))}) but may not be empty"
+                )
+        data[column.name] = series
+    result = pd.DataFrame(data)
+    doubled_ids = result[ScoreOutput.lead_id].duplicated(keep=False).to_numpy()
+    if doubled_ids.any():
+        examples = result.loc[doubled_ids, ScoreOutput.lead_id].drop_duplicates().head(5)
+        raise WritebackError(
+            f"scores repeat lead_id {', '.join(map(repr, examples.tolist()))} "
+            f"({int(doubled_ids.sum()):,} rows in all): the scores have one row per lead"
+        )
+    if result.empty and not allow_empty:
+        raise WritebackError(
+            "scores are empty: writing them would remove every current score; nothing was "
+            "written (pass allow_empty=True if the population really is empty)"
+        )
+    return result
+
+
+def _coerce(series: pd.Series, column: Column) -> pd.Series:
+    """*series* as the contract type of *column* (nulls allowed; checked by the caller)."""
+    try:
+        if column.dtype == "string":
+            return _as_text(series)
+        if column.dtype == "timestamp":
+            return _as_timestamp(series)
+        if column.dtype == "number":
+            return _as_float(series)
+        return _as_int(series)
+    except WritebackError as exc:
+        raise WritebackError(f"column {column.name!r}: {exc}") from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise WritebackError(
+            f"column {column.name!r} cannot be read as {column.dtype}: {exc}"
+        ) from None
+
+
+def _first_bad(series: pd.Series, bad: np.ndarray) -> str:
+    position = int(np.argmax(bad))
+    return f"{series.iloc[position]!r} at row {position}"
+
+
+def _blank_to_na(series: pd.Series) -> pd.Series:
+    if pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series):
+        text = series.astype("string")
+        return series.mask(text.eq("").fillna(False).astype(bool))
+    return series
+
+
+def _as_text(series: pd.Series) -> pd.Series:
+    if pd.api.types.is_float_dtype(series):
+        values = series.dropna()
+        if bool((values == np.floor(values)).all()):
+            series = series.astype("Int64")  # 12.0 -> "12", as the id was written
+    text = series.astype("string")
+    return text.mask(text.eq("").fillna(False).astype(bool))
+
+
+def _as_timestamp(series: pd.Series) -> pd.Series:
+    if isinstance(series.dtype, pd.DatetimeTZDtype):
+        stamps = series.dt.tz_convert("UTC").dt.tz_localize(None)
+    elif pd.api.types.is_datetime64_dtype(series):
+        stamps = series
+    elif pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+        raise WritebackError(f"timestamps expected, got numbers ({series.dtype})")
+    else:
+        stamps = pd.to_datetime(_blank_to_na(series), utc=True, format="ISO8601")
+        stamps = stamps.dt.tz_localize(None)
+    return stamps.dt.floor("us").astype("datetime64[us]")
+
+
+def _as_float(series: pd.Series) -> pd.Series:
+    numbers = pd.to_numeric(_blank_to_na(series), errors="raise").astype("float64")
+    bad = np.isinf(numbers.to_numpy())
+    if bad.any():
+        raise WritebackError(f"not a finite number: {_first_bad(series, bad)}")
+    return numbers
+
+
+def _as_int(series: pd.Series) -> pd.Series:
+    numbers = pd.to_numeric(_blank_to_na(series), errors="raise")
+    if pd.api.types.is_bool_dtype(numbers):
+        raise WritebackError("integers expected, got booleans")
+    values = numbers.astype("float64").to_numpy()
+    known = ~np.isnan(values)
+    bad = known & ((values != np.floor(values)) | np.isinf(values))
+    if bad.any():
+        raise WritebackError(f"not a whole number: {_first_bad(series, bad)}")
+    bad = known & ((values < _INT32[0]) | (values > _INT32[1]))
+    if bad.any():
+        raise WritebackError(f"outside the INTEGER range: {_first_bad(series, bad)}")
+    whole = numbers.astype("Int64")
+    return whole if bool(whole.isna().any()) else whole.astype("int64")
+
+
+def _to_arrow(frame: pd.DataFrame) -> pa.Table:
+    """The prepared frame as an Arrow table with the contract types."""
+    import pyarrow as pa
+
+    types = {
+        "string": pa.string(),
+        "timestamp": pa.timestamp("us"),
+        "number": pa.float64(),
+        "integer": pa.int32(),
+    }
+    schema = pa.schema(
+        [pa.field(c.name, types[c.dtype], nullable=c.nullable) for c in ScoreOutput.columns()]
+    )
+    return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+
+
+# --- files ----------------------------------------------------------------------------------
+
+
+def _write_file(frame: pd.DataFrame, dest: _FileTarget) -> None:
+    """Write to a temporary file next to the target, then move it over the target."""
+    path = dest.path
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # O_EXCL: never follow or reuse an existing file; mode 0o666 lets the umask decide.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                if dest.fmt == "parquet":
+                    import pyarrow.parquet as pq
+
+                    pq.write_table(_to_arrow(frame), handle)
+                else:
+                    text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
+                    frame.to_csv(text, index=False, lineterminator="\n")
+                    text.flush()
+                    text.detach()
+                handle.flush()
+                os.fsync(handle.fileno())
+            if path.exists():
+                os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_directory(path.parent)
+    except WritebackError:
+        raise
+    except Exception as exc:  # OSError, pyarrow errors: the old file was not touched
+        raise WritebackError(
+            f"could not write {path}: {exc}. Nothing was replaced: the previous file is intact."
+        ) from exc
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename durable (best effort: not every platform can open a directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _read_file(dest: _FileTarget) -> pd.DataFrame:
+    try:
+        if dest.fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(dest.path).to_pandas()
+        return pd.read_csv(dest.path, dtype=str, keep_default_na=False, na_values=[""])
+    except FileNotFoundError:
+        raise WritebackError(f"{dest.path} does not exist") from None
+    except Exception as exc:
+        raise WritebackError(f"could not read {dest.path}: {exc}") from exc
+
+
+# --- databases ------------------------------------------------------------------------------
+
+
+def _engine(dest: _DbTarget) -> Engine:
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    if dest.dialect == "sqlite":
+        path = Path(dest.url.database or "")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(dest.url, poolclass=NullPool, connect_args={"timeout": 60})
+
+        # pysqlite's own transaction handling does not cover DDL and cannot BEGIN IMMEDIATE:
+        # turn it off and emit BEGIN ourselves (the recipe of SQLAlchemy's SQLite docs).
+        @sa.event.listens_for(engine, "connect")
+        def _no_implicit_begin(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(connection: Connection) -> None:
+            connection.exec_driver_sql(connection.info.get("convert_begin", "BEGIN"))
+
+        return engine
+    connect_args: dict[str, Any] = {"connect_timeout": 15}
+    if "application_name" not in dest.url.query:
+        connect_args["application_name"] = "convert-writeback"
+    return sa.create_engine(dest.url, poolclass=NullPool, connect_args=connect_args)
+
+
+def _quoted(name: str) -> sa.sql.elements.quoted_name:
+    from sqlalchemy.sql.elements import quoted_name
+
+    return quoted_name(name, quote=True)
+
+
+def _column_type(column: Column) -> Any:
+    import sqlalchemy as sa
+
+    if column.dtype == "timestamp":
+        return sa.TIMESTAMP()
+    if column.dtype == "number":
+        return sa.Double().with_variant(sa.REAL(), "sqlite")
+    if column.dtype == "integer":
+        return sa.Integer()
+    return sa.Text()
+
+
+@dataclass(frozen=True)
+class _Tables:
+    current: sa.Table
+    history: sa.Table
+    stage: sa.Table
+
+    @classmethod
+    def build(cls, dialect: Literal["sqlite", "postgresql"], name: _TableName) -> _Tables:
+        import sqlalchemy as sa
+
+        metadata = sa.MetaData()
+        schema = _quoted(name.schema) if name.schema else None
+
+        def table(table_name: str, key: tuple[str, ...], **kwargs: Any) -> sa.Table:
+            columns = [
+                sa.Column(
+                    _quoted(c.name),
+                    _column_type(c),
+                    primary_key=c.name in key,
+                    nullable=c.nullable and c.name not in key,
+                    autoincrement=False,
+                )
+                for c in ScoreOutput.columns()
+            ]
+            return sa.Table(_quoted(table_name), metadata, *columns, **kwargs)
+
+        temp_schema = "temp" if dialect == "sqlite" else "pg_temp"
+        return cls(
+            current=table(name.name, _CURRENT_KEY, schema=schema),
+            history=table(name.name + HISTORY_SUFFIX, _HISTORY_KEY, schema=schema),
+            stage=table(
+                name.name + STAGE_SUFFIX, (), schema=_quoted(temp_schema), prefixes=["TEMPORARY"]
+            ),
+        )
+
+
+def _write_database(
+    frame: pd.DataFrame, dest: _DbTarget, name: _TableName, chunk_rows: int
+) -> tuple[int, int, int]:
+    """Stage, then switch in one transaction; returns (removed, history added, updated)."""
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    errors: tuple[type[BaseException], ...] = (sa.exc.SQLAlchemyError, sqlite3.Error, OSError)
+    if dest.dialect == "postgresql":
+        import psycopg
+
+        errors = (*errors, psycopg.Error)
+    if dest.dialect == "sqlite" and sqlite3.sqlite_version_info < (3, 24, 0):
+        raise WritebackError(
+            f"SQLite {sqlite3.sqlite_version} is too old for upserts; convert needs 3.24 or later"
+        )
+    tables = _Tables.build(dest.dialect, name)
+    phase = "connecting"
+    try:
+        engine = _engine(dest)
+        try:
+            with engine.connect() as conn:
+                phase = "checking the existing tables"
+                _prepare_session(conn, dest)
+                _check_existing(conn, tables, name)
+                conn.rollback()
+                phase = "staging the scores"
+                with _timed("staging"), conn.begin():
+                    _stage(conn, dest.dialect, tables.stage, frame, chunk_rows)
+                phase = "switching to the new scores"
+                conn.info["convert_begin"] = "BEGIN IMMEDIATE"
+                transaction = conn.begin()
+                try:
+                    counts = _switch(conn, dest.dialect, tables, name)
+                    phase = "committing"
+                    with _timed("commit"):
+                        transaction.commit()
+                finally:
+                    if transaction.is_active:
+                        transaction.rollback()
+        finally:
+            engine.dispose()
+    except WritebackError:
+        raise
+    except errors as exc:
+        raise _database_error(exc, dest, phase) from _safe_cause(exc, dest)
+    return counts
+
+
+def _prepare_session(conn: Connection, dest: _DbTarget) -> None:
+    if dest.dialect != "postgresql":
+        return
+    version = conn.dialect.server_version_info or (0,)
+    if version >= (14,):
+        # A killed client's backend notices within a second and rolls back, instead of
+        # holding the table lock until its current statement ends.
+        conn.exec_driver_sql("SET client_connection_check_interval = 1000")
+    conn.commit()
+
+
+def _check_existing(conn: Connection, tables: _Tables, name: _TableName) -> None:
+    """Fail before staging when existing tables cannot take the scores."""
+    import sqlalchemy as sa
+
+    inspector = sa.inspect(conn)
+    if name.schema and conn.dialect.name == "postgresql" and not inspector.has_schema(name.schema):
+        raise WritebackError(
+            f"schema {name.schema!r} does not exist in the database; create it first. "
+            "Nothing was written."
+        )
+    for table, key in ((tables.current, _CURRENT_KEY), (tables.history, _HISTORY_KEY)):
+        if not inspector.has_table(table.name, schema=table.schema):
+            continue
+        label = f"{table.schema}.{table.name}" if table.schema else str(table.name)
+        present = {c["name"] for c in inspector.get_columns(table.name, schema=table.schema)}
+        missing = [c for c in _NAMES if c not in present]
+        if missing:
+            raise WritebackError(
+                f"table {label} exists but lacks column(s) {', '.join(missing)}: it was not "
+                "written by this version of convert; migrate or rename it. Nothing was "
+                "written: the previous scores are intact."
+            )
+        unique_keys = [
+            set(inspector.get_pk_constraint(table.name, schema=table.schema)["constrained_columns"])
+        ]
+        unique_keys += [
+            set(u["column_names"])
+            for u in inspector.get_unique_constraints(table.name, schema=table.schema)
+        ]
+        unique_keys += [
+            {c for c in ix["column_names"] if c is not None}
+            for ix in inspector.get_indexes(table.name, schema=table.schema)
+            if ix.get("unique")
+        ]
+        if set(key) not in unique_keys:
+            raise WritebackError(
+                f"table {label} exists but ({', '.join(key)}) is not its primary key or a "
+                "unique key, which the upsert needs. Nothing was written: the previous "
+                "scores are intact."
+            )
+
+
+def _stage(
+    conn: Connection,
+    dialect: Literal["sqlite", "postgresql"],
+    stage: sa.Table,
+    frame: pd.DataFrame,
+    chunk_rows: int,
+) -> None:
+    import sqlalchemy as sa
+
+    stage.drop(conn, checkfirst=True)
+    stage.create(conn)
+    if dialect == "postgresql":
+        with _timed("COPY into staging"):
+            _copy_postgresql(conn, stage, frame, chunk_rows)
+        with _timed("ANALYZE staging"):
+            conn.exec_driver_sql(f"ANALYZE {conn.dialect.identifier_preparer.format_table(stage)}")
+        return
+    insert = str(stage.insert().compile(dialect=conn.dialect))
+    for start in range(0, len(frame), chunk_rows):
+        chunk = frame.iloc[start : start + chunk_rows]
+        columns = [_python_values(chunk[c.name], c) for c in ScoreOutput.columns()]
+        conn.exec_driver_sql(insert, list(zip(*columns, strict=True)))
+    # the anti-join of the switch looks leads up by lead_id
+    sa.Index(_quoted(f"{stage.name}_lead_id"), stage.c.lead_id).create(conn)
+
+
+def _copy_postgresql(
+    conn: Connection, stage: sa.Table, frame: pd.DataFrame, chunk_rows: int
+) -> None:
+    """Bulk-load the frame with ``COPY ... FROM STDIN`` (CSV encoded by Arrow, in chunks)."""
+    import pyarrow.csv as pa_csv
+
+    preparer = conn.dialect.identifier_preparer
+    columns = ", ".join(preparer.quote(c.name) for c in stage.columns)
+    statement = f"COPY {preparer.format_table(stage)} ({columns}) FROM STDIN WITH (FORMAT csv)"
+    options = pa_csv.WriteOptions(include_header=False, quoting_style="needed")
+    arrow = _to_arrow(frame)
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cursor, cursor.copy(statement) as copy:
+        for start in range(0, len(frame), chunk_rows):
+            buffer = io.BytesIO()
+            pa_csv.write_csv(arrow.slice(start, chunk_rows), buffer, options)
+            copy.write(buffer.getbuffer())
+
+
+def _python_values(series: pd.Series, column: Column) -> list[Any]:
+    """Values the sqlite3 module binds: str, float, int, None; timestamps as text."""
+    if column.dtype == "timestamp":
+        codes, uniques = pd.factorize(series)
+        texts = np.array(
+            [*pd.DatetimeIndex(uniques).strftime(_SQLITE_TIMESTAMP), None], dtype=object
+        )
+        return texts[codes].tolist()  # code -1 (missing) picks the trailing None
+    values = series.astype(object)
+    return values.where(series.notna(), None).tolist()
+
+
+def _switch(
+    conn: Connection,
+    dialect: Literal["sqlite", "postgresql"],
+    tables: _Tables,
+    name: _TableName,
+) -> tuple[int, int, int]:
+    """The one transaction: create, delete leavers, upsert current, upsert history."""
+    import sqlalchemy as sa
+
+    if dialect == "postgresql":
+        conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
+        conn.execute(
+            sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(f"convert:{name.display}")))
+        )
+    tables.current.create(conn, checkfirst=True)
+    tables.history.create(conn, checkfirst=True)
+    current, history, stage = tables.current, tables.history, tables.stage
+
+    leavers = sa.delete(current).where(~sa.exists().where(stage.c.lead_id == current.c.lead_id))
+    with _timed("delete leavers"):
+        removed = conn.execute(leavers).rowcount
+    with _timed("upsert current"):
+        conn.execute(_upsert(dialect, current, stage, _CURRENT_KEY))
+
+    upsert_history = _upsert(dialect, history, stage, _HISTORY_KEY)
+    if dialect == "postgresql":
+        # xmax is 0 for a freshly inserted row and set for an updated one.
+        written = upsert_history.returning(
+            sa.literal_column("(xmax = 0)", sa.Boolean).label("inserted")
+        ).cte("written")
+        with _timed("upsert history"):
+            row = conn.execute(
+                sa.select(
+                    sa.func.count().filter(written.c.inserted),
+                    sa.func.count(),
+                ).select_from(written)
+            ).one()
+        added, changed = int(row[0]), int(row[1])
+    else:
+        known = sa.exists().where(*(history.c[k] == stage.c[k] for k in _HISTORY_KEY))
+        added = conn.execute(
+            sa.select(sa.func.count()).select_from(stage).where(~known)
+        ).scalar_one()
+        with _timed("upsert history"):
+            changed = conn.execute(upsert_history).rowcount
+    return removed, added, changed - added
+
+
+def _upsert(
+    dialect: Literal["sqlite", "postgresql"],
+    target: sa.Table,
+    stage: sa.Table,
+    key: tuple[str, ...],
+) -> Any:
+    """``INSERT INTO target SELECT * FROM stage ON CONFLICT (key) DO UPDATE`` changed rows."""
+    import sqlalchemy as sa
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    names = [c.name for c in stage.columns]
+    # WHERE true: SQLite needs it to parse INSERT ... SELECT ... ON CONFLICT unambiguously.
+    source = sa.select(*stage.columns).where(sa.true())
+    statement = insert(target).from_select(names, source)
+    rest = [n for n in names if n not in key]
+    return statement.on_conflict_do_update(
+        index_elements=list(key),
+        set_={n: statement.excluded[n] for n in rest},
+        where=sa.or_(*(target.c[n].is_distinct_from(statement.excluded[n]) for n in rest)),
+    )
+
+
+def _read_database(dest: _DbTarget, name: _TableName) -> pd.DataFrame:
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    errors: tuple[type[BaseException], ...] = (sa.exc.SQLAlchemyError, sqlite3.Error, OSError)
+    engine = _engine(dest)
+    try:
+        with engine.connect() as conn:
+            schema = _quoted(name.schema) if name.schema else None
+            if not sa.inspect(conn).has_table(_quoted(name.name), schema=schema):
+                raise WritebackError(f"table {name.display} does not exist at {dest.display}")
+            table = sa.Table(_quoted(name.name), sa.MetaData(), schema=schema, autoload_with=conn)
+            result = conn.execute(sa.select(table))
+            return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+    except WritebackError:
+        raise
+    except errors as exc:
+        raise WritebackError(
+            f"could not read {name.display} at {dest.display}: {dest.scrub(_reason(exc))}"
+        ) from _safe_cause(exc, dest)
+    finally:
+        engine.dispose()
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+def _reason(exc: BaseException) -> str:
+    """The driver's message, without SQLAlchemy's statement and parameters."""
+    original = getattr(exc, "orig", None)
+    text = str(original if original is not None else exc)
+    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    return text if len(text) <= 600 else text[:597] + "..."
+
+
+def _safe_cause(exc: BaseException, dest: _DbTarget) -> BaseException | None:
+    """*exc* to chain, unless its text (or its cause's) would show the password."""
+    texts: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(texts) < 5:
+        texts.append(f"{seen!s} {seen!r}")
+        seen = seen.__cause__ or seen.__context__
+    shown = " ".join(texts)
+    return exc if dest.scrub(shown) == shown else None
+
+
+def _database_error(exc: BaseException, dest: _DbTarget, phase: str) -> WritebackError:
+    reason = dest.scrub(_reason(exc))
+    if phase == "committing":
+        return WritebackError(
+            f"could not write scores to {dest.display}: the final commit failed ({reason}). "
+            "The switch to the new scores either happened in full or not at all; re-run the "
+            "write (re-runs are idempotent) to be sure the tables hold them."
+        )
+    return WritebackError(
+        f"could not write scores to {dest.display} while {phase}: {reason}. Nothing was "
+        "changed: the previous scores are intact."
+    )

@@ -1,0 +1,104 @@
+"""Shared fixtures: small seeded CRM exports written by the tests themselves."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from convert.config import Config
+
+SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+def write_export(folder: Path, fmt: str = "csv", **tables: pd.DataFrame) -> Path:
+    """Write contract tables (``leads=...``, ``events=...``) as NAME.csv or NAME.parquet."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, frame in tables.items():
+        if frame is None:
+            continue
+        if fmt == "csv":
+            frame.to_csv(folder / f"{name}.csv", index=False)
+        else:
+            frame.to_parquet(folder / f"{name}.parquet", index=False)
+    return folder
+
+
+def small_tables(n_leads: int = 40, seed: int = 7) -> dict[str, pd.DataFrame]:
+    """A valid little export: every row passes the contract (timestamps as ISO strings)."""
+    rng = np.random.default_rng(seed)
+    start = pd.Timestamp("2025-01-01")
+    created = start + pd.to_timedelta(rng.integers(0, 60 * 24, n_leads), unit="h")
+    lead_ids = [f"L{i:03d}" for i in range(n_leads)]
+    accounts = pd.DataFrame(
+        {
+            "account_id": ["A1", "A2", "A3"],
+            "industry": ["software", "retail", "healthcare"],
+            "employees": ["120", "15", "4000"],
+            "annual_revenue": ["2.5e7", "1e6", "9e8"],
+            "country": ["US", "FR", "DE"],
+        }
+    )
+    converted = [
+        (c + pd.Timedelta(days=int(rng.integers(5, 80)))).isoformat() if i % 4 == 0 else ""
+        for i, c in enumerate(created)
+    ]
+    leads = pd.DataFrame(
+        {
+            "lead_id": lead_ids,
+            "created_at": [c.isoformat() for c in created],
+            "account_id": [["A1", "A2", "A3", ""][i % 4] for i in range(n_leads)],
+            "lead_source": [["web_form", "webinar", "referral"][i % 3] for i in range(n_leads)],
+            "country": ["US"] * n_leads,
+            "job_title": [["VP Sales", "Engineer", "Student", ""][i % 4] for i in range(n_leads)],
+            "converted_at": converted,
+            "disqualified_at": [""] * n_leads,
+        }
+    )
+    ev_rows = []
+    for i, c in enumerate(created):
+        for k in range(int(rng.integers(1, 6))):
+            t = c + pd.Timedelta(hours=int(rng.integers(1, 24 * 50)))
+            ev_rows.append((lead_ids[i], t.isoformat(), ["page_view", "email_open", "demo_request"][k % 3]))
+    events = pd.DataFrame(ev_rows, columns=["lead_id", "occurred_at", "event_type"])
+    stages = pd.DataFrame(
+        {"lead_id": lead_ids, "stage": ["lead"] * n_leads, "entered_at": [c.isoformat() for c in created]}
+    )
+    return {"leads": leads, "accounts": accounts, "events": events, "stages": stages}
+
+
+@pytest.fixture
+def tables() -> dict[str, pd.DataFrame]:
+    return small_tables()
+
+
+@pytest.fixture
+def lenient() -> Config:
+    """A configuration that tolerates many quarantined rows (small hand-made exports)."""
+    return Config.from_dict({"data": {"max_quarantine_share": 0.5}})
+
+
+def postgres_url() -> str:
+    return os.environ.get("CONVERT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def require_postgres() -> str:
+    """The test PostgreSQL URL; skip when no server answers, but fail under CI=true."""
+    url = postgres_url()
+    import sqlalchemy as sa
+
+    from convert.writeback import engine_url
+
+    try:
+        engine = sa.create_engine(engine_url(url))
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means "no server"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL at {url} does not answer under CI=true: {exc}")
+        pytest.skip(f"no PostgreSQL server answers at {url}: {exc}")
+    return url

@@ -1,0 +1,212 @@
+"""The contract's bad-rows table, one test per row: error or quarantine, counts, rejects."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from convert import load
+from convert.cli import main
+from convert.config import Config
+from convert.exceptions import ContractError
+from tests.conftest import write_export
+
+
+def _load(tmp_path, cfg, fmt="csv", **tables):
+    return load(write_export(tmp_path / "crm", fmt, **tables), cfg)
+
+
+def _rejects(data, table):
+    r = data.report.rejects
+    return r[r["table"] == table].reset_index(drop=True)
+
+
+def test_clean_export_loads_everything(tmp_path, tables):
+    data = _load(tmp_path, Config(), **tables)
+    r = data.report
+    assert r.quarantined == 0
+    assert r.tables["leads"].rows_loaded == len(tables["leads"])
+    assert r.tables["events"].rows_loaded == len(tables["events"])
+    leads = data.frame("leads")
+    assert str(leads["created_at"].dtype).startswith("datetime64")
+    # an all-empty timestamp column is still a timestamp, not text
+    assert str(leads["disqualified_at"].dtype).startswith("datetime64")
+    assert leads["disqualified_at"].isna().all()
+
+
+def test_parquet_and_csv_load_the_same(tmp_path, tables):
+    a = load(write_export(tmp_path / "a", "csv", **tables))
+    b = load(write_export(tmp_path / "b", "parquet", **tables))
+    for t in ("leads", "accounts", "events", "stages"):
+        pd.testing.assert_frame_equal(a.frame(t), b.frame(t), check_dtype=False)
+
+
+def test_offsets_are_honoured_and_naive_times_are_utc(tmp_path, tables):
+    leads = tables["leads"].copy()
+    leads.loc[0, "created_at"] = "2025-01-01T10:00:00+02:00"
+    leads.loc[1, "created_at"] = "2025-01-01T08:00:00Z"
+    leads.loc[2, "created_at"] = "2025-01-01"
+    data = _load(tmp_path, Config(), **{**tables, "leads": leads})
+    got = data.frame("leads").set_index("lead_id")["created_at"]
+    assert got["L000"] == pd.Timestamp("2025-01-01 08:00")
+    assert got["L001"] == pd.Timestamp("2025-01-01 08:00")
+    assert got["L002"] == pd.Timestamp("2025-01-01 00:00")
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+def test_missing_required_table_is_an_error(tmp_path, tables):
+    folder = write_export(tmp_path / "crm", events=tables["events"])
+    with pytest.raises(ContractError, match="required table 'leads'"):
+        load(folder)
+
+
+def test_missing_required_column_names_file_and_column(tmp_path, tables):
+    leads = tables["leads"].drop(columns=["created_at"])
+    with pytest.raises(ContractError) as err:
+        _load(tmp_path, Config(), **{**tables, "leads": leads})
+    assert err.value.file == "leads.csv" and err.value.column == "created_at"
+
+
+def test_unparseable_file_is_an_error(tmp_path, tables):
+    folder = write_export(tmp_path / "crm", **tables)
+    (folder / "events.csv").write_text('lead_id,occurred_at,event_type\nL000,"2025-01-02,page_view\n')
+    with pytest.raises(ContractError, match="cannot be parsed") as err:
+        load(folder)
+    assert "events.csv" in str(err.value)
+
+
+def test_duplicate_lead_id_is_an_error_naming_the_row(tmp_path, tables):
+    leads = pd.concat([tables["leads"], tables["leads"].iloc[[3]]], ignore_index=True)
+    with pytest.raises(ContractError) as err:
+        _load(tmp_path, Config(), **{**tables, "leads": leads})
+    assert (err.value.file, err.value.row, err.value.column) == ("leads.csv", len(leads), "lead_id")
+
+
+def test_duplicate_account_id_is_an_error(tmp_path, tables):
+    accounts = pd.concat([tables["accounts"], tables["accounts"].iloc[[0]]], ignore_index=True)
+    with pytest.raises(ContractError) as err:
+        _load(tmp_path, Config(), **{**tables, "accounts": accounts})
+    assert (err.value.file, err.value.row, err.value.column) == ("accounts.csv", 4, "account_id")
+
+
+def test_too_large_quarantined_share_is_an_error(tmp_path, tables):
+    leads = tables["leads"].copy()
+    leads.loc[:5, "created_at"] = "not a date"  # 6 of 40 = 15%
+    with pytest.raises(ContractError, match="mis-mapped"):
+        _load(tmp_path, Config(), **{**tables, "leads": leads})
+    cfg = Config.from_dict({"data": {"max_quarantine_share": 0.2}})
+    assert _load(tmp_path / "ok", cfg, **{**tables, "leads": leads}).report.tables["leads"].quarantined == 6
+
+
+def test_strict_turns_a_quarantine_into_an_error(tmp_path, tables, lenient):
+    events = tables["events"].copy()
+    events.loc[2, "occurred_at"] = "yesterday"
+    folder = write_export(tmp_path / "crm", **{**tables, "events": events})
+    with pytest.raises(ContractError) as err:
+        load(folder, lenient, strict=True)
+    assert (err.value.file, err.value.row, err.value.column) == ("events.csv", 3, "occurred_at")
+
+
+# --- quarantines --------------------------------------------------------------------------
+
+
+def test_empty_lead_id_quarantines_the_lead(tmp_path, tables, lenient):
+    leads = tables["leads"].copy()
+    leads.loc[4, "lead_id"] = ""
+    data = _load(tmp_path, lenient, **{**tables, "leads": leads})
+    rej = _rejects(data, "leads")
+    assert rej[["row", "column", "reason"]].values.tolist() == [[5, "lead_id", "empty lead_id"]]
+    # its events now point at an unknown lead and are quarantined too
+    n_events = int((tables["events"]["lead_id"] == "L004").sum())
+    assert data.report.tables["events"].reasons == {"lead_id not found in leads": n_events}
+
+
+def test_unparseable_created_at_quarantines_the_lead_with_its_events_and_stages(tmp_path, tables, lenient):
+    leads = tables["leads"].copy()
+    leads.loc[7, "created_at"] = "31/02/2025"
+    data = _load(tmp_path, lenient, **{**tables, "leads": leads})
+    rej = _rejects(data, "leads")
+    assert rej.loc[0, ["row", "column", "value"]].tolist() == [8, "created_at", "31/02/2025"]
+    n_events = int((tables["events"]["lead_id"] == "L007").sum())
+    assert data.report.tables["events"].reasons == {"its lead is quarantined": n_events}
+    assert data.report.tables["stages"].reasons == {"its lead is quarantined": 1}
+    assert "L007" not in set(data.frame("events")["lead_id"])
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "reason"),
+    [
+        ("converted_at", "soon", "converted_at is not an ISO 8601 timestamp"),
+        ("converted_at", "2020-01-01", "converted_at is earlier than created_at"),
+        ("disqualified_at", "2025-13-45", "disqualified_at is not an ISO 8601 timestamp"),
+        ("disqualified_at", "2020-01-01", "disqualified_at is earlier than created_at"),
+    ],
+)
+def test_bad_outcome_timestamps_quarantine_the_lead(tmp_path, tables, lenient, column, value, reason):
+    leads = tables["leads"].copy()
+    leads.loc[9, column] = value
+    data = _load(tmp_path, lenient, **{**tables, "leads": leads})
+    rej = _rejects(data, "leads")
+    assert rej[["row", "column", "value", "reason"]].values.tolist() == [[10, column, value, reason]]
+    assert data.report.tables["leads"].rows_loaded == len(leads) - 1
+
+
+@pytest.mark.parametrize("column", ["employees", "annual_revenue"])
+def test_non_numeric_firmographics_quarantine_the_account(tmp_path, tables, lenient, column):
+    accounts = tables["accounts"].copy()
+    accounts.loc[1, column] = "lots"
+    data = _load(tmp_path, lenient, **{**tables, "accounts": accounts})
+    rej = _rejects(data, "accounts")
+    assert rej[["row", "column", "value"]].values.tolist() == [[2, column, "lots"]]
+    # its leads stay, without firmographics, and are counted
+    n = int((tables["leads"]["account_id"] == "A2").sum())
+    assert data.report.tables["leads"].rows_loaded == len(tables["leads"])
+    assert data.report.tables["leads"].warnings == {"account quarantined; lead kept without firmographics": n}
+
+
+def test_unknown_account_keeps_the_lead_with_a_warning(tmp_path, tables):
+    leads = tables["leads"].copy()
+    leads.loc[[1, 5], "account_id"] = "NOPE"
+    data = _load(tmp_path, Config(), **{**tables, "leads": leads})
+    assert data.report.quarantined == 0
+    assert data.report.tables["leads"].warnings == {
+        "account_id not found in accounts; lead kept without firmographics": 2
+    }
+
+
+@pytest.mark.parametrize("table,time_col", [("events", "occurred_at"), ("stages", "entered_at")])
+def test_child_rows_of_unknown_leads_or_bad_times_are_quarantined(tmp_path, tables, lenient, table, time_col):
+    frame = tables[table].copy()
+    frame.loc[0, "lead_id"] = "GHOST"
+    frame.loc[1, time_col] = "not a time"
+    frame.loc[2, time_col] = "2000-01-01T00:00:00"
+    data = _load(tmp_path, lenient, **{**tables, table: frame})
+    rej = _rejects(data, table)
+    assert rej[["row", "column", "reason"]].values.tolist() == [
+        [1, "lead_id", "lead_id not found in leads"],
+        [2, time_col, f"{time_col} is empty or not an ISO 8601 timestamp"],
+        [3, time_col, f"{time_col} is earlier than the lead's created_at"],
+    ]
+    assert data.report.tables[table].rows_loaded == len(frame) - 3
+
+
+# --- the command --------------------------------------------------------------------------
+
+
+def test_validate_command_writes_rejects_and_exits_2_on_errors(tmp_path, tables, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    events = tables["events"].copy()
+    events.loc[0, "lead_id"] = "GHOST"
+    folder = write_export(tmp_path / "crm", **{**tables, "events": events})
+    main(["validate", "--data", str(folder)])
+    out = capsys.readouterr().out
+    assert "lead_id not found in leads" in out
+    rejects = pd.read_csv(tmp_path / "rejects.csv")
+    assert rejects[["table", "row", "column", "value"]].values.tolist() == [["events", 1, "lead_id", "GHOST"]]
+
+    with pytest.raises(SystemExit) as code:
+        main(["validate", "--data", str(folder), "--strict", "--rejects", str(tmp_path / "r2.csv")])
+    assert code.value.code == 2
+    assert "events.csv, row 1, column 'lead_id'" in capsys.readouterr().err
