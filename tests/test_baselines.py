@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,6 +11,7 @@ from scipy.special import expit
 from sklearn.metrics import roc_auc_score
 
 from convert.baselines import (
+    Baseline,
     LogisticBaseline,
     PointsRuleBaseline,
     SourceRateBaseline,
@@ -67,7 +70,9 @@ def outcome(X: pd.DataFrame, seed: int, signal: str) -> np.ndarray:
     ],
     ids=["source_rate", "logistic_regression", "points_rule"],
 )
-def test_each_baseline_beats_random_on_fresh_rows(make, signal: str) -> None:  # type: ignore[no-untyped-def]
+def test_each_baseline_beats_random_on_fresh_rows(
+    make: Callable[[], Baseline], signal: str
+) -> None:
     X_train, X_test = leads(4000, seed=1), leads(3000, seed=2)
     y_train, y_test = outcome(X_train, 11, signal), outcome(X_test, 12, signal)
     p = make().fit(X_train, y_train).predict_proba(X_test)

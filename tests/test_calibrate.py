@@ -189,3 +189,11 @@ def test_bad_inputs_raise_convert_errors() -> None:
         select_calibrator(raw, np.arange(50) % 2, cv_folds=1)
     with pytest.raises(ConfigError):
         IsotonicCalibrator(tail_slope=0).fit(raw, np.arange(50) % 2)
+
+
+def test_sigmoid_on_a_constant_raw_score_predicts_the_base_rate() -> None:
+    y = np.array([0, 1, 0, 0, 1, 0, 0, 0])
+    cal = SigmoidCalibrator().fit(np.full(8, 2.5), y)
+    p = cal.predict(np.array([2.5, 3.5]))
+    assert p[0] == pytest.approx((2 + 1) / (8 + 2))  # Platt-smoothed base rate
+    assert 0 < p[1] - p[0] < 1e-5

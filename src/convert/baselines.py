@@ -23,6 +23,7 @@ import numbers
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -142,6 +143,10 @@ def _map_present(
 def _slug(value: Any) -> str:
     """``"Financial Services"`` -> ``"financial_services"``: how the points rule matches values."""
     return re.sub(r"[^a-z0-9]+", "_", str(value).strip().lower()).strip("_")
+
+
+def _slug_lookup(table: dict[str, float], value: Any) -> float | None:
+    return table.get(_slug(value))
 
 
 class Baseline(BaseEstimator, ABC):  # type: ignore[misc]
@@ -516,7 +521,7 @@ class PointsRuleBaseline(Baseline):
                 lookup = {_slug(k): float(v) for k, v in table.items()}
                 total += _map_present(
                     X[column],
-                    lambda value, lk=lookup: lk.get(_slug(value)),
+                    partial(_slug_lookup, lookup),
                     default=0.0,
                     missing=0.0,
                 )

@@ -245,9 +245,18 @@ class SigmoidCalibrator(Calibrator):
         n_neg = labels.shape[0] - n_pos
         target = np.where(labels == 1, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
 
-        # Optimise on the standardised score for conditioning, then map back.
+        prior = (n_pos + 1.0) / (labels.shape[0] + 2.0)
         center = float(np.mean(x))
-        scale = float(np.std(x)) or 1.0
+        scale = float(np.std(x))
+        if scale == 0.0:
+            # One raw score for every row: nothing says how steep the map is, so keep it as
+            # flat as allowed, through the smoothed base rate.
+            self.slope_ = float(self.min_slope)
+            self.intercept_ = math.log(prior / (1.0 - prior)) - self.slope_ * center
+            self.n_samples_ = int(labels.shape[0])
+            return self
+
+        # Optimise on the standardised score for conditioning, then map back.
         z = (x - center) / scale
 
         def objective(params: FloatArray) -> tuple[float, FloatArray]:
@@ -258,7 +267,6 @@ class SigmoidCalibrator(Calibrator):
             resid = expit(eta) - target
             return loss, np.array([float(np.dot(resid, z)), float(np.sum(resid))])
 
-        prior = (n_pos + 1.0) / (labels.shape[0] + 2.0)
         start = np.array([1.0, math.log(prior / (1.0 - prior))])
         result = minimize(
             objective,

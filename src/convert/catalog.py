@@ -60,7 +60,8 @@ class FeatureDef:
             return self.missing_template or f"{self.description}: unknown"
         if self.kind == "numeric" and self.zero_template is not None and float(value) == 0:
             return self.zero_template
-        return self.template.format(value=self.format_value(value))
+        text = self.template.format(value=self.format_value(value))
+        return text.replace(" 1 days", " 1 day").replace(" 1 times", " once")
 
     def sentence(self, value: Any, points: int) -> str:
         """A reason: signed points and the sentence, e.g. ``+12 Viewed the pricing page 4 times``."""

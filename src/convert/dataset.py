@@ -13,7 +13,7 @@ import duckdb
 import pandas as pd
 
 from convert.config import Config
-from convert.io import Source, connect, find_source, load_raw
+from convert.io import Source, connect, fetch_row, find_source, load_raw
 from convert.schema import Events, Leads, Stages
 from convert.validation import LoadReport, validate
 
@@ -34,21 +34,22 @@ class CRMData:
 
     def latest_timestamp(self) -> pd.Timestamp:
         """The latest timestamp anywhere in the export (the default training as-of is the day after)."""
-        row = self.con.execute(
+        row = fetch_row(
+            self.con,
             f"SELECT greatest("
             f"(SELECT max({Leads.created_at}) FROM leads), "
             f"(SELECT max({Leads.converted_at}) FROM leads), "
             f"(SELECT max({Leads.disqualified_at}) FROM leads), "
             f"(SELECT max({Events.occurred_at}) FROM events), "
-            f"(SELECT max({Stages.entered_at}) FROM stages))"
-        ).fetchone()
-        if row is None or row[0] is None:
+            f"(SELECT max({Stages.entered_at}) FROM stages))",
+        )
+        if row[0] is None:
             raise ValueError("the export holds no timestamps")
         return pd.Timestamp(row[0])
 
     def earliest_created(self) -> pd.Timestamp:
-        row = self.con.execute(f"SELECT min({Leads.created_at}) FROM leads").fetchone()
-        return pd.Timestamp(row[0]) if row and row[0] is not None else pd.NaT
+        row = fetch_row(self.con, f"SELECT min({Leads.created_at}) FROM leads")
+        return pd.Timestamp(row[0]) if row[0] is not None else pd.NaT
 
     def close(self) -> None:
         self.con.close()

@@ -31,6 +31,7 @@ import pandas as pd
 
 from convert.catalog import Catalog, FeatureDef, event_words, window_phrase
 from convert.config import STANDARD_EVENT_TYPES, FeaturesConfig
+from convert.io import fetch_row
 from convert.schema import Accounts, Events, Leads, Snapshot, Stages
 from convert.validation import quote
 
@@ -449,8 +450,8 @@ def materialize_features(
     """
     con.execute(f"CREATE OR REPLACE TEMP TABLE _grid AS SELECT DISTINCT as_of FROM {population}")
     if event_types is None:
-        row = con.execute(f"SELECT max(as_of) FROM {population}").fetchone()
-        latest = pd.Timestamp(row[0]) if row and row[0] is not None else pd.Timestamp.max
+        row = fetch_row(con, f"SELECT max(as_of) FROM {population}")
+        latest = pd.Timestamp(row[0]) if row[0] is not None else pd.Timestamp.max
         event_types = discover_event_types(con, latest, config)
     catalog = feature_catalog(event_types, config)
     con.execute(
@@ -478,7 +479,7 @@ def iter_feature_batches(
     con: duckdb.DuckDBPyConnection, table: str, catalog: Catalog, batch_rows: int
 ) -> Iterator[pd.DataFrame]:
     """Stream a materialized feature table in batches of at most *batch_rows* rows."""
-    reader = con.execute(f"SELECT * FROM {table} ORDER BY as_of, lead_id").fetch_record_batch(batch_rows)
+    reader = con.sql(f"SELECT * FROM {table} ORDER BY as_of, lead_id").to_arrow_reader(batch_rows)
     for batch in reader:
         yield finish_frame(batch.to_pandas(), catalog)
 

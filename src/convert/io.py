@@ -12,6 +12,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pandas as pd
@@ -127,6 +128,15 @@ def load_raw(con: duckdb.DuckDBPyConnection, source: Source) -> dict[str, list[s
             ) from exc
         columns[table] = [row[0] for row in con.execute(f"DESCRIBE {raw}").fetchall()]
     return columns
+
+
+def fetch_row(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> tuple[Any, ...]:
+    """The first row of a query, reading the whole result (DuckDB refuses further work on a
+    connection while a result is only partly fetched)."""
+    rows = con.execute(sql, params or []).fetchall()
+    if not rows:
+        raise RuntimeError(f"query returned no row: {sql[:80]}")
+    return tuple(rows[0])
 
 
 def write_frame(frame: pd.DataFrame, path: str | Path) -> Path:

@@ -76,20 +76,20 @@ class FeatureSpec:
                 + ". Score with the same feature configuration (params.yaml features section and "
                 "extra attributes) as training, or retrain the model"
             )
-        out = pd.DataFrame(index=frame.index)
+        columns: dict[str, Any] = {}
         for n in self.names:
             if self.kinds[n] == "categorical":
                 values = frame[n].astype("object").where(frame[n].notna(), None)
                 values = values.map(lambda v: None if v is None else str(v))
-                out[n] = pd.Categorical(values, categories=self.categories[n])
+                columns[n] = pd.Categorical(values, categories=self.categories[n])
             else:
                 try:
-                    out[n] = pd.to_numeric(frame[n], errors="raise").astype("float64")
+                    columns[n] = pd.to_numeric(frame[n], errors="raise").astype("float64")
                 except (TypeError, ValueError) as exc:
                     raise FeatureMismatchError(
                         f"feature column {n!r} must be numeric, as in training: {exc}"
                     ) from exc
-        return out
+        return pd.DataFrame(columns, index=frame.index)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -19,6 +19,7 @@ from convert.config import Config, ScoringConfig
 from convert.dataset import CRMData
 from convert.explain import contributions, family_points, model_score_fn, reasons, to_points
 from convert.features import finish_frame, iter_feature_batches, materialize_features
+from convert.io import fetch_row
 from convert.labels import parse_as_of, population_sql, register_as_ofs
 from convert.model import LeadScoringModel
 from convert.schema import ScoreOutput as O
@@ -93,7 +94,7 @@ def iter_scores(
     scored_at = scored_at if scored_at is not None else pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s")
     grid = register_as_ofs(data.con, [t], name="_score_grid")
     data.con.execute(f"CREATE OR REPLACE TEMP TABLE _score_population AS {population_sql(grid)}")
-    total = data.con.execute("SELECT count(*) FROM _score_population").fetchone()[0]  # type: ignore[index]
+    total = fetch_row(data.con, "SELECT count(*) FROM _score_population")[0]
     table, catalog, _ = materialize_features(
         data.con, config.features, model.spec_.event_types, population="_score_population",
         name="_score_features",

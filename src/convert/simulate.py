@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -241,12 +242,12 @@ CONVERSION_BY_MONTH = (0.10, 0.05, 0.05, 0.0, 0.0, -0.10, -0.20, -0.20, 0.15, 0.
 
 # --- outcomes --------------------------------------------------------------------------------
 
-INTERCEPT = -2.05
+INTERCEPT = -2.3
 ACCOUNT_NEED_SD = 0.55
 LEAD_NEED_SD = 0.85
 CONVERSION_DELAY_MEDIAN_DAYS = 30.0
-CONVERSION_DELAY_SIGMA = 0.8
-LATE_CONVERSION_SHARE = 0.08  # converted 150-480 days after creation (re-engaged)
+CONVERSION_DELAY_SIGMA = 1.1
+LATE_CONVERSION_SHARE = 0.06  # converted 150-600 days after creation (re-engaged)
 DECEMBER_SLIP = 0.5  # share of conversions after 15 December pushed into January
 QUARTER_PULL = 0.3  # share of first-week-of-quarter conversions pulled into the last days before
 DQ_INTERCEPT = -2.35
@@ -255,13 +256,13 @@ DQ_DELAY_MEDIAN_DAYS = 18.0
 
 # --- engagement ------------------------------------------------------------------------------
 
-BACKGROUND_MEAN = 13.0  # background events of a lead with activity 1
+BACKGROUND_MEAN = 18.0  # background events of a lead with activity 1
 BACKGROUND_TAU_DAYS = 40.0
 LATE_RETURN_SHARE = 0.2  # background events spread uniformly over two years instead
 WARMUP_SHARE = 0.85
 WARMUP_MEAN = 11.0
-FALSE_START_MAX = 0.45
-FALSE_START_STRENGTH = 0.75
+FALSE_START_MAX = 0.9
+FALSE_START_STRENGTH = 0.9
 NURTURE_MAX_AGE_DAYS = 540
 NURTURE_OPEN = 0.20
 NURTURE_CLICK = 0.14
@@ -449,7 +450,7 @@ def _sigmoid(x: F64) -> F64:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _pick(rng: np.random.Generator, weights: np.ndarray | tuple[float, ...], size: int) -> I64:
+def _pick(rng: np.random.Generator, weights: np.ndarray | Sequence[float], size: int) -> I64:
     """Indices drawn from a categorical distribution (weights need not sum to one)."""
     cdf = np.cumsum(np.asarray(weights, dtype=np.float64))
     idx = np.searchsorted(cdf / cdf[-1], rng.random(size), side="right")
@@ -789,7 +790,7 @@ def _draw_cohort(world: _World, rng: np.random.Generator, lo: int, hi: int) -> _
     # quarter-end pull
     delay = CONVERSION_DELAY_MEDIAN_DAYS * np.exp(rng.normal(0.0, CONVERSION_DELAY_SIGMA, n))
     delay *= np.clip(np.exp(-0.2 * (z + 1.5)), 0.5, 2.0)
-    delay = np.where(rng.random(n) < LATE_CONVERSION_SHARE, rng.uniform(150, 480, n), np.maximum(delay, 1.5))
+    delay = np.where(rng.random(n) < LATE_CONVERSION_SHARE, rng.uniform(150, 600, n), np.maximum(delay, 1.5))
     conv_t = created + (delay * DAY).astype(np.int64)
     _, cm, cd = _civil(conv_t // DAY)
     slip = (cm == 12) & (cd >= 15) & (rng.random(n) < DECEMBER_SLIP)
@@ -813,7 +814,7 @@ def _draw_cohort(world: _World, rng: np.random.Generator, lo: int, hi: int) -> _
     warm = converts & (rng.random(n) < WARMUP_SHARE)
     width = 7.0 + rng.gamma(2.0, 12.0, n)
     strength = WARMUP_MEAN * np.sqrt(act) * np.exp(rng.normal(0.0, 0.4, n))
-    fs = ~converts & (rng.random(n) < FALSE_START_MAX * _sigmoid(z + 1.0))
+    fs = ~converts & (rng.random(n) < FALSE_START_MAX * _sigmoid(z + 1.5))
     fs_end = created + ((rng.exponential(45.0, n) + width) * DAY).astype(np.int64)
     return _Cohort(
         lo=lo, created=created, created_style=created_style, has_acc=has_acc, acc=acc, src=src,
@@ -971,7 +972,8 @@ def _draw_stages(world: _World, c: _Cohort, rng: np.random.Generator) -> list[I6
     rows: list[tuple[np.ndarray, I64, int]] = [(np.ones(n, dtype=bool), c.created, _S["lead"])]
     # converters: mql -> sql -> opportunity, the opportunity opening near the warm-up
     span = (c.conv_t - c.created).astype(np.float64)
-    opp = c.conv_t - (np.minimum(c.width * DAY, 0.9 * span) * rng.uniform(0.5, 1.0, n)).astype(np.int64)
+    cycle = (c.width * rng.uniform(0.5, 1.0, n) + rng.exponential(15.0, n)) * DAY  # longer than the warm-up
+    opp = c.conv_t - np.minimum(cycle, 0.9 * span).astype(np.int64)
     sql = c.created + ((opp - c.created) * rng.uniform(0.5, 0.95, n)).astype(np.int64)
     mql = c.created + ((sql - c.created) * rng.uniform(0.05, 0.8, n)).astype(np.int64)
     path = c.converts & ~(c.b2c & (rng.random(n) < 0.5))  # half the B2C buyers skip the funnel
@@ -982,10 +984,10 @@ def _draw_stages(world: _World, c: _Cohort, rng: np.random.Generator) -> list[I6
     mql2 = ~c.converts & (c.fs | (rng.random(n) < _sigmoid(-1.3 + 0.8 * np.log(c.act) + 0.5 * c.fit)))
     mql2_t = c.created + (rng.exponential(15.0, n) * DAY).astype(np.int64)
     mql2_t = np.where(c.fs, np.minimum(mql2_t, c.created + (fs_start - c.created) // 2), mql2_t)
-    sql2 = mql2 & (rng.random(n) < np.where(c.fs, 0.8, 0.15))
+    sql2 = mql2 & (rng.random(n) < np.where(c.fs, 0.9, 0.15))
     sql2_t = np.where(c.fs, np.maximum(fs_start, mql2_t + HOUR),
                       mql2_t + (rng.exponential(20.0, n) * DAY).astype(np.int64))
-    opp2 = sql2 & c.fs & (rng.random(n) < 0.6)
+    opp2 = sql2 & c.fs & (rng.random(n) < 0.85)
     opp2_t = sql2_t + (c.width * DAY * rng.uniform(0.2, 0.6, n)).astype(np.int64)
     for stage, sel, when in (("mql", mql2, mql2_t), ("sql", sql2, sql2_t), ("opportunity", opp2, opp2_t)):
         rows.append((sel & (when < c.life_end), when, _S[stage]))
@@ -993,9 +995,9 @@ def _draw_stages(world: _World, c: _Cohort, rng: np.random.Generator) -> list[I6
     rows.append((c.dq_obs, c.dq_t, _S["disqualified"]))
     lead = np.concatenate([ar[sel] for sel, _, _ in rows])
     t = np.concatenate([when[sel] for sel, when, _ in rows])
-    stage = np.concatenate([np.full(int(sel.sum()), s, dtype=np.int64) for sel, _, s in rows])
+    code = np.concatenate([np.full(int(sel.sum()), s, dtype=np.int64) for sel, _, s in rows])
     keep = t <= world.end
-    return [lead[keep], t[keep], stage[keep]]
+    return [lead[keep], t[keep], code[keep]]
 
 
 # =============================================================================================
@@ -1168,7 +1170,7 @@ def _accounts_table(world: _World, rng: np.random.Generator, bad_rows: bool, fmt
         revenue = _replace(revenue.cast(pa.int64()).cast(pa.string()), rev_rows,
                            _garbage(rng, BAD_REVENUE, len(rev_rows)))
         bad = {"accounts.employees_not_numeric": len(emp_rows), "accounts.annual_revenue_not_numeric": len(rev_rows)}
-    table = {
+    table: dict[str, pa.Array] = {
         Accounts.account_id: _ids("A", np.arange(1, n + 1, dtype=np.int64), world.account_width),
         Accounts.industry: _take([r[0] for r in INDUSTRIES], f.industry),
         Accounts.employees: employees,

@@ -17,7 +17,7 @@ import pandas as pd
 
 from convert.config import DataConfig
 from convert.exceptions import ContractError
-from convert.io import ROW, Source
+from convert.io import ROW, Source, fetch_row
 from convert.schema import (
     CONTRACT_TABLES,
     DUCKDB_TYPES,
@@ -247,7 +247,7 @@ def validate(
             _create_empty(con, schema)
             continue
         rep = reports[table]
-        rep.rows_read = con.execute(f"SELECT count(*) FROM checked_{table}").fetchone()[0]  # type: ignore[index]
+        rep.rows_read = fetch_row(con, f"SELECT count(*) FROM checked_{table}")[0]
         rep.reasons = dict(
             con.execute(
                 f"SELECT reason, count(*) FROM checked_{table} WHERE reason IS NOT NULL "
@@ -268,10 +268,11 @@ def validate(
 
     _lead_warnings(con, reports, has_accounts="accounts" in raw_columns)
     if "events" in raw_columns and E.value in raw_columns["events"]:
-        n = con.execute(
+        n = fetch_row(
+            con,
             f"SELECT count(*) FROM checked_events WHERE reason IS NULL AND raw__value IS NOT NULL "
-            f"AND {quote(E.value)} IS NULL"
-        ).fetchone()[0]  # type: ignore[index]
+            f"AND {quote(E.value)} IS NULL",
+        )[0]
         if n:
             reports["events"].warnings["value is not a number; the event is kept with no value"] = n
 
@@ -312,11 +313,12 @@ def _check_table(
         f"CREATE OR REPLACE TEMP TABLE checked_{table} AS SELECT *, {_case(rules, 'column')} AS bad_column, "
         f"{_value_case(rules)} AS bad_value, {_case(rules, 'reason')} AS reason FROM ({parsed})"
     )
-    dup = con.execute(
+    dups = con.execute(
         f"SELECT {quote(key)}, list({ROW} ORDER BY {ROW}) FROM checked_{table} "
         f"WHERE {quote(key)} IS NOT NULL GROUP BY 1 HAVING count(*) > 1 ORDER BY min({ROW}) LIMIT 1"
-    ).fetchone()
-    if dup:
+    ).fetchall()
+    if dups:
+        dup = dups[0]
         value, rows = dup
         raise ContractError(
             f"duplicate {key} {value!r} (also at row {rows[0]}); {key} must be unique in {table}. "
@@ -367,12 +369,13 @@ def _lead_warnings(
 ) -> None:
     if not has_accounts:
         return
-    missing, quarantined = con.execute(
+    missing, quarantined = fetch_row(
+        con,
         f"SELECT count(*) FILTER (WHERE a.account_id IS NULL), "
         f"count(*) FILTER (WHERE a.account_id IS NOT NULL AND a.reason IS NOT NULL) "
         f"FROM checked_leads l LEFT JOIN checked_accounts a ON l.{L.account_id} = a.{A.account_id} "
-        f"WHERE l.reason IS NULL AND l.{L.account_id} IS NOT NULL"
-    ).fetchone()  # type: ignore[misc]
+        f"WHERE l.reason IS NULL AND l.{L.account_id} IS NOT NULL",
+    )
     if missing:
         reports["leads"].warnings[
             "account_id not found in accounts; lead kept without firmographics"
