@@ -102,3 +102,53 @@ def require_postgres() -> str:
             pytest.fail(f"PostgreSQL at {url} does not answer under CI=true: {exc}")
         pytest.skip(f"no PostgreSQL server answers at {url}: {exc}")
     return url
+
+
+# --- a small simulated CRM and a model trained on it, shared by the whole session ---------------
+
+FAST = {
+    "train": {
+        "num_boost_round": 300,
+        "early_stopping_rounds": 30,
+        "min_positives": 20,
+        "lightgbm": {"objective": "binary", "learning_rate": 0.1, "num_leaves": 15, "min_data_in_leaf": 30},
+    },
+    "calibration": {"min_rows_isotonic": 500},
+}
+
+
+@pytest.fixture(scope="session")
+def fast_config() -> Config:
+    return Config.from_dict(FAST)
+
+
+@pytest.fixture(scope="session")
+def sim_export(tmp_path_factory) -> Path:
+    from convert.simulate import generate_crm
+
+    folder = tmp_path_factory.mktemp("sim")
+    generate_crm(folder, n_leads=2500, seed=5, start="2023-01-01", end="2025-06-30")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def trained(sim_export, fast_config):
+    """(TrainResult, CRMData) for the small simulated CRM."""
+    from convert import load, train
+
+    data = load(sim_export, fast_config)
+    return train(data, fast_config), data
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch) -> str:
+    """A fresh, real MLflow tracking and registry store (SQLite) for one test."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri

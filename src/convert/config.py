@@ -111,16 +111,18 @@ class TrainConfig(_Section):
     split: SplitConfig = SplitConfig()
     num_boost_round: int = Field(2000, ge=1)
     early_stopping_rounds: int = Field(100, ge=1)
+    refit_on_validation: bool = True
+    refit_round_factor: float = Field(1.2, ge=1.0, le=3.0)
     lightgbm: dict[str, Any] = Field(
         default_factory=lambda: {
             "objective": "binary",
-            "learning_rate": 0.05,
-            "num_leaves": 31,
-            "min_data_in_leaf": 100,
+            "learning_rate": 0.03,
+            "num_leaves": 15,
+            "min_data_in_leaf": 50,
             "feature_fraction": 0.8,
             "bagging_fraction": 0.8,
             "bagging_freq": 1,
-            "lambda_l2": 1.0,
+            "lambda_l2": 5.0,
             "cat_smooth": 10,
             "max_cat_to_onehot": 4,
         }

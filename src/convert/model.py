@@ -190,12 +190,14 @@ class LeadScoringModel:
         self,
         X: pd.DataFrame,
         y: np.ndarray | pd.Series,
-        X_valid: pd.DataFrame,
-        y_valid: np.ndarray | pd.Series,
+        X_valid: pd.DataFrame | None = None,
+        y_valid: np.ndarray | pd.Series | None = None,
+        *,
         catalog: Catalog,
         event_types: Sequence[str] = (),
     ) -> LeadScoringModel:
-        """Fit the booster on *X* with early stopping on (*X_valid*, *y_valid*)."""
+        """Fit the booster on *X*: with early stopping on (*X_valid*, *y_valid*) when given,
+        else for exactly ``num_boost_round`` rounds."""
         self.catalog_ = catalog
         self.spec_ = FeatureSpec.from_frame(X, catalog, event_types)
         params = self._lgb_params(self.spec_)
@@ -203,20 +205,21 @@ class LeadScoringModel:
             self.spec_.transform(X), label=np.asarray(y, dtype="float64"),
             categorical_feature=self.spec_.categorical or "auto", free_raw_data=True,
         )
-        valid_set = lgb.Dataset(
-            self.spec_.transform(X_valid), label=np.asarray(y_valid, dtype="float64"),
-            reference=train_set,
-        )
-        self.booster_ = lgb.train(
-            params,
-            train_set,
-            num_boost_round=self.num_boost_round,
-            valid_sets=[valid_set],
-            valid_names=["validation"],
-            callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
-        )
-        self.best_iteration_ = int(self.booster_.best_iteration or self.booster_.current_iteration())
-        self.booster_ = _trimmed(self.booster_, self.best_iteration_)
+        if X_valid is not None and y_valid is not None:
+            valid_set = lgb.Dataset(
+                self.spec_.transform(X_valid), label=np.asarray(y_valid, dtype="float64"),
+                reference=train_set,
+            )
+            booster = lgb.train(
+                params, train_set, num_boost_round=self.num_boost_round,
+                valid_sets=[valid_set], valid_names=["validation"],
+                callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
+            )
+            self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
+            self.booster_ = _trimmed(booster, self.best_iteration_)
+        else:
+            self.booster_ = lgb.train(params, train_set, num_boost_round=self.num_boost_round)
+            self.best_iteration_ = self.num_boost_round
         self.base_raw_ = float(
             self.booster_.predict(self.spec_.transform(X.iloc[:1]), pred_contrib=True)[0, -1]
         )

@@ -246,8 +246,8 @@ INTERCEPT = -2.3
 ACCOUNT_NEED_SD = 0.55
 LEAD_NEED_SD = 0.85
 CONVERSION_DELAY_MEDIAN_DAYS = 30.0
-CONVERSION_DELAY_SIGMA = 1.1
-LATE_CONVERSION_SHARE = 0.06  # converted 150-600 days after creation (re-engaged)
+CONVERSION_DELAY_SIGMA = 1.0
+LATE_CONVERSION_SHARE = 0.28  # re-engaged: converted 120-900 days after creation
 DECEMBER_SLIP = 0.5  # share of conversions after 15 December pushed into January
 QUARTER_PULL = 0.3  # share of first-week-of-quarter conversions pulled into the last days before
 DQ_INTERCEPT = -2.35
@@ -256,15 +256,18 @@ DQ_DELAY_MEDIAN_DAYS = 18.0
 
 # --- engagement ------------------------------------------------------------------------------
 
-BACKGROUND_MEAN = 18.0  # background events of a lead with activity 1
-BACKGROUND_TAU_DAYS = 40.0
-LATE_RETURN_SHARE = 0.2  # background events spread uniformly over two years instead
-WARMUP_SHARE = 0.85
+BACKGROUND_MEAN = 5.0  # events of the interest decaying after creation, at activity 1
+BACKGROUND_TAU_DAYS = 30.0
+TRICKLE_PER_YEAR = 2.5  # events spread uniformly over the open life, at activity 1
+SESSIONS_PER_YEAR = 2.0  # research sessions (mini-bursts that lead nowhere), at activity 1
+SESSION_EVENTS = 4.0
+WARMUP_SHARE = 0.7
 WARMUP_MEAN = 11.0
 FALSE_START_MAX = 0.9
 FALSE_START_STRENGTH = 0.9
-NURTURE_MAX_AGE_DAYS = 540
-NURTURE_OPEN = 0.20
+NURTURE_MAX_AGE_DAYS = 1095
+NURTURE_FATIGUE_DAYS = 730.0  # open rates decay with the lead's age
+NURTURE_OPEN = 0.32
 NURTURE_CLICK = 0.14
 BOUNCING_ADDRESS = 0.03
 UNSUBSCRIBE = 0.004
@@ -339,6 +342,12 @@ WARMUP_MIX = {
     "meeting": 0.10, "call": 0.10, "email_click": 0.05, "content_download": 0.04,
     "case_study_view": 0.07, "chat_started": 0.06, "trial_signup": 0.04, "webinar_attended": 0.01,
 }
+SESSION_MIX = {
+    "page_view": 0.50, "pricing_page_view": 0.12, "case_study_view": 0.08, "content_download": 0.08,
+    "chat_started": 0.06, "form_submit": 0.04, "call": 0.04, "email_click": 0.03,
+    "demo_request": 0.015, "quote_request": 0.005, "meeting": 0.01, "trial_signup": 0.01,
+    "webinar_registered": 0.01,
+}
 FALSE_START_MIX = {
     "page_view": 0.32, "pricing_page_view": 0.17, "demo_request": 0.05, "quote_request": 0.02,
     "meeting": 0.08, "call": 0.10, "email_click": 0.05, "content_download": 0.05,
@@ -354,6 +363,7 @@ WEBINAR_SOURCE_CAMPAIGNS = ("WBN-product-tour", "WBN-roi-masterclass", "WBN-indu
 
 # --- stages ----------------------------------------------------------------------------------
 
+STAGE_RECORDED = 0.5  # share of converters whose mql/sql/opportunity stages are recorded
 STAGE_NAMES = ("lead", "mql", "sql", "opportunity", "customer", "disqualified")
 _S = {s: i for i, s in enumerate(STAGE_NAMES)}
 
@@ -743,6 +753,7 @@ class _Cohort:
     strength: F64
     fs: np.ndarray
     fs_end: I64
+    open_end: I64  # end of the open (pre-outcome) life, at most ``end``
     b2c: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, bool))
 
     @property
@@ -790,7 +801,7 @@ def _draw_cohort(world: _World, rng: np.random.Generator, lo: int, hi: int) -> _
     # quarter-end pull
     delay = CONVERSION_DELAY_MEDIAN_DAYS * np.exp(rng.normal(0.0, CONVERSION_DELAY_SIGMA, n))
     delay *= np.clip(np.exp(-0.2 * (z + 1.5)), 0.5, 2.0)
-    delay = np.where(rng.random(n) < LATE_CONVERSION_SHARE, rng.uniform(150, 600, n), np.maximum(delay, 1.5))
+    delay = np.where(rng.random(n) < LATE_CONVERSION_SHARE, rng.uniform(120, 900, n), np.maximum(delay, 1.5))
     conv_t = created + (delay * DAY).astype(np.int64)
     _, cm, cd = _civil(conv_t // DAY)
     slip = (cm == 12) & (cd >= 15) & (rng.random(n) < DECEMBER_SLIP)
@@ -814,14 +825,17 @@ def _draw_cohort(world: _World, rng: np.random.Generator, lo: int, hi: int) -> _
     warm = converts & (rng.random(n) < WARMUP_SHARE)
     width = 7.0 + rng.gamma(2.0, 12.0, n)
     strength = WARMUP_MEAN * np.sqrt(act) * np.exp(rng.normal(0.0, 0.4, n))
-    fs = ~converts & (rng.random(n) < FALSE_START_MAX * _sigmoid(z + 1.5))
-    fs_end = created + ((rng.exponential(45.0, n) + width) * DAY).astype(np.int64)
+    fs = ~converts & (rng.random(n) < FALSE_START_MAX * _sigmoid(z + 2.0))
+    open_end = np.minimum(np.where(converts, conv_t, np.where(dq, dq_t, _NEVER)), world.end)
+    early = rng.random(n) < 0.5  # half the evaluations come soon after creation, half any time
+    fs_lag = np.where(early, rng.exponential(45.0, n), rng.random(n) * np.maximum((open_end - created) / DAY - width, 0))
+    fs_end = created + ((fs_lag + width) * DAY).astype(np.int64)
     return _Cohort(
         lo=lo, created=created, created_style=created_style, has_acc=has_acc, acc=acc, src=src,
         title=title, country=country, medium=medium, fit=fit, z=z, act=act, converts=converts,
         conv_t=conv_t, dq=dq, dq_t=dq_t, conv_obs=converts & (conv_t <= world.end),
         dq_obs=dq & (dq_t <= world.end), life_end=np.where(converts, conv_t, np.where(dq, dq_t, _NEVER)),
-        warm=warm, width=width, strength=strength, fs=fs, fs_end=fs_end, b2c=b2c,
+        warm=warm, width=width, strength=strength, fs=fs, fs_end=fs_end, open_end=open_end, b2c=b2c,
     )
 
 
@@ -876,18 +890,27 @@ def _draw_events(world: _World, c: _Cohort, rng: np.random.Generator) -> list[np
     parts.add(ar[sel], c.created[sel] + (rng.uniform(1, 10, n)[sel] * DAY).astype(np.int64),
               _K["webinar_attended"], camp[sel])
 
-    # (b) background activity decaying after creation, with late returns; it stops at
-    # conversion (post-sale is separate) and mostly at disqualification
+    # (b) background: interest decaying after creation, a trickle of visits over the whole
+    # open life, and research sessions (short bursts that lead nowhere); pre-sale activity
+    # stops at conversion (post-sale is separate) and mostly at disqualification
+    life_years = np.maximum(c.open_end - c.created, 0) / (365.25 * DAY)
     idx = np.repeat(ar, rng.poisson(c.act * BACKGROUND_MEAN))
-    m = len(idx)
     tau = BACKGROUND_TAU_DAYS * np.exp(rng.normal(0.0, 0.5, n))
-    offset = np.where(rng.random(m) < LATE_RETURN_SHARE, rng.uniform(0, 730, m), rng.exponential(tau[idx]))
-    t = c.created[idx] + (offset * DAY).astype(np.int64)
+    t = c.created[idx] + (rng.exponential(tau[idx]) * DAY).astype(np.int64)
+    trickle = np.repeat(ar, rng.poisson(c.act * TRICKLE_PER_YEAR * life_years))
+    idx = np.concatenate([idx, trickle])
+    t = np.concatenate([t, c.created[trickle] + (rng.random(len(trickle)) * (c.open_end - c.created)[trickle]).astype(np.int64)])
     kinds, w = _mix(BACKGROUND_MIX)
-    kind = kinds[_pick(rng, w, m)]
+    kind = kinds[_pick(rng, w, len(idx))]
     keep = ((t < np.where(c.converts, c.conv_t, _NEVER)[idx])
-            & ((t <= c.dq_t[idx]) | ~c.dq[idx] | (rng.random(m) < 0.25)))
+            & ((t <= c.dq_t[idx]) | ~c.dq[idx] | (rng.random(len(idx)) < 0.25)))
     parts.add(idx[keep], t[keep], kind[keep])
+    sess = np.repeat(ar, rng.poisson(np.sqrt(c.act) * SESSIONS_PER_YEAR * life_years))
+    anchor = c.created[sess] + (rng.random(len(sess)) * (c.open_end - c.created)[sess]).astype(np.int64)
+    bl, bt, bk = _burst(rng, sess, anchor, rng.uniform(1.0, 6.0, len(sess)),
+                        np.full(len(sess), SESSION_EVENTS), SESSION_MIX)
+    ok = bt >= c.created[bl]
+    parts.add(bl[ok], bt[ok], bk[ok])
 
     # (c) warm-up before conversion
     bl, bt, bk = _burst(rng, ar[c.warm], c.conv_t[c.warm], c.width[c.warm], c.strength[c.warm], WARMUP_MIX)
@@ -923,7 +946,8 @@ def _draw_events(world: _World, c: _Cohort, rng: np.random.Generator) -> list[np
     alive = (before - before[group_start]) == 0  # ... within the same lead: none
     cl, cc, unsub = cl[alive], cc[alive], unsub[alive]
     hot = c.warm[cl] & (send[cc] > c.conv_t[cl] - 45 * DAY)
-    p_open = np.clip(NURTURE_OPEN * camps.appeal[cc] * c.act[cl] ** 0.4 * np.where(hot, 1.7, 1.0), 0, 0.9)
+    fatigue = np.exp(-(send[cc] - c.created[cl]) / (NURTURE_FATIGUE_DAYS * DAY))
+    p_open = np.clip(NURTURE_OPEN * camps.appeal[cc] * c.act[cl] ** 0.4 * fatigue * np.where(hot, 1.7, 1.0), 0, 0.9)
     opened = rng.random(len(cl)) < p_open
     ol, oc, ohot = cl[opened], cc[opened], hot[opened]
     reps = 1 + rng.poisson(0.3, len(ol))
@@ -976,8 +1000,9 @@ def _draw_stages(world: _World, c: _Cohort, rng: np.random.Generator) -> list[I6
     opp = c.conv_t - np.minimum(cycle, 0.9 * span).astype(np.int64)
     sql = c.created + ((opp - c.created) * rng.uniform(0.5, 0.95, n)).astype(np.int64)
     mql = c.created + ((sql - c.created) * rng.uniform(0.05, 0.8, n)).astype(np.int64)
-    path = c.converts & ~(c.b2c & (rng.random(n) < 0.5))  # half the B2C buyers skip the funnel
-    for stage, when, p in (("mql", mql, 0.92), ("sql", sql, 0.97), ("opportunity", opp, 0.95)):
+    # sales records the funnel of 60 % of the deals (half the B2C buyers skip it anyway)
+    path = c.converts & (rng.random(n) < STAGE_RECORDED) & ~(c.b2c & (rng.random(n) < 0.5))
+    for stage, when, p in (("mql", mql, 0.9), ("sql", sql, 0.9), ("opportunity", opp, 0.85)):
         rows.append((path & (rng.random(n) < p), when, _S[stage]))
     # others: marketing-qualified by engagement; false starts reach sql and a lost opportunity
     fs_start = c.fs_end - (c.width * DAY).astype(np.int64)

@@ -101,35 +101,54 @@ class TimeSplit:
         return pd.DataFrame(rows)
 
 
+def _take_latest(times: list[pd.Timestamp], counts: dict[pd.Timestamp, int], rows: float) -> int:
+    """How many of the latest *times* it takes to hold at least *rows* rows (at least one)."""
+    held, k = 0, 0
+    for t in reversed(times):
+        if k and held >= rows:
+            break
+        held += counts[t]
+        k += 1
+    return k
+
+
 def split_by_time(as_of: pd.Series, config: Config) -> TimeSplit:
-    """Cut the as-of times into train | validation | calibration | hold-out."""
-    times = sorted(pd.to_datetime(as_of.unique()))
-    n = len(times)
+    """Cut the as-of times into train | validation | calibration | hold-out.
+
+    The configured shares are shares of rows (the open population grows over time, so
+    equal numbers of as-of times would give the latest slices most of the rows); every
+    slice holds whole as-of times, at least one each.
+    """
+    values = pd.to_datetime(as_of)
+    counts = values.value_counts().to_dict()
+    times = sorted(counts)
+    total = len(values)
     s = config.train.split
-    n_hold = max(1, math.ceil(n * s.holdout))
-    n_cal = max(1, math.ceil(n * s.calibration))
-    n_val = max(1, math.ceil(n * s.validation))
-    holdout = times[n - n_hold:]
-    before = times[: n - n_hold]
+    n_hold = _take_latest(times, counts, s.holdout * total)
+    holdout = times[len(times) - n_hold:]
+    before = times[: len(times) - n_hold]
     purged_times: list[pd.Timestamp] = []
     if s.purge_before_holdout:
         cutoff = holdout[0] - pd.Timedelta(days=config.labels.horizon_days)
         purged_times = [t for t in before if t > cutoff]
         before = [t for t in before if t <= cutoff]
-    if len(before) < n_cal + n_val + 1:
+    n_cal = _take_latest(before, counts, s.calibration * total) if before else 0
+    n_val = _take_latest(before[: len(before) - n_cal], counts, s.validation * total) if len(before) > n_cal else 0
+    if len(before) - n_cal - n_val < 1:
         raise InsufficientDataError(
-            f"{n} as-of times leave {len(before)} before the hold-out (after purging "
-            f"{len(purged_times)} whose horizon overlaps it); need at least {n_cal + n_val + 1}. "
-            "Use a longer history, a shorter --horizon-days, or more frequent snapshots"
+            f"{len(times)} as-of times leave {len(before)} before the hold-out (after purging "
+            f"{len(purged_times)} whose horizon overlaps it): too few for train, validation and "
+            "calibration slices. Use a longer history, a shorter --horizon-days, or more frequent "
+            "snapshots (labels.frequency)"
         )
     cal = before[len(before) - n_cal:]
     val = before[len(before) - n_cal - n_val: len(before) - n_cal]
     trn = before[: len(before) - n_cal - n_val]
     groups = {"train": trn, "validation": val, "calibration": cal, "holdout": holdout}
-    values = pd.to_datetime(as_of).to_numpy()
-    masks = {k: np.isin(values, np.array(v, dtype="datetime64[ns]")) for k, v in groups.items()}
+    arr = values.to_numpy()
+    masks = {k: np.isin(arr, np.array(v, dtype="datetime64[ns]")) for k, v in groups.items()}
     ranges = {k: (pd.Timestamp(v[0]), pd.Timestamp(v[-1])) for k, v in groups.items()}
-    purged = int(np.isin(values, np.array(purged_times, dtype="datetime64[ns]")).sum())
+    purged = int(np.isin(arr, np.array(purged_times, dtype="datetime64[ns]")).sum())
     return TimeSplit(masks, ranges, purged)
 
 
@@ -175,10 +194,12 @@ class TrainResult:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def _new_model(config: Config, params: Mapping[str, Any] | None = None) -> LeadScoringModel:
+def _new_model(
+    config: Config, params: Mapping[str, Any] | None = None, rounds: int | None = None
+) -> LeadScoringModel:
     return LeadScoringModel(
         params=dict(params or config.train.lightgbm),
-        num_boost_round=config.train.num_boost_round,
+        num_boost_round=rounds or config.train.num_boost_round,
         early_stopping_rounds=config.train.early_stopping_rounds,
         monotone_constraints=config.train.monotone_constraints,
         seed=config.seed,
@@ -190,13 +211,26 @@ def _new_model(config: Config, params: Mapping[str, Any] | None = None) -> LeadS
 def fit_calibrated(
     ts: TrainingSet, split: TimeSplit, config: Config, params: Mapping[str, Any] | None = None
 ) -> tuple[LeadScoringModel, dict[str, float]]:
-    """LightGBM on the train slice (early stopping on validation), calibrated on calibration."""
+    """LightGBM with early stopping (train -> validation), refit on train + validation,
+    calibrated on the calibration slice.
+
+    Early stopping picks the number of rounds; the refit on both slices then uses the most
+    recent history too (``train.refit_round_factor`` more rounds for the extra rows). The
+    calibration slice stays unseen by the booster, so the calibrator learns from honest
+    raw scores.
+    """
     frame, y = ts.frame, ts.frame[Labeled.label].to_numpy()
     m = split.masks
     model = _new_model(config, params).fit(
         frame.loc[m["train"]], y[m["train"]], frame.loc[m["validation"]], y[m["validation"]],
-        ts.catalog, ts.event_types,
+        catalog=ts.catalog, event_types=ts.event_types,
     )
+    if config.train.refit_on_validation:
+        rounds = max(1, math.ceil(model.best_iteration_ * config.train.refit_round_factor))
+        seen = m["train"] | m["validation"]
+        model = _new_model(config, params, rounds).fit(
+            frame.loc[seen], y[seen], catalog=ts.catalog, event_types=ts.event_types
+        )
     raw_cal = model.predict_raw(frame.loc[m["calibration"]])
     calibrator, cv = select_calibrator(
         raw_cal, y[m["calibration"]],
@@ -207,13 +241,18 @@ def fit_calibrated(
     return model, cv
 
 
+def model_rows(split: TimeSplit) -> np.ndarray:
+    """Rows the booster learned from (the baselines get the same rows)."""
+    return split.masks["train"] | split.masks["validation"]
+
+
 def evaluate_holdout(
     model: LeadScoringModel, ts: TrainingSet, split: TimeSplit, config: Config
 ) -> Evaluation:
-    """Model and baselines on the hold-out; baselines fit on all rows before it."""
+    """Model and baselines on the hold-out; baselines fit on the rows the booster learned from."""
     frame, y = ts.frame, ts.frame[Labeled.label].to_numpy()
     hold = split.masks["holdout"]
-    fit_rows = split.masks["train"] | split.masks["validation"] | split.masks["calibration"]
+    fit_rows = model_rows(split)
     X_hold = frame.loc[hold, ts.features]
     p_model = model.predict_proba(X_hold)[:, 1]
     probs = {"model": p_model}
@@ -274,7 +313,8 @@ def tune(
             if y[fit_m].sum() == 0 or y[val_m].sum() == 0:
                 continue
             model = _new_model(config, params).fit(
-                frame.loc[fit_m], y[fit_m], frame.loc[val_m], y[val_m], ts.catalog, ts.event_types
+                frame.loc[fit_m], y[fit_m], frame.loc[val_m], y[val_m],
+                catalog=ts.catalog, event_types=ts.event_types,
             )
             p = 1 / (1 + np.exp(-model.predict_raw(frame.loc[val_m])))
             losses.append(float(-np.mean(y[val_m] * np.log(p) + (1 - y[val_m]) * np.log(1 - p))))

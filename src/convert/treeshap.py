@@ -89,6 +89,7 @@ _ZERO_THRESHOLD = float(np.float32(1e-35))
 _INT_LIMIT = 2147483648.0  # static_cast<int> of anything at or above this is INT_MIN: goes right
 
 _DEFAULT_BLOCK = 256
+_MASK_BITS = 30  # pattern bits per leaf held in an int32; longer paths are evaluated node by node
 
 
 class UnsupportedModelError(ConvertError, ValueError):
@@ -194,6 +195,41 @@ def _build_tables(
                 table[off + k * n_pat + m] = phi[k]
 
 
+@njit(cache=True)
+def _build_coefs(
+    leaf_value: np.ndarray,
+    leaf_d: np.ndarray,
+    leaf_pf: np.ndarray,
+    leaf_coef: np.ndarray,
+    path_z: np.ndarray,
+    gl_t: np.ndarray,
+    gl_a: np.ndarray,
+    gl_off: np.ndarray,
+    coef: np.ndarray,
+) -> None:
+    """Per leaf, path feature k and quadrature node q: both factors of o_k t + z_k (1 - t) and
+    the coefficient that turns the product of all factors into phi_k (the factor divided out)."""
+    for leaf in range(leaf_value.shape[0]):
+        co = leaf_coef[leaf]
+        if co < 0:
+            continue
+        d = leaf_d[leaf]
+        nq = (d + 1) // 2
+        v = leaf_value[leaf]
+        pf = leaf_pf[leaf]
+        for k in range(d):
+            zk = path_z[pf + k]
+            for q in range(nq):
+                t = gl_t[gl_off[d] + q]
+                a = gl_a[gl_off[d] + q]
+                f1 = t + zk * (1.0 - t)
+                idx = co + (k * nq + q) * 4
+                coef[idx] = f1
+                coef[idx + 1] = zk * (1.0 - t)
+                coef[idx + 2] = v * (1.0 - zk) * a / f1
+                coef[idx + 3] = -v * a / (1.0 - t) if zk > 0.0 else 0.0
+
+
 @njit(cache=True, parallel=True)
 def _explain(
     X: np.ndarray,
@@ -223,6 +259,8 @@ def _explain(
     path_slot: np.ndarray,
     path_left: np.ndarray,
     table: np.ndarray,
+    leaf_coef: np.ndarray,
+    coef: np.ndarray,
     gl_t: np.ndarray,
     gl_a: np.ndarray,
     gl_off: np.ndarray,
@@ -239,13 +277,16 @@ def _explain(
         xt = np.empty((p, nb))
         for b in range(nb):
             for f in range(p):
-                xt[f, b] = X[r0 + b, f]
+                x = X[r0 + b, f]
+                # LightGBM's dense-matrix reader drops |x| <= kZeroThreshold: they become 0.0
+                xt[f, b] = 0.0 if -_ZERO_THRESHOLD <= x <= _ZERO_THRESHOLD else x
         acc = np.zeros((p, nb))
         mask = np.zeros((max_nodes, nb), dtype=np.int32)
         o = np.empty(max_d + 1)
         z = np.empty(max_d + 1)
         pre = np.empty(max_d + 1)
         phi = np.empty(max_d + 1)
+        fq = np.empty((max_d // 2 + 1, nb))
         for t in range(n_trees):
             s = tree_start[t]
             e = tree_start[t + 1]
@@ -313,7 +354,36 @@ def _explain(
                         for b in range(nb):
                             acc[f, b] += table[base + mask[ln, b]]
                     continue
-                # no table: evaluate the path for each row and integrate on the fly
+                co = leaf_coef[leaf]
+                if co >= 0:
+                    # no table: integrate on the fly, vectorised over the block's rows
+                    nq = (d + 1) // 2
+                    for q in range(nq):
+                        for b in range(nb):
+                            fq[q, b] = 1.0
+                    for k in range(d):
+                        for q in range(nq):
+                            idx = co + (k * nq + q) * 4
+                            f1 = coef[idx]
+                            f0 = coef[idx + 1]
+                            for b in range(nb):
+                                if (mask[ln, b] >> k) & 1:
+                                    fq[q, b] *= f0
+                                else:
+                                    fq[q, b] *= f1
+                    for k in range(d):
+                        f = path_feat[pf + k]
+                        for q in range(nq):
+                            idx = co + (k * nq + q) * 4
+                            c1 = coef[idx + 2]
+                            c0 = coef[idx + 3]
+                            for b in range(nb):
+                                if (mask[ln, b] >> k) & 1:
+                                    acc[f, b] += fq[q, b] * c0
+                                else:
+                                    acc[f, b] += fq[q, b] * c1
+                    continue
+                # more distinct features than pattern bits: evaluate the path row by row
                 pn = leaf_pn[leaf]
                 plen = leaf_plen[leaf]
                 v = leaf_value[leaf]
@@ -551,7 +621,7 @@ class TreeExplainerFast:
         *,
         num_iteration: int | None = None,
         max_table_bits: int = 8,
-        max_table_mb: float = 256.0,
+        max_table_mb: float = 32.0,
         block_rows: int = _DEFAULT_BLOCK,
     ) -> None:
         dump = booster.dump_model(num_iteration=num_iteration)
@@ -568,8 +638,9 @@ class TreeExplainerFast:
         for tree in trees:
             if tree.get("is_linear") or _has_linear_leaf(tree["tree_structure"]):
                 raise UnsupportedModelError(
-                    "linear_tree models are not supported: their leaves are linear models, which "
-                    "path-dependent TreeSHAP (and pred_contrib) do not explain exactly"
+                    "linear_tree models are not supported: their leaves are linear models, and "
+                    "TreeSHAP is defined for constant leaves (LightGBM's pred_contrib refuses them "
+                    "too); train with linear_tree=False to explain the model"
                 )
         self.n_features_ = int(dump["max_feature_idx"]) + 1
         self.feature_names_: list[str] = list(dump.get("feature_names", []))
@@ -609,7 +680,7 @@ class TreeExplainerFast:
         self._gl_t, self._gl_a, self._gl_off = _gauss_legendre(max(self._max_d, 1))
 
         # tables: leaves with few distinct path features first, within the budget
-        bits = max(0, min(int(max_table_bits), 20))
+        bits = max(0, min(int(max_table_bits), 20, _MASK_BITS))
         budget = int(max_table_mb * 2**20) // 8
         d = self._leaf_d.astype(np.int64)
         size = np.where(d <= bits, d << np.minimum(d, 62), -1)
@@ -629,9 +700,30 @@ class TreeExplainerFast:
         self.n_direct_leaves_ = int(np.sum((leaf_tab < 0) & (d > 0)))
         self.table_bytes_ = int(used * 8)
 
-        # a node's bit in the pattern; 0 when no leaf below it has a table (slot >= bits)
+        # leaves without a table but with d <= _MASK_BITS: quadrature coefficients
+        nq = (d + 1) // 2
+        csize = np.where((leaf_tab < 0) & (d > 0) & (d <= _MASK_BITS), 4 * d * nq, 0)
+        leaf_coef = np.where(csize > 0, np.cumsum(csize) - csize, -1).astype(np.int64)
+        self._leaf_coef = leaf_coef
+        self._coef = np.zeros(max(int(csize.sum()), 1), dtype=f64)
+        if len(self._leaf_value):
+            _build_coefs(
+                self._leaf_value,
+                self._leaf_d,
+                self._leaf_pf,
+                self._leaf_coef,
+                self._path_z,
+                self._gl_t,
+                self._gl_a,
+                self._gl_off,
+                self._coef,
+            )
+        self.n_path_leaves_ = int(np.sum(d > _MASK_BITS))
+
+        # a node's bit in the pattern (its feature's slot on the path); none past _MASK_BITS
         slot = np.asarray(flat.slot, dtype=np.int64)
-        node_bit = np.where((slot >= 0) & (slot < bits), np.left_shift(1, np.clip(slot, 0, 30)), 0)
+        in_mask = (slot >= 0) & (slot < _MASK_BITS)
+        node_bit = np.where(in_mask, np.left_shift(1, np.clip(slot, 0, _MASK_BITS - 1)), 0)
         self._node_bit = node_bit.astype(i32)
 
         if len(self._leaf_value):
@@ -723,6 +815,8 @@ class TreeExplainerFast:
             self._path_slot,
             self._path_left,
             self._table,
+            self._leaf_coef,
+            self._coef,
             self._gl_t,
             self._gl_a,
             self._gl_off,
@@ -739,7 +833,7 @@ def _has_linear_leaf(node: dict[str, Any]) -> bool:
         if "split_feature" in cur:
             stack.append(cur["left_child"])
             stack.append(cur["right_child"])
-        elif cur.get("leaf_features") or cur.get("leaf_coeff"):
+        elif "leaf_const" in cur or "leaf_coeff" in cur:
             return True
     return False
 
