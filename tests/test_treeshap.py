@@ -35,7 +35,8 @@ def _frame(rng: np.random.Generator, n: int, *, predict: bool = False) -> pd.Dat
     if predict:
         # unseen categories (beyond the training list) and missing categories
         cat_a = np.where(rng.random(n) < 0.1, rng.integers(40, 60, n), cat_a)
-        df["dense"] = np.where(rng.random(n) < 0.1, np.nan, df["dense"])  # NaN never seen in training
+        # NaN where training never saw one
+        df["dense"] = np.where(rng.random(n) < 0.1, np.nan, df["dense"])
     df["cat_a"] = pd.Categorical(
         np.where(rng.random(n) < 0.1, None, np.array([f"a{c}" for c in cat_a], dtype=object)),
         categories=[f"a{c}" for c in range(40)] if not predict else None,
@@ -70,7 +71,9 @@ def data() -> dict[str, Any]:
     y = _label(rng, train)
     test = _frame(rng, N_EXPLAIN, predict=True)
     # as LightGBM sees it at prediction time, plus raw codes LightGBM would also accept
-    mat = lightgbm_matrix(test, [list(train["cat_a"].cat.categories), list(train["cat_b"].cat.categories)])
+    mat = lightgbm_matrix(
+        test, [list(train["cat_a"].cat.categories), list(train["cat_b"].cat.categories)]
+    )
     odd = mat.copy()
     odd[:20, 6] = [-1, -0.5, 2.7, 1e12, -3, 39.0, 40.0, 1000.0, np.inf, -np.inf] * 2
     odd[20:30, 0] = [0.0, -0.0, 1e-40, -1e-40, np.inf, -np.inf, np.nan, 0.0, 1e300, -1e300]
@@ -84,7 +87,7 @@ def _train(data: dict[str, Any], params: dict[str, Any], rounds: int = 30) -> lg
         "objective": "binary",
         "learning_rate": 0.1,
         "verbose": -1,
-        "num_threads": 2,
+        "num_threads": 1,
         "min_data_in_leaf": 5,
         "min_data_per_group": 5,
         "cat_smooth": 1.0,
@@ -97,7 +100,7 @@ def _train(data: dict[str, Any], params: dict[str, Any], rounds: int = 30) -> lg
 
 
 def _check(booster: lgb.Booster, mat: np.ndarray, **kwargs: Any) -> TreeExplainerFast:
-    ref = booster.predict(mat, pred_contrib=True)
+    ref = booster.predict(mat, pred_contrib=True, num_threads=1)
     explainer = TreeExplainerFast(booster, **kwargs)
     ours = explainer.contributions(mat)
     assert ours.shape == ref.shape
@@ -181,6 +184,7 @@ def test_numpy_model_regression_and_single_leaf_trees() -> None:
     params = {
         "objective": "regression",
         "verbose": -1,
+        "num_threads": 1,
         "num_leaves": 15,
         "min_data_in_leaf": 5,
         "max_cat_to_onehot": 2,
@@ -201,17 +205,24 @@ def test_numpy_model_regression_and_single_leaf_trees() -> None:
 
 def test_best_iteration_and_num_iteration(data: dict[str, Any]) -> None:
     train, y = data["train"], data["y"]
-    params = {"objective": "binary", "verbose": -1, "num_leaves": 15, "learning_rate": 0.3}
+    params = {
+        "objective": "binary",
+        "verbose": -1,
+        "num_leaves": 15,
+        "learning_rate": 0.3,
+        "num_threads": 1,
+    }
     booster = lgb.train(
         params,
         lgb.Dataset(train.iloc[:2000], y[:2000]),
         200,
         valid_sets=[lgb.Dataset(train.iloc[2000:], y[2000:])],
         callbacks=[lgb.early_stopping(3, verbose=False)],
+        keep_training_booster=True,  # keeps the trees past the best iteration
     )
     assert 0 < booster.best_iteration < booster.current_iteration()
     _check(booster, data["mat"])  # predict() and the explainer both default to best_iteration
-    ref = booster.predict(data["mat"], pred_contrib=True, num_iteration=2)
+    ref = booster.predict(data["mat"], pred_contrib=True, num_iteration=2, num_threads=1)
     ours = TreeExplainerFast(booster, num_iteration=2).contributions(data["mat"])
     assert np.abs(ours - ref).max() <= TOL
 
@@ -220,17 +231,25 @@ def test_unsupported_models_and_bad_input(data: dict[str, Any]) -> None:
     rng = np.random.default_rng(1)
     X = rng.normal(size=(300, 3))
     y = X[:, 0] + rng.normal(size=300)
-    linear = lgb.train({"objective": "regression", "linear_tree": True, "verbose": -1}, lgb.Dataset(X, y), 3)
+    linear = lgb.train(
+        {"objective": "regression", "linear_tree": True, "verbose": -1, "num_threads": 1},
+        lgb.Dataset(X, y),
+        3,
+    )
     with pytest.raises(UnsupportedModelError, match="linear_tree"):
         TreeExplainerFast(linear)
     multi = lgb.train(
-        {"objective": "multiclass", "num_class": 3, "verbose": -1},
+        {"objective": "multiclass", "num_class": 3, "verbose": -1, "num_threads": 1},
         lgb.Dataset(X, (y > 0).astype(int) + (y > 1)),
         3,
     )
     with pytest.raises(ConvertError, match="single-output"):
         TreeExplainerFast(multi)
-    explainer = TreeExplainerFast(lgb.train({"objective": "regression", "verbose": -1}, lgb.Dataset(X, y), 3))
+    explainer = TreeExplainerFast(
+        lgb.train(
+            {"objective": "regression", "verbose": -1, "num_threads": 1}, lgb.Dataset(X, y), 3
+        )
+    )
     with pytest.raises(ValueError, match="3 columns"):
         explainer.contributions(X[:, :2])
     assert explainer.contributions(X[:0]).shape == (0, 4)

@@ -31,6 +31,7 @@ import pandas as pd
 
 from convert.catalog import Catalog, FeatureDef, event_words, window_phrase
 from convert.config import STANDARD_EVENT_TYPES, FeaturesConfig
+from convert.exceptions import FeatureMismatchError
 from convert.io import fetch_row
 from convert.schema import Accounts, Events, Leads, Snapshot, Stages
 from convert.validation import quote
@@ -454,11 +455,24 @@ def materialize_features(
         latest = pd.Timestamp(row[0]) if row[0] is not None else pd.Timestamp.max
         event_types = discover_event_types(con, latest, config)
     catalog = feature_catalog(event_types, config)
+    _check_extra_attributes(con, config)
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE {name} AS "
         + feature_sql(population, "_grid", event_types, config)
     )
     return name, catalog, tuple(event_types)
+
+
+def _check_extra_attributes(con: duckdb.DuckDBPyConnection, config: FeaturesConfig) -> None:
+    """Refuse, naming the column, an export that lacks an extra attribute used as a feature."""
+    for extra in config.extra_attributes:
+        present = [r[0] for r in con.execute(f"DESCRIBE {extra.table}").fetchall()]
+        if extra.column not in present:
+            raise FeatureMismatchError(
+                f"the data lacks column {extra.column!r} in {extra.table}, which feature "
+                f"x_{slug(extra.column)} needs (features.extra_attributes). Add the column to the "
+                "export, or train a model without it"
+            )
 
 
 def finish_frame(frame: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:

@@ -27,6 +27,7 @@ import pandas as pd
 
 from convert.calibrate import Calibrator, calibrator_from_dict
 from convert.catalog import Catalog
+from convert.config import FeaturesConfig
 from convert.exceptions import FeatureMismatchError, ModelNotFoundError
 
 BUNDLE_VERSION = 1
@@ -260,6 +261,12 @@ class LeadScoringModel:
 
     def grades(self, score: np.ndarray) -> np.ndarray:
         return grade_from_score(score, self.grade_cutoffs)
+
+    def features_config(self, default: FeaturesConfig) -> FeaturesConfig:
+        """The feature settings the model was trained with (windows, bands, extra attributes):
+        scoring must build the same features, whatever today's params.yaml says."""
+        stored = self.metadata.get("features_config")
+        return FeaturesConfig.model_validate(stored) if stored else default
 
     @property
     def feature_names_in_(self) -> list[str]:

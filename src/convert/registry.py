@@ -205,7 +205,7 @@ def promote(name: str, metric: str = "log_loss", min_improvement: float = 0.0) -
         aliases = client.get_registered_model(name).aliases
     except MlflowException as exc:
         raise ModelNotFoundError(f"no registered model named {name!r}; train one first") from exc
-    champ, chall = aliases.get(CHAMPION), aliases.get(CHALLENGER)
+    champ, chall = (str(v) if v is not None else None for v in (aliases.get(CHAMPION), aliases.get(CHALLENGER)))
     if chall is None:
         return Promotion(False, "there is no challenger version", champ, None)
     if champ == chall:

@@ -96,8 +96,8 @@ def iter_scores(
     data.con.execute(f"CREATE OR REPLACE TEMP TABLE _score_population AS {population_sql(grid)}")
     total = fetch_row(data.con, "SELECT count(*) FROM _score_population")[0]
     table, catalog, _ = materialize_features(
-        data.con, config.features, model.spec_.event_types, population="_score_population",
-        name="_score_features",
+        data.con, model.features_config(config.features), model.spec_.event_types,
+        population="_score_population", name="_score_features",
     )
     bar = _progress(total, enabled=progress)
     try:
@@ -145,8 +145,8 @@ def feature_rows(data: CRMData, model: LeadScoringModel, as_of: str | pd.Timesta
         params,
     )
     table, catalog, _ = materialize_features(
-        data.con, config.features, model.spec_.event_types, population="_score_population",
-        name="_score_features",
+        data.con, model.features_config(config.features), model.spec_.event_types,
+        population="_score_population", name="_score_features",
     )
     frame = finish_frame(data.con.execute(f"SELECT * FROM {table} ORDER BY lead_id").df(), catalog)
     for tmp in ("_score_features", "_score_population", "_score_grid", "_grid"):

@@ -7,50 +7,58 @@ punish one that is not point-in-time. Every number below is a constant in this f
 
 Generative story
 ----------------
-1. **Accounts** (about ``n_leads / 3``, generated first and at once). Industry (13 values,
+1. **Accounts** (about ``n_leads / 3``, generated first and at once). Industry (13 values;
    software and financial services fit best, nonprofit and education worst), employees
    (log-normal, median about 80, up to 250,000), annual revenue = employees x the industry's
    revenue per employee x log-normal noise (so revenue correlates with employees, and a
    richer-than-expected company fits a little better), country. Fit is a hump in company size
-   (mid-market best). Each account has an unobserved "need" shared by its leads, and a
+   (mid-market best). Each account has an unobserved *need* shared by its leads and a
    popularity (bigger companies produce more leads). Some firmographics are missing.
-2. **Leads**. Creation times follow seasonality (month factors with a summer and a December
-   dip, fewer leads at weekends, 15 % growth per year, business hours). 15 % are B2C (no
-   account); B2B leads pick an account by popularity, so several leads share an account.
-   Lead source (referral and partner leads convert best, list imports worst), job title (free
-   text; seniority: VPs and directors best, students worst; founders are common in small
-   companies), country, and the extra attribute ``utm_medium`` (derived from the source).
+2. **Leads**. Creation times are seasonal (month factors with a summer and a December dip,
+   fewer leads at weekends, 15 % growth a year, business hours). 15 % are B2C (no account);
+   B2B leads pick an account by popularity, so several leads share an account. Lead source
+   (referral and partner convert best, list imports worst), job title (free text, a few in
+   lower or upper case; seniority: VPs and directors best, students worst; founders common in
+   small companies), country, and the extra attribute ``utm_medium`` (derived from the
+   source, with a small effect of its own).
 3. **Propensity**: log-odds = intercept + firmographic fit + source + seniority + medium +
    month of creation (leads created in summer and December convert less) + the account's
-   and the lead's unobserved need. About 15-17 % of leads convert eventually, after a
-   log-normal delay (median about a month, 2-120 days typically, a long tail of late
-   re-engaged deals up to 16 months). Conversions in late December slip to January; some
+   and the lead's unobserved need. About 14-16 % of leads convert: 72 % after a log-normal
+   delay (median about a month, hotter leads faster; 5-95 % range about 6-155 days), 28 %
+   re-engaged 4-30 months later. Conversions in late December slip into January; some
    early-quarter deals are pulled back into the last days of the quarter.
 4. **Disqualification**: sales disqualifies about 10 % of leads, mostly poor fit, a few
    weeks after creation. Disqualified leads never convert.
 5. **Engagement**: each lead has an activity level (higher for better fit and need, heavy
    tailed). Events are the sum of (a) the creation touch (form_submit for web forms,
-   webinar_registered/attended for webinar leads, a paid click with its campaign ...);
-   (b) background activity decaying after creation, with some late returns; (c) a
-   **warm-up** before conversion for 85 % of converters: 7-60 days of rising intensity,
-   rich in high-intent events (pricing_page_view, demo_request, quote_request, meeting,
-   call, trial_signup); (d) **false starts**: some non-converters, more often good fits,
-   show a similar but weaker burst that ends in nothing (the lost deal); (e) **nurturing
-   campaigns** every 5-15 days, each sent to a share of the open leads younger than 18
-   months: email_open and email_click waves sharing a ``campaign_id``, opens more likely
-   during a warm-up; a fifth are webinar invitations (clicks register, some attend); a few
-   addresses bounce once and are dropped, a few leads unsubscribe and get no more email;
-   (f) **post-sale events** after ``converted_at``: onboarding_call, monthly invoice_paid
-   (value = amount), support_ticket, and product page_views - a trap for leaky pipelines.
-   Custom event types outside the standard vocabulary: chat_started (frequent),
+   webinar_registered/attended for webinar leads, a paid click carrying its campaign ...);
+   (b) interest decaying after creation, plus a trickle of visits over the whole open life;
+   (c) *research sessions*, short bursts at random times that lead nowhere (noise a model
+   must see through); (d) a **warm-up** before conversion for 70 % of converters: 7-60 days
+   of rising intensity, rich in high-intent events (pricing_page_view, demo_request,
+   quote_request, meeting, call, trial_signup); (e) **false starts**: a quarter of the
+   non-converters, more often good fits, show a similar burst (the lost deal), half soon
+   after creation, half at any time; (f) **nurturing campaigns** every 5-15 days, each sent
+   to a share of the open leads younger than three years: email_open and email_click waves
+   sharing a ``campaign_id``, opens more likely during a warm-up and fading with the lead's
+   age; a fifth are webinar invitations (clicks register, some attend a week later); a few
+   addresses bounce once and leave the list, a few leads unsubscribe and get no more email;
+   (g) **post-sale events** after ``converted_at``: onboarding_call, monthly invoice_paid
+   (``value`` = amount), support_ticket, and product page_views - a trap for leaky
+   pipelines. Custom event types outside the standard vocabulary: chat_started (frequent),
    case_study_view, trial_signup, onboarding_call, invoice_paid, support_ticket, sms_click
-   (rare). Events are about 25-35 per lead on average, heavy tailed.
-6. **Stages**: ``lead`` at creation; ``mql``, ``sql`` and ``opportunity`` for some (all
-   converters pass through most of them before converting, the opportunity starting near the
-   warm-up; false starts reach sql/opportunity and are lost); ``customer`` at conversion and
-   ``disqualified`` at disqualification (post-outcome rows, a second leakage trap).
+   (rare). About 30 events per lead on average (median about 25, heavy tailed).
+6. **Stages**: ``lead`` at creation; ``mql``, ``sql`` and ``opportunity`` recorded for half
+   the converters (the opportunity opening a few weeks before the conversion) and for false
+   starts (lost opportunities, about twice the won ones), ``mql`` for engaged leads;
+   ``customer`` at conversion and ``disqualified`` at disqualification (post-outcome rows,
+   a second leakage trap).
 7. **Censoring**: nothing is dated after ``end``; a conversion or disqualification after
    ``end`` is left empty (the lead is still open), events after ``end`` are dropped.
+
+A point-in-time LightGBM on simple features (lead age, firmographics, source, title, event
+counts by type and window, recency, current stage) reaches a hold-out ROC AUC of about
+0.87-0.88 on a 90-day horizon; fit and lead age alone about 0.73.
 
 Formats
 -------
@@ -481,7 +489,7 @@ def _mix(weights: dict[str, float]) -> tuple[I64, F64]:
     return kinds, np.array(list(weights.values()), dtype=np.float64)
 
 
-def _civil(days: I64) -> tuple[I64, I64, I64]:
+def _civil_direct(days: I64) -> tuple[I64, I64, I64]:
     """Year, month, day of days since 1970-01-01 (Howard Hinnant's algorithm, vectorised)."""
     z = days + 719_468
     era = z // 146_097
@@ -495,13 +503,53 @@ def _civil(days: I64) -> tuple[I64, I64, I64]:
     return y, m, d
 
 
+def _civil(days: I64) -> tuple[I64, I64, I64]:
+    """Year, month, day of days since 1970-01-01; many dates over a short span use a lookup."""
+    if len(days) == 0:
+        return days, days, days
+    first, last = int(days.min()), int(days.max())
+    if last - first >= len(days):
+        return _civil_direct(days)
+    y, m, d = _civil_direct(np.arange(first, last + 1, dtype=np.int64))
+    i = days - first
+    return y[i], m[i], d[i]
+
+
 def _month(secs: I64) -> I64:
     return _civil(secs // DAY)[1]
 
 
 def _digits(buf: np.ndarray, col: int, values: I64, width: int) -> None:
+    """Write ``values`` as ``width`` zero-padded ASCII digits into ``buf[:, col:col + width]``."""
+    pos = col + width
+    while width >= 4:  # four digits at a time through a lookup table
+        buf[:, pos - 4: pos] = _FOUR_DIGITS[values % 10_000]
+        values = values // 10_000
+        width -= 4
+        pos -= 4
     for i in range(width):
-        buf[:, col + i] = 48 + (values // 10 ** (width - 1 - i)) % 10
+        buf[:, pos - 1 - i] = 48 + values % 10
+        values = values // 10
+
+
+def _four_digits() -> np.ndarray:
+    v = np.arange(10_000)
+    return np.stack([48 + v // 1000, 48 + v // 100 % 10, 48 + v // 10 % 10, 48 + v % 10], axis=1).astype(np.uint8)
+
+
+def _clock() -> np.ndarray:
+    """``HH:MM:SS`` of every second of a day, as bytes (86,400 x 8)."""
+    s = np.arange(DAY)
+    out = np.empty((DAY, 8), dtype=np.uint8)
+    for col, v in ((0, s // HOUR), (3, s // 60 % 60), (6, s % 60)):
+        out[:, col] = 48 + v // 10
+        out[:, col + 1] = 48 + v % 10
+    out[:, 2] = out[:, 5] = ord(":")
+    return out
+
+
+_FOUR_DIGITS = _four_digits()
+_CLOCK = _clock()
 
 
 def _strings(buf: np.ndarray, lengths: I64, valid: np.ndarray | None = None) -> pa.Array:
@@ -509,8 +557,10 @@ def _strings(buf: np.ndarray, lengths: I64, valid: np.ndarray | None = None) -> 
     n = len(lengths)
     if valid is not None:
         lengths = np.where(valid, lengths, 0)
-    keep = np.arange(buf.shape[1]) < lengths[:, None]
-    data = np.ascontiguousarray(buf[keep])
+    if n and valid is None and (lengths == lengths[0]).all():
+        data = np.ascontiguousarray(buf[:, : int(lengths[0])]).reshape(-1)
+    else:
+        data = buf[np.arange(buf.shape[1]) < lengths[:, None]]
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     bitmap = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
@@ -534,19 +584,19 @@ def _timestamps(secs: I64, style: I64, offset_min: I64, valid: np.ndarray | None
     off = style == _OFFSET
     local = secs + np.where(off, offset_min * 60, 0)
     days, sod = np.divmod(local, DAY)
-    y, m, d = _civil(days)
-    hh, rem = np.divmod(sod, HOUR)
-    mi, ss = np.divmod(rem, 60)
     buf = np.empty((n, 25), dtype=np.uint8)
-    _digits(buf, 0, y, 4)
-    buf[:, 4] = buf[:, 7] = ord("-")
-    _digits(buf, 5, m, 2)
-    _digits(buf, 8, d, 2)
+    if n:  # the date through a per-call table of the days spanned, the time of day through _CLOCK
+        first = int(days.min())
+        span = np.arange(first, int(days.max()) + 1, dtype=np.int64)
+        y, m, d = _civil_direct(span)
+        table = np.empty((len(span), 10), dtype=np.uint8)
+        _digits(table, 0, y, 4)
+        _digits(table, 5, m, 2)
+        _digits(table, 8, d, 2)
+        table[:, 4] = table[:, 7] = ord("-")
+        buf[:, :10] = table[days - first]
     buf[:, 10] = ord("T")
-    _digits(buf, 11, hh, 2)
-    buf[:, 13] = buf[:, 16] = ord(":")
-    _digits(buf, 14, mi, 2)
-    _digits(buf, 17, ss, 2)
+    buf[:, 11:19] = _CLOCK[sod]
     buf[:, 19] = ord("Z")
     if off.any():
         o = offset_min[off]
@@ -1112,7 +1162,8 @@ def _chunk(world: _World, rng: np.random.Generator, lo: int, hi: int, lead_quota
         keep = lead_num[sg_lead] >= 0
         sg_lead, sg_t, sg_stage = sg_lead[keep], sg_t[keep], sg_stage[keep]
 
-    o = np.lexsort((ev_t, ev_lead))
+    # by lead, then time (one int64 key sorts faster than lexsort)
+    o = np.argsort((ev_lead << 34) + (ev_t - world.start + 2**33), kind="stable")
     ev_lead, ev_t, ev_kind, ev_camp, ev_value = (a[o] for a in (ev_lead, ev_t, ev_kind, ev_camp, ev_value))
     o = np.lexsort((sg_stage, sg_t, sg_lead))
     sg_lead, sg_t, sg_stage = sg_lead[o], sg_t[o], sg_stage[o]

@@ -127,8 +127,8 @@ def train_step(
             champion, label = registry.load_model(f"models:/{name}@{registry.CHAMPION}")
             from convert.features import build_features
 
-            fs = build_features(data.con, holdout[[Labeled.lead_id, Labeled.as_of]], config.features,
-                                champion.spec_.event_types)
+            fs = build_features(data.con, holdout[[Labeled.lead_id, Labeled.as_of]],
+                                champion.features_config(config.features), champion.spec_.event_types)
             p = champion.predict_proba(fs.frame)[:, 1]
             champion_metrics = evaluate(holdout[Labeled.label].to_numpy(), p)
             echo(f"champion {label} on this hold-out: log loss {champion_metrics['log_loss']:.4f}, "

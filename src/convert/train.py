@@ -390,5 +390,6 @@ def train(
         "baseline_metrics": {c: evaluation.metrics[c].to_dict() for c in evaluation.metrics if c != "model"},
         "params": params,
         "seed": config.seed,
+        "features_config": config.features.model_dump(mode="json"),
     }
     return TrainResult(model, evaluation, slices, cv, ts, split, tuning, params)

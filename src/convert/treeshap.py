@@ -195,41 +195,6 @@ def _build_tables(
                 table[off + k * n_pat + m] = phi[k]
 
 
-@njit(cache=True)
-def _build_coefs(
-    leaf_value: np.ndarray,
-    leaf_d: np.ndarray,
-    leaf_pf: np.ndarray,
-    leaf_coef: np.ndarray,
-    path_z: np.ndarray,
-    gl_t: np.ndarray,
-    gl_a: np.ndarray,
-    gl_off: np.ndarray,
-    coef: np.ndarray,
-) -> None:
-    """Per leaf, path feature k and quadrature node q: both factors of o_k t + z_k (1 - t) and
-    the coefficient that turns the product of all factors into phi_k (the factor divided out)."""
-    for leaf in range(leaf_value.shape[0]):
-        co = leaf_coef[leaf]
-        if co < 0:
-            continue
-        d = leaf_d[leaf]
-        nq = (d + 1) // 2
-        v = leaf_value[leaf]
-        pf = leaf_pf[leaf]
-        for k in range(d):
-            zk = path_z[pf + k]
-            for q in range(nq):
-                t = gl_t[gl_off[d] + q]
-                a = gl_a[gl_off[d] + q]
-                f1 = t + zk * (1.0 - t)
-                idx = co + (k * nq + q) * 4
-                coef[idx] = f1
-                coef[idx + 1] = zk * (1.0 - t)
-                coef[idx + 2] = v * (1.0 - zk) * a / f1
-                coef[idx + 3] = -v * a / (1.0 - t) if zk > 0.0 else 0.0
-
-
 @njit(cache=True, parallel=True)
 def _explain(
     X: np.ndarray,
@@ -259,13 +224,12 @@ def _explain(
     path_slot: np.ndarray,
     path_left: np.ndarray,
     table: np.ndarray,
-    leaf_coef: np.ndarray,
-    coef: np.ndarray,
     gl_t: np.ndarray,
     gl_a: np.ndarray,
     gl_off: np.ndarray,
     max_nodes: int,
     max_d: int,
+    mask_bits: int,
     block: int,
 ) -> None:
     n, p = X.shape
@@ -354,18 +318,22 @@ def _explain(
                         for b in range(nb):
                             acc[f, b] += table[base + mask[ln, b]]
                     continue
-                co = leaf_coef[leaf]
-                if co >= 0:
-                    # no table: integrate on the fly, vectorised over the block's rows
+                v = leaf_value[leaf]
+                if d <= mask_bits:
+                    # no table: integrate on the fly, vectorised over the block's rows.
+                    # fq[q, b] = prod_k (o_k t_q + z_k (1 - t_q)); phi_k then divides its own
+                    # factor out: v (1 - z_k) a_q / f1 when o_k = 1, -v a_q / (1 - t_q) when 0.
                     nq = (d + 1) // 2
+                    go = gl_off[d]
                     for q in range(nq):
                         for b in range(nb):
                             fq[q, b] = 1.0
                     for k in range(d):
+                        zk = path_z[pf + k]
                         for q in range(nq):
-                            idx = co + (k * nq + q) * 4
-                            f1 = coef[idx]
-                            f0 = coef[idx + 1]
+                            t = gl_t[go + q]
+                            f0 = zk * (1.0 - t)
+                            f1 = t + f0
                             for b in range(nb):
                                 if (mask[ln, b] >> k) & 1:
                                     fq[q, b] *= f0
@@ -373,10 +341,12 @@ def _explain(
                                     fq[q, b] *= f1
                     for k in range(d):
                         f = path_feat[pf + k]
+                        zk = path_z[pf + k]
                         for q in range(nq):
-                            idx = co + (k * nq + q) * 4
-                            c1 = coef[idx + 2]
-                            c0 = coef[idx + 3]
+                            t = gl_t[go + q]
+                            a = gl_a[go + q]
+                            c1 = v * (1.0 - zk) * a / (t + zk * (1.0 - t))
+                            c0 = -v * a / (1.0 - t) if zk > 0.0 else 0.0
                             for b in range(nb):
                                 if (mask[ln, b] >> k) & 1:
                                     acc[f, b] += fq[q, b] * c0
@@ -386,7 +356,6 @@ def _explain(
                 # more distinct features than pattern bits: evaluate the path row by row
                 pn = leaf_pn[leaf]
                 plen = leaf_plen[leaf]
-                v = leaf_value[leaf]
                 for k in range(d):
                     z[k] = path_z[pf + k]
                 for b in range(nb):
@@ -473,7 +442,9 @@ def _add_tree(flat: _Flat, tree: dict[str, Any]) -> None:
     total = float(root["internal_count"])
     # iterative pre-order walk; each stack entry: (node, parent local id, went left, path state)
     # path state: list of (feature, zero fraction, one-slot) per distinct feature + node list
-    stack: list[tuple[dict[str, Any], int, bool, list[int], list[float], list[tuple[int, int, int]]]]
+    stack: list[
+        tuple[dict[str, Any], int, bool, list[int], list[float], list[tuple[int, int, int]]]
+    ]
     stack = [(root, -1, False, [], [], [])]
     leaf_counts: list[tuple[float, float]] = []
     while stack:
@@ -700,30 +671,14 @@ class TreeExplainerFast:
         self.n_direct_leaves_ = int(np.sum((leaf_tab < 0) & (d > 0)))
         self.table_bytes_ = int(used * 8)
 
-        # leaves without a table but with d <= _MASK_BITS: quadrature coefficients
-        nq = (d + 1) // 2
-        csize = np.where((leaf_tab < 0) & (d > 0) & (d <= _MASK_BITS), 4 * d * nq, 0)
-        leaf_coef = np.where(csize > 0, np.cumsum(csize) - csize, -1).astype(np.int64)
-        self._leaf_coef = leaf_coef
-        self._coef = np.zeros(max(int(csize.sum()), 1), dtype=f64)
-        if len(self._leaf_value):
-            _build_coefs(
-                self._leaf_value,
-                self._leaf_d,
-                self._leaf_pf,
-                self._leaf_coef,
-                self._path_z,
-                self._gl_t,
-                self._gl_a,
-                self._gl_off,
-                self._coef,
-            )
-        self.n_path_leaves_ = int(np.sum(d > _MASK_BITS))
+        # leaves beyond the pattern bits are evaluated node by node (needs > 30 distinct features)
+        self._mask_bits = int(_MASK_BITS)
+        self.n_path_leaves_ = int(np.sum(d > self._mask_bits))
 
         # a node's bit in the pattern (its feature's slot on the path); none past _MASK_BITS
         slot = np.asarray(flat.slot, dtype=np.int64)
-        in_mask = (slot >= 0) & (slot < _MASK_BITS)
-        node_bit = np.where(in_mask, np.left_shift(1, np.clip(slot, 0, _MASK_BITS - 1)), 0)
+        in_mask = (slot >= 0) & (slot < self._mask_bits)
+        node_bit = np.where(in_mask, np.left_shift(1, np.clip(slot, 0, self._mask_bits - 1)), 0)
         self._node_bit = node_bit.astype(i32)
 
         if len(self._leaf_value):
@@ -773,7 +728,8 @@ class TreeExplainerFast:
                 raise ValueError(f"X must be 2-D with {p} columns; got shape {X.shape}")
         previous = numba.get_num_threads()
         if n_threads is not None:
-            numba.set_num_threads(max(1, min(int(n_threads), numba.config.NUMBA_NUM_THREADS)))
+            limit = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
+            numba.set_num_threads(max(1, min(int(n_threads), limit)))
         try:
             for start in range(0, n, chunk_rows):
                 stop = min(n, start + chunk_rows)
@@ -815,14 +771,14 @@ class TreeExplainerFast:
             self._path_slot,
             self._path_left,
             self._table,
-            self._leaf_coef,
-            self._coef,
             self._gl_t,
             self._gl_a,
             self._gl_off,
             self._max_nodes,
             max(self._max_d, 1),
-            self.block_rows,
+            self._mask_bits,
+            # the per-thread pattern scratch (nodes x rows int32) stays within about 4 MiB
+            max(1, min(self.block_rows, (1 << 20) // self._max_nodes)),
         )
 
 
@@ -858,7 +814,7 @@ def lightgbm_matrix(
         )
     out = np.empty(frame.shape, dtype=np.float64)
     cat_index = 0
-    for j, col in enumerate(frame.columns):
+    for j in range(frame.shape[1]):
         series = frame.iloc[:, j]
         if isinstance(series.dtype, pd.CategoricalDtype):
             if pandas_categorical is not None:

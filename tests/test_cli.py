@@ -1,0 +1,79 @@
+"""The convert-leads command end to end: generate, validate, train, promote, score, explain."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from convert.cli import main
+from convert.writeback import read_table
+from tests.conftest import FAST
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    import yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(FAST))
+    return path
+
+
+def test_python_m_convert_is_the_same_command():
+    out = subprocess.run([sys.executable, "-m", "convert", "--help"], capture_output=True, text=True, check=True)
+    for command in ("generate", "validate", "train", "promote", "score", "explain"):
+        assert command in out.stdout
+
+
+def test_train_score_explain_end_to_end(sim_export, config_file, mlflow_store, tmp_path, capsys):
+    main(["train", "--data", str(sim_export), "--config", str(config_file)])
+    out = capsys.readouterr().out
+    assert "source_rate" in out and "logistic_regression" in out and "points_rule" in out
+    assert out.strip().splitlines()[-1] == "models:/lead-conversion/1"
+
+    db = f"sqlite:///{tmp_path / 'crm.db'}"
+    for _ in range(2):  # a re-run leaves one current row per open lead
+        main(["score", "--data", str(sim_export), "--as-of", "2025-07-01", "--out", db,
+              "--config", str(config_file), "--top", "3"])
+    out = capsys.readouterr().out
+    assert "model lead-conversion/1" in out
+    current = read_table(db, "lead_scores")
+    history = read_table(db, "lead_scores_history")
+    assert current["lead_id"].is_unique
+    assert len(history) == len(current)  # same (lead, as_of, version): no duplicate history
+    assert (current["base_score"] + current["fit_points"] + current["engagement_points"] == current["score"]).all()
+
+    # a later as-of: converted leads leave the current table, history keeps both runs
+    main(["score", "--data", str(sim_export), "--as-of", "2025-07-15", "--out", db, "--config", str(config_file)])
+    later = read_table(db, "lead_scores")
+    assert set(pd.to_datetime(later["as_of"])) == {pd.Timestamp("2025-07-15")}
+    assert len(read_table(db, "lead_scores_history")) == len(current) + len(later)
+
+    lead = current.sort_values("score").iloc[-1]["lead_id"]
+    png = tmp_path / "w.png"
+    main(["explain", "--data", str(sim_export), "--as-of", "2025-07-01", "--lead-id", lead,
+          "--plot", str(png), "--config", str(config_file)])
+    out = capsys.readouterr().out
+    assert f"lead {lead}: score" in out and png.exists()
+
+    main(["promote", "--config", str(config_file)])
+    assert "already the champion" in capsys.readouterr().out
+
+
+def test_score_to_a_parquet_file(sim_export, config_file, mlflow_store, tmp_path):
+    main(["train", "--data", str(sim_export), "--config", str(config_file)])
+    out = tmp_path / "scores.parquet"
+    main(["score", "--data", str(sim_export), "--as-of", "2025-07-01", "--out", str(out),
+          "--model", "models:/lead-conversion@champion", "--config", str(config_file)])
+    frame = pd.read_parquet(out)
+    assert frame["model_version"].unique().tolist() == ["lead-conversion/1"]
+
+
+def test_errors_exit_with_code_2_and_a_message(tmp_path, capsys):
+    with pytest.raises(SystemExit) as code:
+        main(["validate", "--data", str(tmp_path / "missing")])
+    assert code.value.code == 2
+    assert "does not exist" in capsys.readouterr().err
