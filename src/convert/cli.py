@@ -107,11 +107,15 @@ def train(
     config: ConfigOpt = None,
     tune: Annotated[int | None, typer.Option("--tune", help="Random-search trials with time-series CV.")] = None,
     model_name: Annotated[str | None, typer.Option("--model-name")] = None,
+    save: Annotated[Path | None, typer.Option("--save", help="Also write the model bundle to this folder (e.g. models/lead-conversion).")] = None,
     rejects: RejectsOpt = None, strict: StrictOpt = False,
 ) -> None:
     """Train, calibrate, evaluate against baselines, log to MLflow and register."""
     cfg = _config(config).with_overrides(labels__horizon_days=horizon_days)
     summary = steps.train_step(data, cfg, as_of, tune, model_name, rejects and str(rejects), strict or None, echo)
+    if save:
+        summary.result.model.save(save)
+        echo(f"model bundle written to {save}")
     r = summary.result
     echo("time slices:\n" + r.slices.to_string(index=False))
     echo(f"calibration: {r.model.calibrator_.method} (cross-validated log loss "
