@@ -7,10 +7,10 @@ import sys
 
 import pandas as pd
 import pytest
+from tests.conftest import FAST
 
 from convert.cli import main
 from convert.writeback import read_table
-from tests.conftest import FAST
 
 
 @pytest.fixture

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from tests.conftest import write_export
 
 from convert import build_features, build_labels, load
 from convert.config import Config
 from convert.features import feature_catalog
 from convert.simulate import generate_crm
-from tests.conftest import write_export
 
 AS_OFS = [pd.Timestamp("2024-03-01"), pd.Timestamp("2024-06-01"), pd.Timestamp("2024-09-15 12:00")]
 CFG = Config()

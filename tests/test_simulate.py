@@ -105,7 +105,7 @@ def test_same_arguments_give_byte_identical_files(tmp_path: Path, fmt: str) -> N
     assert a.rows == b.rows and a.bad_rows == b.bad_rows
     for table in TABLES:
         assert (tmp_path / "a" / f"{table}.{fmt}").read_bytes() == (tmp_path / "b" / f"{table}.{fmt}").read_bytes()
-    c = generate_crm(tmp_path / "c", n_leads=700, seed=4, fmt=fmt, chunk_leads=300)  # type: ignore[arg-type]
+    generate_crm(tmp_path / "c", n_leads=700, seed=4, fmt=fmt, chunk_leads=300)  # type: ignore[arg-type]
     assert (tmp_path / "c" / f"events.{fmt}").read_bytes() != (tmp_path / "a" / f"events.{fmt}").read_bytes()
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from tests.conftest import write_export
 
 from convert import load
 from convert.cli import main
 from convert.config import Config
 from convert.exceptions import ContractError
-from tests.conftest import write_export
 
 
 def _load(tmp_path, cfg, fmt="csv", **tables):

@@ -112,7 +112,7 @@ def train(
 ) -> None:
     """Train, calibrate, evaluate against baselines, log to MLflow and register."""
     cfg = _config(config).with_overrides(labels__horizon_days=horizon_days)
-    summary = steps.train_step(data, cfg, as_of, tune, model_name, rejects and str(rejects), strict or None, echo)
+    summary = steps.train_step(data, cfg, as_of, tune, model_name, str(rejects) if rejects else None, strict or None, echo)
     if save:
         summary.result.model.save(save)
         echo(f"model bundle written to {save}")
@@ -136,7 +136,7 @@ def evaluate(
     """Re-evaluate a registered model on its hold-out; write metrics and plots."""
     cfg = _config(config)
     uri = model or f"models:/{cfg.train.model_name}@challenger"
-    steps.evaluate_step(data, cfg, uri, out, rejects and str(rejects), echo)
+    steps.evaluate_step(data, cfg, uri, out, str(rejects) if rejects else None, echo)
 
 
 @app.command()
@@ -161,7 +161,7 @@ def score(
 ) -> None:
     """Score, explain and write back every lead open at the as-of time."""
     cfg = _config(config)
-    summary, scores = steps.score_step(data, cfg, as_of, out, model, table, rejects and str(rejects), strict or None, echo)
+    summary, scores = steps.score_step(data, cfg, as_of, out, model, table, str(rejects) if rejects else None, strict or None, echo)
     echo(str(summary))
     if top:
         echo(_top_table(steps.top_leads(scores, top)))
@@ -188,7 +188,7 @@ def explain(
     """Print one lead's explanation and write a waterfall plot."""
     cfg = _config(config)
     plot = plot or Path(f"explain-{lead_id}.png")
-    explanation = steps.explain_step(data, cfg, as_of, lead_id, model, plot, rejects and str(rejects), echo)
+    explanation = steps.explain_step(data, cfg, as_of, lead_id, model, plot, str(rejects) if rejects else None, echo)
     echo("\n".join(explanation.lines()))
     echo(f"waterfall plot: {plot}")
 

@@ -165,27 +165,27 @@ class BaselinesConfig(_Section):
 
     event_points: dict[str, float] = Field(
         default_factory=lambda: {
-            "page_view": 1,
-            "pricing_page_view": 10,
-            "email_open": 1,
-            "email_click": 3,
-            "form_submit": 5,
-            "content_download": 5,
-            "webinar_attended": 8,
-            "demo_request": 30,
-            "quote_request": 30,
-            "meeting": 20,
-            "unsubscribe": -20,
-            "email_bounce": -10,
+            "page_view": 1.0,
+            "pricing_page_view": 10.0,
+            "email_open": 1.0,
+            "email_click": 3.0,
+            "form_submit": 5.0,
+            "content_download": 5.0,
+            "webinar_attended": 8.0,
+            "demo_request": 30.0,
+            "quote_request": 30.0,
+            "meeting": 20.0,
+            "unsubscribe": -20.0,
+            "email_bounce": -10.0,
         }
     )
     industry_points: dict[str, float] = Field(
-        default_factory=lambda: {"software": 10, "financial_services": 8, "healthcare": 5}
+        default_factory=lambda: {"software": 10.0, "financial_services": 8.0, "healthcare": 5.0}
     )
     min_employees: int = 50
     employees_points: float = 10
     seniority_points: dict[str, float] = Field(
-        default_factory=lambda: {"c_level": 15, "vp": 12, "director": 10, "manager": 5}
+        default_factory=lambda: {"c_level": 15.0, "vp": 12.0, "director": 10.0, "manager": 5.0}
     )
 
 

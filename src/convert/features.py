@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import duckdb
 import pandas as pd
 
-from convert.catalog import Catalog, FeatureDef, event_words, window_phrase
+from convert.catalog import Catalog, Family, FeatureDef, event_words, window_phrase
 from convert.config import STANDARD_EVENT_TYPES, FeaturesConfig
 from convert.exceptions import FeatureMismatchError
 from convert.io import fetch_row
@@ -135,7 +135,7 @@ def feature_catalog(event_types: Sequence[str], config: FeaturesConfig) -> Catal
     """Describe every feature :func:`feature_sql` produces, in the same order."""
     cat = Catalog()
     windows = config.windows_days
-    eng = "engagement"
+    eng: Family = "engagement"
     for t, s in _type_slugs(event_types).items():
         did, never = event_words(t)
         for w in windows:
@@ -221,7 +221,7 @@ def feature_catalog(event_types: Sequence[str], config: FeaturesConfig) -> Catal
                        "{value} colleagues were active in the last 90 days",
                        "No colleagues active in the last 90 days", "No company on record"))
     # firmographic
-    fit = "fit"
+    fit: Family = "fit"
     cat.add(FeatureDef("industry", fit, "firmographic", "categorical", "category",
                        "Industry of the lead's company", "Works in {value}", None, "Industry unknown"))
     cat.add(FeatureDef("employees", fit, "firmographic", "numeric", "employees",

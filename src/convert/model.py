@@ -48,7 +48,7 @@ class FeatureSpec:
     ) -> FeatureSpec:
         """Learn the categories of each categorical feature from the training rows."""
         names = [f.name for f in catalog]
-        kinds = {f.name: f.kind for f in catalog}
+        kinds: dict[str, str] = {f.name: f.kind for f in catalog}
         cats = {
             n: sorted({str(v) for v in frame[n].dropna().unique()})
             for n in names
@@ -221,9 +221,8 @@ class LeadScoringModel:
         else:
             self.booster_ = lgb.train(params, train_set, num_boost_round=self.num_boost_round)
             self.best_iteration_ = self.num_boost_round
-        self.base_raw_ = float(
-            self.booster_.predict(self.spec_.transform(X.iloc[:1]), pred_contrib=True)[0, -1]
-        )
+        contrib = np.asarray(self.booster_.predict(self.spec_.transform(X.iloc[:1]), pred_contrib=True))
+        self.base_raw_ = float(contrib[0, -1])
         return self
 
     def calibrate(self, calibrator: Calibrator) -> LeadScoringModel:

@@ -1261,6 +1261,12 @@ def _accounts_table(world: _World, rng: np.random.Generator, bad_rows: bool, fmt
 # =============================================================================================
 
 
+_CATEGORICAL = frozenset({
+    Leads.lead_source, Leads.country, Leads.job_title, UTM_MEDIUM, Accounts.industry,
+    Events.event_type, Events.channel, Events.campaign_id, Events.url, Stages.stage,
+})
+
+
 class _Writer:
     """Appends Arrow columns to ``NAME.csv`` or ``NAME.parquet`` (one row group per chunk).
 
@@ -1282,7 +1288,11 @@ class _Writer:
                 self._writer = pacsv.CSVWriter(self.partial, table.schema,
                                                write_options=pacsv.WriteOptions(quoting_style="needed"))
             else:
-                self._writer = pq.ParquetWriter(self.partial, table.schema, compression="zstd")
+                # dictionary pages for the categorical columns only: ids and timestamps are
+                # near-unique and would only cost time
+                categorical = [f.name for f in table.schema if f.name in _CATEGORICAL]
+                self._writer = pq.ParquetWriter(self.partial, table.schema, compression="zstd",
+                                                use_dictionary=categorical)
         self._writer.write_table(table)
         self.rows += table.num_rows
 

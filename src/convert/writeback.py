@@ -1065,7 +1065,7 @@ def _read_database(dest: _DbTarget, name: _TableName) -> pd.DataFrame:
                 cursor.close()
             columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
             return pd.DataFrame(
-                {n: pd.Series(list(v), dtype=object) for n, v in zip(names, columns, strict=True)}
+                {n: pd.Series(list(v)) for n, v in zip(names, columns, strict=True)}
             )
     except WritebackError:
         raise
