@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
 import duckdb
 import numpy as np
@@ -24,13 +25,22 @@ def _ts(col: str) -> str:
     return f"TRY_CAST(TRY_CAST({col} AS TIMESTAMPTZ) AT TIME ZONE 'UTC' AS TIMESTAMP)"
 
 
+def _one(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
+    """The first row of a query (a tuple), or its only value when it has one column."""
+    row = con.execute(sql).fetchone()
+    assert row is not None
+    return row[0] if len(row) == 1 else row
+
+
 def _load(folder: Path, fmt: str = "csv") -> duckdb.DuckDBPyConnection:
     """The four tables as text (CSV) or as stored (Parquet) in a UTC DuckDB connection."""
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     for table in TABLES:
         path = (folder / f"{table}.{fmt}").as_posix()
-        reader = f"read_csv('{path}', all_varchar = true)" if fmt == "csv" else f"read_parquet('{path}')"
+        reader = (
+            f"read_csv('{path}', all_varchar = true)" if fmt == "csv" else f"read_parquet('{path}')"
+        )
         con.execute(f"CREATE TABLE {table} AS SELECT * FROM {reader}")
     return con
 
@@ -83,7 +93,7 @@ def _detect(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
             f"SELECT count(*) FROM {table} t JOIN ({clean_leads}) l ON t.lead_id = l.id "
             f"WHERE {_ts('t.' + schema_time)} < l.created"
         )
-    return {key: con.execute(sql).fetchone()[0] for key, sql in queries.items()}  # type: ignore[index]
+    return {key: _one(con, sql) for key, sql in queries.items()}
 
 
 @pytest.fixture(scope="module")
@@ -99,14 +109,20 @@ def clean(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GenerateSumma
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
-def test_same_arguments_give_byte_identical_files(tmp_path: Path, fmt: str) -> None:
-    a = generate_crm(tmp_path / "a", n_leads=700, seed=3, fmt=fmt, chunk_leads=300)  # type: ignore[arg-type]
-    b = generate_crm(tmp_path / "b", n_leads=700, seed=3, fmt=fmt, chunk_leads=300)  # type: ignore[arg-type]
+def test_same_arguments_give_byte_identical_files(
+    tmp_path: Path, fmt: Literal["csv", "parquet"]
+) -> None:
+    a = generate_crm(tmp_path / "a", n_leads=700, seed=3, fmt=fmt, chunk_leads=300)
+    b = generate_crm(tmp_path / "b", n_leads=700, seed=3, fmt=fmt, chunk_leads=300)
     assert a.rows == b.rows and a.bad_rows == b.bad_rows
     for table in TABLES:
-        assert (tmp_path / "a" / f"{table}.{fmt}").read_bytes() == (tmp_path / "b" / f"{table}.{fmt}").read_bytes()
-    generate_crm(tmp_path / "c", n_leads=700, seed=4, fmt=fmt, chunk_leads=300)  # type: ignore[arg-type]
-    assert (tmp_path / "c" / f"events.{fmt}").read_bytes() != (tmp_path / "a" / f"events.{fmt}").read_bytes()
+        assert (tmp_path / "a" / f"{table}.{fmt}").read_bytes() == (
+            tmp_path / "b" / f"{table}.{fmt}"
+        ).read_bytes()
+    generate_crm(tmp_path / "c", n_leads=700, seed=4, fmt=fmt, chunk_leads=300)
+    assert (tmp_path / "c" / f"events.{fmt}").read_bytes() != (
+        tmp_path / "a" / f"events.{fmt}"
+    ).read_bytes()
 
 
 def test_every_table_has_the_contract_columns(crm: tuple[Path, GenerateSummary]) -> None:
@@ -129,10 +145,13 @@ def test_every_table_has_the_contract_columns(crm: tuple[Path, GenerateSummary])
 def test_nothing_is_dated_after_end(crm: tuple[Path, GenerateSummary]) -> None:
     con = _load(crm[0])
     latest = [
-        con.execute(f"SELECT max({_ts(col)}) FROM {table}").fetchone()[0]  # type: ignore[index]
+        _one(con, f"SELECT max({_ts(col)}) FROM {table}")
         for table, col in (
-            ("leads", Leads.created_at), ("leads", Leads.converted_at), ("leads", Leads.disqualified_at),
-            ("events", Events.occurred_at), ("stages", Stages.entered_at),
+            ("leads", Leads.created_at),
+            ("leads", Leads.converted_at),
+            ("leads", Leads.disqualified_at),
+            ("events", Events.occurred_at),
+            ("stages", Stages.entered_at),
         )
     ]
     assert max(latest) < pd.Timestamp(END) + pd.Timedelta(days=1)
@@ -170,10 +189,13 @@ def test_parquet_and_csv_carry_the_same_rows(tmp_path: Path) -> None:
                 left, right = text[col].replace("", None), typed[col]
                 if pd.api.types.is_datetime64_any_dtype(right):  # typed UTC timestamps
                     parsed = pd.to_datetime(left, format="ISO8601", utc=True)
-                    pd.testing.assert_series_equal(parsed, right.dt.tz_convert("UTC"), check_names=False,
-                                                   check_dtype=False)
+                    pd.testing.assert_series_equal(
+                        parsed, right.dt.tz_convert("UTC"), check_names=False, check_dtype=False
+                    )
                 elif pd.api.types.is_numeric_dtype(right):
-                    np.testing.assert_allclose(pd.to_numeric(left).to_numpy(float), right.to_numpy(float))
+                    np.testing.assert_allclose(
+                        pd.to_numeric(left).to_numpy(float), right.to_numpy(float)
+                    )
                 else:  # text, including timestamps stored as text when bad rows are planted
                     assert left.fillna("").tolist() == right.fillna("").tolist(), (table, col)
 
@@ -190,39 +212,52 @@ def test_parquet_types(tmp_path: Path) -> None:
     assert accounts.field(Accounts.annual_revenue).type == pa.float64()
     text = pq.read_schema(tmp_path / "s" / "leads.parquet")
     assert text.field(Leads.created_at).type == pa.string()
-    assert pq.read_schema(tmp_path / "s" / "accounts.parquet").field(Accounts.employees).type == pa.string()
+    assert (
+        pq.read_schema(tmp_path / "s" / "accounts.parquet").field(Accounts.employees).type
+        == pa.string()
+    )
 
 
 def test_clean_export_obeys_the_contract(clean: tuple[Path, GenerateSummary]) -> None:
     con = _load(clean[0])
     L = Leads
-    assert con.execute(f"SELECT count(DISTINCT {L.lead_id}) = count(*) FROM leads").fetchone()[0]  # type: ignore[index]
-    b2c, shared = con.execute(
+    assert _one(con, f"SELECT count(DISTINCT {L.lead_id}) = count(*) FROM leads")
+    b2c, shared = _one(
+        con,
         f"SELECT avg(({L.account_id} IS NULL)::INT), "
-        f"(SELECT count(*) FROM (SELECT {L.account_id} FROM leads GROUP BY 1 HAVING count(*) > 1)) FROM leads"
-    ).fetchone()  # type: ignore[misc]
+        f"(SELECT count(*) FROM (SELECT {L.account_id} FROM leads GROUP BY 1 HAVING count(*) > 1)) FROM leads",
+    )
     assert 0.10 < b2c < 0.20 and shared > 50
     # outcomes after creation; funnel stages before the conversion; customer stage at it
-    assert con.execute(
-        f"SELECT count(*) FROM leads WHERE {_ts(L.converted_at)} <= {_ts(L.created_at)} "
-        f"OR {_ts(L.disqualified_at)} <= {_ts(L.created_at)} "
-        f"OR ({L.converted_at} IS NOT NULL AND {L.disqualified_at} IS NOT NULL)"
-    ).fetchone()[0] == 0  # type: ignore[index]
-    assert con.execute(
-        f"SELECT count(*) FROM stages s JOIN leads l USING (lead_id) WHERE s.stage IN ('mql', 'sql', "
-        f"'opportunity') AND {_ts('s.entered_at')} >= {_ts('l.converted_at')}"
-    ).fetchone()[0] == 0  # type: ignore[index]
+    assert (
+        _one(
+            con,
+            f"SELECT count(*) FROM leads WHERE {_ts(L.converted_at)} <= {_ts(L.created_at)} "
+            f"OR {_ts(L.disqualified_at)} <= {_ts(L.created_at)} "
+            f"OR ({L.converted_at} IS NOT NULL AND {L.disqualified_at} IS NOT NULL)",
+        )
+        == 0
+    )
+    assert (
+        _one(
+            con,
+            f"SELECT count(*) FROM stages s JOIN leads l USING (lead_id) WHERE s.stage IN ('mql', 'sql', "
+            f"'opportunity') AND {_ts('s.entered_at')} >= {_ts('l.converted_at')}",
+        )
+        == 0
+    )
     stages = dict(con.execute("SELECT stage, count(*) FROM stages GROUP BY 1").fetchall())
     assert set(stages) == {"lead", "mql", "sql", "opportunity", "customer", "disqualified"}
     assert stages["lead"] == 2000 and stages["customer"] < stages["opportunity"]
     # the mix of timestamp forms the contract allows
-    forms = con.execute(
+    forms = _one(
+        con,
         "SELECT count(*) FILTER (WHERE occurred_at LIKE '%Z'), count(*) FILTER (WHERE occurred_at LIKE '% %+%' "
         "OR occurred_at LIKE '% %-__:__'), count(*) FILTER (WHERE occurred_at LIKE '____-__-__T__:__:__') "
-        "FROM events"
-    ).fetchone()
-    assert forms is not None and all(n > 0 for n in forms)
-    assert con.execute(f"SELECT count(*) FROM leads WHERE length({L.created_at}) = 10").fetchone()[0] > 0  # type: ignore[index]
+        "FROM events",
+    )
+    assert all(n > 0 for n in forms)
+    assert _one(con, f"SELECT count(*) FROM leads WHERE length({L.created_at}) = 10") > 0
 
 
 def test_rates_are_plausible(clean: tuple[Path, GenerateSummary]) -> None:
@@ -232,46 +267,55 @@ def test_rates_are_plausible(clean: tuple[Path, GenerateSummary]) -> None:
     assert 0.05 < summary.disqualified / n < 0.15
     assert 20 < summary.rows["events"] / n < 45
     con = _load(clean[0])
-    delay = con.execute(
-        f"SELECT median(date_diff('day', {_ts(Leads.created_at)}, {_ts(Leads.converted_at)})) FROM leads"
-    ).fetchone()[0]  # type: ignore[index]
+    delay = _one(
+        con,
+        f"SELECT median(date_diff('day', {_ts(Leads.created_at)}, {_ts(Leads.converted_at)})) FROM leads",
+    )
     assert 10 < delay < 90
 
 
 def test_post_sale_events_follow_conversion(clean: tuple[Path, GenerateSummary]) -> None:
     con = _load(clean[0])
-    after = dict(con.execute(
-        f"SELECT e.event_type, count(*) FROM events e JOIN leads l USING (lead_id) "
-        f"WHERE {_ts('e.occurred_at')} > {_ts('l.converted_at')} GROUP BY 1"
-    ).fetchall())
+    after = dict(
+        con.execute(
+            f"SELECT e.event_type, count(*) FROM events e JOIN leads l USING (lead_id) "
+            f"WHERE {_ts('e.occurred_at')} > {_ts('l.converted_at')} GROUP BY 1"
+        ).fetchall()
+    )
     assert after.get("invoice_paid", 0) > 0 and after.get("onboarding_call", 0) > 0
     assert after.get("page_view", 0) > 0
     # invoices and onboarding calls only ever follow a conversion
     conv = _ts("l.converted_at")
-    assert con.execute(
-        f"SELECT count(*) FROM events e JOIN leads l USING (lead_id) WHERE e.event_type IN "
-        f"('invoice_paid', 'onboarding_call') AND ({conv} IS NULL OR {_ts('e.occurred_at')} <= {conv})"
-    ).fetchone()[0] == 0  # type: ignore[index]
+    assert (
+        _one(
+            con,
+            f"SELECT count(*) FROM events e JOIN leads l USING (lead_id) WHERE e.event_type IN "
+            f"('invoice_paid', 'onboarding_call') AND ({conv} IS NULL OR {_ts('e.occurred_at')} <= {conv})",
+        )
+        == 0
+    )
 
 
 def test_engagement_warms_up_before_conversion(clean: tuple[Path, GenerateSummary]) -> None:
     con = _load(clean[0])
     high = "('pricing_page_view', 'demo_request', 'quote_request', 'meeting')"
-    share_before, share_else = con.execute(
+    share_before, share_else = _one(
+        con,
         f"""SELECT avg((e.event_type IN {high})::INT) FILTER (WHERE l.converted_at IS NOT NULL
-                 AND {_ts('e.occurred_at')} BETWEEN {_ts('l.converted_at')} - INTERVAL 30 DAY
-                 AND {_ts('l.converted_at')}),
+                 AND {_ts("e.occurred_at")} BETWEEN {_ts("l.converted_at")} - INTERVAL 30 DAY
+                 AND {_ts("l.converted_at")}),
                avg((e.event_type IN {high})::INT) FILTER (WHERE l.converted_at IS NULL)
-            FROM events e JOIN leads l USING (lead_id)"""
-    ).fetchone()  # type: ignore[misc]
+            FROM events e JOIN leads l USING (lead_id)""",
+    )
     assert share_before > 2 * share_else
     types = {r[0] for r in con.execute("SELECT DISTINCT event_type FROM events").fetchall()}
     assert {"trial_signup", "chat_started", "case_study_view", "email_open", "email_click"} <= types
     # nurturing waves: one campaign_id reaches many leads at once
-    widest = con.execute(
+    widest = _one(
+        con,
         "SELECT max(n) FROM (SELECT campaign_id, count(DISTINCT lead_id) n FROM events "
-        "WHERE event_type = 'email_open' GROUP BY 1)"
-    ).fetchone()[0]  # type: ignore[index]
+        "WHERE event_type = 'email_open' GROUP BY 1)",
+    )
     assert widest >= 30
 
 

@@ -153,7 +153,7 @@ def promote(model_name: Annotated[str | None, typer.Option("--model-name")] = No
 def score(
     data: DataOpt,
     as_of: AsOfOpt,
-    out: Annotated[str, typer.Option("--out", help="A .parquet/.csv file or a database URL (sqlite:///, postgresql://).")],
+    out: Annotated[str | None, typer.Option("--out", help="A .parquet/.csv file, a database URL (sqlite:///, postgresql://), or env:VARIABLE holding one (default: env CONVERT_OUT_URL).")] = None,
     model: ModelOpt = None,
     table: Annotated[str | None, typer.Option("--table", help="Current-scores table (history: NAME_history).")] = None,
     config: ConfigOpt = None, rejects: RejectsOpt = None, strict: StrictOpt = False,

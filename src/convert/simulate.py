@@ -47,10 +47,10 @@ Generative story
    (``value`` = amount), support_ticket, and product page_views - a trap for leaky
    pipelines. Custom event types outside the standard vocabulary: chat_started (frequent),
    case_study_view, trial_signup, onboarding_call, invoice_paid, support_ticket, sms_click
-   (rare). About 30 events per lead on average (median about 25, heavy tailed).
+   (rare). About 30 events per lead on average (median 25, heavy tailed).
 6. **Stages**: ``lead`` at creation; ``mql``, ``sql`` and ``opportunity`` recorded for half
    the converters (the opportunity opening a few weeks before the conversion) and for false
-   starts (lost opportunities, about twice the won ones), ``mql`` for engaged leads;
+   starts (lost opportunities, about four for each won one), ``mql`` for engaged leads;
    ``customer`` at conversion and ``disqualified`` at disqualification (post-outcome rows,
    a second leakage trap).
 7. **Censoring**: nothing is dated after ``end``; a conversion or disqualification after
@@ -211,24 +211,48 @@ SENIORITY: tuple[tuple[str, tuple[float, float, float], float, tuple[str, ...]],
         "director",
         (0.12, 0.06, 0.02),
         0.55,
-        ("Director of IT", "Marketing Director", "Head of Procurement", "Sr. Director, Finance",
-         "Head of Sales Operations"),
+        (
+            "Director of IT",
+            "Marketing Director",
+            "Head of Procurement",
+            "Sr. Director, Finance",
+            "Head of Sales Operations",
+        ),
     ),
     (
         "manager",
         (0.22, 0.18, 0.10),
         0.30,
-        ("IT Manager", "Marketing Manager", "Project Manager", "Operations Manager",
-         "Procurement Manager", "Sales Manager"),
+        (
+            "IT Manager",
+            "Marketing Manager",
+            "Project Manager",
+            "Operations Manager",
+            "Procurement Manager",
+            "Sales Manager",
+        ),
     ),
     (
         "individual",
         (0.38, 0.36, 0.38),
         -0.10,
-        ("Software Engineer", "Analyst", "Marketing Specialist", "Sales Representative",
-         "Accountant", "Consultant", "Data Scientist", "Designer"),
+        (
+            "Software Engineer",
+            "Analyst",
+            "Marketing Specialist",
+            "Sales Representative",
+            "Accountant",
+            "Consultant",
+            "Data Scientist",
+            "Designer",
+        ),
     ),
-    ("student", (0.03, 0.02, 0.20), -1.50, ("Student", "Intern", "PhD Candidate", "Graduate Student")),
+    (
+        "student",
+        (0.03, 0.02, 0.20),
+        -1.50,
+        ("Student", "Intern", "PhD Candidate", "Graduate Student"),
+    ),
     ("other", (0.04, 0.03, 0.18), -0.50, ("Retired", "Freelancer", "n/a", "-", "Self-employed")),
 )
 TITLE_MISSING = 0.08
@@ -297,18 +321,46 @@ class _Kind:
 
 
 _KINDS: tuple[_Kind, ...] = (
-    _Kind("page_view", "web", tuple(_WEB + p for p in (
-        "/", "/product", "/product/features", "/product/integrations", "/blog/lead-scoring-101",
-        "/blog/crm-hygiene", "/blog/pipeline-metrics", "/docs/getting-started", "/about",
-        "/careers", "/security"
-    )), (35.0, 0.9)),
-    _Kind("pricing_page_view", "web", (_WEB + "/pricing", _WEB + "/pricing/enterprise"), (60.0, 0.8)),
+    _Kind(
+        "page_view",
+        "web",
+        tuple(
+            _WEB + p
+            for p in (
+                "/",
+                "/product",
+                "/product/features",
+                "/product/integrations",
+                "/blog/lead-scoring-101",
+                "/blog/crm-hygiene",
+                "/blog/pipeline-metrics",
+                "/docs/getting-started",
+                "/about",
+                "/careers",
+                "/security",
+            )
+        ),
+        (35.0, 0.9),
+    ),
+    _Kind(
+        "pricing_page_view", "web", (_WEB + "/pricing", _WEB + "/pricing/enterprise"), (60.0, 0.8)
+    ),
     _Kind("email_open", "email"),
     _Kind("email_click", "email"),
     _Kind("form_submit", "web", (_WEB + "/contact", _WEB + "/newsletter", _WEB + "/demo")),
-    _Kind("content_download", "web", tuple(_WEB + "/resources/" + f for f in (
-        "whitepaper-roi.pdf", "ebook-lead-scoring.pdf", "report-state-of-sales.pdf", "checklist-crm.pdf"
-    ))),
+    _Kind(
+        "content_download",
+        "web",
+        tuple(
+            _WEB + "/resources/" + f
+            for f in (
+                "whitepaper-roi.pdf",
+                "ebook-lead-scoring.pdf",
+                "report-state-of-sales.pdf",
+                "checklist-crm.pdf",
+            )
+        ),
+    ),
     _Kind("webinar_registered", "webinar"),
     _Kind("webinar_attended", "webinar", (), (1500.0, 0.5)),
     _Kind("demo_request", "web", (_WEB + "/demo",)),
@@ -318,15 +370,27 @@ _KINDS: tuple[_Kind, ...] = (
     _Kind("unsubscribe", "email"),
     _Kind("email_bounce", "email"),
     _Kind("chat_started", "chat", (_WEB + "/pricing", _WEB + "/product", _WEB + "/")),
-    _Kind("case_study_view", "web", tuple(_WEB + "/customers/" + c for c in (
-        "acme-corp", "globex", "initech", "umbrella-health", "stark-logistics"
-    )), (90.0, 0.7)),
+    _Kind(
+        "case_study_view",
+        "web",
+        tuple(
+            _WEB + "/customers/" + c
+            for c in ("acme-corp", "globex", "initech", "umbrella-health", "stark-logistics")
+        ),
+        (90.0, 0.7),
+    ),
     _Kind("trial_signup", "web", (_WEB + "/signup",)),
     _Kind("sms_click", "sms"),
     # post-sale
-    _Kind("page_view", "web", tuple(_APP + p for p in (
-        "/dashboard", "/settings", "/reports", "/integrations", "/billing"
-    )) + ("https://docs.example.com/setup",), (120.0, 0.9)),
+    _Kind(
+        "page_view",
+        "web",
+        tuple(
+            _APP + p for p in ("/dashboard", "/settings", "/reports", "/integrations", "/billing")
+        )
+        + ("https://docs.example.com/setup",),
+        (120.0, 0.9),
+    ),
     _Kind("onboarding_call", "customer_success", (), (2700.0, 0.3)),
     _Kind("invoice_paid", "billing"),
     _Kind("support_ticket", "support"),
@@ -336,35 +400,74 @@ _K_APP_PAGE_VIEW = len(_KINDS) - 4
 
 #: every event_type the simulator writes: the standard vocabulary plus custom types
 EVENT_TYPES: tuple[str, ...] = tuple(dict.fromkeys(k.name for k in _KINDS))
-HIGH_INTENT: tuple[str, ...] = ("pricing_page_view", "demo_request", "quote_request", "meeting")
 
 #: event-kind mixes (weights) of each engagement component
 BACKGROUND_MIX = {
-    "page_view": 0.60, "pricing_page_view": 0.035, "form_submit": 0.035, "content_download": 0.08,
-    "webinar_registered": 0.02, "chat_started": 0.07, "case_study_view": 0.03, "call": 0.03,
-    "demo_request": 0.008, "meeting": 0.005, "quote_request": 0.003, "trial_signup": 0.004,
-    "email_click": 0.02, "sms_click": 0.001,
+    "page_view": 0.60,
+    "pricing_page_view": 0.035,
+    "form_submit": 0.035,
+    "content_download": 0.08,
+    "webinar_registered": 0.02,
+    "chat_started": 0.07,
+    "case_study_view": 0.03,
+    "call": 0.03,
+    "demo_request": 0.008,
+    "meeting": 0.005,
+    "quote_request": 0.003,
+    "trial_signup": 0.004,
+    "email_click": 0.02,
+    "sms_click": 0.001,
 }
 WARMUP_MIX = {
-    "page_view": 0.24, "pricing_page_view": 0.18, "demo_request": 0.06, "quote_request": 0.05,
-    "meeting": 0.10, "call": 0.10, "email_click": 0.05, "content_download": 0.04,
-    "case_study_view": 0.07, "chat_started": 0.06, "trial_signup": 0.04, "webinar_attended": 0.01,
+    "page_view": 0.24,
+    "pricing_page_view": 0.18,
+    "demo_request": 0.06,
+    "quote_request": 0.05,
+    "meeting": 0.10,
+    "call": 0.10,
+    "email_click": 0.05,
+    "content_download": 0.04,
+    "case_study_view": 0.07,
+    "chat_started": 0.06,
+    "trial_signup": 0.04,
+    "webinar_attended": 0.01,
 }
 SESSION_MIX = {
-    "page_view": 0.50, "pricing_page_view": 0.12, "case_study_view": 0.08, "content_download": 0.08,
-    "chat_started": 0.06, "form_submit": 0.04, "call": 0.04, "email_click": 0.03,
-    "demo_request": 0.015, "quote_request": 0.005, "meeting": 0.01, "trial_signup": 0.01,
+    "page_view": 0.50,
+    "pricing_page_view": 0.12,
+    "case_study_view": 0.08,
+    "content_download": 0.08,
+    "chat_started": 0.06,
+    "form_submit": 0.04,
+    "call": 0.04,
+    "email_click": 0.03,
+    "demo_request": 0.015,
+    "quote_request": 0.005,
+    "meeting": 0.01,
+    "trial_signup": 0.01,
     "webinar_registered": 0.01,
 }
 FALSE_START_MIX = {
-    "page_view": 0.32, "pricing_page_view": 0.17, "demo_request": 0.05, "quote_request": 0.02,
-    "meeting": 0.08, "call": 0.10, "email_click": 0.05, "content_download": 0.05,
-    "case_study_view": 0.06, "chat_started": 0.07, "trial_signup": 0.03,
+    "page_view": 0.32,
+    "pricing_page_view": 0.17,
+    "demo_request": 0.05,
+    "quote_request": 0.02,
+    "meeting": 0.08,
+    "call": 0.10,
+    "email_click": 0.05,
+    "content_download": 0.05,
+    "case_study_view": 0.06,
+    "chat_started": 0.07,
+    "trial_signup": 0.03,
 }
 #: the event a lead's creation leaves, by source (None: no event)
 CREATION_EVENT = {
-    "web_form": "form_submit", "organic": "page_view", "paid_search": "page_view",
-    "webinar": "webinar_registered", "content_syndication": "content_download", "social": "page_view",
+    "web_form": "form_submit",
+    "organic": "page_view",
+    "paid_search": "page_view",
+    "webinar": "webinar_registered",
+    "content_syndication": "content_download",
+    "social": "page_view",
 }
 PPC_CAMPAIGNS = ("PPC-brand", "PPC-generic", "PPC-competitor")
 WEBINAR_SOURCE_CAMPAIGNS = ("WBN-product-tour", "WBN-roi-masterclass", "WBN-industry-panel")
@@ -397,8 +500,15 @@ BAD_ROW_KINDS: tuple[tuple[str, str, float, str], ...] = (
 )
 MAX_BAD_SHARE = 0.02  # per table; kinds are thinned below this on tiny tables
 BAD_TIMESTAMPS = (
-    "N/A", "2024-13-45", "31/02/2024", "yesterday", "2024-02-30T10:00:00", "#VALUE!",
-    "0000-00-00 00:00:00", "TBD", "12/31/2024 25:00",
+    "N/A",
+    "2024-13-45",
+    "31/02/2024",
+    "yesterday",
+    "2024-02-30T10:00:00",
+    "#VALUE!",
+    "0000-00-00 00:00:00",
+    "TBD",
+    "12/31/2024 25:00",
 )
 BAD_EMPLOYEES = ("50-200", "unknown", "1k-5k", "500+", "n/a", "ten")
 BAD_REVENUE = ("$1.2M", "10M-50M", "unknown", "TBD", "1,5 Mio", "n/a")
@@ -523,7 +633,7 @@ def _digits(buf: np.ndarray, col: int, values: I64, width: int) -> None:
     """Write ``values`` as ``width`` zero-padded ASCII digits into ``buf[:, col:col + width]``."""
     pos = col + width
     while width >= 4:  # four digits at a time through a lookup table
-        buf[:, pos - 4: pos] = _FOUR_DIGITS[values % 10_000]
+        buf[:, pos - 4 : pos] = _FOUR_DIGITS[values % 10_000]
         values = values // 10_000
         width -= 4
         pos -= 4
@@ -534,7 +644,9 @@ def _digits(buf: np.ndarray, col: int, values: I64, width: int) -> None:
 
 def _four_digits() -> np.ndarray:
     v = np.arange(10_000)
-    return np.stack([48 + v // 1000, 48 + v // 100 % 10, 48 + v // 10 % 10, 48 + v % 10], axis=1).astype(np.uint8)
+    return np.stack(
+        [48 + v // 1000, 48 + v // 100 % 10, 48 + v // 10 % 10, 48 + v % 10], axis=1
+    ).astype(np.uint8)
 
 
 def _clock() -> np.ndarray:
@@ -575,10 +687,14 @@ def _ids(prefix: str, numbers: I64, width: int) -> pa.Array:
     buf[:, : len(p)] = np.frombuffer(p, dtype=np.uint8)
     _digits(buf, len(p), np.maximum(numbers, 0), width)
     valid = numbers >= 0
-    return _strings(buf, np.full(len(numbers), buf.shape[1], dtype=np.int64), None if valid.all() else valid)
+    return _strings(
+        buf, np.full(len(numbers), buf.shape[1], dtype=np.int64), None if valid.all() else valid
+    )
 
 
-def _timestamps(secs: I64, style: I64, offset_min: I64, valid: np.ndarray | None = None) -> pa.Array:
+def _timestamps(
+    secs: I64, style: I64, offset_min: I64, valid: np.ndarray | None = None
+) -> pa.Array:
     """ISO 8601 text in the given styles (naive UTC, Z, local time with offset, plain date)."""
     n = len(secs)
     off = style == _OFFSET
@@ -623,7 +739,9 @@ def _replace(arr: pa.Array, rows: I64, values: list[str]) -> pa.Array:
     order = np.argsort(rows, kind="stable")
     mask = np.zeros(len(arr), dtype=bool)
     mask[rows] = True
-    return pc.replace_with_mask(arr, pa.array(mask), pa.array([values[i] for i in order], pa.string()))
+    return pc.replace_with_mask(
+        arr, pa.array(mask), pa.array([values[i] for i in order], pa.string())
+    )
 
 
 def _parse_bound(text: str, *, is_end: bool) -> int:
@@ -631,15 +749,15 @@ def _parse_bound(text: str, *, is_end: bool) -> int:
     try:
         value = datetime.fromisoformat(text)
     except ValueError as exc:
-        raise ConfigError(f"{'end' if is_end else 'start'} {text!r} is not an ISO 8601 date") from exc
+        raise ConfigError(
+            f"{'end' if is_end else 'start'} {text!r} is not an ISO 8601 date"
+        ) from exc
     if value.tzinfo is not None:
         value = value.astimezone(UTC).replace(tzinfo=None)
     secs = int((value - datetime(1970, 1, 1)).total_seconds())
     if is_end and len(text.strip()) == 10:
         secs += DAY - 1
     return secs
-
-
 
 
 def _quota(n_rows: int, rates: list[float], *, at_least_one: bool) -> list[int]:
@@ -687,11 +805,17 @@ def _draw_accounts(rng: np.random.Generator, n_acc: int) -> _Firms:
     log_emp = np.clip(rng.normal(1.9, 0.8, n_acc), 0.0, np.log10(250_000))
     emp = np.maximum(np.round(10**log_emp), 1.0)
     noise = rng.normal(0.0, 0.45, n_acc)
-    revenue = np.maximum(np.round(emp * np.array([r[3] for r in INDUSTRIES])[ind] * np.exp(noise), -3), 10_000.0)
+    revenue = np.maximum(
+        np.round(emp * np.array([r[3] for r in INDUSTRIES])[ind] * np.exp(noise), -3), 10_000.0
+    )
     country = _pick(rng, [c[1] for c in COUNTRIES], n_acc)
     size_eff = np.maximum(0.45 - 0.35 * (np.log10(emp) - 2.6) ** 2, -0.9)
-    fit = (np.array([r[2] for r in INDUSTRIES])[ind] + size_eff + 0.3 * noise
-           + np.array([c[2] for c in COUNTRIES])[country])
+    fit = (
+        np.array([r[2] for r in INDUSTRIES])[ind]
+        + size_eff
+        + 0.3 * noise
+        + np.array([c[2] for c in COUNTRIES])[country]
+    )
     need = rng.normal(0.0, ACCOUNT_NEED_SD, n_acc)
     popularity = np.exp(rng.normal(0.0, 1.0, n_acc)) * emp**0.25
     cdf = np.cumsum(popularity)
@@ -729,8 +853,10 @@ def _draw_campaigns(rng: np.random.Generator, start: int, end: int) -> _Campaign
     n = len(send)
     webinar = rng.random(n) < 0.2
     y, m, d = _civil(send // DAY)
-    ids = [f"{'WBN' if w else 'NUR'}-{yy:04d}{mm:02d}{dd:02d}"
-           for w, yy, mm, dd in zip(webinar.tolist(), y.tolist(), m.tolist(), d.tolist(), strict=True)]
+    ids = [
+        f"{'WBN' if w else 'NUR'}-{yy:04d}{mm:02d}{dd:02d}"
+        for w, yy, mm, dd in zip(webinar.tolist(), y.tolist(), m.tolist(), d.tolist(), strict=True)
+    ]
     return _Campaigns(send, rng.uniform(0.3, 0.9, n), rng.uniform(0.7, 1.3, n), webinar, ids)
 
 
@@ -740,8 +866,11 @@ def _creation_times(rng: np.random.Generator, n: int, start: int, end: int) -> I
     month = _civil(days)[1]
     weekday = (days + 3) % 7  # 1970-01-01 was a Thursday
     years = (days - days[0]) / 365.25
-    w = (np.array(CREATION_BY_MONTH)[month - 1] * np.array(CREATION_BY_WEEKDAY)[weekday]
-         * (1.0 + CREATION_GROWTH_PER_YEAR) ** years)
+    w = (
+        np.array(CREATION_BY_MONTH)[month - 1]
+        * np.array(CREATION_BY_WEEKDAY)[weekday]
+        * (1.0 + CREATION_GROWTH_PER_YEAR) ** years
+    )
     day = days[_pick(rng, w, n)]
     business = rng.random(n) < 0.75
     tod = np.where(business, rng.normal(14.5 * HOUR, 3 * HOUR, n), rng.uniform(0, DAY, n))
@@ -820,15 +949,24 @@ def _draw_cohort(world: _World, rng: np.random.Generator, lo: int, hi: int) -> _
     acc = np.where(b2c, -1, np.minimum(np.searchsorted(firms.cdf, rng.random(n)), firms.n - 1))
     has_acc = acc >= 0
     a0 = np.maximum(acc, 0)
-    src = np.where(b2c, _pick(rng, [s[2] for s in LEAD_SOURCES], n), _pick(rng, [s[1] for s in LEAD_SOURCES], n))
+    src = np.where(
+        b2c,
+        _pick(rng, [s[2] for s in LEAD_SOURCES], n),
+        _pick(rng, [s[1] for s in LEAD_SOURCES], n),
+    )
     src = np.where(rng.random(n) < SOURCE_MISSING, _NO_SOURCE, src)
     small = has_acc & (firms.employees[a0] < 20)
     shares = np.array([s[1] for s in SENIORITY])
-    sen = np.where(b2c, _pick(rng, shares[:, 2], n),
-                   np.where(small, _pick(rng, shares[:, 1], n), _pick(rng, shares[:, 0], n)))
+    sen = np.where(
+        b2c,
+        _pick(rng, shares[:, 2], n),
+        np.where(small, _pick(rng, shares[:, 1], n), _pick(rng, shares[:, 0], n)),
+    )
     title_missing = rng.random(n) < TITLE_MISSING
     per_level = np.array([len(s[3]) for s in SENIORITY])
-    title = np.concatenate([[0], np.cumsum(per_level)[:-1]])[sen] + (rng.random(n) * per_level[sen]).astype(np.int64)
+    title = np.concatenate([[0], np.cumsum(per_level)[:-1]])[sen] + (
+        rng.random(n) * per_level[sen]
+    ).astype(np.int64)
     case = _pick(rng, (1 - TITLE_CASE_NOISE, TITLE_CASE_NOISE / 2, TITLE_CASE_NOISE / 2), n)
     title = np.where(title_missing, -1, title + case * int(per_level.sum()))
     country = _pick(rng, [c[1] for c in COUNTRIES], n)
@@ -837,10 +975,12 @@ def _draw_cohort(world: _World, rng: np.random.Generator, lo: int, hi: int) -> _
     medium = _pick_rows(rng, np.array(MEDIUM_BY_SOURCE), src)
 
     # propensity: observed fit + unobserved need + month of creation
-    fit = (np.where(has_acc, firms.fit[a0], B2C_EFFECT + np.array([c[2] for c in COUNTRIES])[country])
-           + np.append([s[3] for s in LEAD_SOURCES], 0.0)[src]
-           + np.where(title_missing, TITLE_MISSING_EFFECT, np.array([s[2] for s in SENIORITY])[sen])
-           + np.array([m[1] for m in MEDIUMS])[medium])
+    fit = (
+        np.where(has_acc, firms.fit[a0], B2C_EFFECT + np.array([c[2] for c in COUNTRIES])[country])
+        + np.append([s[3] for s in LEAD_SOURCES], 0.0)[src]
+        + np.where(title_missing, TITLE_MISSING_EFFECT, np.array([s[2] for s in SENIORITY])[sen])
+        + np.array([m[1] for m in MEDIUMS])[medium]
+    )
     country = np.where(rng.random(n) < LEAD_COUNTRY_MISSING, -1, country)
     acc_need = np.where(has_acc, firms.need[a0], 0.0)
     lead_need = rng.normal(0.0, LEAD_NEED_SD, n)
@@ -851,14 +991,21 @@ def _draw_cohort(world: _World, rng: np.random.Generator, lo: int, hi: int) -> _
     # quarter-end pull
     delay = CONVERSION_DELAY_MEDIAN_DAYS * np.exp(rng.normal(0.0, CONVERSION_DELAY_SIGMA, n))
     delay *= np.clip(np.exp(-0.2 * (z + 1.5)), 0.5, 2.0)
-    delay = np.where(rng.random(n) < LATE_CONVERSION_SHARE, rng.uniform(120, 900, n), np.maximum(delay, 1.5))
+    delay = np.where(
+        rng.random(n) < LATE_CONVERSION_SHARE, rng.uniform(120, 900, n), np.maximum(delay, 1.5)
+    )
     conv_t = created + (delay * DAY).astype(np.int64)
     _, cm, cd = _civil(conv_t // DAY)
     slip = (cm == 12) & (cd >= 15) & (rng.random(n) < DECEMBER_SLIP)
     conv_t = np.where(slip, conv_t + (rng.uniform(10, 25, n) * DAY).astype(np.int64), conv_t)
     pulled = conv_t - (cd + rng.integers(0, 3, n)) * DAY
-    pull = (np.isin(cm, (1, 4, 7, 10)) & (cd <= 7) & ~slip & (rng.random(n) < QUARTER_PULL)
-            & (pulled > created + 2 * DAY))
+    pull = (
+        np.isin(cm, (1, 4, 7, 10))
+        & (cd <= 7)
+        & ~slip
+        & (rng.random(n) < QUARTER_PULL)
+        & (pulled > created + 2 * DAY)
+    )
     conv_t = np.where(pull, pulled, conv_t)
 
     # disqualification: mostly poor fit, a few weeks in
@@ -870,22 +1017,48 @@ def _draw_cohort(world: _World, rng: np.random.Generator, lo: int, hi: int) -> _
     created_style = _pick(rng, STYLE_CREATED, n)
     created = np.where(created_style == _DATE, created - created % DAY, created)
 
-    act = (np.append([s[4] for s in LEAD_SOURCES], 1.0)[src]
-           * np.exp(0.35 * fit + 0.45 * lead_need + 0.25 * acc_need + rng.normal(0.0, 0.55, n) - 0.25))
+    act = np.append([s[4] for s in LEAD_SOURCES], 1.0)[src] * np.exp(
+        0.35 * fit + 0.45 * lead_need + 0.25 * acc_need + rng.normal(0.0, 0.55, n) - 0.25
+    )
     warm = converts & (rng.random(n) < WARMUP_SHARE)
     width = 7.0 + rng.gamma(2.0, 12.0, n)
     strength = WARMUP_MEAN * np.sqrt(act) * np.exp(rng.normal(0.0, 0.4, n))
     fs = ~converts & (rng.random(n) < FALSE_START_MAX * _sigmoid(z + 2.0))
     open_end = np.minimum(np.where(converts, conv_t, np.where(dq, dq_t, _NEVER)), world.end)
     early = rng.random(n) < 0.5  # half the evaluations come soon after creation, half any time
-    fs_lag = np.where(early, rng.exponential(45.0, n), rng.random(n) * np.maximum((open_end - created) / DAY - width, 0))
+    fs_lag = np.where(
+        early,
+        rng.exponential(45.0, n),
+        rng.random(n) * np.maximum((open_end - created) / DAY - width, 0),
+    )
     fs_end = created + ((fs_lag + width) * DAY).astype(np.int64)
     return _Cohort(
-        lo=lo, created=created, created_style=created_style, has_acc=has_acc, acc=acc, src=src,
-        title=title, country=country, medium=medium, fit=fit, z=z, act=act, converts=converts,
-        conv_t=conv_t, dq=dq, dq_t=dq_t, conv_obs=converts & (conv_t <= world.end),
-        dq_obs=dq & (dq_t <= world.end), life_end=np.where(converts, conv_t, np.where(dq, dq_t, _NEVER)),
-        warm=warm, width=width, strength=strength, fs=fs, fs_end=fs_end, open_end=open_end, b2c=b2c,
+        lo=lo,
+        created=created,
+        created_style=created_style,
+        has_acc=has_acc,
+        acc=acc,
+        src=src,
+        title=title,
+        country=country,
+        medium=medium,
+        fit=fit,
+        z=z,
+        act=act,
+        converts=converts,
+        conv_t=conv_t,
+        dq=dq,
+        dq_t=dq_t,
+        conv_obs=converts & (conv_t <= world.end),
+        dq_obs=dq & (dq_t <= world.end),
+        life_end=np.where(converts, conv_t, np.where(dq, dq_t, _NEVER)),
+        warm=warm,
+        width=width,
+        strength=strength,
+        fs=fs,
+        fs_end=fs_end,
+        open_end=open_end,
+        b2c=b2c,
     )
 
 
@@ -899,20 +1072,32 @@ class _Parts:
     camp: list[I64] = field(default_factory=list)
     value: list[F64] = field(default_factory=list)
 
-    def add(self, lead: I64, t: I64, kind: I64 | int, camp: I64 | None = None, value: F64 | None = None) -> None:
+    def add(
+        self, lead: I64, t: I64, kind: I64 | int, camp: I64 | None = None, value: F64 | None = None
+    ) -> None:
         n = len(lead)
         self.lead.append(np.asarray(lead, dtype=np.int64))
         self.t.append(np.asarray(t, dtype=np.int64))
         self.kind.append(np.broadcast_to(np.asarray(kind, dtype=np.int64), (n,)))
-        self.camp.append(np.full(n, -1, np.int64) if camp is None else np.asarray(camp, dtype=np.int64))
-        self.value.append(np.full(n, np.nan) if value is None else np.asarray(value, dtype=np.float64))
+        self.camp.append(
+            np.full(n, -1, np.int64) if camp is None else np.asarray(camp, dtype=np.int64)
+        )
+        self.value.append(
+            np.full(n, np.nan) if value is None else np.asarray(value, dtype=np.float64)
+        )
 
     def arrays(self) -> list[np.ndarray]:
         return [np.concatenate(x) for x in (self.lead, self.t, self.kind, self.camp, self.value)]
 
 
-def _burst(rng: np.random.Generator, lead: I64, anchor: I64, width_days: F64, mean: F64,
-           mix: dict[str, float]) -> tuple[I64, I64, I64]:
+def _burst(
+    rng: np.random.Generator,
+    lead: I64,
+    anchor: I64,
+    width_days: F64,
+    mean: F64,
+    mix: dict[str, float],
+) -> tuple[I64, I64, I64]:
     """Events of a burst ending at ``anchor`` whose intensity rises towards it (Beta(1, 2.2) lags)."""
     idx = np.repeat(np.arange(len(lead)), rng.poisson(mean))
     lag = rng.beta(1.0, 2.2, len(idx)) * width_days[idx] * DAY
@@ -929,16 +1114,25 @@ def _draw_events(world: _World, c: _Cohort, rng: np.random.Generator) -> list[np
     n_nurture = len(camps.ids)
 
     # (a) the creation touch
-    first_kind = np.array([_K.get(CREATION_EVENT.get(s, ""), -1) for s in [*_SOURCE_NAMES, ""]])[c.src]
+    first_kind = np.array([_K.get(CREATION_EVENT.get(s, ""), -1) for s in [*_SOURCE_NAMES, ""]])[
+        c.src
+    ]
     camp = np.full(n, -1)
     camp = np.where(c.src == _PAID_SEARCH, n_nurture + rng.integers(0, len(PPC_CAMPAIGNS), n), camp)
-    camp = np.where(c.src == _WEBINAR,
-                    n_nurture + len(PPC_CAMPAIGNS) + rng.integers(0, len(WEBINAR_SOURCE_CAMPAIGNS), n), camp)
+    camp = np.where(
+        c.src == _WEBINAR,
+        n_nurture + len(PPC_CAMPAIGNS) + rng.integers(0, len(WEBINAR_SOURCE_CAMPAIGNS), n),
+        camp,
+    )
     sel = first_kind >= 0
     parts.add(ar[sel], c.created[sel] + rng.integers(0, 120, n)[sel], first_kind[sel], camp[sel])
     sel = (c.src == _WEBINAR) & (rng.random(n) < 0.55)
-    parts.add(ar[sel], c.created[sel] + (rng.uniform(1, 10, n)[sel] * DAY).astype(np.int64),
-              _K["webinar_attended"], camp[sel])
+    parts.add(
+        ar[sel],
+        c.created[sel] + (rng.uniform(1, 10, n)[sel] * DAY).astype(np.int64),
+        _K["webinar_attended"],
+        camp[sel],
+    )
 
     # (b) background: interest decaying after creation, a trickle of visits over the whole
     # open life, and research sessions (short bursts that lead nowhere); pre-sale activity
@@ -949,27 +1143,50 @@ def _draw_events(world: _World, c: _Cohort, rng: np.random.Generator) -> list[np
     t = c.created[idx] + (rng.exponential(tau[idx]) * DAY).astype(np.int64)
     trickle = np.repeat(ar, rng.poisson(c.act * TRICKLE_PER_YEAR * life_years))
     idx = np.concatenate([idx, trickle])
-    t = np.concatenate([t, c.created[trickle] + (rng.random(len(trickle)) * (c.open_end - c.created)[trickle]).astype(np.int64)])
+    t = np.concatenate(
+        [
+            t,
+            c.created[trickle]
+            + (rng.random(len(trickle)) * (c.open_end - c.created)[trickle]).astype(np.int64),
+        ]
+    )
     kinds, w = _mix(BACKGROUND_MIX)
     kind = kinds[_pick(rng, w, len(idx))]
-    keep = ((t < np.where(c.converts, c.conv_t, _NEVER)[idx])
-            & ((t <= c.dq_t[idx]) | ~c.dq[idx] | (rng.random(len(idx)) < 0.25)))
+    keep = (t < np.where(c.converts, c.conv_t, _NEVER)[idx]) & (
+        (t <= c.dq_t[idx]) | ~c.dq[idx] | (rng.random(len(idx)) < 0.25)
+    )
     parts.add(idx[keep], t[keep], kind[keep])
     sess = np.repeat(ar, rng.poisson(np.sqrt(c.act) * SESSIONS_PER_YEAR * life_years))
-    anchor = c.created[sess] + (rng.random(len(sess)) * (c.open_end - c.created)[sess]).astype(np.int64)
-    bl, bt, bk = _burst(rng, sess, anchor, rng.uniform(1.0, 6.0, len(sess)),
-                        np.full(len(sess), SESSION_EVENTS), SESSION_MIX)
+    anchor = c.created[sess] + (rng.random(len(sess)) * (c.open_end - c.created)[sess]).astype(
+        np.int64
+    )
+    bl, bt, bk = _burst(
+        rng,
+        sess,
+        anchor,
+        rng.uniform(1.0, 6.0, len(sess)),
+        np.full(len(sess), SESSION_EVENTS),
+        SESSION_MIX,
+    )
     ok = bt >= c.created[bl]
     parts.add(bl[ok], bt[ok], bk[ok])
 
     # (c) warm-up before conversion
-    bl, bt, bk = _burst(rng, ar[c.warm], c.conv_t[c.warm], c.width[c.warm], c.strength[c.warm], WARMUP_MIX)
+    bl, bt, bk = _burst(
+        rng, ar[c.warm], c.conv_t[c.warm], c.width[c.warm], c.strength[c.warm], WARMUP_MIX
+    )
     ok = bt >= c.created[bl]
     parts.add(bl[ok], bt[ok], bk[ok])
 
     # (d) false starts: a weaker burst that ends in nothing
-    bl, bt, bk = _burst(rng, ar[c.fs], c.fs_end[c.fs], c.width[c.fs],
-                        FALSE_START_STRENGTH * c.strength[c.fs], FALSE_START_MIX)
+    bl, bt, bk = _burst(
+        rng,
+        ar[c.fs],
+        c.fs_end[c.fs],
+        c.width[c.fs],
+        FALSE_START_STRENGTH * c.strength[c.fs],
+        FALSE_START_MIX,
+    )
     ok = (bt >= c.created[bl]) & (bt < c.life_end[bl])
     parts.add(bl[ok], bt[ok], bk[ok])
 
@@ -987,7 +1204,9 @@ def _draw_events(world: _World, c: _Cohort, rng: np.random.Generator) -> list[np
     new_lead[1:] = cl[1:] != cl[:-1]  # rows are grouped by lead, sends in time order
     bouncing = rng.random(n) < BOUNCING_ADDRESS
     sel = bouncing[cl] & new_lead  # a bad address bounces once and leaves the list
-    parts.add(cl[sel], send[cc[sel]] + rng.integers(10, 600, int(sel.sum())), _K["email_bounce"], cc[sel])
+    parts.add(
+        cl[sel], send[cc[sel]] + rng.integers(10, 600, int(sel.sum())), _K["email_bounce"], cc[sel]
+    )
     alive = ~bouncing[cl]
     cl, cc, new_lead = cl[alive], cc[alive], new_lead[alive]
     unsub = rng.random(len(cl)) < UNSUBSCRIBE / np.sqrt(c.act[cl])
@@ -997,42 +1216,73 @@ def _draw_events(world: _World, c: _Cohort, rng: np.random.Generator) -> list[np
     cl, cc, unsub = cl[alive], cc[alive], unsub[alive]
     hot = c.warm[cl] & (send[cc] > c.conv_t[cl] - 45 * DAY)
     fatigue = np.exp(-(send[cc] - c.created[cl]) / (NURTURE_FATIGUE_DAYS * DAY))
-    p_open = np.clip(NURTURE_OPEN * camps.appeal[cc] * c.act[cl] ** 0.4 * fatigue * np.where(hot, 1.7, 1.0), 0, 0.9)
+    p_open = np.clip(
+        NURTURE_OPEN * camps.appeal[cc] * c.act[cl] ** 0.4 * fatigue * np.where(hot, 1.7, 1.0),
+        0,
+        0.9,
+    )
     opened = rng.random(len(cl)) < p_open
     ol, oc, ohot = cl[opened], cc[opened], hot[opened]
     reps = 1 + rng.poisson(0.3, len(ol))
     rl, rc = np.repeat(ol, reps), np.repeat(oc, reps)
-    parts.add(rl, send[rc] + rng.exponential(8 * HOUR, len(rl)).astype(np.int64), _K["email_open"], rc)
+    parts.add(
+        rl, send[rc] + rng.exponential(8 * HOUR, len(rl)).astype(np.int64), _K["email_open"], rc
+    )
     p_click = np.clip(NURTURE_CLICK * c.act[ol] ** 0.3 * np.where(ohot, 1.5, 1.0), 0, 0.8)
     clicked = rng.random(len(ol)) < p_click
     kl, kc = ol[clicked], oc[clicked]
     click_t = send[kc] + (rng.exponential(10 * HOUR, len(kl)) + 60).astype(np.int64)
     parts.add(kl, click_t, _K["email_click"], kc)
     reg = camps.webinar[kc]
-    parts.add(kl[reg], click_t[reg] + rng.integers(30, 600, int(reg.sum())), _K["webinar_registered"], kc[reg])
+    parts.add(
+        kl[reg],
+        click_t[reg] + rng.integers(30, 600, int(reg.sum())),
+        _K["webinar_registered"],
+        kc[reg],
+    )
     att = reg & (rng.random(len(kl)) < 0.4)
     parts.add(kl[att], send[kc[att]] + 7 * DAY + 6 * HOUR, _K["webinar_attended"], kc[att])
-    parts.add(cl[unsub], send[cc[unsub]] + (rng.exponential(12 * HOUR, int(unsub.sum())) + 60).astype(np.int64),
-              _K["unsubscribe"], cc[unsub])
+    parts.add(
+        cl[unsub],
+        send[cc[unsub]] + (rng.exponential(12 * HOUR, int(unsub.sum())) + 60).astype(np.int64),
+        _K["unsubscribe"],
+        cc[unsub],
+    )
 
     # (f) post-sale: onboarding, monthly invoices, support, product use
     cv, ct = ar[c.converts], c.conv_t[c.converts]
     k = 1 + (rng.random(len(cv)) < 0.5)
-    parts.add(np.repeat(cv, k), np.repeat(ct, k) + (rng.uniform(2, 21, int(k.sum())) * DAY).astype(np.int64),
-              _K["onboarding_call"])
+    parts.add(
+        np.repeat(cv, k),
+        np.repeat(ct, k) + (rng.uniform(2, 21, int(k.sum())) * DAY).astype(np.int64),
+        _K["onboarding_call"],
+    )
     k = 1 + np.minimum(rng.poisson(3.0, len(cv)), 11)
     nth = np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k)
     size = np.where(c.has_acc[cv], world.firms.employees[np.maximum(c.acc[cv], 0)], 1.0)
-    amount = np.round(np.maximum(200.0, 40.0 * np.sqrt(size) * np.exp(rng.normal(0.0, 0.5, len(cv)))))
+    amount = np.round(
+        np.maximum(200.0, 40.0 * np.sqrt(size) * np.exp(rng.normal(0.0, 0.5, len(cv))))
+    )
     first_invoice = ct + (rng.uniform(5, 35, len(cv)) * DAY).astype(np.int64)
-    parts.add(np.repeat(cv, k), np.repeat(first_invoice, k) + (nth * 30.4 * DAY).astype(np.int64),
-              _K["invoice_paid"], None, np.repeat(amount, k))
+    parts.add(
+        np.repeat(cv, k),
+        np.repeat(first_invoice, k) + (nth * 30.4 * DAY).astype(np.int64),
+        _K["invoice_paid"],
+        None,
+        np.repeat(amount, k),
+    )
     k = rng.poisson(0.8, len(cv))
-    parts.add(np.repeat(cv, k), np.repeat(ct, k) + (rng.exponential(60.0, int(k.sum())) * DAY + HOUR).astype(np.int64),
-              _K["support_ticket"])
+    parts.add(
+        np.repeat(cv, k),
+        np.repeat(ct, k) + (rng.exponential(60.0, int(k.sum())) * DAY + HOUR).astype(np.int64),
+        _K["support_ticket"],
+    )
     k = rng.poisson(12.0 * np.sqrt(c.act[cv]))
-    parts.add(np.repeat(cv, k), np.repeat(ct, k) + (rng.exponential(30.0, int(k.sum())) * DAY + 600).astype(np.int64),
-              _K_APP_PAGE_VIEW)
+    parts.add(
+        np.repeat(cv, k),
+        np.repeat(ct, k) + (rng.exponential(30.0, int(k.sum())) * DAY + 600).astype(np.int64),
+        _K_APP_PAGE_VIEW,
+    )
 
     arrays = parts.arrays()
     keep = arrays[1] <= world.end
@@ -1046,25 +1296,35 @@ def _draw_stages(world: _World, c: _Cohort, rng: np.random.Generator) -> list[I6
     rows: list[tuple[np.ndarray, I64, int]] = [(np.ones(n, dtype=bool), c.created, _S["lead"])]
     # converters: mql -> sql -> opportunity, the opportunity opening near the warm-up
     span = (c.conv_t - c.created).astype(np.float64)
-    cycle = (c.width * rng.uniform(0.5, 1.0, n) + rng.exponential(15.0, n)) * DAY  # longer than the warm-up
+    # the sales cycle: somewhat longer than the warm-up
+    cycle = (c.width * rng.uniform(0.5, 1.0, n) + rng.exponential(15.0, n)) * DAY
     opp = c.conv_t - np.minimum(cycle, 0.9 * span).astype(np.int64)
     sql = c.created + ((opp - c.created) * rng.uniform(0.5, 0.95, n)).astype(np.int64)
     mql = c.created + ((sql - c.created) * rng.uniform(0.05, 0.8, n)).astype(np.int64)
-    # sales records the funnel of 60 % of the deals (half the B2C buyers skip it anyway)
+    # sales records the funnel of half the deals (and half the B2C buyers skip it anyway)
     path = c.converts & (rng.random(n) < STAGE_RECORDED) & ~(c.b2c & (rng.random(n) < 0.5))
     for stage, when, p in (("mql", mql, 0.9), ("sql", sql, 0.9), ("opportunity", opp, 0.85)):
         rows.append((path & (rng.random(n) < p), when, _S[stage]))
     # others: marketing-qualified by engagement; false starts reach sql and a lost opportunity
     fs_start = c.fs_end - (c.width * DAY).astype(np.int64)
-    mql2 = ~c.converts & (c.fs | (rng.random(n) < _sigmoid(-1.3 + 0.8 * np.log(c.act) + 0.5 * c.fit)))
+    mql2 = ~c.converts & (
+        c.fs | (rng.random(n) < _sigmoid(-1.3 + 0.8 * np.log(c.act) + 0.5 * c.fit))
+    )
     mql2_t = c.created + (rng.exponential(15.0, n) * DAY).astype(np.int64)
     mql2_t = np.where(c.fs, np.minimum(mql2_t, c.created + (fs_start - c.created) // 2), mql2_t)
     sql2 = mql2 & (rng.random(n) < np.where(c.fs, 0.9, 0.15))
-    sql2_t = np.where(c.fs, np.maximum(fs_start, mql2_t + HOUR),
-                      mql2_t + (rng.exponential(20.0, n) * DAY).astype(np.int64))
+    sql2_t = np.where(
+        c.fs,
+        np.maximum(fs_start, mql2_t + HOUR),
+        mql2_t + (rng.exponential(20.0, n) * DAY).astype(np.int64),
+    )
     opp2 = sql2 & c.fs & (rng.random(n) < 0.85)
     opp2_t = sql2_t + (c.width * DAY * rng.uniform(0.2, 0.6, n)).astype(np.int64)
-    for stage, sel, when in (("mql", mql2, mql2_t), ("sql", sql2, sql2_t), ("opportunity", opp2, opp2_t)):
+    for stage, sel, when in (
+        ("mql", mql2, mql2_t),
+        ("sql", sql2, sql2_t),
+        ("opportunity", opp2, opp2_t),
+    ):
         rows.append((sel & (when < c.life_end), when, _S[stage]))
     rows.append((c.conv_obs, c.conv_t, _S["customer"]))
     rows.append((c.dq_obs, c.dq_t, _S["disqualified"]))
@@ -1108,21 +1368,39 @@ class _Stamper:
         self.rng = rng
         self.text = text
 
-    def __call__(self, secs: I64, shares: tuple[float, ...], *, valid: np.ndarray | None = None,
-                 style: I64 | None = None, garbage: tuple[I64, list[str]] | None = None) -> pa.Array:
+    def __call__(
+        self,
+        secs: I64,
+        shares: tuple[float, ...],
+        *,
+        valid: np.ndarray | None = None,
+        style: I64 | None = None,
+        garbage: tuple[I64, list[str]] | None = None,
+    ) -> pa.Array:
         # draw styles and offsets in both modes so CSV and Parquet carry the same rows
         n = len(secs)
         style = _pick(self.rng, shares, n) if style is None else style
         offset = _OFFSETS_MIN[self.rng.integers(0, len(_OFFSETS_MIN), n)]
         if not self.text:
-            return pa.array(secs * 1_000_000, type=pa.timestamp("us", tz="UTC"),
-                            mask=None if valid is None else ~valid)
+            return pa.array(
+                secs * 1_000_000,
+                type=pa.timestamp("us", tz="UTC"),
+                mask=None if valid is None else ~valid,
+            )
         arr = _timestamps(secs, style, offset, valid)
         return arr if garbage is None else _replace(arr, garbage[0], garbage[1])
 
 
-def _chunk(world: _World, rng: np.random.Generator, lo: int, hi: int, lead_quota: dict[str, int],
-           bad_rows: bool, fmt: Format, first: bool) -> _Chunk:
+def _chunk(
+    world: _World,
+    rng: np.random.Generator,
+    lo: int,
+    hi: int,
+    lead_quota: dict[str, int],
+    bad_rows: bool,
+    fmt: Format,
+    first: bool,
+) -> _Chunk:
     """Leads ``lo:hi`` with their events and stages, bad rows planted, as Arrow columns."""
     c = _draw_cohort(world, rng, lo, hi)
     ev_lead, ev_t, ev_kind, ev_camp, ev_value = _draw_events(world, c, rng)
@@ -1137,9 +1415,13 @@ def _chunk(world: _World, rng: np.random.Generator, lo: int, hi: int, lead_quota
 
     if bad_rows:  # leads: pick disjoint rows per kind, each among the rows it makes sense for
         order = rng.permutation(n)
-        needs = {"converted_at_unparseable": c.conv_obs, "converted_before_created": c.conv_obs,
-                 "disqualified_at_unparseable": c.dq_obs, "disqualified_before_created": c.dq_obs,
-                 "account_not_found": c.has_acc}
+        needs = {
+            "converted_at_unparseable": c.conv_obs,
+            "converted_before_created": c.conv_obs,
+            "disqualified_at_unparseable": c.dq_obs,
+            "disqualified_before_created": c.dq_obs,
+            "account_not_found": c.has_acc,
+        }
         for _, kind, _, _ in (b for b in BAD_ROW_KINDS if b[0] == "leads"):
             ok = needs.get(kind, np.ones(n, dtype=bool))[order] & ~quarantined[order]
             rows = np.sort(order[ok][: lead_quota.get(kind, 0)])
@@ -1158,31 +1440,40 @@ def _chunk(world: _World, rng: np.random.Generator, lo: int, hi: int, lead_quota
                 dq_out[rows] = c.created[rows] - rng.integers(DAY, 60 * DAY, len(rows))
         # an empty lead_id orphans the lead's events and stages: drop them
         keep = lead_num[ev_lead] >= 0
-        ev_lead, ev_t, ev_kind, ev_camp, ev_value = (a[keep] for a in (ev_lead, ev_t, ev_kind, ev_camp, ev_value))
+        ev_lead, ev_t, ev_kind, ev_camp, ev_value = (
+            a[keep] for a in (ev_lead, ev_t, ev_kind, ev_camp, ev_value)
+        )
         keep = lead_num[sg_lead] >= 0
         sg_lead, sg_t, sg_stage = sg_lead[keep], sg_t[keep], sg_stage[keep]
 
     # by lead, then time (one int64 key sorts faster than lexsort)
     o = np.argsort((ev_lead << 34) + (ev_t - world.start + 2**33), kind="stable")
-    ev_lead, ev_t, ev_kind, ev_camp, ev_value = (a[o] for a in (ev_lead, ev_t, ev_kind, ev_camp, ev_value))
+    ev_lead, ev_t, ev_kind, ev_camp, ev_value = (
+        a[o] for a in (ev_lead, ev_t, ev_kind, ev_camp, ev_value)
+    )
     o = np.lexsort((sg_stage, sg_t, sg_lead))
     sg_lead, sg_t, sg_stage = sg_lead[o], sg_t[o], sg_stage[o]
     ev_num, sg_num = lead_num[ev_lead], lead_num[sg_lead]
 
     if bad_rows:  # events and stages: rows of clean leads only, so each kind is unambiguous
-        for table, lead_idx, times, nums in (("events", ev_lead, ev_t, ev_num), ("stages", sg_lead, sg_t, sg_num)):
+        for table, lead_idx, times, nums in (
+            ("events", ev_lead, ev_t, ev_num),
+            ("stages", sg_lead, sg_t, sg_num),
+        ):
             kinds = [b for b in BAD_ROW_KINDS if b[0] == table]
             quota = _quota(len(lead_idx), [b[2] for b in kinds], at_least_one=first)
             pick = rng.permutation(np.flatnonzero(~quarantined[lead_idx]))
             pos = 0
             for (_, kind, _, _), want in zip(kinds, quota, strict=True):
-                rows = np.sort(pick[pos: pos + want])
+                rows = np.sort(pick[pos : pos + want])
                 pos += len(rows)
                 bad[f"{table}.{kind}"] = len(rows)
                 if kind == "unknown_lead":  # a deleted lead's id
                     nums[rows] = world.n_leads + 1 + lo + lead_idx[rows]
                 elif kind == "before_created":  # e.g. anonymous visits stitched to the lead
-                    times[rows] = c.created[lead_idx[rows]] - rng.integers(HOUR, 20 * DAY, len(rows))
+                    times[rows] = c.created[lead_idx[rows]] - rng.integers(
+                        HOUR, 20 * DAY, len(rows)
+                    )
                 else:
                     garbage[table] = (rows, _garbage(rng, BAD_TIMESTAMPS, len(rows)))
 
@@ -1190,21 +1481,34 @@ def _chunk(world: _World, rng: np.random.Generator, lo: int, hi: int, lead_quota
     stamp = _Stamper(rng, text)
     leads: dict[str, pa.Array] = {
         Leads.lead_id: _ids("L", lead_num, world.lead_width),
-        Leads.created_at: stamp(c.created, STYLE_CREATED, style=c.created_style, garbage=garbage.get("created")),
+        Leads.created_at: stamp(
+            c.created, STYLE_CREATED, style=c.created_style, garbage=garbage.get("created")
+        ),
         Leads.account_id: _ids("A", acc_num, world.account_width),
         Leads.lead_source: _take(_SOURCE_NAMES, np.where(c.src == _NO_SOURCE, -1, c.src)),
         Leads.country: _take([x[0] for x in COUNTRIES], c.country),
         Leads.job_title: _take(_ALL_TITLES, c.title),
-        Leads.converted_at: stamp(conv_out, STYLE_OTHER, valid=c.conv_obs, garbage=garbage.get("converted")),
-        Leads.disqualified_at: stamp(dq_out, STYLE_OTHER, valid=c.dq_obs, garbage=garbage.get("disqualified")),
+        Leads.converted_at: stamp(
+            conv_out, STYLE_OTHER, valid=c.conv_obs, garbage=garbage.get("converted")
+        ),
+        Leads.disqualified_at: stamp(
+            dq_out, STYLE_OTHER, valid=c.dq_obs, garbage=garbage.get("disqualified")
+        ),
         UTM_MEDIUM: _take([m[0] for m in MEDIUMS], np.where(c.medium == 0, -1, c.medium)),
     }
 
     m = len(ev_kind)
     chan = np.where(rng.random(m) < 0.03, -1, _KIND_CHANNEL[ev_kind])
     n_urls = _KIND_N_URLS[ev_kind]
-    url = np.where(n_urls > 0, _KIND_FIRST_URL[ev_kind] + (rng.random(m) * n_urls).astype(np.int64), -1)
-    seconds = np.maximum(np.round(_KIND_SECONDS[ev_kind, 0] * np.exp(rng.normal(0.0, 1.0, m) * _KIND_SECONDS[ev_kind, 1])), 1.0)
+    url = np.where(
+        n_urls > 0, _KIND_FIRST_URL[ev_kind] + (rng.random(m) * n_urls).astype(np.int64), -1
+    )
+    seconds = np.maximum(
+        np.round(
+            _KIND_SECONDS[ev_kind, 0] * np.exp(rng.normal(0.0, 1.0, m) * _KIND_SECONDS[ev_kind, 1])
+        ),
+        1.0,
+    )
     value = np.where(np.isnan(ev_value), seconds, ev_value)
     missing = np.isnan(value)
     camp_names = world.campaigns.ids + list(PPC_CAMPAIGNS) + list(WEBINAR_SOURCE_CAMPAIGNS)
@@ -1216,8 +1520,11 @@ def _chunk(world: _World, rng: np.random.Generator, lo: int, hi: int, lead_quota
         Events.campaign_id: _take(camp_names, ev_camp),
         Events.url: _take(_URLS, url),
         # whole numbers: integers in CSV (no trailing ".0"), doubles in Parquet
-        Events.value: (pa.array(np.where(missing, 0, value).astype(np.int64), mask=missing) if fmt == "csv"
-                       else pa.array(value, mask=missing)),
+        Events.value: (
+            pa.array(np.where(missing, 0, value).astype(np.int64), mask=missing)
+            if fmt == "csv"
+            else pa.array(value, mask=missing)
+        ),
     }
     stages: dict[str, pa.Array] = {
         Stages.lead_id: _ids("L", sg_num, world.lead_width),
@@ -1227,25 +1534,37 @@ def _chunk(world: _World, rng: np.random.Generator, lo: int, hi: int, lead_quota
     return _Chunk(leads, events, stages, bad, int(c.conv_obs.sum()), int(c.dq_obs.sum()))
 
 
-def _accounts_table(world: _World, rng: np.random.Generator, bad_rows: bool, fmt: Format
-                    ) -> tuple[dict[str, pa.Array], dict[str, int]]:
+def _accounts_table(
+    world: _World, rng: np.random.Generator, bad_rows: bool, fmt: Format
+) -> tuple[dict[str, pa.Array], dict[str, int]]:
     """The accounts table, with non-numeric employees / annual_revenue planted when asked."""
     f = world.firms
     n = f.n
     employees = pa.array(f.employees.astype(np.int64), mask=f.employees_missing)
-    revenue: pa.Array = (pa.array(f.revenue.astype(np.int64), mask=f.revenue_missing) if fmt == "csv"
-                         else pa.array(f.revenue, mask=f.revenue_missing))
+    revenue: pa.Array = (
+        pa.array(f.revenue.astype(np.int64), mask=f.revenue_missing)
+        if fmt == "csv"
+        else pa.array(f.revenue, mask=f.revenue_missing)
+    )
     bad = {"accounts.employees_not_numeric": 0, "accounts.annual_revenue_not_numeric": 0}
     if bad_rows:
         kinds = [b for b in BAD_ROW_KINDS if b[0] == "accounts"]
         quota = _quota(n, [b[2] for b in kinds], at_least_one=True)
         pick = rng.permutation(n)
         emp_rows = np.sort(pick[: quota[0]])
-        rev_rows = np.sort(pick[quota[0]: quota[0] + quota[1]])
-        employees = _replace(employees.cast(pa.string()), emp_rows, _garbage(rng, BAD_EMPLOYEES, len(emp_rows)))
-        revenue = _replace(revenue.cast(pa.int64()).cast(pa.string()), rev_rows,
-                           _garbage(rng, BAD_REVENUE, len(rev_rows)))
-        bad = {"accounts.employees_not_numeric": len(emp_rows), "accounts.annual_revenue_not_numeric": len(rev_rows)}
+        rev_rows = np.sort(pick[quota[0] : quota[0] + quota[1]])
+        employees = _replace(
+            employees.cast(pa.string()), emp_rows, _garbage(rng, BAD_EMPLOYEES, len(emp_rows))
+        )
+        revenue = _replace(
+            revenue.cast(pa.int64()).cast(pa.string()),
+            rev_rows,
+            _garbage(rng, BAD_REVENUE, len(rev_rows)),
+        )
+        bad = {
+            "accounts.employees_not_numeric": len(emp_rows),
+            "accounts.annual_revenue_not_numeric": len(rev_rows),
+        }
     table: dict[str, pa.Array] = {
         Accounts.account_id: _ids("A", np.arange(1, n + 1, dtype=np.int64), world.account_width),
         Accounts.industry: _take([r[0] for r in INDUSTRIES], f.industry),
@@ -1261,10 +1580,20 @@ def _accounts_table(world: _World, rng: np.random.Generator, bad_rows: bool, fmt
 # =============================================================================================
 
 
-_CATEGORICAL = frozenset({
-    Leads.lead_source, Leads.country, Leads.job_title, UTM_MEDIUM, Accounts.industry,
-    Events.event_type, Events.channel, Events.campaign_id, Events.url, Stages.stage,
-})
+_CATEGORICAL = frozenset(
+    {
+        Leads.lead_source,
+        Leads.country,
+        Leads.job_title,
+        UTM_MEDIUM,
+        Accounts.industry,
+        Events.event_type,
+        Events.channel,
+        Events.campaign_id,
+        Events.url,
+        Stages.stage,
+    }
+)
 
 
 class _Writer:
@@ -1285,14 +1614,18 @@ class _Writer:
         table = pa.table({str(k): v for k, v in columns.items()})
         if self._writer is None:
             if self.fmt == "csv":
-                self._writer = pacsv.CSVWriter(self.partial, table.schema,
-                                               write_options=pacsv.WriteOptions(quoting_style="needed"))
+                self._writer = pacsv.CSVWriter(
+                    self.partial,
+                    table.schema,
+                    write_options=pacsv.WriteOptions(quoting_style="needed"),
+                )
             else:
                 # dictionary pages for the categorical columns only: ids and timestamps are
                 # near-unique and would only cost time
                 categorical = [f.name for f in table.schema if f.name in _CATEGORICAL]
-                self._writer = pq.ParquetWriter(self.partial, table.schema, compression="zstd",
-                                                use_dictionary=categorical)
+                self._writer = pq.ParquetWriter(
+                    self.partial, table.schema, compression="zstd", use_dictionary=categorical
+                )
         self._writer.write_table(table)
         self.rows += table.num_rows
 
@@ -1349,7 +1682,9 @@ def generate_crm(
     if fmt not in ("csv", "parquet"):
         raise ConfigError(f"format must be 'csv' or 'parquet', not {fmt!r}")
     if n_leads < 1 or chunk_leads < 1:
-        raise ConfigError(f"n_leads and chunk_leads must be positive (got {n_leads}, {chunk_leads})")
+        raise ConfigError(
+            f"n_leads and chunk_leads must be positive (got {n_leads}, {chunk_leads})"
+        )
     lo_s, hi_s = _parse_bound(start, is_end=False), _parse_bound(end, is_end=True)
     if lo_s >= hi_s:
         raise ConfigError(f"start {start!r} must be before end {end!r}")
@@ -1358,8 +1693,10 @@ def generate_crm(
     tables = (Leads.table, Accounts.table, Events.table, Stages.table)
     clash = [str(out / f"{t}.{other}") for t in tables if (out / f"{t}.{other}").exists()]
     if clash:
-        raise ConfigError(f"{', '.join(clash)} already exist; the loader would find two files for one "
-                          f"table. Remove them or write {fmt} to another folder")
+        raise ConfigError(
+            f"{', '.join(clash)} already exist; the loader would find two files for one "
+            f"table. Remove them or write {fmt} to another folder"
+        )
     out.mkdir(parents=True, exist_ok=True)
 
     root = np.random.SeedSequence(seed)
@@ -1367,7 +1704,9 @@ def generate_crm(
     n_acc = max(1, round(n_leads / 3))
     acc_rng = np.random.default_rng(s_accounts)
     world = _World(
-        start=lo_s, end=hi_s, n_leads=n_leads,
+        start=lo_s,
+        end=hi_s,
+        n_leads=n_leads,
         lead_width=max(8, len(str(2 * n_leads + 1))),
         account_width=max(7, len(str(n_acc + n_leads + 1))),
         created=_creation_times(np.random.default_rng(s_created), n_leads, lo_s, hi_s),
@@ -1375,7 +1714,11 @@ def generate_crm(
         campaigns=_draw_campaigns(np.random.default_rng(s_campaigns), lo_s, hi_s),
     )
     lead_kinds = [b for b in BAD_ROW_KINDS if b[0] == "leads"]
-    lead_total = _quota(n_leads, [b[2] for b in lead_kinds], at_least_one=True) if bad_rows else [0] * len(lead_kinds)
+    lead_total = (
+        _quota(n_leads, [b[2] for b in lead_kinds], at_least_one=True)
+        if bad_rows
+        else [0] * len(lead_kinds)
+    )
 
     writers = {t: _Writer(out, t, fmt) for t in tables}
     bad: dict[str, int] = {f"{tb}.{kd}": 0 for tb, kd, _, _ in BAD_ROW_KINDS}
@@ -1388,9 +1731,13 @@ def generate_crm(
         bad.update(acc_bad)
         for k, lo in enumerate(bounds):
             hi = min(lo + chunk_leads, n_leads)
-            quota = {kd: total * hi // n_leads - total * lo // n_leads
-                     for (_, kd, _, _), total in zip(lead_kinds, lead_total, strict=True)}
-            part = _chunk(world, np.random.default_rng(chunk_seeds[k]), lo, hi, quota, bad_rows, fmt, k == 0)
+            quota = {
+                kd: total * hi // n_leads - total * lo // n_leads
+                for (_, kd, _, _), total in zip(lead_kinds, lead_total, strict=True)
+            }
+            part = _chunk(
+                world, np.random.default_rng(chunk_seeds[k]), lo, hi, quota, bad_rows, fmt, k == 0
+            )
             writers[Leads.table].write(part.leads)
             writers[Events.table].write(part.events)
             writers[Stages.table].write(part.stages)
@@ -1405,7 +1752,14 @@ def generate_crm(
             w.discard()
         raise
     return GenerateSummary(
-        out_dir=out, format=fmt, rows={t: writers[t].rows for t in tables}, bad_rows=bad,
-        start=start, end=end, seed=seed, converted=converted, disqualified=disqualified,
+        out_dir=out,
+        format=fmt,
+        rows={t: writers[t].rows for t in tables},
+        bad_rows=bad,
+        start=start,
+        end=end,
+        seed=seed,
+        converted=converted,
+        disqualified=disqualified,
         seconds=time.perf_counter() - began,
     )

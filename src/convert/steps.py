@@ -197,11 +197,34 @@ def evaluate_step(
 # --- scoring -----------------------------------------------------------------------------------
 
 
+OUT_ENV = "CONVERT_OUT_URL"
+
+
+def resolve_target(out: str | None) -> str:
+    """The write-back target: ``env:NAME`` reads it from environment variable NAME, and no
+    target at all reads ``CONVERT_OUT_URL``, so a database password need not be on the command
+    line (or in shell history and process lists)."""
+    import os
+
+    from convert.exceptions import ConfigError
+
+    name = out[4:] if out and out.startswith("env:") else (None if out else OUT_ENV)
+    if name is None:
+        return str(out)
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError(
+            f"no write-back target: environment variable {name} is not set. Pass --out FILE_OR_URL, "
+            f"--out env:VARIABLE, or set {OUT_ENV}"
+        )
+    return value
+
+
 def score_step(
     data_path: str | Path,
     config: Config,
     as_of: str,
-    out: str,
+    out: str | None,
     model_uri: str | None = None,
     table: str | None = None,
     rejects: str | None = None,
@@ -214,6 +237,7 @@ def score_step(
     from convert.score import iter_scores
     from convert.writeback import write_scores
 
+    target = resolve_target(out)
     uri = model_uri or f"models:/{config.train.model_name}@{registry.CHAMPION}"
     model, label = registry.load_model(uri)
     echo(f"model {label} (from {uri})")
@@ -224,7 +248,7 @@ def score_step(
         )
     finally:
         data.close()
-    summary = write_scores(scores, out, table or config.scoring.table)
+    summary = write_scores(scores, target, table or config.scoring.table)
     return summary, scores
 
 

@@ -13,19 +13,30 @@ with exactly the :class:`~convert.schema.ScoreOutput` columns and a target:
 
 One database run:
 
-1. the rows are staged in chunks into a temporary table of the session (PostgreSQL:
-   ``COPY ... FROM STDIN`` in CSV; SQLite: ``executemany``); nothing visible changes;
-2. then ONE transaction creates the tables when absent, deletes from the current table
-   the leads missing from this run's batch (they left the population: converted or
-   disqualified), upserts the batch into the current table
-   (``INSERT ... ON CONFLICT (lead_id) DO UPDATE``) and upserts it into the history table
-   (``ON CONFLICT (lead_id, as_of, model_version) DO UPDATE``), so a re-run is idempotent.
-   Rows whose values did not change are not rewritten.
+1. the batch is validated and typed (missing/extra columns, types, empty values, repeated
+   ``lead_id``), before anything is touched;
+2. the rows are staged in chunks, in ``lead_id`` order, into a temporary table of the
+   session (PostgreSQL: ``COPY ... FROM STDIN`` in the binary format; SQLite:
+   ``executemany``); nothing visible changes;
+3. then ONE transaction creates the tables when absent, deletes from the current table the
+   leads missing from this run's batch (they left the population: converted or
+   disqualified), upserts the batch into the current table and into the history table.
+   The upserts only rewrite rows whose values changed, so a re-run is idempotent. SQLite
+   runs ``INSERT ... ON CONFLICT (lead_id) DO UPDATE``. PostgreSQL gets the same result
+   faster in bulk: one ``UPDATE ... FROM`` the staging table of the changed leads, then an
+   ``INSERT`` of the new ones. The history takes a plain ``INSERT`` when it holds no row of
+   the batch's (as_of, model_version) pairs (the normal run), else
+   ``INSERT ... ON CONFLICT (lead_id, as_of, model_version) DO UPDATE``.
 
 Killed at any moment, the previous tables stay as they were (the staging table dies with
 the session; the switch commits in full or not at all), and a re-run gives the same final
 tables as an uninterrupted run. Concurrent runs on the same PostgreSQL table are
 serialized by a transaction-level advisory lock (SQLite: ``BEGIN IMMEDIATE``).
+
+Tables: ``lead_id`` TEXT, ``as_of``/``scored_at`` TIMESTAMP (naive UTC), ``probability``
+DOUBLE PRECISION (SQLite REAL), the points INTEGER, the rest TEXT (empty text is NULL).
+On PostgreSQL the current table has ``fillfactor = 50`` (each run rewrites most rows; the
+free space makes those HOT updates) and the history an index on (as_of, model_version).
 
 SQLAlchemy, psycopg and pyarrow are imported lazily, inside the functions that need them:
 ``import convert.writeback`` stays light and does not import a database driver.
@@ -60,7 +71,7 @@ if TYPE_CHECKING:
     import sqlalchemy as sa
     from sqlalchemy.engine import URL, Connection, Engine
 
-__all__ = ["WriteSummary", "read_table", "write_scores"]
+__all__ = ["WriteSummary", "engine_url", "read_table", "write_scores"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +89,10 @@ _USERINFO_RE = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 #: Text form of timestamps in SQLite (the form SQLAlchemy's SQLite dialect reads and writes).
 _SQLITE_TIMESTAMP = "%Y-%m-%d %H:%M:%S.%f"
 _INT32 = (-(2**31), 2**31 - 1)
+#: pandas.api.types.infer_dtype kinds that are numbers, not timestamps
+_NUMBER_KINDS = frozenset(
+    {"integer", "floating", "mixed-integer-float", "decimal", "boolean", "complex"}
+)
 _PG_DRIVERS = ("postgresql", "postgres", "postgresql+psycopg", "postgres+psycopg")
 _SQLITE_DRIVERS = ("sqlite", "sqlite+pysqlite")
 _TARGET_HELP = (
@@ -210,6 +225,19 @@ def read_table(target: str | os.PathLike[str], table: str = ScoreOutput.table) -
     if keys:
         frame = frame.sort_values(keys, kind="stable")
     return frame.reset_index(drop=True)
+
+
+def engine_url(url: str) -> str:
+    """The SQLAlchemy URL to open a database target with (keeps the password: connect only).
+
+    ``postgresql://`` and ``postgres://`` become ``postgresql+psycopg://`` (SQLAlchemy would
+    pick psycopg2, which convert does not install); other schemes are refused like
+    :func:`write_scores` refuses them.
+    """
+    dest = _parse_target(url)
+    if isinstance(dest, _FileTarget):
+        raise WritebackError(f"{url!r} is a file path, not a database URL: {_TARGET_HELP}")
+    return dest.url.render_as_string(hide_password=False)
 
 
 # --- names and targets --------------------------------------------------------------------
@@ -442,6 +470,10 @@ def _as_timestamp(series: pd.Series) -> pd.Series:
         stamps = series
     elif pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
         raise WritebackError(f"timestamps expected, got numbers ({series.dtype})")
+    elif pd.api.types.infer_dtype(series, skipna=True) in _NUMBER_KINDS:
+        raise WritebackError(
+            f"timestamps expected, got numbers such as {series.dropna().iloc[0]!r}"
+        )
     else:
         stamps = pd.to_datetime(_blank_to_na(series), utc=True, format="ISO8601")
         stamps = stamps.dt.tz_localize(None)
@@ -938,9 +970,9 @@ def _switch(
     with _timed("delete leavers"):
         removed = _rowcount(conn, leavers)
     if dialect == "postgresql":
-        # The same result as one upsert, faster in bulk: the new leads are inserted, then a
-        # hash join updates the leads whose scores changed (unchanged rows are not even
-        # locked, unlike ON CONFLICT DO UPDATE ... WHERE). Nothing else writes the table
+        # The same result as one upsert, faster in bulk: a hash join updates the leads whose
+        # scores changed (unchanged rows are not even locked, unlike ON CONFLICT DO UPDATE
+        # ... WHERE), then the new leads are inserted. Nothing else writes the table
         # meanwhile (advisory lock above); were a foreign writer to insert a lead, the
         # primary key would fail the transaction, not corrupt the table.
         rest = [n for n in _NAMES if n not in _CURRENT_KEY]
@@ -950,12 +982,12 @@ def _switch(
             .where(sa.or_(*(current.c[n].is_distinct_from(stage.c[n]) for n in rest)))
             .values({n: stage.c[n] for n in rest})
         )
-        # new leads first: their anti-join then scans the table before the update adds
-        # a new version of every row
-        with _timed("insert new leads into current"):
-            conn.execute(_insert_from_stage(dialect, current, stage, _CURRENT_KEY, upsert=False))
+        # update first: run the other way round, the update would join every new lead just
+        # inserted (on a first run, the whole batch) only to find it unchanged
         with _timed("update current"):
             conn.execute(changed_rows)
+        with _timed("insert new leads into current"):
+            conn.execute(_insert_from_stage(dialect, current, stage, _CURRENT_KEY, upsert=False))
     else:
         with _timed("upsert current"):
             conn.execute(_insert_from_stage(dialect, current, stage, _CURRENT_KEY, upsert=True))

@@ -1,0 +1,187 @@
+"""Benchmark: scoring throughput, score-only and score + explain, on 1M leads, with peak memory.
+
+Issue acceptance: print leads/s for score-only and for score+explain on 1M leads, and peak memory.
+
+A model is trained with ``convert.train.fit_calibrated`` on a synthetic training set shaped like
+convert's (``--train-rows`` lead-snapshots over 24 monthly as-of times, about 2 % positive, the
+feature catalog convert builds for the 14 standard event types: 98 features, 5 categorical; see
+``bench/_common.py``). Then ``--leads`` feature rows for one as-of time are generated (as
+``features.finish_frame`` yields them: float64 numbers, text categoricals) and scored in chunks
+of ``ScoringConfig.chunk_size`` rows (``--chunk-size`` overrides):
+
+* **score-only**: ``model.predict_proba`` (feature-spec check + booster + calibrator), then
+  ``score_from_probability`` and ``model.grades``;
+* **score+explain**: ``convert.score.score_frame`` per chunk (TreeSHAP contributions, points that
+  add up, family points, reason sentences, actions) and the ``pd.concat`` that ``convert.score``
+  does at the end.
+
+A warm-up call on a small chunk (explainer tables, numba compilation or cache load) runs before
+the clock and is reported apart. Then the steps of ``score_frame`` are timed one by one (a replica
+of its sequence on the same chunks), so the share of the reasons/sentences part is visible.
+
+    python bench/score.py              # 1M leads
+    python bench/score.py --quick      # 50k leads
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from _common import OUT, Phases, gib, lead_catalog, make_frame
+from convert.config import Config
+from convert.explain import contributions, family_points, model_score_fn, reasons, to_points
+from convert.model import score_from_probability
+from convert.schema import Labeled
+from convert.score import actions, score_frame
+from convert.train import TrainingSet, fit_calibrated, split_by_time
+
+
+def chunks(frame: pd.DataFrame, size: int) -> list[pd.DataFrame]:
+    return [frame.iloc[s: s + size] for s in range(0, len(frame), size)]
+
+
+def score_only(model: Any, parts: list[pd.DataFrame]) -> list[tuple[np.ndarray, ...]]:
+    out = []
+    for b in parts:
+        p = model.predict_proba(b)[:, 1]
+        s = score_from_probability(p)
+        out.append((p, s, model.grades(s)))
+    return out
+
+
+def score_explain(model: Any, parts: list[pd.DataFrame], config: Config, at: pd.Timestamp) -> pd.DataFrame:
+    return pd.concat(
+        [score_frame(model, b, config.scoring, "bench/1", at) for b in parts], ignore_index=True
+    )
+
+
+def breakdown(model: Any, parts: list[pd.DataFrame], config: Config) -> dict[str, float]:
+    """The steps of ``score_frame``, timed one by one over the chunks."""
+    t: dict[str, float] = {}
+
+    def clock(name: str, fn: Any) -> Any:
+        t0 = time.perf_counter()
+        out = fn()
+        t[name] = t.get(name, 0.0) + time.perf_counter() - t0
+        return out
+
+    names = model.spec_.names
+    for b in parts:
+        matrix = clock("FeatureSpec.transform (model.matrix)", lambda b=b: model.matrix(b))
+        phi = clock("contributions (TreeSHAP)", lambda m=matrix: contributions(model, m))
+        raw = phi.sum(axis=1)
+        pts = clock("to_points (calibrated points, rounding)", lambda r=raw, p=phi: to_points(
+            r, p[:, :-1], model.base_raw_, model_score_fn(model)))
+        clock("probability_from_raw", lambda r=raw: model.probability_from_raw(r))
+        clock("family_points", lambda p=pts: family_points(p.points, model.catalog_, names))
+        pos, neg = clock("reasons (top-3 sentences x2)", lambda p=pts, b=b: reasons(
+            p, b, model.catalog_, names, top=config.scoring.reasons))
+
+        def assemble(b: pd.DataFrame = b, pts: Any = pts, pos: Any = pos, neg: Any = neg) -> None:
+            idle = b["days_since_last_touch"].fillna(b["lead_age_days"]).to_numpy()
+            out = pd.DataFrame({"lead_id": b["lead_id"].astype(str).to_numpy(),
+                                "grade": model.grades(pts.score)})
+            for i in range(3):
+                out[f"r{i}"] = [r[i] if i < len(r) else None for r in pos]
+                out[f"k{i}"] = [r[i] if i < len(r) else None for r in neg]
+            out["action"] = actions(pts.score, idle, config.scoring)
+
+        clock("output frame (columns, grades, actions)", assemble)
+    return t
+
+
+def train_model(args: argparse.Namespace, config: Config, catalog: Any, event_types: Any) -> Any:
+    frame = make_frame(args.train_rows, catalog, 24, args.seed)
+    ts = TrainingSet(frame, catalog, event_types, frame["as_of"].max() + pd.Timedelta(days=120), 90)
+    split = split_by_time(frame[Labeled.as_of], config)
+    model, _ = fit_calibrated(ts, split, config)
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--leads", type=int, default=1_000_000, help="leads to score")
+    parser.add_argument("--train-rows", type=int, default=200_000)
+    parser.add_argument("--chunk-size", type=int, default=None, help="default ScoringConfig.chunk_size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-breakdown", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="smoke size (50k leads, 50k train)")
+    args = parser.parse_args()
+    if args.quick:
+        args.leads = min(args.leads, 50_000)
+        args.train_rows = min(args.train_rows, 50_000)
+
+    config = Config()
+    if args.chunk_size:
+        config = config.with_overrides(scoring__chunk_size=args.chunk_size)
+    chunk = config.scoring.chunk_size
+    catalog, event_types = lead_catalog(None)
+    ph = Phases(width=46)
+
+    model = ph.run("train the model (fit_calibrated, not a target)",
+                   lambda: train_model(args, config, catalog, event_types), quiet=True)
+    trees = model.booster_.current_iteration()
+    leads = make_frame(args.leads, catalog, 1, args.seed + 1, first_as_of="2026-01-01")
+    leads = leads.drop(columns=[Labeled.label])
+    parts = chunks(leads, chunk)
+    at = pd.Timestamp("2026-01-01 06:00:00")
+    print(
+        f"bench/score.py: {len(leads):,} leads x {len(catalog)} features, chunks of {chunk:,}; "
+        f"model: {trees} trees, num_leaves {model.params.get('num_leaves')}, calibrator "
+        f"{type(model.calibrator_).__name__}; lightgbm {lgb.__version__}, {os.cpu_count()} cores",
+        flush=True,
+    )
+    ph.run("warm-up: score_frame on 1,000 rows (untimed)",
+           lambda: score_frame(model, leads.iloc[:1000], config.scoring, "bench/1", at))
+    ph.run("score-only: predict_proba + score + grade", lambda: score_only(model, parts))
+    out = ph.run("score+explain: score_frame per chunk + concat",
+                 lambda: score_explain(model, parts, config, at))
+    filled = out["reason_1"].notna().mean() if "reason_1" in out else float("nan")
+    example = out.iloc[int(np.argmax(out["score"].to_numpy()))].to_dict()
+    del out
+    steps = {} if args.no_breakdown else breakdown(model, parts, config)
+
+    n = len(leads)
+    t_score = ph.best("score-only: predict_proba + score + grade")
+    t_expl = ph.best("score+explain: score_frame per chunk + concat")
+    print()
+    header = f"{'run':<48} {'seconds':>9} {'leads/s':>11} {'peak RSS GiB':>13}"
+    print(header)
+    print("-" * len(header))
+    for name in ("score-only: predict_proba + score + grade",
+                 "score+explain: score_frame per chunk + concat"):
+        sec = ph.best(name)
+        print(f"{name:<48} {sec:>9.2f} {n / sec:>11,.0f} {gib(ph.peak(name)):>13}")
+    print(f"(warm-up {ph.best('warm-up: score_frame on 1,000 rows (untimed)'):.2f} s; leads "
+          f"frame alone {gib(leads.memory_usage(deep=True).sum())} GiB; whole-run peak RSS "
+          f"{gib(ph.run_peak())} GiB, model training included)")
+    if steps:
+        total = sum(steps.values())
+        print(f"\nscore_frame steps (replica, {total:.1f} s in all vs {t_expl:.1f} s measured):")
+        for name, sec in sorted(steps.items(), key=lambda kv: -kv[1]):
+            print(f"  {name:<44} {sec:>8.2f} s {sec / total:>7.1%}  {n / sec:>12,.0f} leads/s")
+    print(f"\nexplain costs {t_expl / t_score:.1f}x score-only; reason_1 filled for {filled:.1%} "
+          f"of leads; top lead: score {example.get('score')}, {example.get('reason_1')!r}")
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    with open(OUT / "score.jsonl", "a") as fh:
+        fh.write(json.dumps({
+            "time": time.time(), "args": vars(args), "leads": n, "features": len(catalog),
+            "trees": trees, "phases": ph.rows, "steps": steps,
+            "leads_per_s": {"score_only": n / t_score, "score_explain": n / t_expl},
+            "peak_rss_run": ph.run_peak(),
+        }, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
