@@ -80,14 +80,17 @@ class Phases:
         gc.collect()
         self._peak_before = max(self._peak_before, peak_rss(), rusage_peak())
         self.resettable = reset_peak() and self.resettable
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
-        seconds = time.perf_counter() - t0
-        self.rows.append({"phase": name, "seconds": seconds, "peak_rss": peak_rss()})
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        self.rows.append({"phase": name, "seconds": seconds, "cpu": cpu, "peak_rss": peak_rss()})
         if not quiet:
-            print(f"  {name:<{self.width}} {seconds:>9.2f} s   peak RSS {gib(peak_rss()):>6} GiB",
-                  flush=True)
+            print(f"  {name:<{self.width}} {seconds:>9.2f} s  (cpu {cpu:>8.2f} s)   peak RSS "
+                  f"{gib(peak_rss()):>6} GiB", flush=True)
         return out
+
+    def best_cpu(self, name: str) -> float:
+        return min(r["cpu"] for r in self.rows if r["phase"] == name)
 
     def best(self, name: str) -> float:
         return min(r["seconds"] for r in self.rows if r["phase"] == name)

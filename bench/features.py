@@ -299,6 +299,7 @@ def run_default(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         f"pandas / minimal DuckDB: {best['pandas: filter + groupby([lead, type]).size()'] / t_min:.2f}x; "
         f"whole-run peak RSS {gib(ph.run_peak())} GiB"
         + ("" if ph.resettable else " (per-phase peaks are cumulative: clear_refs not allowed)")
+        + f"; load average now {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores"
     )
     return {
         "mode": "default", "events": n_total, "events_before": n_before, "leads": info["rows"]["leads"],
@@ -361,7 +362,8 @@ def run_scale(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         print(f"{r['phase']:<44} {r['seconds']:>9.1f} {gib(r['peak_rss']):>13}")
     print(f"{'total (load + labels + features)':<44} {total:>9.1f} {gib(peak):>13}")
     verdict = "PASS" if peak < TARGET_RSS_GIB * GIB else "FAIL"
-    print(f"\npeak RSS {gib(peak)} GiB (target < {TARGET_RSS_GIB:.0f} GiB): {verdict}")
+    print(f"\npeak RSS {gib(peak)} GiB (target < {TARGET_RSS_GIB:.0f} GiB): {verdict}; load average "
+          f"now {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
     return {
         "mode": "scale", "events": info["rows"]["events"], "leads": info["rows"]["leads"],
         "as_ofs": [str(g) for g in grid], "rows": n_rows, "features": len(catalog),

@@ -164,7 +164,8 @@ def main() -> None:
         print(f"{name:<48} {sec:>9.2f} {n / sec:>11,.0f} {gib(ph.peak(name)):>13}")
     print(f"(warm-up {ph.best('warm-up: score_frame on 1,000 rows (untimed)'):.2f} s; leads "
           f"frame alone {gib(leads.memory_usage(deep=True).sum())} GiB; whole-run peak RSS "
-          f"{gib(ph.run_peak())} GiB, model training included)")
+          f"{gib(ph.run_peak())} GiB, model training included; load average now "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores)")
     if steps:
         total = sum(steps.values())
         print(f"\nscore_frame steps (replica, {total:.1f} s in all vs {t_expl:.1f} s measured):")

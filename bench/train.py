@@ -137,7 +137,8 @@ def main() -> None:
         )
         results["plain"] = (best, rounds)
         model, cv = ph.run("ours: fit_calibrated", lambda: fit_calibrated(ts, split, config))
-        results["ours"] = (model.best_iteration_, model.booster_.current_iteration())
+        # the refit model keeps no trace of the early-stopped fit's best iteration
+        results["ours"] = (None, model.booster_.current_iteration())
     mats.clear()
 
     # same work? rounds and raw scores on the calibration slice
@@ -181,14 +182,17 @@ def main() -> None:
     t_ours = ph.best("ours: fit_calibrated")
     ratio = t_ours / t_plain
     print()
-    header = f"{'run':<34} {'seconds':>9} {'ratio':>7} {'best iter':>10} {'refit rounds':>13} {'peak RSS GiB':>13}"
+    header = (f"{'run':<34} {'seconds':>9} {'ratio':>7} {'cpu s':>9} {'cpu ratio':>9} {'best iter':>10} "
+              f"{'refit rounds':>13} {'peak RSS GiB':>13}")
     print(header)
     print("-" * len(header))
     for label, name, key in (("plain lightgbm.train (2 fits)", "plain lightgbm.train (2 fits)", "plain"),
                              ("ours: fit_calibrated", "ours: fit_calibrated", "ours")):
         sec = ph.best(name)
         best_i, rounds = results[key]
-        print(f"{label:<34} {sec:>9.2f} {sec / t_plain:>6.2f}x {best_i:>10} {rounds:>13} "
+        cpu = ph.best_cpu(name)
+        print(f"{label:<34} {sec:>9.2f} {sec / t_plain:>6.2f}x {cpu:>9.1f} "
+              f"{cpu / ph.best_cpu('plain lightgbm.train (2 fits)'):>8.2f}x {best_i or '-':>10} {rounds:>13} "
               f"{gib(ph.peak(name)):>13}")
     print()
     for r in parts.rows:
@@ -197,7 +201,8 @@ def main() -> None:
           f"calibrator CV log loss {json.dumps({k: round(v, 5) for k, v in cv.items()})}")
     verdict = "PASS" if ratio <= TARGET else "FAIL"
     print(f"\nours / plain lightgbm.train = {ratio:.2f}x (target <= {TARGET}x): {verdict}; "
-          f"whole-run peak RSS {gib(ph.run_peak())} GiB")
+          f"whole-run peak RSS {gib(ph.run_peak())} GiB; load average now "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
 
     OUT.mkdir(parents=True, exist_ok=True)
     with open(OUT / "train.jsonl", "a") as fh:

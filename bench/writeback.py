@@ -13,6 +13,12 @@ Measures, on the same N seeded rows in ScoreOutput shape (shuffled, realistic te
 
 Prints rows/s and the ratio to raw COPY, and the phases of each write_scores run. The
 target is >= 50k rows/s for write_scores at 1M rows. The tables are dropped at the end.
+
+Wall-clock rates depend on what else runs on the machine, so the CPU seconds of the
+client (this process) and of the server (the PostgreSQL backends, read from /proc when the
+server is local) are printed too, with the rows/s they would allow on idle cores: at best
+rows / max(server, client) (client encoding overlaps the server's work), at worst
+rows / (server + client).
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ import io
 import logging
 import os
 import sys
+import threading
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -120,6 +128,81 @@ def plain_table_sql(name: str) -> str:
     return f'CREATE TABLE "{name}" ({columns})'
 
 
+def _backend_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) of a local process, None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class ServerCpu:
+    """CPU seconds the PostgreSQL backends of a measurement used (local server only).
+
+    Watches the backend *pid* (its growth), and every backend whose application_name is
+    *application* (sampled every 50 ms from pg_stat_activity; a backend started for the
+    measurement counts whole, up to its last sample).
+    """
+
+    def __init__(self, monitor_url: str, *, pid: int | None = None, application: str = "") -> None:
+        self.monitor_url, self.pid, self.application = monitor_url, pid, application
+        self.last: dict[int, float] = {}
+        self.start = 0.0
+        self.ok = True
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _watch(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.monitor_url, autocommit=True) as conn:
+            while not self._stop.is_set():
+                rows = conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                    (self.application,),
+                ).fetchall()
+                for (pid,) in rows:
+                    cpu = _backend_cpu(pid)
+                    if cpu is not None:
+                        self.last[pid] = cpu
+                self._stop.wait(0.05)
+
+    def __enter__(self) -> ServerCpu:
+        if self.pid is not None:
+            first = _backend_cpu(self.pid)
+            self.ok = first is not None
+            self.start = first or 0.0
+        if self.application:
+            self._thread = threading.Thread(target=self._watch, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.pid is not None:
+            end = _backend_cpu(self.pid)
+            self.ok = self.ok and end is not None
+            self.last[self.pid] = (end or 0.0) - self.start
+
+    @property
+    def seconds(self) -> float | None:
+        return sum(self.last.values()) if self.ok and self.last else None
+
+
+@dataclass
+class Result:
+    label: str
+    rows: int
+    seconds: float
+    client_cpu: float
+    server_cpu: float | None
+    note: str = ""
+
+
 def checkpoint(conn: Any, enabled: bool) -> None:
     """Start each measurement without a pending checkpoint (needs pg_checkpoint or superuser)."""
     if not enabled:
@@ -171,10 +254,17 @@ def main(argv: list[str] | None = None) -> int:
     second = make_rows(np.concatenate([keep, new]), "2025-02-28", args.seed + 2, "7")
     print(f"generated the rows in {time.perf_counter() - t:.1f} s\n")
 
-    results: list[tuple[str, int, float, str]] = []
+    results: list[Result] = []
     with psycopg.connect(plain_url, autocommit=True) as conn:
         server = conn.execute("SHOW server_version").fetchone()
         print(f"server: PostgreSQL {server[0] if server else '?'}")
+        own_pid = conn.execute("SELECT pg_backend_pid()").fetchone()
+        pid = int(own_pid[0]) if own_pid else 0
+        local = url.host in (None, "", "localhost", "127.0.0.1", "::1") and (
+            _backend_cpu(pid) is not None
+        )
+        if not local:
+            print("(server CPU not measured: the server is not local or /proc is not readable)")
         try:
             # (1) convert's write-back: empty tables, then an update run.
             for label, frame in (
@@ -183,8 +273,18 @@ def main(argv: list[str] | None = None) -> int:
             ):
                 checkpoint(conn, not args.no_checkpoint)
                 phases.lines.clear()
-                summary = write_scores(frame, args.url, ours, chunk_rows=args.chunk_rows)
-                results.append((label, len(frame), summary.seconds, ""))
+                cpu = time.process_time()
+                with ServerCpu(plain_url, application="convert-writeback") as backend:
+                    summary = write_scores(frame, args.url, ours, chunk_rows=args.chunk_rows)
+                results.append(
+                    Result(
+                        label,
+                        len(frame),
+                        summary.seconds,
+                        time.process_time() - cpu,
+                        backend.seconds if local else None,
+                    )
+                )
                 print(f"{label}: {summary}")
                 for line in phases.lines:
                     print(f"    {line}")
@@ -201,52 +301,79 @@ def main(argv: list[str] | None = None) -> int:
                 for row in subset.itertuples(index=False, name=None)
             ]
             checkpoint(conn, not args.no_checkpoint)
-            t = time.perf_counter()
-            with conn.transaction(), conn.cursor() as cursor:
-                cursor.executemany(insert, rows)
+            t, cpu = time.perf_counter(), time.process_time()
+            with ServerCpu(plain_url, pid=pid) as backend:
+                with conn.transaction(), conn.cursor() as cursor:
+                    cursor.executemany(insert, rows)
             seconds = time.perf_counter() - t
             note = f"measured on {m:,} rows, extrapolated" if m < n else ""
-            results.append(("executemany INSERT (plain table)", m, seconds, note))
+            results.append(
+                Result(
+                    "executemany INSERT (plain table)",
+                    m,
+                    seconds,
+                    time.process_time() - cpu,
+                    backend.seconds if local else None,
+                    note,
+                )
+            )
             print(f"executemany INSERT: {m:,} rows in {seconds:.1f} s")
 
             # (3) raw COPY of the same rows (Arrow CSV) into an empty plain table.
             conn.execute(plain_table_sql(copy_table))
             checkpoint(conn, not args.no_checkpoint)
-            t = time.perf_counter()
-            arrow = pa.Table.from_pandas(first, preserve_index=False)
-            options = pa_csv.WriteOptions(include_header=False)
-            with conn.transaction(), conn.cursor() as cursor:
-                with cursor.copy(
-                    f'COPY "{copy_table}" ({columns}) FROM STDIN WITH (FORMAT csv)'
-                ) as copy:
-                    for start in range(0, n, args.chunk_rows):
-                        buffer = io.BytesIO()
-                        pa_csv.write_csv(arrow.slice(start, args.chunk_rows), buffer, options)
-                        copy.write(buffer.getvalue())
+            t, cpu = time.perf_counter(), time.process_time()
+            with ServerCpu(plain_url, pid=pid) as backend:
+                arrow = pa.Table.from_pandas(first, preserve_index=False)
+                options = pa_csv.WriteOptions(include_header=False)
+                with conn.transaction(), conn.cursor() as cursor:
+                    statement = f'COPY "{copy_table}" ({columns}) FROM STDIN WITH (FORMAT csv)'
+                    with cursor.copy(statement) as copy:
+                        for start in range(0, n, args.chunk_rows):
+                            buffer = io.BytesIO()
+                            pa_csv.write_csv(arrow.slice(start, args.chunk_rows), buffer, options)
+                            copy.write(buffer.getvalue())
             seconds = time.perf_counter() - t
-            results.append(("raw COPY (plain table, no key)", n, seconds, ""))
+            results.append(
+                Result(
+                    "raw COPY (plain table, no key)",
+                    n,
+                    seconds,
+                    time.process_time() - cpu,
+                    backend.seconds if local else None,
+                )
+            )
             print(f"raw COPY: {n:,} rows in {seconds:.1f} s")
         finally:
             if not args.keep:
                 for table in (ours, f"{ours}_history", em_table, copy_table):
                     conn.execute(f'DROP TABLE IF EXISTS "{table}"')
 
-    copy_rate = results[-1][1] / results[-1][2]
-    print(f"\n{'method':<36} {'rows':>10} {'seconds':>8} {'rows/s':>10} {'vs COPY':>8}")
-    for label, rows_done, seconds, note in results:
-        rate = rows_done / seconds
-        line = (
-            f"{label:<36} {rows_done:>10,} {seconds:>8.1f} {rate:>10,.0f} {rate / copy_rate:>7.2f}x"
+    copy_rate = results[-1].rows / results[-1].seconds
+    print(
+        f"\n{'method':<34} {'rows':>9} {'wall s':>7} {'rows/s':>8} {'vs COPY':>7} "
+        f"{'srv cpu':>7} {'cli cpu':>7}  rows/s on idle cores (CPU-bound)"
+    )
+    for r in results:
+        rate = r.rows / r.seconds
+        server_cpu = f"{r.server_cpu:7.1f}" if r.server_cpu is not None else "    n/a"
+        idle = ""
+        if r.server_cpu:
+            best = r.rows / max(r.server_cpu, r.client_cpu)
+            worst = r.rows / (r.server_cpu + r.client_cpu)
+            idle = f"  {worst:,.0f}-{best:,.0f}"
+        print(
+            f"{r.label:<34} {r.rows:>9,} {r.seconds:>7.1f} {rate:>8,.0f} {rate / copy_rate:>6.2f}x "
+            f"{server_cpu} {r.client_cpu:7.1f}{idle}" + (f"  ({r.note})" if r.note else "")
         )
-        print(line + (f"  ({note})" if note else ""))
-    ours_rates = [r[1] / r[2] for r in results[:2]]
+    ours_rates = [r.rows / r.seconds for r in results[:2]]
     verdict = "meets" if min(ours_rates) >= TARGET_ROWS_PER_S else "misses"
     print(
-        f"\nwrite_scores: {min(ours_rates):,.0f}-{max(ours_rates):,.0f} rows/s: {verdict} the "
-        f"target of {TARGET_ROWS_PER_S:,} rows/s at {n:,} rows"
+        f"\nwrite_scores: {min(ours_rates):,.0f}-{max(ours_rates):,.0f} rows/s wall-clock: "
+        f"{verdict} the target of {TARGET_ROWS_PER_S:,} rows/s at {n:,} rows"
     )
     print(
-        f"load average {os.getloadavg()[0]:.1f} at the end; "
+        f"load average {os.getloadavg()[0]:.1f} at the end (on {os.cpu_count()} CPUs); "
         f"total {time.perf_counter() - started_all:.0f} s"
     )
     return 0

@@ -457,6 +457,24 @@ def test_postgres_scheme_aliases_and_hidden_password(pg_url: str, pg_tables: Any
         assert "***" in summary.target and summary.target.startswith(scheme)
 
 
+def test_postgresql_before_merge_gives_the_same_tables(
+    pg_url: str, pg_tables: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Servers before 15 (no MERGE) take UPDATE ... FROM + INSERT: the same final tables."""
+    import convert.writeback as writeback
+
+    first = make_scores(400, seed=14)
+    second = make_scores(350, as_of="2025-02-28", seed=15, ids=range(100, 450))
+    with_merge, without_merge = pg_tables(), pg_tables()
+    for frame in (first, second, second):
+        write_scores(frame, pg_url, with_merge)
+    monkeypatch.setattr(writeback, "_PG_MERGE_VERSION", (999,))
+    summaries = [write_scores(frame, pg_url, without_merge) for frame in (first, second, second)]
+    assert [s.rows_removed for s in summaries] == [0, 100, 0]
+    assert _tables_differ(pg_url, with_merge, without_merge) == []
+    assert_same(read_table(pg_url, without_merge), normalized(second))
+
+
 def test_engine_url_maps_postgresql_to_psycopg() -> None:
     assert engine_url("postgresql://u:p@h:5433/db") == "postgresql+psycopg://u:p@h:5433/db"
     assert engine_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
@@ -670,8 +688,9 @@ def _run_and_kill(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    assert "DONE" not in seen, "the write finished before the kill: raise CONVERT_TEST_KILL_ROWS"
+    assert proc.returncode == -signal.SIGKILL, (
+        f"the writer exited with {proc.returncode} before the kill: raise CONVERT_TEST_KILL_ROWS"
+    )
     return seen
 
 
@@ -742,7 +761,11 @@ PG_KILL_POINTS = {
         lambda sql: sql.startswith('CREATE TEMPORARY TABLE "pg_temp"'),
         _pg_copy_running(t),
     ),
-    "switch-current": lambda t: (lambda sql: sql.startswith(f'INSERT INTO "{t}" '), _sleep(0.3)),
+    # MERGE (PostgreSQL 15+) or UPDATE ... FROM + INSERT into the current table
+    "switch-current": lambda t: (
+        lambda sql: sql.startswith((f'MERGE INTO "{t}" ', f'UPDATE "{t}" ')),
+        _sleep(0.3),
+    ),
     "switch-history": lambda t: (
         lambda sql: sql.startswith(f'INSERT INTO "{t}_history" '),
         _sleep(0.3),

@@ -110,13 +110,13 @@ class TrainConfig(_Section):
     min_positives: int = Field(50, ge=1)
     split: SplitConfig = SplitConfig()
     num_boost_round: int = Field(2000, ge=1)
-    early_stopping_rounds: int = Field(100, ge=1)
+    early_stopping_rounds: int = Field(50, ge=1)
     refit_on_validation: bool = True
     refit_round_factor: float = Field(1.2, ge=1.0, le=3.0)
     lightgbm: dict[str, Any] = Field(
         default_factory=lambda: {
             "objective": "binary",
-            "learning_rate": 0.03,
+            "learning_rate": 0.05,
             "num_leaves": 15,
             "min_data_in_leaf": 50,
             "feature_fraction": 0.8,
@@ -125,6 +125,7 @@ class TrainConfig(_Section):
             "lambda_l2": 5.0,
             "cat_smooth": 10,
             "max_cat_to_onehot": 4,
+            "max_bin": 63,
         }
     )
     monotone_constraints: dict[str, Literal[-1, 0, 1]] = Field(default_factory=dict)

@@ -35,12 +35,16 @@ The only thing a row contributes is the *decision pattern*: the ``d`` bits ``o_j
 leaf with ``d <= max_table_bits`` the contributions of all ``2^d`` patterns are computed once
 (they depend on the tree only) and explaining a row costs, per leaf, one pattern lookup and ``d``
 additions: ``O(L * D)`` per row and tree against ``O(L * D^2)`` for TreeSHAP. Leaves beyond
-the table limit or the memory budget (deep trees) evaluate the quadrature formula per row,
-``O(D^2)`` per leaf with a small constant, so no tree shape is refused.
+the table limit or the memory budget (deep trees) evaluate the quadrature formula for a block
+of rows at once: per node ``t_q``, the product of all ``d`` factors, then each ``phi_k`` with its
+own factor divided out (the divisors ``t_q + z_k (1 - t_q)`` and ``1 - t_q`` are never zero),
+``d * ceil(d / 2)`` vectorised multiply-adds per leaf and row. No tree shape is refused: a path
+with more than 30 distinct features (more than the int32 pattern holds) is evaluated node by node.
 
 Patterns come from the row's decision at every internal node, evaluated exactly as LightGBM
 does (``Tree::NumericalDecision`` / ``Tree::CategoricalDecision``):
 
+* input values with ``|x| <= 1e-35`` are read as 0.0 (LightGBM's dense-matrix reader drops them);
 * numerical split, ``missing_type`` NaN: NaN goes the default direction, otherwise ``x <= threshold``;
 * ``missing_type`` Zero: NaN counts as 0.0, and ``|x| <= 1e-35`` goes the default direction;
 * ``missing_type`` None: NaN counts as 0.0 and is compared;
@@ -53,7 +57,9 @@ other way); a single forward pass over a tree's nodes yields the pattern of ever
 processed in blocks, each tree's tables stay in cache while a block runs through it, and the
 blocks run in parallel (``prange``).
 
-Limits: single-output models only (binary, regression; not multiclass), no ``linear_tree``.
+Limits: single-output models only (binary, regression; not multiclass), no ``linear_tree``, no
+``average_output`` (random forest mode). The numba kernels compile on first use (10-25 s) and are
+cached on disk next to this module (``cache=True``), so later processes start in about a second.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import lightgbm as lgb
 import numba
 import numpy as np
 import pandas as pd
@@ -588,7 +595,7 @@ class TreeExplainerFast:
 
     def __init__(
         self,
-        booster: Any,
+        booster: lgb.Booster,
         *,
         num_iteration: int | None = None,
         max_table_bits: int = 8,
