@@ -101,3 +101,16 @@ def test_score_rounding_and_grades():
     assert score_from_probability(np.array([0.0, 0.004, 0.005, 0.305, 0.999, 1.0])).tolist() == [0, 0, 1, 31, 100, 100]
     assert grade_from_score(np.array([80, 50, 49, 25, 10, 9]), {"A": 50, "B": 25, "C": 10}).tolist() == [
         "A", "A", "B", "B", "C", "D"]
+
+
+def test_tuning_searches_with_time_series_folds(trained, fast_config):
+    from convert.train import tune
+
+    result, _ = trained
+    params, table = tune(result.training_set, result.split, fast_config, trials=3)
+    assert len(table) == 3 and table["cv_log_loss"].notna().all()
+    assert table.loc[0, "learning_rate"] == fast_config.train.lightgbm["learning_rate"]  # trial 0: defaults
+    best = table.loc[table["cv_log_loss"].idxmin()]
+    assert params["num_leaves"] == int(best["num_leaves"])
+    again, _ = tune(result.training_set, result.split, fast_config, trials=3)
+    assert again == params  # seeded
