@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -63,13 +64,35 @@ def test_train_score_explain_end_to_end(sim_export, config_file, mlflow_store, t
     assert "already the champion" in capsys.readouterr().out
 
 
-def test_score_to_a_parquet_file(sim_export, config_file, mlflow_store, tmp_path):
-    main(["train", "--data", str(sim_export), "--config", str(config_file)])
+def test_bundle_evaluate_and_score_to_a_parquet_file(sim_export, config_file, mlflow_store, tmp_path, capsys):
+    bundle = tmp_path / "models" / "lead-conversion"
+    main(["train", "--data", str(sim_export), "--config", str(config_file), "--save", str(bundle)])
+    train_out = capsys.readouterr().out
+    main(["evaluate", "--data", str(sim_export), "--model", str(bundle), "--out", str(tmp_path / "eval"),
+          "--config", str(config_file)])
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(metrics) >= {"model", "source_rate", "logistic_regression", "points_rule"}
+    # the same hold-out as in training gives the same figure
+    auc = f"{metrics['model']['roc_auc']:.4f}"
+    assert any(line.startswith("roc_auc") and auc in line for line in train_out.splitlines())
+    assert (tmp_path / "eval" / "reliability.png").exists()
+
     out = tmp_path / "scores.parquet"
     main(["score", "--data", str(sim_export), "--as-of", "2025-07-01", "--out", str(out),
           "--model", "models:/lead-conversion@champion", "--config", str(config_file)])
     frame = pd.read_parquet(out)
     assert frame["model_version"].unique().tolist() == ["lead-conversion/1"]
+
+
+def test_features_command_writes_the_training_set(sim_export, tmp_path, capsys):
+    out = tmp_path / "ts.parquet"
+    main(["features", "--data", str(sim_export), "--out", str(out), "--catalog", str(tmp_path / "c.csv"),
+          "--rejects", str(tmp_path / "r.csv")])
+    frame = pd.read_parquet(out)
+    catalog = pd.read_csv(tmp_path / "c.csv")
+    assert list(frame.columns[:3]) == ["lead_id", "as_of", "label"]
+    assert list(frame.columns[3:]) == catalog["name"].tolist()
+    assert set(catalog["family"]) == {"fit", "engagement"}
 
 
 def test_errors_exit_with_code_2_and_a_message(tmp_path, capsys):

@@ -71,3 +71,7 @@ class WritebackError(ConvertError):
 
 class LeakageError(ConvertError):
     """An input attribute looks like it was filled after the outcome."""
+
+
+class UnsupportedModelError(ConvertError, ValueError):
+    """The booster has a shape the fast explainer does not handle (multiclass, linear trees)."""

@@ -74,7 +74,7 @@ import numpy as np
 import pandas as pd
 from numba import njit, prange
 
-from convert.exceptions import ConvertError
+from convert.exceptions import UnsupportedModelError
 
 __all__ = [
     "TreeExplainerFast",
@@ -97,10 +97,6 @@ _INT_LIMIT = 2147483648.0  # static_cast<int> of anything at or above this is IN
 
 _DEFAULT_BLOCK = 256
 _MASK_BITS = 30  # pattern bits per leaf held in an int32; longer paths are evaluated node by node
-
-
-class UnsupportedModelError(ConvertError, ValueError):
-    """The booster has a shape this explainer does not handle (multiclass, linear trees)."""
 
 
 # ---------------------------------------------------------------------------------------------
