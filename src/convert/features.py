@@ -56,9 +56,23 @@ SENIORITY_PATTERNS: tuple[tuple[str, str], ...] = (
 
 @dataclass(frozen=True)
 class Dialect:
-    """The few SQL spellings that differ between engines (DuckDB here; Spark SQL at scale)."""
+    """The few SQL spellings that differ between engines (DuckDB here; Spark SQL at scale).
+
+    Everything else :func:`feature_sql` writes is common to DuckDB and Spark SQL
+    (``count(*) FILTER (WHERE ...)``, ``INTERVAL 'n' DAY``, ``TRY_CAST``, ``NULLIF``).
+    """
 
     name: str = "duckdb"
+    #: The type name of text in ``CAST(x AS ...)``.
+    text_type: str = "VARCHAR"
+
+    def quote(self, name: str) -> str:
+        """A column name as a quoted identifier."""
+        return quote(name)
+
+    def lit(self, value: str) -> str:
+        """A string literal."""
+        return _lit(value)
 
     def minus_days(self, ts: str, days: int) -> str:
         return f"({ts} - INTERVAL '{int(days)}' DAY)"
@@ -77,7 +91,37 @@ class Dialect:
         return f"CAST({ts} AS DATE)"
 
 
+@dataclass(frozen=True)
+class SparkDialect(Dialect):
+    """Spark SQL (3.4+; tested with 4.0) with the session time zone set to UTC.
+
+    Backslashes in Spark string literals are escapes (the default
+    ``spark.sql.parser.escapedStringLiterals=false``), so literals escape ``\\`` and
+    ``'`` with a backslash; identifiers are quoted with backticks.
+    """
+
+    name: str = "spark"
+    text_type: str = "STRING"
+
+    def quote(self, name: str) -> str:
+        return "`" + name.replace("`", "``") + "`"
+
+    def lit(self, value: str) -> str:
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    def days_between(self, later: str, earlier: str) -> str:
+        # exact microseconds (timestamp or timestamp_ntz), then days as a double
+        return f"(CAST(timestampdiff(MICROSECOND, {earlier}, {later}) AS DOUBLE) / 8.64E10)"
+
+    def matches(self, text: str, pattern: str) -> str:
+        return f"({text} RLIKE {self.lit(pattern)})"
+
+    def latest_by(self, value: str, order: str) -> str:
+        return f"max(named_struct('o', {order}, 'v', {value})).v"
+
+
 DUCKDB = Dialect()
+SPARK = SparkDialect()
 
 
 def slug(name: str) -> str:
@@ -275,7 +319,7 @@ def feature_sql(
     tw = config.trend_window_days
     needed = sorted(set(windows) | {30, 90, tw, max(windows)})
     slugs = _type_slugs(event_types)
-    high = ", ".join(_lit(t) for t in config.high_intent_events)
+    high = ", ".join(d.lit(t) for t in config.high_intent_events)
 
     def in_window(w: int, ts: str = "e." + E.occurred_at) -> str:
         return f"{ts} >= {d.minus_days('p.as_of', w)}"
@@ -293,27 +337,44 @@ def feature_sql(
         f"GROUP BY p.lead_id, p.as_of, e.{E.event_type}, {d.to_date('e.' + E.occurred_at)}"
     )
 
+    # Per type first (one row per lead, as-of time and type), then one row per lead with
+    # CASE pivots: DuckDB runs CASE inside an aggregate about twice as fast as FILTER.
+    sums = ["n_all", *(f"n_w{w}" for w in needed), "n_prior"]
+    evt = (
+        f"SELECT lead_id, as_of, event_type, {', '.join(f'sum({c}) AS {c}' for c in sums)}, "
+        "max(last_at) AS last_at, min(first_at) AS first_at FROM ev1 GROUP BY lead_id, as_of, event_type"
+    )
+
+    def when(cond: str, col: str) -> str:
+        return f"CASE WHEN {cond} THEN {col} END"
+
     eng_cols: list[str] = []
     for t, s in slugs.items():
-        is_t = f"event_type = {_lit(t)}"
-        eng_cols += [f"sum(n_w{w}) FILTER (WHERE {is_t}) AS n_{s}_{w}d" for w in windows]
-        eng_cols.append(f"sum(n_all) FILTER (WHERE {is_t}) AS n_{s}_total")
-        eng_cols.append(f"max(last_at) FILTER (WHERE {is_t}) AS last_{s}")
+        is_t = f"event_type = {d.lit(t)}"
+        eng_cols += [f"sum({when(is_t, f'n_w{w}')}) AS n_{s}_{w}d" for w in windows]
+        eng_cols.append(f"sum({when(is_t, 'n_all')}) AS n_{s}_total")
+        eng_cols.append(f"max({when(is_t, 'last_at')}) AS last_{s}")
+    is_high = f"event_type IN ({high})"
     eng_cols += [f"sum(n_w{w}) AS n_events_{w}d" for w in windows]
     eng_cols += [
         "sum(n_all) AS n_events_total",
         "min(first_at) AS first_touch",
         "max(last_at) AS last_touch",
-        f"count(DISTINCT day) FILTER (WHERE n_w{max(windows)} > 0) AS active_days",
         f"sum(n_w{tw}) - sum(n_prior) AS trend",
-        "sum(n_all) FILTER (WHERE event_type = 'email_click') AS n_clicks",
-        "sum(n_all) FILTER (WHERE event_type = 'email_open') AS n_opens",
-        f"max(last_at) FILTER (WHERE event_type IN ({high})) AS last_high_intent",
+        f"sum({when('event_type = ' + d.lit('email_click'), 'n_all')}) AS n_clicks",
+        f"sum({when('event_type = ' + d.lit('email_open'), 'n_all')}) AS n_opens",
+        f"max({when(is_high, 'last_at')}) AS last_high_intent",
         "sum(n_w30) AS own_30",
         "sum(n_w90) AS own_90",
     ]
-    eng_cols += [f"sum(n_w{w}) FILTER (WHERE event_type IN ({high})) AS high_{w}" for w in windows]
-    eng = f"SELECT lead_id, as_of, {', '.join(eng_cols)} FROM ev1 GROUP BY lead_id, as_of"
+    eng_cols += [f"sum({when(is_high, f'n_w{w}')}) AS high_{w}" for w in windows]
+    eng = f"SELECT lead_id, as_of, {', '.join(eng_cols)} FROM evt GROUP BY lead_id, as_of"
+    # Distinct active days in a query of their own: mixed with the many FILTER aggregates
+    # above, a DISTINCT aggregate makes DuckDB fall back to a path twenty times slower.
+    act = (
+        f"SELECT lead_id, as_of, count(DISTINCT day) AS active_days FROM ev1 "
+        f"WHERE n_w{max(windows)} > 0 GROUP BY lead_id, as_of"
+    )
 
     stg = (
         f"SELECT p.lead_id, p.as_of, {d.latest_by('s.' + S.stage, 's.' + S.entered_at)} AS stage, "
@@ -349,7 +410,7 @@ def feature_sql(
         "coalesce(g.n_events_total, 0) AS n_events_total",
         f"{days_since('g.first_touch')} AS days_since_first_touch",
         f"{days_since('g.last_touch')} AS days_since_last_touch",
-        f"coalesce(g.active_days, 0) AS active_days_{max(windows)}d",
+        f"coalesce(ac.active_days, 0) AS active_days_{max(windows)}d",
         f"coalesce(g.trend, 0) AS trend_{tw}d",
         "CAST(g.n_clicks AS DOUBLE) / NULLIF(g.n_opens, 0) AS email_ctr",
     ]
@@ -377,21 +438,22 @@ def feature_sql(
     ]
     for extra in config.extra_attributes:
         src = "l" if extra.table == "leads" else "a"
-        col = f"{src}.{quote(extra.column)}"
+        col = f"{src}.{d.quote(extra.column)}"
         expr = (
-            f"TRY_CAST({col} AS DOUBLE)" if extra.kind == "numeric" else f"CAST({col} AS VARCHAR)"
+            f"TRY_CAST({col} AS DOUBLE)" if extra.kind == "numeric" else f"CAST({col} AS {d.text_type})"
         )
         out.append(f"{expr} AS x_{slug(extra.column)}")
 
     return (
         f"WITH pop AS (SELECT lead_id, as_of FROM {population}), "
-        f"ev1 AS ({ev1}), eng AS ({eng}), stg AS ({stg}), "
+        f"ev1 AS ({ev1}), evt AS ({evt}), eng AS ({eng}), act AS ({act}), stg AS ({stg}), "
         f"acct_ev AS ({acct_ev}), acct_leads AS ({acct_leads}) "
         f"SELECT {', '.join(out)} FROM pop p "
         f"JOIN leads l ON l.{L.lead_id} = p.lead_id "
         f"LEFT JOIN accounts a ON a.{A.account_id} = l.{L.account_id} "
         "LEFT JOIN eng g ON g.lead_id = p.lead_id AND g.as_of = p.as_of "
         "LEFT JOIN stg st ON st.lead_id = p.lead_id AND st.as_of = p.as_of "
+        "LEFT JOIN act ac ON ac.lead_id = p.lead_id AND ac.as_of = p.as_of "
         f"LEFT JOIN acct_leads al ON al.account_id = l.{L.account_id} AND al.as_of = p.as_of "
         f"LEFT JOIN acct_ev ae ON ae.account_id = l.{L.account_id} AND ae.as_of = p.as_of "
     )
@@ -404,7 +466,7 @@ def _band(expr: str, cuts: Sequence[float]) -> str:
 
 def _seniority(expr: str, d: Dialect) -> str:
     text = f"lower({expr})"
-    arms = " ".join(f"WHEN {d.matches(text, p)} THEN {_lit(level)}" for level, p in SENIORITY_PATTERNS)
+    arms = " ".join(f"WHEN {d.matches(text, p)} THEN {d.lit(level)}" for level, p in SENIORITY_PATTERNS)
     return f"CASE WHEN {expr} IS NULL THEN NULL {arms} ELSE 'other' END"
 
 
