@@ -155,3 +155,21 @@ def test_scores_match_duckdb(spark, world, tmp_path):
     by_path = score_spark(spark, feats, folder, cfg.scoring, "spark-test/1", SCORED_AT).toPandas()
     pd.testing.assert_frame_equal(by_path.sort_values("lead_id").reset_index(drop=True), got)
     feats.unpersist()
+
+
+def test_score_command_with_the_spark_engine(spark, world, tmp_path):
+    from convert.cli import main
+    from convert.score import score
+
+    cfg, data, result, _ = world
+    bundle = result.model.save(tmp_path / "bundle")
+    main(["export", "--data", str(data.source.root), "--out", str(tmp_path / "typed"),
+          "--rejects", str(tmp_path / "r.csv")])
+    out = tmp_path / "spark-scores.parquet"
+    main(["score", "--engine", "spark", "--data", str(tmp_path / "typed"), "--as-of", "2025-01-01",
+          "--model", str(bundle), "--out", str(out)])
+    got = pd.read_parquet(out).sort_values("lead_id").reset_index(drop=True)
+    want = score(data, result.model, "2025-01-01", cfg).sort_values("lead_id").reset_index(drop=True)
+    assert got["lead_id"].tolist() == want["lead_id"].tolist()
+    assert (got["score"].to_numpy() == want["score"].to_numpy()).all()
+    assert got["reason_1"].fillna("").tolist() == want["reason_1"].fillna("").tolist()

@@ -158,10 +158,14 @@ def score(
     table: Annotated[str | None, typer.Option("--table", help="Current-scores table (history: NAME_history).")] = None,
     config: ConfigOpt = None, rejects: RejectsOpt = None, strict: StrictOpt = False,
     top: Annotated[int, typer.Option("--top", help="Print the N best leads.")] = 0,
+    engine: Annotated[str, typer.Option("--engine", help="duckdb, or spark (--data: typed Parquet tables from `export`).")] = "duckdb",
 ) -> None:
     """Score, explain and write back every lead open at the as-of time."""
+    if engine not in ("duckdb", "spark"):
+        raise ConvertError(f"--engine must be duckdb or spark, not {engine!r}")
     cfg = _config(config)
-    summary, scores = steps.score_step(data, cfg, as_of, out, model, table, str(rejects) if rejects else None, strict or None, echo)
+    summary, scores = steps.score_step(data, cfg, as_of, out, model, table, str(rejects) if rejects else None,
+                                       strict or None, echo, engine=engine)
     echo(str(summary))
     if top:
         echo(_top_table(steps.top_leads(scores, top)))
@@ -176,6 +180,17 @@ def _top_table(frame) -> str:  # type: ignore[no-untyped-def]
             if reason:
                 lines.append(f"{'':>14}{reason}")
     return "\n".join(lines)
+
+
+@app.command()
+def export(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the typed tables (Parquet).")],
+    config: ConfigOpt = None, rejects: RejectsOpt = None, strict: StrictOpt = False,
+) -> None:
+    """Validate an export and write its typed contract tables as Parquet (input of --engine spark)."""
+    path = steps.export_step(data, _config(config), out, str(rejects) if rejects else None, strict or None, echo)
+    echo(f"typed tables written to {path}")
 
 
 @app.command()

@@ -231,8 +231,14 @@ def score_step(
     strict: bool | None = None,
     echo: Echo = _quiet,
     progress: bool = True,
+    engine: str = "duckdb",
 ) -> tuple[Any, pd.DataFrame]:
-    """Score the population at *as_of* with a registered model and write the results."""
+    """Score the population at *as_of* with a registered model and write the results.
+
+    With ``engine="spark"``, *data_path* is a folder (any path Spark reads) of typed contract
+    tables in Parquet (``convert-leads export``); features and scores are computed by Spark
+    and collected for the same write-back.
+    """
     from convert import registry
     from convert.score import iter_scores
     from convert.writeback import write_scores
@@ -241,6 +247,10 @@ def score_step(
     uri = model_uri or f"models:/{config.train.model_name}@{registry.CHAMPION}"
     model, label = registry.load_model(uri)
     echo(f"model {label} (from {uri})")
+    if engine == "spark":
+        scores = _score_with_spark(str(data_path), model, label, as_of, config)
+        summary = write_scores(scores, target, table or config.scoring.table)
+        return summary, scores
     data = load_data(data_path, config, rejects, strict, echo)
     try:
         scores = pd.concat(
@@ -250,6 +260,37 @@ def score_step(
         data.close()
     summary = write_scores(scores, target, table or config.scoring.table)
     return summary, scores
+
+
+def _score_with_spark(path: str, model: LeadScoringModel, label: str, as_of: str, config: Config) -> pd.DataFrame:
+    from convert.labels import parse_as_of
+    from convert.spark import (
+        features_spark,
+        load_tables,
+        population_spark,
+        score_spark,
+        spark_session,
+    )
+
+    t = parse_as_of(as_of)
+    spark = spark_session(master=None)
+    load_tables(spark, path)
+    features = features_spark(
+        spark, population_spark(spark, [t]), model.features_config(config.features), model.spec_.event_types
+    )
+    return score_spark(spark, features, model, config.scoring, label).toPandas()
+
+
+def export_step(data_path: str | Path, config: Config, out: str | Path, rejects: str | None = None,
+                strict: bool | None = None, echo: Echo = _quiet) -> Path:
+    """Validate an export and write its typed contract tables as Parquet (for Spark)."""
+    from convert.spark import export_typed
+
+    data = load_data(data_path, config, rejects, strict, echo)
+    try:
+        return export_typed(data, out)
+    finally:
+        data.close()
 
 
 def explain_step(
