@@ -27,7 +27,7 @@ import hashlib
 import os
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -256,11 +256,11 @@ def score_spark(
     config = scoring_config
     at = scored_at
 
-    def run(batches: Iterable[pd.DataFrame]) -> Iterable[pd.DataFrame]:
-        yield from _score_batches(iter(batches), files.value, config, model_version, at)
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        yield from _score_batches(batches, files.value, config, model_version, at)
 
     columns: list[Any] = list(KEY) + list(_feature_names(model))
-    return features_sdf.select(*columns).mapInPandas(run, schema=score_schema())
+    return features_sdf.select(*columns).mapInPandas(run, schema=score_schema())  # type: ignore[arg-type]  # pyspark stubs differ between versions
 
 
 def _feature_names(model: LeadScoringModel | str | Path) -> list[str]:
