@@ -40,7 +40,6 @@ import argparse
 import gc
 import json
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -69,38 +68,10 @@ TARGET_RSS_GIB = 24.0
 GIB = 2**30
 
 
-# --- memory ------------------------------------------------------------------------------------
+# --- memory: the helpers shared by the benchmarks ------------------------------------------------
 
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def peak_rss() -> int:
-    """Peak resident set size in bytes since the last reset (VmHWM)."""
-    return _status_kib("VmHWM") * 1024
-
-
-def rss() -> int:
-    return _status_kib("VmRSS") * 1024
-
-
-def reset_peak() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False when not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def rusage_peak() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import peak_rss, reset_peak, rss, rusage_peak  # noqa: E402
 
 
 class Phases:
