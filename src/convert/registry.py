@@ -12,7 +12,6 @@ working directory; URIs are never printed with credentials.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
@@ -239,10 +238,6 @@ def champion_exists(name: str) -> bool:
         return CHAMPION in client.get_registered_model(name).aliases
     except MlflowException:
         return False
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=1, default=str))
 
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
