@@ -77,20 +77,19 @@ class FeatureSpec:
                 + ". Score with the same feature configuration (params.yaml features section and "
                 "extra attributes) as training, or retrain the model"
             )
-        columns: dict[str, Any] = {}
-        for n in self.names:
-            if self.kinds[n] == "categorical":
-                values = frame[n].astype("object").where(frame[n].notna(), None)
-                values = values.map(lambda v: None if v is None else str(v))
-                columns[n] = pd.Categorical(values, categories=self.categories[n])
-            else:
-                try:
-                    columns[n] = pd.to_numeric(frame[n], errors="raise").astype("float64")
-                except (TypeError, ValueError) as exc:
-                    raise FeatureMismatchError(
-                        f"feature column {n!r} must be numeric, as in training: {exc}"
-                    ) from exc
-        return pd.DataFrame(columns, index=frame.index)
+        numeric = [n for n in self.names if self.kinds[n] != "categorical"]
+        try:
+            block = frame[numeric].to_numpy(dtype="float64")
+        except (TypeError, ValueError) as exc:
+            raise FeatureMismatchError(
+                f"feature columns must be numeric, as in training ({', '.join(numeric[:5])}, ...): {exc}"
+            ) from exc
+        out = pd.DataFrame(block, columns=numeric, index=frame.index)
+        for n in self.categorical:
+            col = frame[n]
+            text = col.where(col.isna(), col.astype(str))
+            out[n] = pd.Categorical(text, categories=self.categories[n])
+        return out[self.names]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

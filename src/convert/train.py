@@ -221,17 +221,18 @@ def fit_calibrated(
     """
     frame, y = ts.frame, ts.frame[Labeled.label].to_numpy()
     m = split.masks
+    cols = ts.features
     model = _new_model(config, params).fit(
-        frame.loc[m["train"]], y[m["train"]], frame.loc[m["validation"]], y[m["validation"]],
+        frame.loc[m["train"], cols], y[m["train"]], frame.loc[m["validation"], cols], y[m["validation"]],
         catalog=ts.catalog, event_types=ts.event_types,
     )
     if config.train.refit_on_validation:
         rounds = max(1, math.ceil(model.best_iteration_ * config.train.refit_round_factor))
         seen = m["train"] | m["validation"]
         model = _new_model(config, params, rounds).fit(
-            frame.loc[seen], y[seen], catalog=ts.catalog, event_types=ts.event_types
+            frame.loc[seen, cols], y[seen], catalog=ts.catalog, event_types=ts.event_types
         )
-    raw_cal = model.predict_raw(frame.loc[m["calibration"]])
+    raw_cal = model.predict_raw(frame.loc[m["calibration"], cols])
     calibrator, cv = select_calibrator(
         raw_cal, y[m["calibration"]],
         methods=config.calibration.methods, cv_folds=config.calibration.cv_folds,
