@@ -79,6 +79,9 @@ class FeaturesConfig(_Section):
     extra_attributes: tuple[ExtraAttribute, ...] = ()
     duckdb_memory_limit: str = "8GB"
     duckdb_threads: int | None = None
+    #: As-of times share one pass over events while their (event, as-of) pairs stay
+    #: under this many rows; beyond it they run in separate passes (bounded memory).
+    event_rows_per_pass: int = Field(default=50_000_000, ge=1)
 
     @field_validator("windows_days")
     @classmethod

@@ -13,6 +13,7 @@ import duckdb
 import pandas as pd
 
 from convert.config import Config
+from convert.features import index_events
 from convert.io import Source, connect, fetch_row, find_source, load_raw
 from convert.schema import Events, Leads, Stages
 from convert.validation import LoadReport, validate
@@ -86,6 +87,7 @@ def load(path: str | Path, config: Config | None = None, *, strict: bool | None 
         report = validate(con, source, raw_columns, config.data, strict=strict)
         for table in raw_columns:
             con.execute(f"DROP TABLE IF EXISTS raw_{table}")
+        index_events(con)
     except BaseException:
         con.close()
         raise

@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 import pandas as pd
@@ -65,6 +66,11 @@ class Dialect:
     name: str = "duckdb"
     #: The type name of text in ``CAST(x AS ...)``.
     text_type: str = "VARCHAR"
+    #: The tables the query reads leads and events from, and the column keying a lead in
+    #: both: DuckDB reads :func:`index_events`' copies keyed by a small integer.
+    leads: str = "_leads_indexed"
+    events: str = "_events_indexed"
+    lead_key: str = "lead_key"
 
     def quote(self, name: str) -> str:
         """A column name as a quoted identifier."""
@@ -102,6 +108,9 @@ class SparkDialect(Dialect):
 
     name: str = "spark"
     text_type: str = "STRING"
+    leads: str = "leads"
+    events: str = "events"
+    lead_key: str = Leads.lead_id
 
     def quote(self, name: str) -> str:
         return "`" + name.replace("`", "``") + "`"
@@ -311,56 +320,57 @@ def feature_sql(
 
     *population* is a table or subquery with ``lead_id`` and ``as_of``; *grid* holds
     its distinct ``as_of`` values. Tables ``leads``, ``accounts``, ``events`` and
-    ``stages`` are the typed contract tables.
+    ``stages`` are the typed contract tables; the dialect names the events table the
+    query reads (DuckDB reads :func:`index_events`' compact copy).
+
+    The plan scans events once into one row per (lead, as-of time, event type) with
+    every window count and first and last times; each family then works from that
+    small table (the per-lead pivot, the account sums) or from the last days' events
+    only (distinct active days). Nothing joins the population until the end.
     """
     d = dialect
     L, A, E, S = Leads, Accounts, Events, Stages
+    key = d.lead_key
     windows = config.windows_days
     tw = config.trend_window_days
-    needed = sorted(set(windows) | {30, 90, tw, max(windows)})
+    needed = sorted(set(windows) | {30, 90, tw, 2 * tw})
     slugs = _type_slugs(event_types)
     high = ", ".join(d.lit(t) for t in config.high_intent_events)
+    ts = "e." + E.occurred_at
 
-    def in_window(w: int, ts: str = "e." + E.occurred_at) -> str:
-        return f"{ts} >= {d.minus_days('p.as_of', w)}"
-
-    ev1_cols = ["count(*) AS n_all"]
-    ev1_cols += [f"count(*) FILTER (WHERE {in_window(w)}) AS n_w{w}" for w in needed]
-    ev1_cols.append(
-        f"count(*) FILTER (WHERE {in_window(2 * tw)} AND NOT {in_window(tw)}) AS n_prior"
-    )
-    ev1_cols += [f"max(e.{E.occurred_at}) AS last_at", f"min(e.{E.occurred_at}) AS first_at"]
-    ev1 = (
-        f"SELECT p.lead_id, p.as_of, e.{E.event_type} AS event_type, "
-        f"{d.to_date('e.' + E.occurred_at)} AS day, {', '.join(ev1_cols)} "
-        f"FROM pop p JOIN events e ON e.{E.lead_id} = p.lead_id AND e.{E.occurred_at} < p.as_of "
-        f"GROUP BY p.lead_id, p.as_of, e.{E.event_type}, {d.to_date('e.' + E.occurred_at)}"
-    )
-
-    # Per type first (one row per lead, as-of time and type), then one row per lead with
-    # CASE pivots: DuckDB runs CASE inside an aggregate about twice as fast as FILTER.
-    sums = ["n_all", *(f"n_w{w}" for w in needed), "n_prior"]
-    evt = (
-        f"SELECT lead_id, as_of, event_type, {', '.join(f'sum({c}) AS {c}' for c in sums)}, "
-        "max(last_at) AS last_at, min(first_at) AS first_at FROM ev1 GROUP BY lead_id, as_of, event_type"
-    )
+    def in_window(w: int, at: str = ts) -> str:
+        return f"{at} >= {d.minus_days('g.as_of', w)}"
 
     def when(cond: str, col: str) -> str:
         return f"CASE WHEN {cond} THEN {col} END"
 
+    # one scan of events: a row per (lead, as-of time, type); CASE sums, not FILTER
+    # (DuckDB runs CASE inside an aggregate about twice as fast)
+    pe_cols = ["count(*) AS n_all"]
+    pe_cols += [f"sum(CASE WHEN {in_window(w)} THEN 1 ELSE 0 END) AS n_w{w}" for w in needed]
+    pe_cols += [f"max({ts}) AS last_at", f"min({ts}) AS first_at"]
+    pe = (
+        f"SELECT e.{key} AS lead_key, g.as_of, CAST(e.{E.event_type} AS {d.text_type}) AS event_type, "
+        f"{', '.join(pe_cols)} "
+        f"FROM {d.events} e JOIN {grid} g ON {ts} < g.as_of "
+        f"GROUP BY e.{key}, g.as_of, e.{E.event_type}"
+    )
+
+    # the pivot to one row per lead: a filtered slice of pe per type, joined at the end
+    # (cheaper in DuckDB than a hundred CASE aggregates over pe)
+    per_type = {
+        s: f"SELECT lead_key, as_of, {', '.join(f'n_w{w}' for w in windows)}, n_all, last_at "
+        f"FROM pe WHERE event_type = {d.lit(t)}"
+        for t, s in slugs.items()
+    }
     eng_cols: list[str] = []
-    for t, s in slugs.items():
-        is_t = f"event_type = {d.lit(t)}"
-        eng_cols += [f"sum({when(is_t, f'n_w{w}')}) AS n_{s}_{w}d" for w in windows]
-        eng_cols.append(f"sum({when(is_t, 'n_all')}) AS n_{s}_total")
-        eng_cols.append(f"max({when(is_t, 'last_at')}) AS last_{s}")
     is_high = f"event_type IN ({high})"
     eng_cols += [f"sum(n_w{w}) AS n_events_{w}d" for w in windows]
     eng_cols += [
         "sum(n_all) AS n_events_total",
         "min(first_at) AS first_touch",
         "max(last_at) AS last_touch",
-        f"sum(n_w{tw}) - sum(n_prior) AS trend",
+        f"2 * sum(n_w{tw}) - sum(n_w{2 * tw}) AS trend",
         f"sum({when('event_type = ' + d.lit('email_click'), 'n_all')}) AS n_clicks",
         f"sum({when('event_type = ' + d.lit('email_open'), 'n_all')}) AS n_opens",
         f"max({when(is_high, 'last_at')}) AS last_high_intent",
@@ -368,32 +378,32 @@ def feature_sql(
         "sum(n_w90) AS own_90",
     ]
     eng_cols += [f"sum({when(is_high, f'n_w{w}')}) AS high_{w}" for w in windows]
-    eng = f"SELECT lead_id, as_of, {', '.join(eng_cols)} FROM evt GROUP BY lead_id, as_of"
-    # Distinct active days in a query of their own: mixed with the many FILTER aggregates
-    # above, a DISTINCT aggregate makes DuckDB fall back to a path twenty times slower.
-    act = (
-        f"SELECT lead_id, as_of, count(DISTINCT day) AS active_days FROM ev1 "
-        f"WHERE n_w{max(windows)} > 0 GROUP BY lead_id, as_of"
-    )
+    eng = f"SELECT lead_key, as_of, {', '.join(eng_cols)} FROM pe GROUP BY lead_key, as_of"
 
+    # distinct active days from the last days' events only, in a query of their own: a
+    # DISTINCT aggregate beside many others sends DuckDB down a much slower path
+    wa = max(windows)
+    act = (
+        f"SELECT e.{key} AS lead_key, g.as_of, count(DISTINCT {d.to_date(ts)}) AS active_days "
+        f"FROM {d.events} e JOIN {grid} g ON {ts} < g.as_of AND {in_window(wa)} "
+        f"GROUP BY e.{key}, g.as_of"
+    )
     stg = (
         f"SELECT p.lead_id, p.as_of, {d.latest_by('s.' + S.stage, 's.' + S.entered_at)} AS stage, "
         f"max(s.{S.entered_at}) AS stage_at "
         f"FROM pop p JOIN stages s ON s.{S.lead_id} = p.lead_id AND s.{S.entered_at} < p.as_of "
         "GROUP BY p.lead_id, p.as_of"
     )
-    acct_ev = (
-        f"SELECT g.as_of, l.{L.account_id} AS account_id, "
-        f"count(*) FILTER (WHERE e.{E.occurred_at} >= {d.minus_days('g.as_of', 30)}) AS n30, "
-        f"count(*) AS n90, count(DISTINCT e.{E.lead_id}) AS active90 "
-        f"FROM {grid} g JOIN events e ON e.{E.occurred_at} < g.as_of "
-        f"AND e.{E.occurred_at} >= {d.minus_days('g.as_of', 90)} "
-        f"JOIN leads l ON l.{L.lead_id} = e.{E.lead_id} AND l.{L.created_at} < g.as_of "
-        f"WHERE l.{L.account_id} IS NOT NULL GROUP BY g.as_of, l.{L.account_id}"
-    )
+    # the account's leads known at the as-of time, and their engagement from eng
     acct_leads = (
         f"SELECT g.as_of, l.{L.account_id} AS account_id, count(*) AS n_leads "
-        f"FROM {grid} g JOIN leads l ON l.{L.created_at} < g.as_of "
+        f"FROM {grid} g JOIN {d.leads} l ON l.{L.created_at} < g.as_of "
+        f"WHERE l.{L.account_id} IS NOT NULL GROUP BY g.as_of, l.{L.account_id}"
+    )
+    acct_ev = (
+        f"SELECT g.as_of, l.{L.account_id} AS account_id, sum(g.own_30) AS n30, "
+        f"sum(g.own_90) AS n90, sum(CASE WHEN g.own_90 > 0 THEN 1 ELSE 0 END) AS active90 "
+        f"FROM eng g JOIN {d.leads} l ON l.{key} = g.lead_key AND l.{L.created_at} < g.as_of "
         f"WHERE l.{L.account_id} IS NOT NULL GROUP BY g.as_of, l.{L.account_id}"
     )
 
@@ -401,16 +411,17 @@ def feature_sql(
         return d.days_between("p.as_of", col)
 
     out: list[str] = ["p.lead_id", "p.as_of"]
-    for s in slugs.values():
-        out += [f"coalesce(g.n_{s}_{w}d, 0) AS n_{s}_{w}d" for w in windows]
-        out.append(f"coalesce(g.n_{s}_total, 0) AS n_{s}_total")
-        out.append(f"{days_since('g.last_' + s)} AS days_since_{s}")
+    type_alias = {s: f"t{i}" for i, s in enumerate(per_type)}
+    for s, ta in type_alias.items():
+        out += [f"coalesce({ta}.n_w{w}, 0) AS n_{s}_{w}d" for w in windows]
+        out.append(f"coalesce({ta}.n_all, 0) AS n_{s}_total")
+        out.append(f"{days_since(ta + '.last_at')} AS days_since_{s}")
     out += [f"coalesce(g.n_events_{w}d, 0) AS n_events_{w}d" for w in windows]
     out += [
         "coalesce(g.n_events_total, 0) AS n_events_total",
         f"{days_since('g.first_touch')} AS days_since_first_touch",
         f"{days_since('g.last_touch')} AS days_since_last_touch",
-        f"coalesce(ac.active_days, 0) AS active_days_{max(windows)}d",
+        f"coalesce(ac.active_days, 0) AS active_days_{wa}d",
         f"coalesce(g.trend, 0) AS trend_{tw}d",
         "CAST(g.n_clicks AS DOUBLE) / NULLIF(g.n_opens, 0) AS email_ctr",
     ]
@@ -446,17 +457,65 @@ def feature_sql(
 
     return (
         f"WITH pop AS (SELECT lead_id, as_of FROM {population}), "
-        f"ev1 AS ({ev1}), evt AS ({evt}), eng AS ({eng}), act AS ({act}), stg AS ({stg}), "
-        f"acct_ev AS ({acct_ev}), acct_leads AS ({acct_leads}) "
+        f"pe AS ({pe}), "
+        + "".join(f"{type_alias[s]} AS ({q}), " for s, q in per_type.items())
+        + f"eng AS ({eng}), act AS ({act}), stg AS ({stg}), "
+        f"acct_leads AS ({acct_leads}), acct_ev AS ({acct_ev}) "
         f"SELECT {', '.join(out)} FROM pop p "
-        f"JOIN leads l ON l.{L.lead_id} = p.lead_id "
+        f"JOIN {d.leads} l ON l.{L.lead_id} = p.lead_id "
         f"LEFT JOIN accounts a ON a.{A.account_id} = l.{L.account_id} "
-        "LEFT JOIN eng g ON g.lead_id = p.lead_id AND g.as_of = p.as_of "
+        f"LEFT JOIN eng g ON g.lead_key = l.{key} AND g.as_of = p.as_of "
+        + "".join(
+            f"LEFT JOIN {ta} {ta} ON {ta}.lead_key = l.{key} AND {ta}.as_of = p.as_of "
+            for ta in type_alias.values()
+        )
+        + f"LEFT JOIN act ac ON ac.lead_key = l.{key} AND ac.as_of = p.as_of "
         "LEFT JOIN stg st ON st.lead_id = p.lead_id AND st.as_of = p.as_of "
-        "LEFT JOIN act ac ON ac.lead_id = p.lead_id AND ac.as_of = p.as_of "
         f"LEFT JOIN acct_leads al ON al.account_id = l.{L.account_id} AND al.as_of = p.as_of "
         f"LEFT JOIN acct_ev ae ON ae.account_id = l.{L.account_id} AND ae.as_of = p.as_of "
     )
+
+
+def index_events(con: duckdb.DuckDBPyConnection) -> None:
+    """Compact copies of ``leads`` and ``events`` that :func:`feature_sql` reads in DuckDB.
+
+    Each lead gets a small integer key and event types become an ``ENUM``, so the one
+    big aggregation over events groups on integers rather than text (about twice as
+    fast). Built once per loaded export; :func:`materialize_features` builds it when
+    it is missing or older than the tables.
+    """
+    L, E = Leads, Events
+    con.execute("DROP TABLE IF EXISTS _events_indexed")
+    con.execute("DROP TYPE IF EXISTS _event_type")
+    types = [r[0] for r in con.execute(
+        f"SELECT DISTINCT {E.event_type} FROM events WHERE {E.event_type} IS NOT NULL ORDER BY 1"
+    ).fetchall()]
+    con.execute(f"CREATE TYPE _event_type AS ENUM ({', '.join(_lit(t) for t in types) or _lit('')})")
+    con.execute(
+        "CREATE OR REPLACE TABLE _leads_indexed AS SELECT *, "
+        "CAST(row_number() OVER () AS INTEGER) AS lead_key FROM leads"
+    )
+    con.execute(
+        f"CREATE TABLE _events_indexed AS SELECT l.lead_key, CAST(e.{E.event_type} AS _event_type) "
+        f"AS {E.event_type}, e.{E.occurred_at} FROM events e JOIN _leads_indexed l "
+        f"ON l.{L.lead_id} = e.{E.lead_id}"
+    )
+    con.execute(
+        "CREATE OR REPLACE TABLE _indexed_counts AS SELECT (SELECT count(*) FROM leads) AS leads, "
+        "(SELECT count(*) FROM events) AS events"
+    )
+
+
+def _ensure_indexed(con: duckdb.DuckDBPyConnection) -> None:
+    """Build :func:`index_events`' tables unless they match the current ``leads`` and ``events``."""
+    try:
+        have = fetch_row(con, "SELECT leads, events FROM _indexed_counts")
+        now = fetch_row(con, "SELECT (SELECT count(*) FROM leads), (SELECT count(*) FROM events)")
+        if have == now:
+            return
+    except duckdb.CatalogException:
+        pass
+    index_events(con)
 
 
 def _band(expr: str, cuts: Sequence[float]) -> str:
@@ -508,21 +567,64 @@ def materialize_features(
 ) -> tuple[str, Catalog, tuple[str, ...]]:
     """Compute features for the rows of the *population* table into DuckDB table *name*.
 
-    The result stays in DuckDB (which spills to disk past its memory limit) so callers
-    can stream it in batches with :func:`iter_feature_batches`.
+    As-of times run one after the other, each scanning the events once: work and
+    memory grow with the events, not with events times as-of times. The result stays
+    in DuckDB (which spills to disk past its memory limit) so callers can stream it in
+    batches with :func:`iter_feature_batches`.
     """
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _grid AS SELECT DISTINCT as_of FROM {population}")
+    _ensure_indexed(con)
+    times = [r[0] for r in con.execute(f"SELECT DISTINCT as_of FROM {population} ORDER BY 1").fetchall()]
     if event_types is None:
-        row = fetch_row(con, f"SELECT max(as_of) FROM {population}")
-        latest = pd.Timestamp(row[0]) if row[0] is not None else pd.Timestamp.max
+        latest = pd.Timestamp(times[-1]) if times else pd.Timestamp.max
         event_types = discover_event_types(con, latest, config)
     catalog = feature_catalog(event_types, config)
     _check_extra_attributes(con, config)
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {name} AS "
-        + feature_sql(population, "_grid", event_types, config)
-    )
+    con.execute(f"DROP TABLE IF EXISTS {name}")
+    for i, batch in enumerate(_passes(con, times, config.event_rows_per_pass) or [[]]):
+        con.execute("CREATE OR REPLACE TEMP TABLE _grid (as_of TIMESTAMP)")
+        con.execute("CREATE OR REPLACE TEMP TABLE _grid_population (lead_id VARCHAR, as_of TIMESTAMP)")
+        if batch:
+            con.executemany("INSERT INTO _grid VALUES (?)", [[t] for t in batch])
+            con.execute(
+                f"INSERT INTO _grid_population SELECT p.lead_id, p.as_of FROM {population} p "
+                "SEMI JOIN _grid g ON g.as_of = p.as_of"
+            )
+        sql = feature_sql("_grid_population", "_grid", event_types, config)
+        if i == 0:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
+        else:
+            con.execute(f"INSERT INTO {name} {sql}")
+    for tmp in ("_grid", "_grid_population"):
+        con.execute(f"DROP TABLE IF EXISTS {tmp}")
     return name, catalog, tuple(event_types)
+
+
+def _passes(con: duckdb.DuckDBPyConnection, times: list[Any], budget: int) -> list[list[Any]]:
+    """Group sorted as-of times into passes of at most *budget* (event, as-of) rows each.
+
+    Every as-of time joins the events before it, so a pass's work is the sum of those
+    counts; a single as-of time above the budget still gets a pass of its own.
+    """
+    if not times:
+        return []
+    per_day = con.execute(
+        f"SELECT CAST({Events.occurred_at} AS DATE) AS day, count(*) FROM {DUCKDB.events} GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    days = pd.DatetimeIndex(pd.to_datetime([d for d, _ in per_day]))
+    cumulative = [0]
+    for _, n in per_day:
+        cumulative.append(cumulative[-1] + int(n))
+    passes: list[list[Any]] = [[]]
+    load = 0
+    for t in times:
+        # events on days before t's date, plus t's own day (an upper bound)
+        rows = cumulative[int(days.searchsorted(pd.Timestamp(t), side="right"))]
+        if passes[-1] and load + rows > budget:
+            passes.append([])
+            load = 0
+        passes[-1].append(t)
+        load += rows
+    return passes
 
 
 def _check_extra_attributes(con: duckdb.DuckDBPyConnection, config: FeaturesConfig) -> None:
