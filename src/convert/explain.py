@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -141,22 +142,64 @@ def reasons(
     Ties in integer points are broken by the unrounded points; a feature with zero
     integer points is not a reason. Fewer than *top* leave ``None``.
     """
-    key = points.points + np.clip(points.continuous, -0.499, 0.499) * 1e-3
-    pos_order = np.argsort(-key, axis=1, kind="stable")[:, :top]
-    neg_order = np.argsort(key, axis=1, kind="stable")[:, :top]
+    # integer points first, the unrounded points break ties: sum-preserving rounding keeps
+    # each integer within one of its unrounded value, so the scaled difference cannot
+    # reorder different integers
+    key = points.points + np.clip(points.continuous - points.points, -0.999, 0.999) * 1e-3
+    n_rows, n_features = key.shape
+    k = min(top, n_features)
+    pos_order = _top_columns(-key, k)
+    neg_order = _top_columns(key, k)
     defs = [catalog[n] for n in names]
-    vals = values[names].to_numpy(dtype=object)
+    columns = [values[n].to_numpy(dtype=object) for n in names]  # only the chosen cells are read
+    described: dict[tuple[int, Any], str] = {}  # counts and categories repeat across leads
+
+    def sentence(i: int, j: int, pts: int) -> str:
+        value = columns[j][i]
+        if isinstance(value, float) and value != value:
+            value = None  # NaN: one cache entry, described as missing
+        try:
+            text = described.get((j, value))
+        except TypeError:  # unhashable
+            return f"{pts:+d} {defs[j].describe(value)}"
+        if text is None:
+            text = described[(j, value)] = defs[j].describe(value)
+        return f"{pts:+d} {text}"
+
+    ints = points.points
     pos_out: list[list[str | None]] = []
     neg_out: list[list[str | None]] = []
-    for i in range(points.points.shape[0]):
-        row_pts = points.points[i]
-        pos_out.append(
-            [defs[j].sentence(vals[i, j], int(row_pts[j])) if row_pts[j] > 0 else None for j in pos_order[i]]
-        )
-        neg_out.append(
-            [defs[j].sentence(vals[i, j], int(row_pts[j])) if row_pts[j] < 0 else None for j in neg_order[i]]
-        )
+    for i in range(n_rows):
+        row_pts = ints[i]
+        pos_out.append([sentence(i, j, int(row_pts[j])) if row_pts[j] > 0 else None for j in pos_order[i]]
+                       + [None] * (top - k))
+        neg_out.append([sentence(i, j, int(row_pts[j])) if row_pts[j] < 0 else None for j in neg_order[i]]
+                       + [None] * (top - k))
     return pos_out, neg_out
+
+
+def _top_columns(key: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the column indices of the *k* smallest keys in order, ties to the lower index.
+
+    The same as a stable full sort's first *k*, found by partitioning: only rows with a
+    tie across the k-th place fall back to the full sort.
+    """
+    n, p = key.shape
+    if k <= 0:
+        return np.empty((n, 0), dtype=np.intp)
+    if k >= p:
+        return np.argsort(key, axis=1, kind="stable")
+    kth = np.partition(key, k - 1, axis=1)[:, k - 1 : k]
+    chosen = key <= kth
+    exact = chosen.sum(axis=1) == k
+    out = np.empty((n, k), dtype=np.intp)
+    if exact.any():
+        cols = np.nonzero(chosen[exact])[1].reshape(-1, k)  # ascending column order per row
+        order = np.lexsort((cols, np.take_along_axis(key[exact], cols, axis=1)), axis=1)
+        out[exact] = np.take_along_axis(cols, order, axis=1)
+    if not exact.all():
+        out[~exact] = np.argsort(key[~exact], axis=1, kind="stable")[:, :k]
+    return out
 
 
 @dataclass
