@@ -29,6 +29,7 @@ from typing import Any
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 
 from convert.catalog import Catalog, Family, FeatureDef, event_words, window_phrase
 from convert.config import STANDARD_EVENT_TYPES, FeaturesConfig
@@ -567,36 +568,50 @@ def materialize_features(
 ) -> tuple[str, Catalog, tuple[str, ...]]:
     """Compute features for the rows of the *population* table into DuckDB table *name*.
 
-    As-of times run one after the other, each scanning the events once: work and
-    memory grow with the events, not with events times as-of times. The result stays
+    As-of times run in passes, each scanning the events once; a pass holds as many
+    as-of times as ``event_rows_per_pass`` allows, so that memory stays bounded however
+    many as-of times a training set has. The result stays
     in DuckDB (which spills to disk past its memory limit) so callers can stream it in
     batches with :func:`iter_feature_batches`.
     """
-    _ensure_indexed(con)
-    times = [r[0] for r in con.execute(f"SELECT DISTINCT as_of FROM {population} ORDER BY 1").fetchall()]
-    if event_types is None:
-        latest = pd.Timestamp(times[-1]) if times else pd.Timestamp.max
-        event_types = discover_event_types(con, latest, config)
-    catalog = feature_catalog(event_types, config)
-    _check_extra_attributes(con, config)
+    catalog, types = _vocabulary(con, config, event_types, population)
     con.execute(f"DROP TABLE IF EXISTS {name}")
-    for i, batch in enumerate(_passes(con, times, config.event_rows_per_pass) or [[]]):
-        con.execute("CREATE OR REPLACE TEMP TABLE _grid (as_of TIMESTAMP)")
-        con.execute("CREATE OR REPLACE TEMP TABLE _grid_population (lead_id VARCHAR, as_of TIMESTAMP)")
-        if batch:
-            con.executemany("INSERT INTO _grid VALUES (?)", [[t] for t in batch])
-            con.execute(
-                f"INSERT INTO _grid_population SELECT p.lead_id, p.as_of FROM {population} p "
-                "SEMI JOIN _grid g ON g.as_of = p.as_of"
-            )
-        sql = feature_sql("_grid_population", "_grid", event_types, config)
-        if i == 0:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
-        else:
-            con.execute(f"INSERT INTO {name} {sql}")
-    for tmp in ("_grid", "_grid_population"):
-        con.execute(f"DROP TABLE IF EXISTS {tmp}")
-    return name, catalog, tuple(event_types)
+    for i, sql in enumerate(_pass_queries(con, config, types, population)):
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}" if i == 0 else f"INSERT INTO {name} {sql}")
+    return name, catalog, types
+
+
+def _vocabulary(
+    con: duckdb.DuckDBPyConnection, config: FeaturesConfig, event_types: Sequence[str] | None, population: str
+) -> tuple[Catalog, tuple[str, ...]]:
+    """The catalog and event vocabulary for *population* (discovered when not given)."""
+    _ensure_indexed(con)
+    _check_extra_attributes(con, config)
+    if event_types is None:
+        latest = fetch_row(con, f"SELECT max(as_of) FROM {population}")[0]
+        event_types = discover_event_types(con, pd.Timestamp(latest) if latest else pd.Timestamp.max, config)
+    return feature_catalog(event_types, config), tuple(event_types)
+
+
+def _pass_queries(
+    con: duckdb.DuckDBPyConnection, config: FeaturesConfig, event_types: Sequence[str], population: str
+) -> Iterator[str]:
+    """Set up each pass's as-of times and population, and yield its feature query to run."""
+    times = [r[0] for r in con.execute(f"SELECT DISTINCT as_of FROM {population} ORDER BY 1").fetchall()]
+    try:
+        for batch in _passes(con, times, config.event_rows_per_pass) or [[]]:
+            con.execute("CREATE OR REPLACE TEMP TABLE _grid (as_of TIMESTAMP)")
+            con.execute("CREATE OR REPLACE TEMP TABLE _grid_population (lead_id VARCHAR, as_of TIMESTAMP)")
+            if batch:
+                con.executemany("INSERT INTO _grid VALUES (?)", [[t] for t in batch])
+                con.execute(
+                    f"INSERT INTO _grid_population SELECT p.lead_id, p.as_of FROM {population} p "
+                    "SEMI JOIN _grid g ON g.as_of = p.as_of"
+                )
+            yield feature_sql("_grid_population", "_grid", event_types, config)
+    finally:
+        for tmp in ("_grid", "_grid_population"):
+            con.execute(f"DROP TABLE IF EXISTS {tmp}")
 
 
 def _passes(con: duckdb.DuckDBPyConnection, times: list[Any], budget: int) -> list[list[Any]]:
@@ -684,8 +699,13 @@ def build_features(
         as-of time (training); scoring passes the model's stored vocabulary.
     """
     _register_population(con, population)
-    table, catalog, types = materialize_features(con, config, event_types)
-    frame = finish_frame(con.execute(f"SELECT * FROM {table} ORDER BY as_of, lead_id").df(), catalog)
-    for tmp in (table, "_population", "_grid"):
-        con.execute(f"DROP TABLE IF EXISTS {tmp}")
+    try:
+        catalog, types = _vocabulary(con, config, event_types, "_population")
+        tables = [
+            con.execute(f"{sql} ORDER BY as_of, lead_id").to_arrow_table()
+            for sql in _pass_queries(con, config, types, "_population")
+        ]
+    finally:
+        con.execute("DROP TABLE IF EXISTS _population")
+    frame = finish_frame(pa.concat_tables(tables).to_pandas(), catalog)
     return FeatureSet(frame=frame, catalog=catalog, event_types=types)
