@@ -157,3 +157,14 @@ def test_features_match_a_pandas_reference(loaded):
                          & (events["occurred_at"] >= t - pd.Timedelta(days=90))]
             assert row["account_other_leads"] == len(others)
             assert row["account_n_events_90d"] == len(oev)
+
+
+def test_as_of_times_in_separate_passes_give_the_same_features(loaded):
+    """Bounding a pass's (event, as-of) rows changes memory, never a feature."""
+    data, _ = loaded
+    pop = build_labels(data.con, AS_OFS, 90)[["lead_id", "as_of"]]
+    one_pass = build_features(data.con, pop, CFG.features).frame
+    split = CFG.with_overrides(features__event_rows_per_pass=1).features
+    many_passes = build_features(data.con, pop, split).frame
+    assert one_pass["as_of"].nunique() == len(AS_OFS)
+    pd.testing.assert_frame_equal(one_pass, many_passes)
