@@ -104,7 +104,8 @@ def resolve_data(data: str | os.PathLike[str]) -> str:
 def find_source(path: str | Path, mapping: Mapping | None = None) -> Source:
     """Locate the contract's tables in a folder; a missing required table is an error.
 
-    A mapping may name each table's file (``tables.leads.source: contacts.csv``).
+    A mapping may name each table's file (``tables.leads.source: contacts.csv``); an
+    optional table whose file is absent is absent, as without a mapping.
     """
     mapping = mapping or Mapping()
     root = Path(path)
@@ -134,18 +135,14 @@ def find_source(path: str | Path, mapping: Mapping | None = None) -> Source:
             )
         if found:
             files[table] = found[0]
-        elif named:
-            raise ContractError(
-                f"the mapping names {named!r} as the {table} table, but {root} holds no such "
-                "file (.csv or .parquet)",
-                file=str(candidates[0]),
-            )
     for table in REQUIRED_TABLES:
         if table not in files:
+            named = mapping.source_name(table)
+            expected = f"{named}" if named else f"{table}.csv or {table}.parquet"
             raise ContractError(
-                f"the required table '{table}' is missing: expected {table}.csv or {table}.parquet "
-                f"in {root} (or name its file in a mapping: tables.{table}.source)",
-                file=str(root / f"{table}.csv"),
+                f"the required table '{table}' is missing: expected {expected} in {root}"
+                + ("" if named else f" (or name its file in a mapping: tables.{table}.source)"),
+                file=str(root / (named or f"{table}.csv")),
             )
     return Source(root=root, files=files)
 

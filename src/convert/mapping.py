@@ -248,6 +248,8 @@ class MappedTable:
     columns: list[str]
     renamed: dict[str, str] = field(default_factory=dict)
     excluded: dict[str, str] = field(default_factory=dict)
+    #: renamed columns the table does not have (optional ones; reported, not an error)
+    absent: list[str] = field(default_factory=list)
 
     @property
     def changes(self) -> bool:
@@ -272,14 +274,18 @@ def mapped_select(
     Raises
     ------
     ContractError
-        When the mapping renames a column the table lacks, or two columns end up with the
+        When the mapping renames to a required contract column a column the table lacks
+        (other absent columns are listed in ``absent``), or two columns end up with the
         same name.
     """
     present = list(raw_types)
-    for source in table.rename:
-        if source not in raw_types:
+    required = {c.name for c in schema.required_columns()} if schema is not None else set()
+    absent = [source for source in table.rename if source not in raw_types]
+    for source in absent:
+        if table.rename[source] in required and table.rename[source] not in raw_types:
             raise ContractError(
-                f"the mapping renames {source!r}, which the table lacks (found: "
+                f"the mapping renames {source!r} to the required column "
+                f"{table.rename[source]!r}, but the table lacks it (found: "
                 f"{', '.join(present[:30])}). Fix the name in the mapping file (names are "
                 "case-sensitive)",
                 file=label,
@@ -312,7 +318,7 @@ def mapped_select(
         exprs.append(f"{expr} AS {_quote(out)}")
     renamed = {c: table.output_name(c) for c in kept if table.output_name(c) != c}
     sql = f"SELECT {', '.join(exprs)} FROM {raw}" if changed else ""
-    return MappedTable(sql, outputs, renamed, excluded)
+    return MappedTable(sql, outputs, renamed, excluded, absent)
 
 
 def _column_expr(

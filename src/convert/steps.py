@@ -63,6 +63,8 @@ def _echo_mapping(mapped: dict[str, Any], echo: Echo) -> None:
             echo(f"mapping: {table}: renamed " + ", ".join(f"{a!r} -> {b}" for a, b in m.renamed.items()))
         for column, reason in m.excluded.items():
             echo(f"mapping: {table}: excluded {column!r} ({reason})")
+        if m.absent:
+            echo(f"mapping: {table}: not in the data, so not renamed: " + ", ".join(map(repr, m.absent)))
 
 
 def screen_attributes(data: CRMData, config: Config, mapping: Mapping | None = None) -> tuple[Any, Config]:
