@@ -513,9 +513,9 @@ def load_database(
 ) -> dict[str, list[str]]:
     """Copy each table of a database source into ``raw_<table>`` as text, chunk by chunk.
 
-    Rows keep the order the database returns them in (for a table that was never
-    updated, usually the order of insertion); a row's data row number counts from 1 in
-    that order, as for a file.
+    Rows are read in primary-key order when the table has a primary key, else in the order
+    the database returns them (for a table that was never updated, usually the order of
+    insertion); a row's data row number counts from 1 in that order, as for a file.
     """
     import sqlalchemy as sa
 
@@ -531,6 +531,9 @@ def load_database(
                 names = [c["name"] for c in inspector.get_columns(bare, schema=schema)]
                 relation = (f"{quote(schema)}." if schema else "") + quote(bare)
                 sql = f"SELECT {', '.join(quote(n) for n in names)} FROM {relation}"
+                key = (inspector.get_pk_constraint(bare, schema=schema) or {}).get("constrained_columns") or []
+                if key:  # a reproducible order (and so reproducible row numbers in the rejects)
+                    sql += " ORDER BY " + ", ".join(quote(k) for k in key)
                 raw = f"raw_{table}"
                 con.execute(
                     f"CREATE OR REPLACE TABLE {raw} ("
