@@ -87,7 +87,7 @@ def to_source_shape(export: Path, mapping: Mapping, out: Path, flavour: str) -> 
     """Rewrite a contract export the way the mapped CRM writes it (names, values, dates,
     numbers, separator, encoding), adding columns the mapping excludes."""
     out.mkdir(parents=True, exist_ok=True)
-    for table, columns in CONTRACT_COLUMNS.items():
+    for table in CONTRACT_COLUMNS:
         tm = mapping.table(table)
         frame = pd.read_csv(export / f"{table}.csv", dtype=str, keep_default_na=False)
         for col in frame.columns:
