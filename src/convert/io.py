@@ -369,6 +369,14 @@ def _unterminated_field(message: str, fmt: CsvFormat, header: list[str]) -> str 
 def _encoding_error(path: Path, fmt: CsvFormat, label: str | None = None) -> ContractError:
     """Where the first byte that does not decode is: file, row and column."""
     label = label or path.name
+    with open(path, "rb") as f:
+        start = f.read(4)
+    if fmt.is_utf8 and start[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        return ContractError(
+            "the file is UTF-16 (it starts with a UTF-16 byte order mark), not UTF-8: save it as "
+            "UTF-8, or set csv: {encoding: utf-16} in a mapping file (--mapping)",
+            file=label,
+        )
     offset, bad = _first_undecodable(path, fmt.encoding)
     with open(path, "rb") as f:
         data = f.read(offset + 1) if offset is not None else b""
