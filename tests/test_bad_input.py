@@ -270,3 +270,46 @@ def test_utf16_is_recognised_and_readable_when_declared(tmp_path):
         load_flat(path, Config(), target="y")
     table = load_flat(path, Config(), mapping_from_dict({"csv": {"encoding": "utf-16"}}), target="y")
     assert table.frame["name"].tolist() == ["Zoë", "Ana"]
+
+
+_names = st.sampled_from(["Lead Id", "Source", "Visits", "Region", "Converted", "Status Note", "nope", "", "lead_id"])
+_values = st.one_of(st.text(max_size=8), st.integers(), st.none(), st.lists(st.text(max_size=4), max_size=3))
+_mapping = st.fixed_dictionaries(
+    {},
+    optional={
+        "missing_values": st.lists(st.one_of(st.text(max_size=6), st.integers()), max_size=3),
+        "csv": st.fixed_dictionaries({}, optional={
+            "delimiter": st.sampled_from([",", ";", "\\t", "ab", ""]), "decimal": st.sampled_from([".", ",", "x"]),
+            "thousands": st.sampled_from(["", ".", ","]), "encoding": st.sampled_from(["utf-8", "cp1252", "nope"])}),
+        "dates": st.fixed_dictionaries({}, optional={
+            "formats": st.lists(st.sampled_from(["%d/%m/%Y", "%z", "plain", "%Y"]), max_size=2),
+            "timezone": st.sampled_from(["UTC", "Europe/Paris", "Nowhere/Else"])}),
+        "flat": st.fixed_dictionaries({}, optional={
+            "target": _names, "id": _names, "positive": st.lists(st.text(max_size=4), max_size=2),
+            "rename": st.dictionaries(_names, _names, max_size=3),
+            "values": st.dictionaries(_names, st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=2), max_size=2),
+            "exclude": st.dictionaries(_names, st.text(max_size=5), max_size=3),
+            "categorical": st.lists(_names, max_size=2), "numeric": st.lists(_names, max_size=2),
+            "split": st.sampled_from(["random", "ordered", "diagonal"])}),
+        "surprise": _values,
+    },
+)
+
+
+@PROPERTY
+@given(raw=_mapping)
+def test_any_mapping_is_valid_or_a_config_error_and_loads_or_fails_cleanly(tmp_path_factory, raw):
+    from convert.exceptions import ConfigError
+
+    try:
+        mapping = mapping_from_dict(raw)
+    except ConfigError:
+        return
+    path = tmp_path_factory.mktemp("mapprop") / "report.csv"
+    path.write_bytes(_flat_bytes())
+    try:
+        table = load_flat(path, LENIENT, mapping, target=None if mapping.flat.target else "Converted")
+    except ConvertError:
+        return
+    r = table.report.tables["leads"]
+    assert r.rows_read == 40 == r.rows_loaded + r.quarantined
