@@ -266,6 +266,8 @@ def read_header(path: Path, fmt: CsvFormat, label: str) -> list[str]:
     """
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
+            first_line = f.readline()
+            f.seek(0)  # the decoder restarts, dropping the BOM again
             reader = csv.reader(f, delimiter=fmt.delimiter, quotechar=fmt.quote, strict=True)
             header = next(reader)
     except StopIteration:
@@ -273,22 +275,14 @@ def read_header(path: Path, fmt: CsvFormat, label: str) -> list[str]:
     except UnicodeDecodeError:
         raise _encoding_error(path, fmt, label) from None
     except csv.Error as exc:
+        _check_separator(first_line, fmt, label)
         raise ContractError(
             f"the header row cannot be parsed ({exc}); check the quoting and the separator",
             file=label,
         ) from None
     names = [h.strip() or f"column_{i + 1}" for i, h in enumerate(header)]
     if len(names) == 1:
-        guess = max(",;\t|", key=names[0].count)
-        if guess != fmt.delimiter and names[0].count(guess) >= 1:
-            shown = "\\t" if guess == "\t" else guess
-            raise ContractError(
-                f"the header row reads as one column {names[0][:60]!r}: the file looks separated "
-                f"by {shown!r}, not {fmt.delimiter!r}. Set csv: {{delimiter: '{shown}'}} in a "
-                "mapping file (--mapping)",
-                file=label,
-                column=names[0][:60],
-            )
+        _check_separator(first_line, fmt, label)
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
         if name in seen:
@@ -300,6 +294,20 @@ def read_header(path: Path, fmt: CsvFormat, label: str) -> list[str]:
             )
         seen[name] = i
     return names
+
+
+def _check_separator(first_line: str, fmt: CsvFormat, label: str) -> None:
+    """Refuse a header that is plainly separated by another character than the declared one."""
+    counts = {d: first_line.count(d) for d in ",;\t|"}
+    guess = max(counts, key=lambda d: counts[d])
+    if guess != fmt.delimiter and counts[guess] > counts.get(fmt.delimiter, first_line.count(fmt.delimiter)):
+        shown = "\\t" if guess == "\t" else guess
+        raise ContractError(
+            f"the header row {first_line.strip()[:60]!r} looks separated by {shown!r}, not "
+            f"{fmt.delimiter!r}. Set csv: {{delimiter: '{shown}'}} in a mapping file (--mapping)",
+            file=label,
+            column=first_line.strip()[:60],
+        )
 
 
 _LINE_RE = re.compile(r"Line:\s*(\d+)")
