@@ -143,8 +143,8 @@ class LeakageReport:
         if not self.enabled:
             return ["leakage guard: disabled (leakage.enabled: false)"]
         out = [
-            f"leakage guard: {len(self.columns)} columns screened on {self.rows:,} leads, "
-            f"{len(self.suspects)} suspect"
+            f"leakage guard: {len(self.columns)} column{'s' if len(self.columns) != 1 else ''} "
+            f"screened on {self.rows:,} leads, {len(self.suspects)} suspect"
         ]
         for c in self.suspects:
             verdict = {EXCLUDED: "excluded", ALLOWED: "allowed", SUSPECT: "STOPS TRAINING"}[c.decision]
