@@ -252,3 +252,12 @@ def test_flat_mode_end_to_end_on_the_command_line(tmp_path, mlflow_store, capsys
     from convert import registry
 
     assert not registry.champion_exists("lead-conversion")  # the event model's name is untouched
+
+
+def test_validate_a_flat_file_on_the_command_line(report_csv, tmp_path, capsys):
+    main(["validate", "--data", str(report_csv), "--target", "Converted", "--id", "Lead Id",
+          "--rejects", str(tmp_path / "r.csv")])
+    out = capsys.readouterr().out
+    assert "report.csv" in out and "3,000" in out
+    assert "'Constant flag'" in out and "not a feature: one value in every row" in out
+    assert (tmp_path / "r.csv").exists()

@@ -87,18 +87,12 @@ def validate(
     """Check an export against the data contract and print a per-table report."""
     cfg = _config(config)
     if _is_flat(data):
-        from convert.flat import load_flat
-        from convert.io import write_frame
-
-        m = _mapping(mapping) or Mapping()
-        table = load_flat(data, cfg, m, target=target, positive=positive, id_column=id_column,
-                          strict=strict or None, training=bool(target or m.flat.target))
-        write_frame(table.report.rejects, Path(rejects or cfg.data.rejects))
+        table = steps.validate_flat_step(data, cfg, _mapping(mapping), target, positive, id_column,
+                                         str(rejects) if rejects else None, strict or None)
         echo(str(table.report))
         for column in table.frame.columns:
             why = table.excluded.get(column) or table.dropped.get(column)
-            note = f"  excluded: {table.excluded[column]}" if column in table.excluded else (
-                f"  not a feature: {why}" if why else "")
+            note = f"  excluded: {why}" if column in table.excluded else (f"  not a feature: {why}" if why else "")
             echo(f"  {column!r:<48} {table.kinds[column]:<12}{note}")
         return
     loaded = steps.load_data(data, cfg, rejects, strict or None, echo, _mapping(mapping))

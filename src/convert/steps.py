@@ -213,6 +213,21 @@ def train_step(
 # --- flat tables ---------------------------------------------------------------------------
 
 
+def validate_flat_step(
+    data_path: str | Path, config: Config, mapping: Mapping | None = None, target: str | None = None,
+    positive: str | None = None, id_column: str | None = None, rejects: str | None = None,
+    strict: bool | None = None,
+) -> Any:
+    """Load a flat file (its outcome checked when named), write the rejects file, return the table."""
+    from convert import flat
+
+    mapping = mapping or Mapping()
+    table = flat.load_flat(data_path, config, mapping, target=target, positive=positive, id_column=id_column,
+                           strict=strict, training=bool(target or mapping.flat.target))
+    write_frame(table.report.rejects, Path(rejects or config.data.rejects))
+    return table
+
+
 def train_flat_step(
     data_path: str | Path,
     config: Config,
