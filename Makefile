@@ -46,5 +46,23 @@ test: $(VENV)/.installed-dev lint
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/features.py
 
+# The README's results on real public datasets (flat mode, through the CLI, committed mappings).
+DATASETS ?= ../shared/datasets
+REALDATA ?= reports/realdata
+REAL_TRAIN = MLFLOW_TRACKING_URI=sqlite:///$(REALDATA)/mlflow.db $(CLI) train --rejects $(REALDATA)/rejects.csv
+realdata: $(VENV)/.installed
+	@test -d "$(DATASETS)" || { echo "$(DATASETS) is absent: the real datasets are not on this machine"; exit 1; }
+	rm -rf $(REALDATA) && mkdir -p $(REALDATA)
+	$(REAL_TRAIN) --data "$(DATASETS)/x_education_leads/Leads.csv" --mapping docs/mappings/x_education_leads.yaml \
+	  --model-name realdata-x-education --summary $(REALDATA)/x_education_leads.json
+	$(REAL_TRAIN) --data "$(DATASETS)/uci_bank_marketing/bank-additional-full.csv" --mapping docs/mappings/uci_bank_marketing.yaml \
+	  --model-name realdata-bank --summary $(REALDATA)/uci_bank_marketing.json
+	$(REAL_TRAIN) --data "$(DATASETS)/uci_bank_marketing/bank-additional-full.csv" --mapping docs/mappings/uci_bank_marketing.yaml \
+	  --split random --model-name realdata-bank-random --summary $(REALDATA)/uci_bank_marketing_random_split.json
+	$(REAL_TRAIN) --data "$(DATASETS)/uci_online_shoppers/online_shoppers_intention.csv" --mapping docs/mappings/uci_online_shoppers.yaml \
+	  --model-name realdata-online-shoppers --summary $(REALDATA)/uci_online_shoppers.json
+	$(BIN)/python -m convert.realdata $(REALDATA) > $(REALDATA)/results.md
+	cat $(REALDATA)/results.md
+
 clean:
 	rm -rf $(DEMO_DATA) data/crm.db mlflow.db mlruns rejects.csv reports

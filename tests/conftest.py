@@ -152,3 +152,44 @@ def mlflow_store(tmp_path, monkeypatch) -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
+
+
+# --- a flat table (one row per lead, an outcome column, no timestamps) ---------------------------
+
+
+def flat_table(n: int = 3000, seed: int = 3, leaks: bool = False) -> pd.DataFrame:
+    """A CRM report as text cells: honest attributes drive the outcome ``Converted`` (yes/no).
+
+    With ``leaks``, two post-outcome columns are planted: ``Status Note`` copies the outcome
+    with 5 % noise, and ``Sales Rating`` is filled for 80 % of converted leads and 5 % of the
+    others (a field sales fills in after contact).
+    """
+    rng = np.random.default_rng(seed)
+    source = rng.choice(["web", "referral", "event", "list"], n, p=[0.4, 0.2, 0.2, 0.2])
+    visits = rng.poisson(3, n)
+    minutes = np.round(rng.gamma(2.0, 6.0, n), 1)
+    region = rng.integers(1, 6, n)  # integer codes: categorical by configuration
+    size = rng.choice(["1-10", "11-50", "51-200", "200+"], n)
+    logit = -1.6 + 0.35 * visits + 0.05 * minutes + np.select(
+        [source == "referral", source == "list"], [1.0, -1.0], 0.0
+    ) + 0.3 * (region == 2)
+    converted = rng.random(n) < 1 / (1 + np.exp(-logit))
+    frame = pd.DataFrame(
+        {
+            "Lead Id": [f"P{i:05d}" for i in range(n)],
+            "Source": source,
+            "Visits": visits.astype(str),
+            "Minutes on site": [f"{m}" for m in minutes],
+            "Region": region.astype(str),
+            "Company size": size,
+            "Constant flag": "No",
+            "Converted": np.where(converted, "yes", "no"),
+        }
+    )
+    frame.loc[rng.random(n) < 0.1, "Company size"] = "Select"  # an unfilled dropdown
+    if leaks:
+        flip = rng.random(n) < 0.05
+        frame["Status Note"] = np.where(converted ^ flip, "will enrol", "not interested")
+        filled = np.where(converted, rng.random(n) < 0.8, rng.random(n) < 0.05)
+        frame["Sales Rating"] = np.where(filled, rng.choice(["hot", "warm", "cold"], n), "")
+    return frame

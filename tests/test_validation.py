@@ -72,9 +72,10 @@ def test_missing_required_column_names_file_and_column(tmp_path, tables):
 def test_unparseable_file_is_an_error(tmp_path, tables):
     folder = write_export(tmp_path / "crm", **tables)
     (folder / "events.csv").write_text('lead_id,occurred_at,event_type\nL000,"2025-01-02,page_view\n')
-    with pytest.raises(ContractError, match="cannot be parsed") as err:
+    with pytest.raises(ContractError, match="never closed") as err:
         load(folder)
     assert "events.csv" in str(err.value)
+    assert (err.value.file, err.value.row, err.value.column) == ("events.csv", 1, "occurred_at")
 
 
 def test_duplicate_lead_id_is_an_error_naming_the_row(tmp_path, tables):

@@ -8,6 +8,11 @@ The public API (the CLI is a thin layer over it)::
     result = convert.train(data, config)                  # LightGBM + calibrator + evaluation
     scores = convert.score(data, result.model, "2026-01-01", config)
 
+    mapping = convert.load_mapping("docs/mappings/hubspot.yaml")   # a CRM's own export
+    data = convert.load("hubspot_export/", config, mapping=mapping)  # or a database URL
+    table = convert.load_flat("report.csv", config, target="Converted")  # a flat table
+    result = convert.train_flat(table, config)                      # leakage guard first
+
 Heavy or optional dependencies (MLflow, SQLAlchemy, PostgreSQL drivers) are imported
 only by the modules at the edges that need them.
 """
@@ -16,7 +21,10 @@ from convert.config import Config, load_config
 from convert.dataset import CRMData, load
 from convert.exceptions import ConvertError
 from convert.features import build_features
+from convert.flat import load_flat, train_flat
 from convert.labels import build_labels, build_population
+from convert.leakage import screen
+from convert.mapping import load_mapping
 from convert.model import LeadScoringModel
 from convert.score import score
 from convert.train import build_training_set, train
@@ -32,7 +40,11 @@ __all__ = [
     "build_training_set",
     "load",
     "load_config",
+    "load_flat",
+    "load_mapping",
     "score",
+    "screen",
     "train",
+    "train_flat",
 ]
 __version__ = "0.1.0"

@@ -7,6 +7,7 @@ exit with code 2; nothing here holds logic of its own.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +17,9 @@ import typer
 
 from convert import steps
 from convert.config import Config, load_config
-from convert.exceptions import ConvertError
+from convert.exceptions import ConfigError, ConvertError
+from convert.io import is_database_url
+from convert.mapping import Mapping, load_mapping
 
 app = typer.Typer(
     name="convert-leads",
@@ -26,7 +29,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-DataOpt = Annotated[Path, typer.Option("--data", help="CRM export folder (the data contract).")]
+DataOpt = Annotated[str, typer.Option("--data", help="CRM export folder (the data contract), a database URL (sqlite:///crm.db, postgresql://user@host/db, env:VARIABLE), or one flat file (with --target).")]
+MappingOpt = Annotated[Path | None, typer.Option("--mapping", help="Mapping file (YAML): the source's column names, values, dates, missing tokens and exclusions (docs/mappings/).")]
+IdOpt = Annotated[str | None, typer.Option("--id", help="Flat file: the id column (default: the row number).")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="params.yaml (default: ./params.yaml if present).")]
 RejectsOpt = Annotated[Path | None, typer.Option("--rejects", help="Rejects file (default: rejects.csv).")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Turn every quarantine into an error.")]
@@ -40,6 +45,15 @@ def echo(message: str) -> None:
 
 def _config(path: Path | None) -> Config:
     return load_config(path)
+
+
+def _mapping(path: Path | None) -> Mapping | None:
+    return load_mapping(path) if path else None
+
+
+def _is_flat(data: str) -> bool:
+    """A single file (not a folder, not a database) is a flat table (the contract's "Flat tables")."""
+    return not is_database_url(data) and not data.startswith("env:") and Path(data).is_file()
 
 
 @app.command()
@@ -63,10 +77,25 @@ def generate(
 
 
 @app.command()
-def validate(data: DataOpt, config: ConfigOpt = None, rejects: RejectsOpt = None, strict: StrictOpt = False) -> None:
+def validate(
+    data: DataOpt, config: ConfigOpt = None, rejects: RejectsOpt = None, strict: StrictOpt = False,
+    mapping: MappingOpt = None,
+    target: Annotated[str | None, typer.Option("--target", help="Flat file: the outcome column.")] = None,
+    positive: Annotated[str | None, typer.Option("--positive", help="Flat file: the outcome's positive value.")] = None,
+    id_column: IdOpt = None,
+) -> None:
     """Check an export against the data contract and print a per-table report."""
     cfg = _config(config)
-    loaded = steps.load_data(data, cfg, rejects, strict or None, echo)
+    if _is_flat(data):
+        table = steps.validate_flat_step(data, cfg, _mapping(mapping), target, positive, id_column,
+                                         str(rejects) if rejects else None, strict or None)
+        echo(str(table.report))
+        for column in table.frame.columns:
+            why = table.excluded.get(column) or table.dropped.get(column)
+            note = f"  excluded: {why}" if column in table.excluded else (f"  not a feature: {why}" if why else "")
+            echo(f"  {column!r:<48} {table.kinds[column]:<12}{note}")
+        return
+    loaded = steps.load_data(data, cfg, rejects, strict or None, echo, _mapping(mapping))
     echo(str(loaded.report))
     loaded.close()
 
@@ -79,13 +108,14 @@ def features(
     horizon_days: Annotated[int | None, typer.Option("--horizon-days")] = None,
     config: ConfigOpt = None, rejects: RejectsOpt = None, strict: StrictOpt = False,
     catalog: Annotated[Path | None, typer.Option("--catalog", help="Also write the feature catalog (CSV).")] = None,
+    mapping: MappingOpt = None,
 ) -> None:
     """Build the labelled multi-snapshot training set and write it."""
     from convert.io import write_frame
     from convert.train import build_training_set
 
     cfg = _config(config).with_overrides(labels__horizon_days=horizon_days)
-    loaded = steps.load_data(data, cfg, rejects, strict or None, echo)
+    loaded = steps.load_data(data, cfg, rejects, strict or None, echo, _mapping(mapping))
     try:
         ts = build_training_set(loaded, cfg, as_of)
     finally:
@@ -109,20 +139,51 @@ def train(
     model_name: Annotated[str | None, typer.Option("--model-name")] = None,
     save: Annotated[Path | None, typer.Option("--save", help="Also write the model bundle to this folder (e.g. models/lead-conversion).")] = None,
     rejects: RejectsOpt = None, strict: StrictOpt = False,
+    mapping: MappingOpt = None,
+    target: Annotated[str | None, typer.Option("--target", help="Flat file: the outcome column.")] = None,
+    positive: Annotated[str | None, typer.Option("--positive", help="Flat file: the outcome's positive value (default: 1, true, yes).")] = None,
+    id_column: IdOpt = None,
+    split: Annotated[str | None, typer.Option("--split", help="Flat file: random (stratified, default) or ordered (rows in time order).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Leave this input column out of training (repeatable).")] = None,
+    allow: Annotated[list[str] | None, typer.Option("--allow", help="Keep this column although the leakage guard suspects it (repeatable).")] = None,
+    summary_json: Annotated[Path | None, typer.Option("--summary", help="Also write the hold-out metrics and the leakage screen as JSON.")] = None,
 ) -> None:
-    """Train, calibrate, evaluate against baselines, log to MLflow and register."""
+    """Train, calibrate, evaluate against baselines, log to MLflow and register.
+
+    With --data FILE and --target COLUMN, trains on a flat table (one row per lead) and
+    registers the model under flat.model_name (default lead-conversion-flat).
+    """
     cfg = _config(config).with_overrides(labels__horizon_days=horizon_days)
-    summary = steps.train_step(data, cfg, as_of, tune, model_name, str(rejects) if rejects else None, strict or None, echo)
+    cfg = cfg.with_overrides(leakage__exclude=tuple(dict.fromkeys([*cfg.leakage.exclude, *(exclude or [])])),
+                             leakage__allow=tuple(dict.fromkeys([*cfg.leakage.allow, *(allow or [])])))
+    m = _mapping(mapping)
+    flat = _is_flat(data)
+    if not flat and (target or positive or id_column or split):
+        raise ConfigError("--target, --positive, --id and --split are for a flat file (--data FILE); "
+                          f"{data} is an export folder or a database")
+    if flat:
+        if tune:
+            raise ConfigError("--tune is not available for flat tables yet")
+        summary = steps.train_flat_step(data, cfg, m, target, positive, id_column, split, model_name,
+                                        str(rejects) if rejects else None, strict or None, echo)
+    else:
+        summary = steps.train_step(data, cfg, as_of, tune, model_name, str(rejects) if rejects else None,
+                                   strict or None, echo, m)
     if save:
         summary.result.model.save(save)
         echo(f"model bundle written to {save}")
+    if summary_json:
+        summary_json.parent.mkdir(parents=True, exist_ok=True)
+        summary_json.write_text(json.dumps(steps.summary_record(summary), indent=1, default=str))
     r = summary.result
-    echo("time slices:\n" + r.slices.to_string(index=False))
+    echo(("slices:\n" if flat else "time slices:\n") + r.slices.to_string(index=False))
     echo(f"calibration: {r.model.calibrator_.method} (cross-validated log loss "
          + ", ".join(f"{k} {v:.4f}" for k, v in r.calibration_cv.items()) + ")")
     echo("hold-out evaluation (model beside the baselines):\n" + r.evaluation.table())
     echo("realized conversion per grade:\n" + r.evaluation.grades.to_string(index=False))
     echo("top features (mean |points|):\n" + summary.importance.head(10)[["feature", "family", "mean_abs_points"]].to_string(index=False))
+    for line in summary.lines:
+        echo(line)
     echo(f"registered {summary.registered.label} as challenger")
     echo(summary.registered.uri)
 
@@ -132,11 +193,16 @@ def evaluate(
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, tables and plots.")] = Path("reports/evaluation"),
     model: ModelOpt = None, config: ConfigOpt = None, rejects: RejectsOpt = None,
+    mapping: MappingOpt = None,
 ) -> None:
     """Re-evaluate a registered model on its hold-out; write metrics and plots."""
     cfg = _config(config)
+    if _is_flat(data):
+        uri = model or f"models:/{cfg.flat.model_name}@challenger"
+        steps.evaluate_flat_step(data, cfg, uri, out, str(rejects) if rejects else None, echo, _mapping(mapping))
+        return
     uri = model or f"models:/{cfg.train.model_name}@challenger"
-    steps.evaluate_step(data, cfg, uri, out, str(rejects) if rejects else None, echo)
+    steps.evaluate_step(data, cfg, uri, out, str(rejects) if rejects else None, echo, _mapping(mapping))
 
 
 @app.command()
@@ -152,20 +218,28 @@ def promote(model_name: Annotated[str | None, typer.Option("--model-name")] = No
 @app.command()
 def score(
     data: DataOpt,
-    as_of: AsOfOpt,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="As-of time, ISO 8601 (a date means midnight UTC); required for an export, default today for a flat file.")] = None,
     out: Annotated[str | None, typer.Option("--out", help="A .parquet/.csv file, a database URL (sqlite:///, postgresql://), or env:VARIABLE holding one (default: env CONVERT_OUT_URL).")] = None,
     model: ModelOpt = None,
     table: Annotated[str | None, typer.Option("--table", help="Current-scores table (history: NAME_history).")] = None,
     config: ConfigOpt = None, rejects: RejectsOpt = None, strict: StrictOpt = False,
     top: Annotated[int, typer.Option("--top", help="Print the N best leads.")] = 0,
     engine: Annotated[str, typer.Option("--engine", help="duckdb, or spark (--data: typed Parquet tables from `export`).")] = "duckdb",
+    mapping: MappingOpt = None,
+    id_column: IdOpt = None,
 ) -> None:
-    """Score, explain and write back every lead open at the as-of time."""
+    """Score, explain and write back every lead open at the as-of time (or every row of a flat file)."""
     if engine not in ("duckdb", "spark"):
         raise ConvertError(f"--engine must be duckdb or spark, not {engine!r}")
     cfg = _config(config)
-    summary, scores = steps.score_step(data, cfg, as_of, out, model, table, str(rejects) if rejects else None,
-                                       strict or None, echo, engine=engine)
+    if _is_flat(data):
+        summary, scores = steps.score_flat_step(data, cfg, out, model, table, str(rejects) if rejects else None,
+                                                strict or None, echo, _mapping(mapping), id_column, as_of)
+    else:
+        if as_of is None:
+            raise ConfigError("--as-of is required to score a CRM export (the leads open at that time)")
+        summary, scores = steps.score_step(data, cfg, as_of, out, model, table, str(rejects) if rejects else None,
+                                           strict or None, echo, engine=engine, mapping=_mapping(mapping))
     echo(str(summary))
     if top:
         echo(_top_table(steps.top_leads(scores, top)))
@@ -187,23 +261,34 @@ def export(
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="Folder for the typed tables (Parquet).")],
     config: ConfigOpt = None, rejects: RejectsOpt = None, strict: StrictOpt = False,
+    mapping: MappingOpt = None,
 ) -> None:
     """Validate an export and write its typed contract tables as Parquet (input of --engine spark)."""
-    path = steps.export_step(data, _config(config), out, str(rejects) if rejects else None, strict or None, echo)
+    path = steps.export_step(data, _config(config), out, str(rejects) if rejects else None, strict or None, echo,
+                             _mapping(mapping))
     echo(f"typed tables written to {path}")
 
 
 @app.command()
 def explain(
-    data: DataOpt, as_of: AsOfOpt,
+    data: DataOpt,
     lead_id: Annotated[str, typer.Option("--lead-id")],
+    as_of: Annotated[str | None, typer.Option("--as-of", help="As-of time, ISO 8601 (required for an export).")] = None,
     model: ModelOpt = None, config: ConfigOpt = None, rejects: RejectsOpt = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Waterfall PNG (default: explain-LEAD.png).")] = None,
+    mapping: MappingOpt = None,
+    id_column: IdOpt = None,
 ) -> None:
     """Print one lead's explanation and write a waterfall plot."""
     cfg = _config(config)
     plot = plot or Path(f"explain-{lead_id}.png")
-    explanation = steps.explain_step(data, cfg, as_of, lead_id, model, plot, str(rejects) if rejects else None, echo)
+    if _is_flat(data):
+        explanation = steps.explain_flat_step(data, cfg, lead_id, model, plot, echo, _mapping(mapping), id_column)
+    else:
+        if as_of is None:
+            raise ConfigError("--as-of is required to explain a lead of a CRM export")
+        explanation = steps.explain_step(data, cfg, as_of, lead_id, model, plot, str(rejects) if rejects else None,
+                                         echo, _mapping(mapping))
     echo("\n".join(explanation.lines()))
     echo(f"waterfall plot: {plot}")
 

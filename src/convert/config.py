@@ -42,6 +42,8 @@ class DataConfig(_Section):
     max_quarantine_share: float = Field(0.05, ge=0.0, le=1.0)
     rejects: str = "rejects.csv"
     strict: bool = False
+    #: Rows fetched per round trip when ``--data`` is a database URL.
+    db_chunk_rows: int = Field(100_000, ge=100)
 
 
 class LabelsConfig(_Section):
@@ -193,6 +195,42 @@ class BaselinesConfig(_Section):
     )
 
 
+class LeakageConfig(_Section):
+    """The leakage guard: raw attributes screened before training (see :mod:`convert.leakage`).
+
+    A column is suspect when its out-of-fold single-column ROC AUC reaches ``max_auc``, or
+    when its fill rate differs by ``max_fill_gap`` or more between converted and unconverted
+    leads (a field filled after contact). ``exclude`` and ``allow`` settle suspects
+    (``--exclude`` / ``--allow`` add to them).
+    """
+
+    enabled: bool = True
+    max_auc: float = Field(0.90, gt=0.5, le=1.0)
+    max_fill_gap: float = Field(0.25, gt=0.0, le=1.0)
+    folds: int = Field(5, ge=2)
+    bins: int = Field(20, ge=2)
+    smoothing: float = Field(10.0, ge=0.0)
+    exclude: tuple[str, ...] = ()
+    allow: tuple[str, ...] = ()
+
+
+class FlatConfig(_Section):
+    """Flat tables: one row per lead, an outcome column and no timestamps.
+
+    Columns are typed by detection (numeric when at least ``numeric_min_share`` of the
+    filled cells are numbers, else categorical) unless named in ``categorical`` or
+    ``numeric``; ``engagement`` names the columns that describe what the lead did (the
+    rest are ``fit``).
+    """
+
+    model_name: str = "lead-conversion-flat"
+    categorical: tuple[str, ...] = ()
+    numeric: tuple[str, ...] = ()
+    engagement: tuple[str, ...] = ()
+    numeric_min_share: float = Field(0.98, gt=0.5, le=1.0)
+    max_category_share: float = Field(0.5, gt=0.0, le=1.0)
+
+
 class PromotionConfig(_Section):
     """When the challenger replaces the champion."""
 
@@ -212,6 +250,8 @@ class Config(_Section):
     scoring: ScoringConfig = ScoringConfig()
     baselines: BaselinesConfig = BaselinesConfig()
     promotion: PromotionConfig = PromotionConfig()
+    leakage: LeakageConfig = LeakageConfig()
+    flat: FlatConfig = FlatConfig()
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Config:

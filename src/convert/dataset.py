@@ -1,22 +1,35 @@
 """A loaded CRM export: typed contract tables in a DuckDB connection, with its load report.
 
-:func:`load` is the public entry (``convert.load``): find the tables, read them raw,
-apply the contract, and return a :class:`CRMData` the feature and label steps query.
+:func:`load` is the public entry (``convert.load``): find the tables (a folder of files, or
+a database), read them raw, apply the mapping (when the source needs one), apply the
+contract, and return a :class:`CRMData` the feature and label steps query.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from convert.config import Config
 from convert.features import index_events
-from convert.io import Source, connect, fetch_row, find_source, load_raw
-from convert.schema import Events, Leads, Stages
-from convert.validation import LoadReport, validate
+from convert.io import (
+    Source,
+    connect,
+    fetch_row,
+    find_database_source,
+    find_source,
+    is_database_url,
+    load_database,
+    load_raw,
+    resolve_data,
+)
+from convert.mapping import MappedTable, Mapping, mapped_select
+from convert.schema import CONTRACT_TABLES, Accounts, Events, Leads, Stages
+from convert.validation import LoadReport, quote, validate
 
 
 @dataclass
@@ -26,6 +39,7 @@ class CRMData:
     con: duckdb.DuckDBPyConnection
     source: Source
     report: LoadReport
+    mapped: dict[str, MappedTable] = field(default_factory=dict)
 
     def frame(self, table: str) -> pd.DataFrame:
         """A whole contract table as pandas (meant for small tables and tests)."""
@@ -55,19 +69,70 @@ class CRMData:
     def close(self) -> None:
         self.con.close()
 
+    # --- raw attributes (what the leakage guard screens) ----------------------------------
 
-def load(path: str | Path, config: Config | None = None, *, strict: bool | None = None) -> CRMData:
-    """Load a CRM export folder by the data contract.
+    def extra_columns(self) -> dict[str, list[str]]:
+        """The non-contract columns of ``leads`` and ``accounts`` (the extra attributes)."""
+        out: dict[str, list[str]] = {}
+        for schema in (Leads, Accounts):
+            present = [r[0] for r in self.con.execute(f"DESCRIBE {schema.table}").fetchall()]
+            out[schema.table] = [c for c in present if c not in schema.names()]
+        return out
+
+    def attributes(self) -> tuple[pd.DataFrame, np.ndarray]:
+        """One row per lead: its extra attributes and its account's (an account column that
+        shares a lead column's name is called ``accounts.NAME``), and whether the lead
+        converted. The raw material of the leakage guard in event mode."""
+        extras = self.extra_columns()
+        parts = [f"l.{quote(c)} AS {quote(c)}" for c in extras["leads"]]
+        parts += [
+            f"a.{quote(c)} AS {quote(c if c not in extras['leads'] else 'accounts.' + c)}"
+            for c in extras["accounts"]
+        ]
+        parts.append(f"l.{Leads.converted_at} IS NOT NULL AS __converted")
+        frame = self.con.execute(
+            f"SELECT {', '.join(parts)} FROM leads l LEFT JOIN accounts a "
+            f"ON l.{Leads.account_id} = a.{Accounts.account_id} ORDER BY l.{Leads.lead_id}"
+        ).df()
+        label = frame.pop("__converted").to_numpy(dtype="int64")
+        return frame, label
+
+    def drop_attributes(self, columns: list[str]) -> list[str]:
+        """Remove extra attributes from ``leads``/``accounts`` (``accounts.NAME`` names an
+        account column); return the ones removed."""
+        extras = self.extra_columns()
+        dropped = []
+        for column in columns:
+            table, name = ("accounts", column[9:]) if column.startswith("accounts.") else ("leads", column)
+            for t in ((table,) if column.startswith("accounts.") else ("leads", "accounts")):
+                if name in extras[t]:
+                    self.con.execute(f"ALTER TABLE {t} DROP COLUMN {quote(name)}")
+                    dropped.append(column if t == table else f"accounts.{name}")
+        return dropped
+
+
+def load(
+    path: str | Path,
+    config: Config | None = None,
+    *,
+    strict: bool | None = None,
+    mapping: Mapping | None = None,
+) -> CRMData:
+    """Load a CRM export by the data contract.
 
     Parameters
     ----------
     path:
         A folder holding ``leads`` and optionally ``accounts``, ``events``, ``stages``
-        as ``.csv`` or ``.parquet``.
+        as ``.csv`` or ``.parquet``; or a SQLAlchemy database URL (``sqlite:///crm.db``,
+        ``postgresql://user@host/db``) whose database holds those tables; or ``env:NAME``,
+        the environment variable holding either.
     config:
         The configuration (quarantine threshold, DuckDB memory limit).
     strict:
         Turn every quarantine into an error (overrides ``config.data.strict``).
+    mapping:
+        How the source differs from the contract (:func:`convert.mapping.load_mapping`).
 
     Returns
     -------
@@ -80,10 +145,17 @@ def load(path: str | Path, config: Config | None = None, *, strict: bool | None 
         When the export breaks the contract in a way that stops the command.
     """
     config = config or Config()
-    source = find_source(path)
+    mapping = mapping or Mapping()
+    location = resolve_data(path)
+    database = is_database_url(location)
+    source = find_database_source(location, mapping) if database else find_source(location, mapping)
     con = connect(config.features)
     try:
-        raw_columns = load_raw(con, source)
+        if database:
+            raw_columns = load_database(con, source, config.data.db_chunk_rows)
+        else:
+            raw_columns = load_raw(con, source, mapping.csv)
+        mapped = apply_mapping(con, source, raw_columns, mapping)
         report = validate(con, source, raw_columns, config.data, strict=strict)
         for table in raw_columns:
             con.execute(f"DROP TABLE IF EXISTS raw_{table}")
@@ -91,4 +163,24 @@ def load(path: str | Path, config: Config | None = None, *, strict: bool | None 
     except BaseException:
         con.close()
         raise
-    return CRMData(con=con, source=source, report=report)
+    return CRMData(con=con, source=source, report=report, mapped=mapped)
+
+
+def apply_mapping(
+    con: duckdb.DuckDBPyConnection, source: Source, raw_columns: dict[str, list[str]], mapping: Mapping
+) -> dict[str, MappedTable]:
+    """Rewrite each ``raw_<table>`` by the mapping, in place; *raw_columns* is updated."""
+    done: dict[str, MappedTable] = {}
+    for table in list(raw_columns):
+        raw = f"raw_{table}"
+        types = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {raw})").fetchall())
+        mapped = mapped_select(
+            mapping, mapping.table(table), f"{raw}__src", types, source.label(table), CONTRACT_TABLES[table]
+        )
+        if mapped.changes:
+            con.execute(f"ALTER TABLE {raw} RENAME TO {raw}__src")
+            con.execute(f"CREATE TABLE {raw} AS {mapped.sql}")
+            con.execute(f"DROP TABLE {raw}__src")
+            raw_columns[table] = mapped.columns
+        done[table] = mapped
+    return done

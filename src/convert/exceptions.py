@@ -70,7 +70,14 @@ class WritebackError(ConvertError):
 
 
 class LeakageError(ConvertError):
-    """An input attribute looks like it was filled after the outcome."""
+    """An input attribute looks like it was filled after the outcome.
+
+    ``report`` carries the leakage guard's figures (a :class:`convert.leakage.LeakageReport`).
+    """
+
+    def __init__(self, message: str, *, report: object | None = None) -> None:
+        self.report = report
+        super().__init__(message)
 
 
 class UnsupportedModelError(ConvertError, ValueError):

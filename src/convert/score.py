@@ -56,7 +56,7 @@ def score_frame(
     prob = model.probability_from_raw(raw)
     fams = family_points(pts.points, model.catalog_, names)
     pos, neg = reasons(pts, features, model.catalog_, names, top=config.reasons)
-    idle = features["days_since_last_touch"].fillna(features["lead_age_days"]).to_numpy()
+    idle = _idle_days(features)
     out = pd.DataFrame(
         {
             O.lead_id: features[O.lead_id].astype(str).to_numpy(),
@@ -77,6 +77,14 @@ def score_frame(
     out[O.model_version] = model_version
     out[O.scored_at] = scored_at
     return out[O.names()]
+
+
+def _idle_days(features: pd.DataFrame) -> np.ndarray:
+    """Days since the last interaction, else the lead's age; unknown (NaN: never reviewed for
+    disqualification) for rows without timestamps (flat tables)."""
+    if "days_since_last_touch" in features and "lead_age_days" in features:
+        return features["days_since_last_touch"].fillna(features["lead_age_days"]).to_numpy(dtype="float64")
+    return np.full(len(features), np.nan)
 
 
 def iter_scores(

@@ -27,6 +27,7 @@ from convert.explain import (
     to_points,
 )
 from convert.io import write_frame
+from convert.mapping import Mapping
 from convert.model import LeadScoringModel
 from convert.schema import Labeled
 from convert.train import TrainResult, build_training_set, evaluate_holdout, split_by_time, train
@@ -40,19 +41,54 @@ def _quiet(_: str) -> None:
 
 def load_data(
     path: str | Path, config: Config, rejects: str | Path | None = None, strict: bool | None = None,
-    echo: Echo = _quiet,
+    echo: Echo = _quiet, mapping: Mapping | None = None,
 ) -> CRMData:
-    """Load an export, write the rejects file and report the counts."""
-    data = load(path, config, strict=strict)
+    """Load an export (folder or database URL), write the rejects file and report the counts."""
+    data = load(path, config, strict=strict, mapping=mapping)
     rejects_path = Path(rejects or config.data.rejects)
     write_frame(data.report.rejects, rejects_path)
     r = data.report
     echo(
-        f"loaded {path}: {r.tables['leads'].rows_loaded:,} leads, "
+        f"loaded {data.source.display}: {r.tables['leads'].rows_loaded:,} leads, "
         f"{r.tables['events'].rows_loaded:,} events; {r.quarantined:,} rows quarantined to "
         f"{rejects_path}, {r.warnings:,} warnings"
     )
+    _echo_mapping(data.mapped, echo)
     return data
+
+
+def _echo_mapping(mapped: dict[str, Any], echo: Echo) -> None:
+    for table, m in mapped.items():
+        if m.renamed:
+            echo(f"mapping: {table}: renamed " + ", ".join(f"{a!r} -> {b}" for a, b in m.renamed.items()))
+        for column, reason in m.excluded.items():
+            echo(f"mapping: {table}: excluded {column!r} ({reason})")
+        if m.absent:
+            echo(f"mapping: {table}: not in the data, so not renamed: " + ", ".join(map(repr, m.absent)))
+
+
+def screen_attributes(data: CRMData, config: Config, mapping: Mapping | None = None) -> tuple[Any, Config]:
+    """The leakage guard in event mode: the leads' and accounts' extra attributes against
+    whether each lead converted. Stops (``LeakageError``) on an unsettled suspect; excluded
+    columns leave the data and the configured features. Returns the report and the config."""
+    from convert.leakage import screen
+
+    frame, label = data.attributes()
+    kinds = {e.column: e.kind for e in config.features.extra_attributes}
+    report = screen(frame, label, config.leakage, kinds=kinds,
+                    allowed=(mapping or Mapping()).allow, seed=config.seed)
+    report.check()
+    gone = set(report.excluded)
+    data.drop_attributes(sorted(gone))
+    extras = [e.model_dump() for e in config.features.extra_attributes
+              if e.column not in gone and f"{e.table}.{e.column}" not in gone]
+    return report, config.with_overrides(features__extra_attributes=extras)
+
+
+def _leakage_artifact(report: Any, folder: str | Path) -> Path:
+    path = Path(folder) / "leakage.json"
+    path.write_text(json.dumps(report.to_dict(), indent=1))
+    return path
 
 
 # --- training ----------------------------------------------------------------------------------
@@ -111,15 +147,23 @@ def train_step(
     rejects: str | None = None,
     strict: bool | None = None,
     echo: Echo = _quiet,
+    mapping: Mapping | None = None,
 ) -> TrainSummary:
-    """Load, train, evaluate against the baselines and the champion, log and register."""
+    """Load, screen for leakage, train, evaluate against the baselines and the champion, log
+    and register."""
+    import tempfile
+
     from convert import registry
     from convert.metrics import evaluate, plot_lift, plot_reliability
 
     name = model_name or config.train.model_name
-    data = load_data(data_path, config, rejects, strict, echo)
+    data = load_data(data_path, config, rejects, strict, echo, mapping)
     try:
+        leakage, config = screen_attributes(data, config, mapping)
+        for line in leakage.lines():
+            echo(line)
         result = train(data, config, as_of=as_of, tune_trials=tune_trials)
+        result.model.metadata["leakage"] = leakage.to_dict()
         hold = result.split.masks["holdout"]
         holdout = result.training_set.frame.loc[hold].reset_index(drop=True)
         champion_metrics = None
@@ -148,23 +192,213 @@ def train_step(
         "horizon_days": config.labels.horizon_days, "frequency": config.labels.frequency,
         "seed": config.seed, "calibration": result.model.calibrator_.method,
         "best_iteration": result.model.best_iteration_, "n_features": len(result.model.spec_.names),
-        "lightgbm": result.params,
+        "lightgbm": result.params, **leakage.params(),
     }
-    registered = registry.log_training(
-        result.model, name, params, metrics,
-        tables={"metrics": ev.metrics.reset_index(names="metric"), "reliability": ev.reliability,
-                "lift": ev.lift, "grades": ev.grades, "slices": result.slices,
-                "importance": importance, "calibration_cv": pd.DataFrame([result.calibration_cv])},
-        figures={"reliability": plot_reliability(ev.reliability), "lift": plot_lift(ev.lift),
-                 "importance": plot_importance(importance)},
-        input_example=holdout,
-    )
-    return TrainSummary(result, registered, importance, champion_metrics)
+    with tempfile.TemporaryDirectory() as tmp:
+        registered = registry.log_training(
+            result.model, name, params, metrics,
+            tables={"metrics": ev.metrics.reset_index(names="metric"), "reliability": ev.reliability,
+                    "lift": ev.lift, "grades": ev.grades, "slices": result.slices,
+                    "importance": importance, "calibration_cv": pd.DataFrame([result.calibration_cv])},
+            figures={"reliability": plot_reliability(ev.reliability), "lift": plot_lift(ev.lift),
+                     "importance": plot_importance(importance)},
+            input_example=holdout,
+            extra_artifacts={"leakage": _leakage_artifact(leakage, tmp)},
+        )
+    summary = TrainSummary(result, registered, importance, champion_metrics)
+    summary.lines.extend(leakage.lines())
+    return summary
+
+
+# --- flat tables ---------------------------------------------------------------------------
+
+
+def validate_flat_step(
+    data_path: str | Path, config: Config, mapping: Mapping | None = None, target: str | None = None,
+    positive: str | None = None, id_column: str | None = None, rejects: str | None = None,
+    strict: bool | None = None,
+) -> Any:
+    """Load a flat file (its outcome checked when named), write the rejects file, return the table."""
+    from convert import flat
+
+    mapping = mapping or Mapping()
+    table = flat.load_flat(data_path, config, mapping, target=target, positive=positive, id_column=id_column,
+                           strict=strict, training=bool(target or mapping.flat.target))
+    write_frame(table.report.rejects, Path(rejects or config.data.rejects))
+    return table
+
+
+def train_flat_step(
+    data_path: str | Path,
+    config: Config,
+    mapping: Mapping | None = None,
+    target: str | None = None,
+    positive: str | None = None,
+    id_column: str | None = None,
+    split: str | None = None,
+    model_name: str | None = None,
+    rejects: str | None = None,
+    strict: bool | None = None,
+    echo: Echo = _quiet,
+) -> TrainSummary:
+    """Train on a flat table (``--data FILE --target COLUMN``): load, screen for leakage, fit,
+    evaluate beside a logistic regression (and the champion), log and register under the flat
+    model name."""
+    import tempfile
+
+    from convert import flat, registry
+    from convert.metrics import evaluate, plot_lift, plot_reliability
+
+    name = model_name or config.flat.model_name
+    mapping = mapping or Mapping()
+    table = flat.load_flat(data_path, config, mapping, target=target, positive=positive,
+                           id_column=id_column, strict=strict)
+    rejects_path = Path(rejects or config.data.rejects)
+    write_frame(table.report.rejects, rejects_path)
+    r = table.report
+    echo(f"loaded {data_path}: {r.tables['leads'].rows_loaded:,} leads ({int(table.label.sum()):,} "  # type: ignore[union-attr]
+         f"converted); {r.quarantined:,} rows quarantined to {rejects_path}, {r.warnings:,} warnings")
+    for warning in r.tables["leads"].warnings:
+        echo(f"warning: {warning}")
+    for column, why in table.dropped.items():
+        echo(f"not a feature: {column!r} ({why})")
+    result = flat.train_flat(table, config, mapping, split)  # type: ignore[arg-type]
+    for line in result.leakage.lines():
+        echo(line)
+    ev = result.evaluation
+    holdout = result.training_set.frame.loc[result.split.masks["holdout"]].reset_index(drop=True)
+    champion_metrics = None
+    if registry.champion_exists(name):
+        champion, label = registry.load_model(f"models:/{name}@{registry.CHAMPION}")
+        columns = (champion.metadata.get("flat") or {}).get("columns", {})
+        if flat.is_flat_model(champion) and all(c in table.frame.columns for c in columns):
+            rows = flat.feature_frame(table, columns, result.training_set.as_of)
+            p = champion.predict_proba(rows.loc[result.split.masks["holdout"]])[:, 1]
+            champion_metrics = evaluate(holdout[Labeled.label].to_numpy(), p)
+            echo(f"champion {label} on this hold-out: log loss {champion_metrics['log_loss']:.4f}, "
+                 f"ROC AUC {champion_metrics['roc_auc']:.4f}")
+    importance = global_importance(result.model, holdout, seed=config.seed)
+    metrics: dict[str, float] = {}
+    for col in ev.metrics.columns:
+        prefix = "holdout_" if col == "model" else f"baseline_{col}_"
+        metrics.update({f"{prefix}{k}": float(v) for k, v in ev.metrics[col].items()})
+    if champion_metrics:
+        metrics.update({f"champion_holdout_{k}": float(v) for k, v in champion_metrics.items()})
+    meta = result.model.metadata["flat"]
+    params = {
+        "model_name": name, "mode": "flat", "file": meta["file"], "target": meta["target"],
+        "positive": ",".join(meta["positive"]), "id": meta["id"], "split": meta["split"],
+        "seed": config.seed, "calibration": result.model.calibrator_.method,
+        "best_iteration": result.model.best_iteration_, "n_features": len(result.model.spec_.names),
+        "mapping": mapping.label(), "lightgbm": result.params, **result.leakage.params(),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        registered = registry.log_training(
+            result.model, name, params, metrics,
+            tables={"metrics": ev.metrics.reset_index(names="metric"), "reliability": ev.reliability,
+                    "lift": ev.lift, "grades": ev.grades, "slices": result.slices,
+                    "importance": importance, "calibration_cv": pd.DataFrame([result.calibration_cv]),
+                    "leakage": result.leakage.to_frame()},
+            figures={"reliability": plot_reliability(ev.reliability), "lift": plot_lift(ev.lift),
+                     "importance": plot_importance(importance)},
+            input_example=holdout,
+            extra_artifacts={"leakage": _leakage_artifact(result.leakage, tmp)},
+        )
+    return TrainSummary(result, registered, importance, champion_metrics)  # type: ignore[arg-type]
+
+
+def score_flat_step(
+    data_path: str | Path,
+    config: Config,
+    out: str | None,
+    model_uri: str | None = None,
+    table: str | None = None,
+    rejects: str | None = None,
+    strict: bool | None = None,
+    echo: Echo = _quiet,
+    mapping: Mapping | None = None,
+    id_column: str | None = None,
+    as_of: str | None = None,
+) -> tuple[Any, pd.DataFrame]:
+    """Score every row of a flat file with a flat model and write the results.
+
+    The as-of time written with each score is *as_of*, else today (midnight UTC), so a
+    re-run on the same day replaces its own history rows.
+    """
+    from convert import flat, registry
+    from convert.exceptions import ModelNotFoundError
+    from convert.labels import parse_as_of
+    from convert.score import score_frame
+    from convert.writeback import write_scores
+
+    target = resolve_target(out)
+    uri = model_uri or f"models:/{config.flat.model_name}@{registry.CHAMPION}"
+    model, label = registry.load_model(uri)
+    echo(f"model {label} (from {uri})")
+    if not flat.is_flat_model(model):
+        raise ModelNotFoundError(
+            f"{label} was trained on a CRM export (event mode); a flat file is scored with a flat "
+            f"model (trained with --target), by default models:/{config.flat.model_name}@champion"
+        )
+    t = parse_as_of(as_of) or pd.Timestamp.now(tz="UTC").tz_localize(None).normalize()
+    rows, loaded = flat.scoring_frame(data_path, model, config, t, mapping, id_column, strict)
+    rejects_path = Path(rejects or config.data.rejects)
+    write_frame(loaded.report.rejects, rejects_path)
+    r = loaded.report
+    echo(f"loaded {data_path}: {len(rows):,} leads; {r.quarantined:,} rows quarantined to "
+         f"{rejects_path}, {r.warnings:,} warnings")
+    for warning in r.tables["leads"].warnings:
+        echo(f"warning: {warning}")
+    scored_at = pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s")
+    size = config.scoring.chunk_size
+    chunks = [score_frame(model, rows.iloc[i:i + size], config.scoring, label, scored_at)
+              for i in range(0, len(rows), size)]
+    scores = pd.concat(chunks, ignore_index=True) if chunks else rows.iloc[:0]
+    summary = write_scores(scores, target, table or config.scoring.table)
+    return summary, scores
+
+
+def evaluate_flat_step(
+    data_path: str | Path, config: Config, model_uri: str, out: str | Path,
+    rejects: str | None = None, echo: Echo = _quiet, mapping: Mapping | None = None,
+) -> dict[str, Any]:
+    """Re-evaluate a flat model on its own hold-out (the same seeded split of the same file)."""
+    from convert import flat, registry
+    from convert.metrics import plot_lift, plot_reliability
+    from convert.train import TrainingSet
+
+    model, label = registry.load_model(model_uri)
+    echo(f"model {label}")
+    meta = model.metadata.get("flat") or {}
+    cfg = config.with_overrides(seed=model.metadata.get("seed", config.seed),
+                                train__split=meta.get("split_shares"))
+    mapping = mapping or flat.model_mapping(model)
+    table = flat.load_flat(data_path, cfg, mapping, target=meta.get("target"),
+                           positive=meta.get("positive"), negative=meta.get("negative", ()),
+                           id_column=meta.get("id"), kinds=dict(meta.get("kinds", {})))
+    write_frame(table.report.rejects, Path(rejects or config.data.rejects))
+    assert table.label is not None
+    frame = flat.feature_frame(table, dict(meta.get("columns", {})), pd.Timestamp(model.metadata["trained_at"]))
+    frame.insert(2, Labeled.label, table.label)
+    ts = TrainingSet(frame, model.catalog_, (), pd.Timestamp(model.metadata["trained_at"]), model.horizon_days)
+    split = flat.split_rows(table.label, meta.get("split", "random"), cfg)
+    ev = flat.evaluate_flat(model, ts, split, cfg)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = {c: {k: float(v) for k, v in ev.metrics[c].items()} for c in ev.metrics.columns}
+    (out / "metrics.json").write_text(json.dumps({"model": label, **metrics}, indent=1))
+    ev.reliability.to_csv(out / "reliability.csv", index=False)
+    ev.lift.to_csv(out / "lift.csv", index=False)
+    ev.grades.to_csv(out / "grades.csv", index=False)
+    plot_reliability(ev.reliability).savefig(out / "reliability.png", dpi=110)
+    plot_lift(ev.lift).savefig(out / "lift.png", dpi=110)
+    echo(ev.table())
+    return metrics
 
 
 def evaluate_step(
     data_path: str | Path, config: Config, model_uri: str, out: str | Path, rejects: str | None = None,
-    echo: Echo = _quiet,
+    echo: Echo = _quiet, mapping: Mapping | None = None,
 ) -> dict[str, Any]:
     """Re-evaluate a model on its own hold-out and write metrics and plots (DVC ``evaluate``)."""
     from convert import registry
@@ -174,7 +408,7 @@ def evaluate_step(
     echo(f"model {label}")
     as_of = model.metadata.get("training_as_of")
     cfg = config.with_overrides(labels__horizon_days=model.horizon_days)
-    data = load_data(data_path, cfg, rejects, echo=echo)
+    data = load_data(data_path, cfg, rejects, echo=echo, mapping=mapping)
     try:
         ts = build_training_set(data, cfg, as_of)
         split = split_by_time(ts.frame[Labeled.as_of], cfg)
@@ -232,6 +466,7 @@ def score_step(
     echo: Echo = _quiet,
     progress: bool = True,
     engine: str = "duckdb",
+    mapping: Mapping | None = None,
 ) -> tuple[Any, pd.DataFrame]:
     """Score the population at *as_of* with a registered model and write the results.
 
@@ -251,7 +486,7 @@ def score_step(
         scores = _score_with_spark(str(data_path), model, label, as_of, config)
         summary = write_scores(scores, target, table or config.scoring.table)
         return summary, scores
-    data = load_data(data_path, config, rejects, strict, echo)
+    data = load_data(data_path, config, rejects, strict, echo, mapping)
     try:
         scores = pd.concat(
             list(iter_scores(data, model, as_of, config, label, progress=progress)), ignore_index=True
@@ -282,11 +517,11 @@ def _score_with_spark(path: str, model: LeadScoringModel, label: str, as_of: str
 
 
 def export_step(data_path: str | Path, config: Config, out: str | Path, rejects: str | None = None,
-                strict: bool | None = None, echo: Echo = _quiet) -> Path:
+                strict: bool | None = None, echo: Echo = _quiet, mapping: Mapping | None = None) -> Path:
     """Validate an export and write its typed contract tables as Parquet (for Spark)."""
     from convert.spark import export_typed
 
-    data = load_data(data_path, config, rejects, strict, echo)
+    data = load_data(data_path, config, rejects, strict, echo, mapping)
     try:
         return export_typed(data, out)
     finally:
@@ -296,6 +531,7 @@ def export_step(data_path: str | Path, config: Config, out: str | Path, rejects:
 def explain_step(
     data_path: str | Path, config: Config, as_of: str, lead_id: str, model_uri: str | None = None,
     plot: str | Path | None = None, rejects: str | None = None, echo: Echo = _quiet,
+    mapping: Mapping | None = None,
 ) -> LeadExplanation:
     """Explain one lead's score at *as_of* and write a waterfall plot."""
     from convert import registry
@@ -305,7 +541,7 @@ def explain_step(
     uri = model_uri or f"models:/{config.train.model_name}@{registry.CHAMPION}"
     model, label = registry.load_model(uri)
     echo(f"model {label} (from {uri})")
-    data = load_data(data_path, config, rejects, echo=echo)
+    data = load_data(data_path, config, rejects, echo=echo, mapping=mapping)
     try:
         rows = feature_rows(data, model, as_of, config, [lead_id])
     finally:
@@ -322,6 +558,56 @@ def explain_step(
         Path(plot).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(plot, dpi=110)
     return explanation
+
+
+def explain_flat_step(
+    data_path: str | Path, config: Config, lead_id: str, model_uri: str | None = None,
+    plot: str | Path | None = None, echo: Echo = _quiet, mapping: Mapping | None = None,
+    id_column: str | None = None,
+) -> LeadExplanation:
+    """Explain one row of a flat file (by its id) and write a waterfall plot."""
+    from convert import flat, registry
+    from convert.exceptions import ContractError
+
+    uri = model_uri or f"models:/{config.flat.model_name}@{registry.CHAMPION}"
+    model, label = registry.load_model(uri)
+    echo(f"model {label} (from {uri})")
+    today = pd.Timestamp.now(tz="UTC").tz_localize(None).normalize()
+    rows, _ = flat.scoring_frame(data_path, model, config, today, mapping, id_column)
+    row = rows[rows[Labeled.lead_id] == str(lead_id)]
+    if row.empty:
+        raise ContractError(f"no row has the id {lead_id!r}", file=Path(data_path).name,
+                            column=(model.metadata.get("flat") or {}).get("id") or "(row number)")
+    explanation = explain_lead(model, row.reset_index(drop=True))
+    if plot:
+        fig = plot_waterfall(explanation)
+        Path(plot).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(plot, dpi=110)
+    return explanation
+
+
+def summary_record(summary: TrainSummary) -> dict[str, Any]:
+    """A training run as JSON-ready figures: hold-out metrics beside the baselines, slices,
+    the leakage screen and the registered version (``train --summary``)."""
+    r = summary.result
+    model = r.model
+    meta = model.metadata
+    holdout = r.split.masks["holdout"]
+    y = r.training_set.frame[Labeled.label].to_numpy()
+    return {
+        "model": summary.registered.label,
+        "mode": meta.get("mode", "event"),
+        "flat": {k: v for k, v in (meta.get("flat") or {}).items() if k != "mapping"},
+        "rows": int(len(y)),
+        "positive_rate": float(y.mean()),
+        "holdout_rows": int(holdout.sum()),
+        "holdout_positive_rate": float(y[holdout].mean()),
+        "metrics": {c: {k: float(v) for k, v in r.evaluation.metrics[c].items()} for c in r.evaluation.metrics},
+        "calibration": model.calibrator_.method,
+        "slices": r.slices.to_dict("records"),
+        "leakage": meta.get("leakage"),
+        "top_features": summary.importance.head(10)[["feature", "family", "mean_abs_points"]].to_dict("records"),
+    }
 
 
 def top_leads(scores: pd.DataFrame, n: int = 10) -> pd.DataFrame:

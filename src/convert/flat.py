@@ -1,0 +1,603 @@
+"""Flat tables: one row per lead with an outcome column and no timestamps (a CRM report).
+
+The data contract's "Flat tables" section, implemented: ``--data FILE`` with ``--target
+COLUMN``, optional ``--positive VALUE`` (default ``1``, ``true``, ``yes``, case-insensitive)
+and ``--id COLUMN`` (default: the row number). Without time there is no as-of time: the
+rows are cut into train | validation | calibration | hold-out at random, stratified by the
+outcome, or in file order with ``--split ordered`` when the rows are in time order.
+
+:func:`load_flat` reads and types the file (mapping applied, every column typed numeric or
+categorical by detection unless configured), quarantines rows whose id or outcome is
+unusable, and keeps every column for the leakage guard. :func:`train_flat` screens the
+columns, fits the same booster and calibrator as the event mode (``train.fit_calibrated``)
+and evaluates it beside a logistic regression on the hold-out; the model then scores,
+grades, explains and writes back exactly as an event-mode model does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from convert.baselines import LogisticBaseline
+from convert.catalog import Catalog, FeatureDef
+from convert.config import Config
+from convert.exceptions import (
+    ConfigError,
+    ContractError,
+    FeatureMismatchError,
+    InsufficientDataError,
+)
+from convert.features import slug
+from convert.io import Source, connect, read_frame
+from convert.leakage import LeakageReport, screen
+from convert.mapping import CsvFormat, FlatMapping, Mapping, mapped_select
+from convert.metrics import evaluate, grade_table, lift_table, reliability_table
+from convert.model import LeadScoringModel, score_from_probability
+from convert.schema import Labeled, Rejects
+from convert.train import SLICES, Evaluation, TimeSplit, TrainingSet, fit_calibrated
+from convert.validation import LoadReport, TableReport, _enforce_thresholds
+
+Split = Literal["random", "ordered"]
+DEFAULT_POSITIVE = ("1", "true", "yes")
+DEFAULT_NEGATIVE = ("0", "false", "no")
+TABLE = "leads"
+#: Feature names a flat column may not take (the training frame's own columns).
+_RESERVED = {Labeled.lead_id, Labeled.as_of, Labeled.label}
+
+
+@dataclass
+class FlatTable:
+    """A flat file, loaded and typed.
+
+    ``frame`` holds every attribute column (not the id nor the outcome) under its
+    (mapped) name: numeric columns as float64, categorical ones as text with ``None``.
+    ``excluded`` are columns the mapping leaves out (still screened), ``dropped`` columns
+    that cannot be features (empty, one value, identifier-like).
+    """
+
+    path: Path
+    ids: pd.Series
+    rows: np.ndarray
+    frame: pd.DataFrame
+    kinds: dict[str, str]
+    report: LoadReport
+    label: np.ndarray | None = None
+    target: str | None = None
+    id_column: str | None = None
+    positive: tuple[str, ...] = ()
+    negative: tuple[str, ...] = ()
+    excluded: dict[str, str] = field(default_factory=dict)
+    dropped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def candidates(self) -> list[str]:
+        """Columns that may become features (before the leakage guard's exclusions)."""
+        return [c for c in self.frame.columns if c not in self.excluded and c not in self.dropped]
+
+
+def _normal(value: Any) -> str:
+    """An outcome value as compared: trimmed, lower case, ``1.0`` read as ``1``."""
+    text = str(value).strip().lower()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if number.is_integer() and abs(number) < 2**53:
+        return str(int(number))
+    return text
+
+
+def _outcome_sets(values: pd.Series, positive: tuple[str, ...], negative: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The positive and negative values: given, or the contract's defaults.
+
+    With a positive value named and no negatives, the one other value in the column is
+    the negative; several other values are left unsettled (their rows are quarantined).
+    """
+    pos = tuple(_normal(v) for v in positive) or DEFAULT_POSITIVE
+    if negative:
+        return pos, tuple(_normal(v) for v in negative)
+    if not positive:
+        return pos, DEFAULT_NEGATIVE
+    others = sorted({_normal(v) for v in values.dropna()} - set(pos))
+    if len(others) == 1:
+        return pos, (others[0],)
+    return pos, tuple(v for v in DEFAULT_NEGATIVE if v in others)
+
+
+def _resolve(name: str | None, table: FlatMapping, columns: list[str], file: str, what: str) -> str | None:
+    """A column named on the command line or in the mapping, by its source or mapped name."""
+    if name is None:
+        return None
+    mapped = table.output_name(name)
+    if mapped in columns:
+        return mapped
+    raise ContractError(
+        f"the {what} column is missing (found: {', '.join(columns[:30])}). Column names are "
+        "case-sensitive",
+        file=file,
+        column=name,
+    )
+
+
+def parse_numbers(values: pd.Series, fmt: CsvFormat) -> pd.Series:
+    """Numbers written with the source's separators as float64; anything else NaN."""
+    if pd.api.types.is_bool_dtype(values.dtype):
+        return pd.Series(np.nan, index=values.index)
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        out = values.astype("float64")
+    else:
+        text = values.astype(object).where(values.notna(), None).map(
+            lambda v: None if v is None else str(v).strip(), na_action="ignore"
+        )
+        if fmt.thousands:
+            text = text.str.replace(fmt.thousands, "", regex=False)
+        if fmt.decimal != ".":
+            text = text.str.replace(fmt.decimal, ".", regex=False)
+        out = pd.to_numeric(text, errors="coerce").astype("float64")
+    return out.where(np.isfinite(out.to_numpy(dtype="float64", na_value=np.nan)))
+
+
+def _as_text(values: pd.Series) -> pd.Series:
+    if pd.api.types.is_float_dtype(values.dtype):
+        text = values.map(lambda v: None if pd.isna(v) else (str(int(v)) if float(v).is_integer() else repr(float(v))))
+    else:
+        text = values.astype(object).map(lambda v: None if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) else str(v))
+    return text.astype(object).where(text.notna(), None)
+
+
+def load_flat(
+    path: str | Path,
+    config: Config,
+    mapping: Mapping | None = None,
+    *,
+    target: str | None = None,
+    positive: str | Sequence[str] | None = None,
+    negative: Sequence[str] = (),
+    id_column: str | None = None,
+    kinds: dict[str, str] | None = None,
+    strict: bool | None = None,
+    training: bool = True,
+) -> FlatTable:
+    """Read a flat file (CSV or Parquet) and type it for training or scoring.
+
+    Parameters
+    ----------
+    path:
+        The file.
+    config:
+        ``data`` (quarantine threshold, strict) and ``flat`` (type overrides).
+    mapping:
+        Renames, missing-value tokens, value maps, exclusions, CSV format; its ``flat``
+        section gives defaults for *target*, *positive* and *id_column*.
+    target, positive, id_column:
+        The outcome column, its positive value(s) and the id column (command-line flags).
+    negative:
+        The negative values (default: the mapping's, else as the contract says).
+    kinds:
+        ``numeric``/``categorical`` per column, forced (scoring: the model's kinds).
+    training:
+        Whether the outcome is required (training) or ignored (scoring).
+
+    Raises
+    ------
+    ContractError
+        For an unreadable file, a missing outcome or id column, a duplicate id, an outcome
+        whose values are mostly outside the positive/negative pair, or too many
+        quarantined rows.
+    """
+    mapping = mapping or Mapping()
+    path = Path(path)
+    flat = mapping.flat
+    label = path.name
+    if not path.exists():
+        raise ContractError(f"the data file {path} does not exist", file=str(path))
+    con = connect(config.features)
+    try:
+        read_frame(path, mapping.csv, con)
+        types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE raw_flat)").fetchall())
+        keep_all = flat.model_copy(update={"exclude": {}})
+        mapped = mapped_select(mapping, keep_all, "raw_flat", types, label)
+        frame = con.execute(mapped.sql or "SELECT * FROM raw_flat").df()
+    finally:
+        con.close()
+    columns = [str(c) for c in frame.columns]
+    if frame.empty:
+        raise ContractError("the file holds a header but no data rows", file=label)
+    target = _resolve(target or flat.target, flat, columns, label, "outcome") if training else None
+    if training and target is None:
+        raise ConfigError("a flat table needs its outcome column: --target COLUMN (or flat.target in the mapping)")
+    id_column = _resolve(id_column or flat.id, flat, columns, label, "id")
+    if id_column is not None and id_column == target:
+        raise ConfigError(f"--id and --target both name {id_column!r}; the id cannot be the outcome")
+    excluded = {}
+    for column, reason in flat.exclude.items():
+        name = flat.output_name(column)
+        if name in columns and name not in (target, id_column):
+            excluded[name] = reason
+    rows = np.arange(1, len(frame) + 1)
+    reasons = pd.Series(None, index=frame.index, dtype=object)
+    bad_column = pd.Series(None, index=frame.index, dtype=object)
+    bad_value = pd.Series(None, index=frame.index, dtype=object)
+
+    def quarantine(mask: pd.Series, column: str, values: pd.Series, reason: str | pd.Series) -> None:
+        fresh = mask & reasons.isna()
+        reasons[fresh] = reason if isinstance(reason, str) else reason[fresh]
+        bad_column[fresh] = column
+        bad_value[fresh] = values[fresh]
+
+    if id_column is not None:
+        ids = _as_text(frame[id_column])
+        quarantine(ids.isna(), id_column, ids, "empty id")
+    else:
+        ids = pd.Series(rows.astype(str), index=frame.index, dtype=object)
+    y = None
+    pos: tuple[str, ...] = ()
+    neg: tuple[str, ...] = ()
+    if target is not None:
+        raw_outcome = _as_text(frame[target])
+        quarantine(raw_outcome.isna(), target, raw_outcome, "the outcome is empty")
+        normal = raw_outcome.map(_normal, na_action="ignore")
+        given = (positive,) if isinstance(positive, str) else tuple(positive or ())
+        pos, neg = _outcome_sets(normal, given or flat.positive, tuple(negative) or flat.negative)
+        outside = normal.notna() & ~normal.isin(pos) & ~normal.isin(neg)
+        settled = f"positive ({', '.join(pos)}) nor negative ({', '.join(neg) or 'none named'})"
+        quarantine(outside, target, raw_outcome,
+                   raw_outcome.map(lambda v: f"outcome {v!r} is neither {settled}", na_action="ignore"))
+        _check_outcome(outside, raw_outcome, rows, target, label, pos, neg, config.data.max_quarantine_share)
+        y = normal.isin(pos).to_numpy(dtype="int64")
+    quarantined = reasons.notna().to_numpy()
+    report = _report(label, rows, reasons, bad_column, bad_value)
+    keep = ~quarantined
+    if id_column is not None:
+        _check_unique(ids[keep], rows[keep], id_column, label)
+    attributes = [c for c in columns if c not in (target, id_column)]
+    typed, kinds_out, dropped = _type_columns(
+        frame.loc[keep, attributes], rows[keep], mapping, config, kinds, report.tables[TABLE]
+    )
+    _enforce_thresholds(report, Source(root=path.parent, files={TABLE: path}), config.data.max_quarantine_share,
+                        config.data.strict if strict is None else strict)
+    return FlatTable(
+        path=path, ids=ids[keep].reset_index(drop=True), rows=rows[keep], frame=typed.reset_index(drop=True),
+        kinds=kinds_out, report=report, label=None if y is None else y[keep], target=target,
+        id_column=id_column, positive=pos, negative=neg, excluded=excluded,
+        dropped={c: r for c, r in dropped.items() if c not in excluded},
+    )
+
+
+def _check_outcome(
+    outside: pd.Series, values: pd.Series, rows: np.ndarray, target: str, file: str,
+    pos: tuple[str, ...], neg: tuple[str, ...], max_share: float,
+) -> None:
+    """An outcome mostly outside the positive/negative pair is mis-specified, not bad rows."""
+    n_bad = int(outside.sum())
+    if not n_bad or n_bad / len(outside) <= max_share:
+        return
+    counts = values[outside].value_counts().head(6)
+    seen = ", ".join(f"{v!r} ({n:,})" for v, n in counts.items())
+    first = int(rows[np.flatnonzero(outside.to_numpy())[0]])
+    raise ContractError(
+        f"{n_bad:,} of {len(outside):,} rows have an outcome outside the positive/negative pair: "
+        f"{seen}. Positive: {', '.join(pos)}; negative: {', '.join(neg) or 'none named'}. Name the "
+        "positive value with --positive VALUE (one other value is then the negative), or list "
+        "the values in the mapping file (flat.positive, flat.negative)",
+        file=file, row=first, column=target,
+    )
+
+
+def _check_unique(ids: pd.Series, rows: np.ndarray, column: str, file: str) -> None:
+    dup = ids.duplicated(keep="first").to_numpy()
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        value = ids.iloc[i]
+        first = int(rows[np.flatnonzero((ids == value).to_numpy())[0]])
+        raise ContractError(
+            f"duplicate id {value!r} (also at row {first}); the id column must be unique. Fix the "
+            "export, or leave --id out to number the rows",
+            file=file, row=int(rows[i]), column=column,
+        )
+
+
+def _report(file: str, rows: np.ndarray, reasons: pd.Series, columns: pd.Series, values: pd.Series) -> LoadReport:
+    bad = reasons.notna().to_numpy()
+    rejects = pd.DataFrame(
+        {
+            Rejects.table_name: TABLE,
+            Rejects.row: rows[bad],
+            Rejects.column: columns[bad].to_numpy(),
+            Rejects.value: values[bad].to_numpy(),
+            Rejects.reason: reasons[bad].to_numpy(),
+        },
+        columns=Rejects.names(),
+    )
+    table = TableReport(TABLE, file, rows_read=len(rows), rows_loaded=int((~bad).sum()), quarantined=int(bad.sum()))
+    table.reasons = {str(k): int(v) for k, v in reasons[bad].value_counts().sort_index().items()}
+    return LoadReport({TABLE: table}, rejects)
+
+
+def _type_columns(
+    frame: pd.DataFrame, rows: np.ndarray, mapping: Mapping, config: Config,
+    forced: dict[str, str] | None, report: TableReport,
+) -> tuple[pd.DataFrame, dict[str, str], dict[str, str]]:
+    """Numeric or categorical per column (configured, else detected); what cannot be a feature."""
+    flat = mapping.flat
+    declared: dict[str, str] = {}
+    for kind, names in (
+        ("categorical", config.flat.categorical + flat.categorical),
+        ("numeric", config.flat.numeric + flat.numeric),
+    ):
+        for name in names:
+            declared[flat.output_name(name)] = kind
+    declared.update(forced or {})
+    out = pd.DataFrame(index=frame.index)
+    kinds: dict[str, str] = {}
+    dropped: dict[str, str] = {}
+    for column in frame.columns:
+        values = frame[column]
+        filled = int(values.notna().sum())
+        numbers = parse_numbers(values, mapping.csv)
+        share = float(numbers.notna().sum()) / filled if filled else 0.0
+        kind = declared.get(column) or (
+            "numeric" if filled and share >= config.flat.numeric_min_share and not pd.api.types.is_bool_dtype(values.dtype)
+            else "categorical"
+        )
+        if kind == "numeric":
+            lost = values.notna() & numbers.isna()
+            if lost.any():
+                first = int(np.flatnonzero(lost.to_numpy())[0])
+                report.warnings[
+                    f"{column}: {int(lost.sum()):,} values are not numbers (first at row {rows[first]}: "
+                    f"{str(values.iloc[first])[:40]!r}); kept as missing"
+                ] = int(lost.sum())
+            out[column] = numbers
+        else:
+            out[column] = _as_text(values)
+        kinds[column] = kind
+        distinct = int(out[column].nunique(dropna=True))
+        if filled == 0:
+            dropped[column] = "empty in every row"
+        elif distinct <= 1:
+            dropped[column] = "one value in every row"
+        elif kind == "categorical" and distinct > 50 and distinct > config.flat.max_category_share * filled:
+            dropped[column] = f"identifier-like: {distinct:,} distinct values in {filled:,} filled rows"
+    for column in (forced or {}):
+        if column not in frame.columns:
+            raise FeatureMismatchError(
+                f"the data lacks column {column!r}, which the model was trained on; score a file "
+                "with the training file's columns (and the same mapping)"
+            )
+    return out, kinds, dropped
+
+
+# --- splitting ----------------------------------------------------------------------------------
+
+
+def split_rows(y: np.ndarray, mode: Split, config: Config) -> TimeSplit:
+    """Cut rows into train | validation | calibration | hold-out by the configured shares.
+
+    ``random``: stratified by the outcome, seeded. ``ordered``: in file order, later
+    slices later (for rows in time order).
+    """
+    s = config.train.split
+    shares = {"validation": s.validation, "calibration": s.calibration, "holdout": s.holdout}
+    n = len(y)
+    slot = np.zeros(n, dtype="int64")
+
+    def assign(index: np.ndarray) -> None:
+        m = len(index)
+        cuts = [round(m * (1 - shares["validation"] - shares["calibration"] - shares["holdout"]))]
+        cuts.append(cuts[-1] + round(m * shares["validation"]))
+        cuts.append(cuts[-1] + round(m * shares["calibration"]))
+        for k, (lo, hi) in enumerate(zip([0, *cuts], [*cuts, m], strict=True)):
+            slot[index[lo:hi]] = k
+
+    if mode == "ordered":
+        assign(np.arange(n))
+    elif mode == "random":
+        rng = np.random.default_rng(config.seed)
+        for cls in (0, 1):
+            assign(rng.permutation(np.flatnonzero(y == cls)))
+    else:
+        raise ConfigError(f"--split must be random or ordered, not {mode!r}")
+    masks = {name: slot == k for k, name in enumerate(SLICES)}
+    return TimeSplit(masks=masks, ranges={}, purged=0)
+
+
+def split_summary(split: TimeSplit, y: np.ndarray) -> pd.DataFrame:
+    rows = []
+    for name in SLICES:
+        idx = np.flatnonzero(split.masks[name])
+        rows.append({"slice": name, "rows": len(idx), "positives": int(y[idx].sum()),
+                     "first_row": int(idx.min()) + 1 if len(idx) else None,
+                     "last_row": int(idx.max()) + 1 if len(idx) else None})
+    return pd.DataFrame(rows)
+
+
+# --- features, training and evaluation ------------------------------------------------------------
+
+
+def feature_names(columns: list[str]) -> dict[str, str]:
+    """Feature name per column: its slug, made unique (``Lead Source`` -> ``lead_source``)."""
+    out: dict[str, str] = {}
+    used: set[str] = {str(c) for c in _RESERVED}
+    for column in columns:
+        base = slug(column)
+        name, i = base, 2
+        while name in used:
+            name, i = f"{base}_{i}", i + 1
+        used.add(name)
+        out[column] = name
+    return out
+
+
+def flat_catalog(columns: dict[str, str], kinds: dict[str, str], engagement: set[str]) -> Catalog:
+    """Catalog entries of flat features: the column's own name in every reason."""
+    catalog = Catalog()
+    for column, name in columns.items():
+        words = column.replace("{", "{{").replace("}", "}}")
+        kind = kinds[column]
+        catalog.add(FeatureDef(
+            name=name, family="engagement" if column in engagement else "fit", group="flat",
+            kind="categorical" if kind == "categorical" else "numeric",
+            unit="category" if kind == "categorical" else "value",
+            description=f"{column} (flat file column)", template=f"{words}: {{value}}",
+            missing_template=f"{column}: unknown",
+        ))
+    return catalog
+
+
+def feature_frame(table: FlatTable, columns: dict[str, str], as_of: pd.Timestamp) -> pd.DataFrame:
+    """``lead_id``, ``as_of`` and one column per feature (named as in *columns*)."""
+    missing = [c for c in columns if c not in table.frame.columns]
+    if missing:
+        raise FeatureMismatchError(
+            f"the data lacks column {missing[0]!r}, which the model was trained on"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + "; score a file with the training file's columns (and the same mapping)"
+        )
+    out = pd.DataFrame({Labeled.lead_id: table.ids.astype(str).to_numpy(),
+                        Labeled.as_of: np.full(len(table.ids), as_of.to_datetime64())})
+    for column, name in columns.items():
+        out[name] = table.frame[column].to_numpy()
+    return out
+
+
+@dataclass
+class FlatTrainResult:
+    """What :func:`train_flat` returns (the fields the event mode's ``TrainResult`` has, and the screen)."""
+
+    model: LeadScoringModel
+    evaluation: Evaluation
+    slices: pd.DataFrame
+    calibration_cv: dict[str, float]
+    training_set: TrainingSet
+    split: TimeSplit
+    leakage: LeakageReport
+    table: FlatTable
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def evaluate_flat(model: LeadScoringModel, ts: TrainingSet, split: TimeSplit, config: Config) -> Evaluation:
+    """The model beside a logistic regression (fitted on the rows the booster learned from)
+    on the hold-out."""
+    frame, y = ts.frame, ts.frame[Labeled.label].to_numpy()
+    hold = split.masks["holdout"]
+    fit_rows = split.masks["train"] | split.masks["validation"]
+    X_hold = frame.loc[hold, ts.features]
+    p_model = model.predict_proba(X_hold)[:, 1]
+    baseline = LogisticBaseline(seed=config.seed).fit(frame.loc[fit_rows, ts.features], y[fit_rows])
+    probs = {"model": p_model, LogisticBaseline.name: baseline.predict_proba(X_hold)}
+    y_hold = y[hold]
+    scores = score_from_probability(p_model)
+    grades = model.grades(scores)
+    preds = frame.loc[hold, [Labeled.lead_id]].assign(
+        label=y_hold, probability=p_model, score=scores, grade=grades,
+        **{f"p_{LogisticBaseline.name}": probs[LogisticBaseline.name]},
+    )
+    return Evaluation(
+        metrics=pd.DataFrame({name: evaluate(y_hold, p) for name, p in probs.items()}),
+        reliability=reliability_table(y_hold, p_model),
+        lift=lift_table(y_hold, p_model),
+        grades=grade_table(y_hold, grades),
+        predictions=preds.reset_index(drop=True),
+    )
+
+
+def train_flat(
+    table: FlatTable,
+    config: Config,
+    mapping: Mapping | None = None,
+    split: Split | None = None,
+) -> FlatTrainResult:
+    """Screen for leakage, split, fit, calibrate and evaluate a flat table.
+
+    Raises
+    ------
+    LeakageError
+        When the leakage guard finds a suspect column neither excluded nor allowed.
+    InsufficientDataError
+        When a slice holds fewer than ``train.min_positives`` converted leads.
+    """
+    mapping = mapping or Mapping()
+    if table.label is None:
+        raise ConfigError("training needs the outcome column (--target)")
+    y = table.label
+    mode: Split = split or mapping.flat.split or "random"
+    screened = table.excluded | {c: "" for c in table.candidates}
+    leakage = screen(
+        table.frame[list(screened)], y, config.leakage,
+        kinds=table.kinds, excluded={c: f"mapping: {r}" for c, r in table.excluded.items()},
+        allowed=mapping.allow, seed=config.seed,
+    )
+    leakage.check()
+    features = [c for c in table.candidates if c not in leakage.excluded]
+    if not features:
+        raise InsufficientDataError("no column is left to learn from after the exclusions")
+    names = feature_names(features)
+    engagement = {mapping.flat.output_name(c) for c in config.flat.engagement + mapping.flat.engagement}
+    catalog = flat_catalog(names, table.kinds, engagement)
+    trained_at = pd.Timestamp.now(tz="UTC").tz_localize(None).normalize()
+    frame = feature_frame(table, names, trained_at)
+    frame.insert(2, Labeled.label, y)
+    ts = TrainingSet(frame, catalog, (), trained_at, config.labels.horizon_days)
+    cut = split_rows(y, mode, config)
+    for name in SLICES:
+        positives = int(y[cut.masks[name]].sum())
+        if positives < config.train.min_positives:
+            raise InsufficientDataError(
+                f"the {name} slice holds {positives} converted leads of {int(cut.masks[name].sum())}, "
+                f"fewer than train.min_positives={config.train.min_positives}: a flat table needs "
+                "more rows (or more converted ones)"
+            )
+    model, cv = fit_calibrated(ts, cut, config, config.train.lightgbm)
+    evaluation = evaluate_flat(model, ts, cut, config)
+    slices = split_summary(cut, y)
+    model.metadata = {
+        "mode": "flat",
+        "trained_at": trained_at.isoformat(),
+        "flat": {
+            "file": table.path.name, "target": table.target, "positive": list(table.positive),
+            "negative": list(table.negative), "id": table.id_column, "split": mode,
+            "split_shares": config.train.split.model_dump(),
+            "columns": names, "kinds": {c: table.kinds[c] for c in names},
+            "excluded": leakage.excluded, "dropped": table.dropped,
+            "mapping": mapping.model_dump(mode="json"),
+        },
+        "slices": {r["slice"]: {"rows": r["rows"], "positives": r["positives"]} for r in slices.to_dict("records")},
+        "calibration": {"method": model.calibrator_.method, "cv_log_loss": cv},
+        "holdout_metrics": evaluation.metrics["model"].to_dict(),
+        "baseline_metrics": {c: evaluation.metrics[c].to_dict() for c in evaluation.metrics if c != "model"},
+        "params": dict(config.train.lightgbm),
+        "seed": config.seed,
+        "leakage": leakage.to_dict(),
+    }
+    return FlatTrainResult(model, evaluation, slices, cv, ts, cut, leakage, table, dict(config.train.lightgbm))
+
+
+def model_mapping(model: LeadScoringModel) -> Mapping:
+    """The mapping a flat model was trained with (scoring applies it again)."""
+    stored = (model.metadata.get("flat") or {}).get("mapping")
+    return Mapping.model_validate(stored) if stored else Mapping()
+
+
+def is_flat_model(model: LeadScoringModel) -> bool:
+    return model.metadata.get("mode") == "flat"
+
+
+def scoring_frame(
+    path: str | Path, model: LeadScoringModel, config: Config, as_of: pd.Timestamp,
+    mapping: Mapping | None = None, id_column: str | None = None, strict: bool | None = None,
+) -> tuple[pd.DataFrame, FlatTable]:
+    """Feature rows of a flat file for a flat model: the model's columns, kinds and id."""
+    meta = model.metadata.get("flat") or {}
+    columns: dict[str, str] = {c: n for c, n in meta.get("columns", {}).items()}
+    kinds = {c: k for c, k in meta.get("kinds", {}).items()}
+    mapping = mapping or model_mapping(model)
+    table = load_flat(path, config, mapping, id_column=id_column or meta.get("id"), kinds=kinds,
+                      strict=strict, training=False)
+    return feature_frame(table, columns, as_of), table
