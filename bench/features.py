@@ -9,8 +9,9 @@ in this order, in one process:
    file: ``count(*)`` per (lead_id, event_type) of the events before the as-of time (long format,
    no pivot). Also shown: the same query with the 7/30/90-day windows as ``FILTER`` counts, and
    the plain query on the already loaded ``events`` table (for information).
-2. **ours**: ``convert.load`` (read + contract validation), then ``build_labels(con, [t], 90)``
-   and ``build_features`` (population at *t*, every feature, into pandas), each timed apart.
+2. **ours**: ``convert.load`` (read + contract validation + the integer-keyed copy of events
+   that feature queries read), then ``build_labels(con, [t], 90)`` and ``build_features``
+   (population at *t*, every feature of the catalog, into pandas), each timed apart.
 3. **pandas**: ``events.parquet`` read with pyarrow into pandas (not timed), then the timed part:
    filter ``occurred_at < t`` and ``groupby([lead_id, event_type]).size()``.
 
@@ -260,11 +261,13 @@ def run_default(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         print(f"{name:<52} {sec:>9.2f} {rate:>13,.0f} {sec / t_min:>10.2f}x {peak_s:>13}")
     ratio = ours / t_min
     ratio_load = (t_load + ours) / t_min
+    ratio_windows = ours / best["minimal DuckDB + 7/30/90d windows [parquet]"]
     verdict = "PASS" if ratio <= TARGET_RATIO else "FAIL"
     print()
     print(
         f"ours / minimal DuckDB: {ratio:.2f}x without load, {ratio_load:.2f}x with load "
-        f"(target <= {TARGET_RATIO}x without load): {verdict}"
+        f"(target <= {TARGET_RATIO}x without load): {verdict}; against the minimal query with the "
+        f"same 7/30/90-day windows: {ratio_windows:.2f}x"
     )
     print(
         f"pandas / minimal DuckDB: {best['pandas: filter + groupby([lead, type]).size()'] / t_min:.2f}x; "
@@ -275,7 +278,7 @@ def run_default(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return {
         "mode": "default", "events": n_total, "events_before": n_before, "leads": info["rows"]["leads"],
         "population": len(pop), "as_of": str(t), "phases": ph.rows, "best": best,
-        "ratio_without_load": ratio, "ratio_with_load": ratio_load, "pass": ratio <= TARGET_RATIO,
+        "ratio_without_load": ratio, "ratio_with_load": ratio_load, "ratio_vs_windows": ratio_windows, "pass": ratio <= TARGET_RATIO,
         "peak_rss_run": ph.run_peak(),
     }
 
