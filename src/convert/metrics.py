@@ -50,6 +50,7 @@ __all__ = [
     "pr_auc",
     "reliability_table",
     "roc_auc",
+    "segment_table",
 ]
 
 #: Two-sided 95 % normal quantile, for the Wilson interval.
@@ -362,6 +363,57 @@ def evaluate(y: npt.ArrayLike, p: npt.ArrayLike) -> dict[str, float]:
         "positives": float(positives),
         "base_rate": positives / n if n else float("nan"),
     }
+
+
+def segment_table(
+    y: npt.ArrayLike,
+    p: npt.ArrayLike,
+    segment: pd.Series | npt.ArrayLike,
+    max_values: int = 12,
+    min_conversions: int = 20,
+    missing: str = "(missing)",
+    other: str = "(other)",
+) -> pd.DataFrame:
+    """The hold-out metrics per value of one segment (lead source, industry, ...), with counts.
+
+    The *max_values* largest values keep a row of their own, the rest are pooled as
+    *other*; missing values get a row too. Each row carries ``n`` and ``conversions`` and
+    a 95 % Wilson interval of the observed rate, and ``uncertain`` is true when the
+    segment has fewer than *min_conversions* conversions (or none of one class): small
+    segments are shown, never hidden, but visibly uncertain.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``value``, ``n``, ``conversions``, ``observed_rate``, ``ci_low``, ``ci_high``,
+        ``mean_predicted``, ``roc_auc``, ``brier``, ``ece``, ``uncertain``; largest first.
+    """
+    y_arr, p_arr = _check(y, p)
+    seg = pd.Series(np.asarray(segment, dtype=object)).reset_index(drop=True)
+    if seg.shape[0] != y_arr.shape[0]:
+        raise ConvertError(
+            f"segment must have one value per lead; got {seg.shape[0]} for {y_arr.shape[0]} leads"
+        )
+    text = seg.where(seg.notna(), missing).astype(str)
+    keep = text.value_counts().index[:max_values]
+    text = text.where(text.isin(keep) | (text == missing), other)
+    rows = []
+    for value, idx in text.groupby(text, sort=False).indices.items():
+        yy, pp = y_arr[idx], p_arr[idx]
+        n, conv = int(idx.shape[0]), int(yy.sum())
+        low, high = _wilson(np.array([conv], dtype=np.float64), np.array([n], dtype=np.float64))
+        rows.append(
+            {
+                "value": value, "n": n, "conversions": conv, "observed_rate": conv / n,
+                "ci_low": float(low[0]), "ci_high": float(high[0]),
+                "mean_predicted": float(pp.mean()), "roc_auc": roc_auc(yy, pp),
+                "brier": brier(yy, pp), "ece": expected_calibration_error(yy, pp),
+                "uncertain": conv < min_conversions or conv == n,
+            }
+        )
+    columns = ["value", "n", "conversions", "observed_rate", "ci_low", "ci_high",
+               "mean_predicted", "roc_auc", "brier", "ece", "uncertain"]
+    return pd.DataFrame(rows, columns=columns).sort_values(["n", "value"], ascending=[False, True]).reset_index(drop=True)
 
 
 # --- plots --------------------------------------------------------------------------------
