@@ -157,8 +157,16 @@ def backtest(
     say(f"features for {len(snapshots)} snapshots ({len(frame):,} rows) in {time.perf_counter() - clock:.1f} s")
 
     models: dict[pd.Timestamp, LeadScoringModel] = {}
+    fitted: dict[tuple[tuple[pd.Timestamp, ...], tuple[str, ...]], LeadScoringModel] = {}
     trainings = []
     for r in train_points:
+        key = (tuple(grids[r]), tuple(vocab[r]))
+        if key in fitted:  # no new snapshot got its label since the last origin: the same fit
+            models[r] = fitted[key]
+            trainings.append({"trained_at": r, "rows": trainings[-1]["rows"], "positives": trainings[-1]["positives"],
+                              "rounds": fitted[key].best_iteration_, "seconds": 0.0})
+            say(f"trained at {r:%Y-%m-%d}: no newly labelled snapshot since the last origin, same model")
+            continue
         catalog = feature_catalog(vocab[r], config.features)
         missing = [n for n in catalog.names if n not in frame.columns]
         if missing:  # the union vocabulary always holds each origin's own
@@ -177,7 +185,7 @@ def backtest(
         except ConvertError as exc:
             raise InsufficientDataError(f"backtest origin {r:%Y-%m-%d}: {exc}") from exc
         seconds = time.perf_counter() - clock
-        models[r] = model
+        models[r] = fitted[key] = model
         trainings.append({"trained_at": r, "rows": len(ts.frame), "positives": int(y.sum()),
                           "rounds": model.best_iteration_, "seconds": seconds})
         say(f"trained at {r:%Y-%m-%d}: {len(ts.frame):,} rows, {int(y.sum()):,} conversions, {seconds:.1f} s")
