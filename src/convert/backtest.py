@@ -22,6 +22,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -158,7 +159,7 @@ def backtest(
 
     models: dict[pd.Timestamp, LeadScoringModel] = {}
     fitted: dict[tuple[tuple[pd.Timestamp, ...], tuple[str, ...]], LeadScoringModel] = {}
-    trainings = []
+    trainings: list[dict[str, Any]] = []
     for r in train_points:
         key = (tuple(grids[r]), tuple(vocab[r]))
         if key in fitted:  # no new snapshot got its label since the last origin: the same fit
