@@ -47,7 +47,7 @@ def demo_report(sim_export, tmp_path_factory):
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         common = ["--data", str(sim_export), "--config", str(config), "--rejects", str(tmp / "rejects.csv")]
-        main(["train", *common])
+        main(["train", *common, "--save", str(tmp / "bundle")])
         main(["backtest", *common, "--from", "2024-09-01", "--to", "2025-02-01", "--every", "1M",
               "--retrain-every", "3M", "--out", str(tmp / "backtest")])
         main(["report", *common, "--as-of", AS_OF, "--out", str(tmp / "report.html"),
@@ -106,3 +106,13 @@ def test_report_renders_offline_in_headless_chromium(demo_report, capsys):
     assert all(u.startswith("data:") or u == url for u in requested), [u[:80] for u in requested
                                                                        if not u.startswith("data:")]
     assert shot.stat().st_size > 100_000
+
+
+def test_report_of_an_empty_population_is_a_clear_error(demo_report, sim_export, capsys):
+    *_, tmp = demo_report
+    with pytest.raises(SystemExit) as code:
+        main(["report", "--data", str(sim_export), "--as-of", "2020-01-01", "--model", str(tmp / "bundle"),
+              "--out", str(tmp / "empty.html"), "--rejects", str(tmp / "rejects.csv")])
+    assert code.value.code == 2
+    assert "no lead is open at 2020-01-01" in capsys.readouterr().err
+    assert not (tmp / "empty.html").exists()

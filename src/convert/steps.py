@@ -370,8 +370,15 @@ def report_step(
     cfg = config.with_overrides(labels__horizon_days=model.horizon_days)
     data = load_data(data_path, cfg, rejects, strict, echo)
     try:
-        ts, split, ev = _own_holdout(data, model, cfg)
         current = feature_rows(data, model, t, cfg)
+        if current.empty:
+            from convert.exceptions import InsufficientDataError
+
+            raise InsufficientDataError(
+                f"no lead is open at {t:%Y-%m-%d} in {data_path} (none created before it, or all converted "
+                "or disqualified): choose an --as-of inside the export's history"
+            )
+        ts, split, ev = _own_holdout(data, model, cfg)
         leads = data.frame("leads")
     finally:
         data.close()
