@@ -20,7 +20,7 @@ import pandas as pd
 from convert.config import Config
 from convert.dataset import CRMData
 from convert.exceptions import ConfigError
-from convert.metrics import _new_figure, _wilson
+from convert.metrics import _new_figure, _wilson, plot_rates
 from convert.schema import Accounts, Leads, Stages
 
 if TYPE_CHECKING:
@@ -134,17 +134,9 @@ def plot_funnel(table: pd.DataFrame) -> Figure:
 
 
 def plot_conversion_by(table: pd.DataFrame, column: str) -> Figure:
-    t = table.iloc[::-1]
-    fig = _new_figure(7.0, 0.32 * len(t) + 1.4)
-    ax = fig.add_subplot()
-    y = np.arange(len(t))
-    rate = t["rate"].to_numpy(dtype="float64")
-    err = np.clip([rate - t["ci_low"].to_numpy(dtype="float64"), t["ci_high"].to_numpy(dtype="float64") - rate], 0, None)
-    ax.errorbar(rate, y, xerr=err, fmt="o", capsize=3, color="tab:blue")
-    ax.set_yticks(y, [f"{v} (n={n:,})" for v, n in zip(t["value"], t["leads"], strict=True)], fontsize=8)
-    ax.set_xlabel("conversion within the horizon of creation (95% interval)")
-    ax.set_title(f"Conversion by {column}")
-    return fig
+    labels = [f"{v} (n={n:,})" for v, n in zip(table["value"], table["leads"], strict=True)]
+    return plot_rates(labels, table["rate"], table["ci_low"], table["ci_high"], f"Conversion by {column}",
+                      "conversion within the horizon of creation (95% interval)")
 
 
 def plot_time_to_conversion(days: pd.Series, horizon_days: int) -> Figure:

@@ -46,6 +46,7 @@ __all__ = [
     "lift_table",
     "log_loss",
     "plot_lift",
+    "plot_rates",
     "plot_reliability",
     "pr_auc",
     "reliability_table",
@@ -496,4 +497,41 @@ def plot_lift(table: pd.DataFrame, title: str = "Lift by decile") -> Figure:
     handles = ax.get_legend_handles_labels()
     more = capture_ax.get_legend_handles_labels()
     ax.legend(handles[0] + more[0], handles[1] + more[1], loc="center right")
+    return fig
+
+
+def plot_rates(
+    labels: list[str],
+    rate: npt.ArrayLike,
+    low: npt.ArrayLike,
+    high: npt.ArrayLike,
+    title: str,
+    xlabel: str,
+    predicted: npt.ArrayLike | None = None,
+    muted: npt.ArrayLike | None = None,
+) -> Figure:
+    """Conversion rates with their 95 % intervals, one row per group (first group on top).
+
+    With *predicted*, the mean predicted probability of each group is drawn beside its
+    observed rate (calibration by segment); *muted* greys the labels of uncertain groups.
+    """
+    fig = _new_figure(7.0, 0.32 * len(labels) + 1.4)
+    ax = fig.add_subplot()
+    y = np.arange(len(labels))[::-1]
+    r = np.asarray(rate, dtype=np.float64)
+    err = np.clip([r - np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64) - r], 0, None)
+    ax.errorbar(r, y, xerr=err, fmt="o", color="tab:blue", ecolor="tab:blue", capsize=3,
+                label="observed (95% interval)")
+    if predicted is not None:
+        ax.scatter(np.asarray(predicted, dtype=np.float64), y, marker="x", color="tab:orange", zorder=3,
+                   label="mean predicted")
+        ax.legend(loc="lower right", fontsize=7)
+    ax.set_yticks(y, labels, fontsize=7)
+    if muted is not None:
+        grey = dict(zip(y.tolist(), np.asarray(muted, dtype=bool).tolist(), strict=True))
+        for pos, tick in zip(ax.get_yticks(), ax.get_yticklabels(), strict=True):
+            if grey.get(int(pos)):
+                tick.set_color("#8a8f98")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
     return fig

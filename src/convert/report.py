@@ -30,7 +30,14 @@ from convert.backtest import BacktestResult, cost_sentences, plot_backtest
 from convert.config import Config
 from convert.drift import LabelDelay, ScoreDrift, drift_table, label_delay, score_drift
 from convert.explain import family_importance, importance_table, point_contributions
-from convert.metrics import _new_figure, _wilson, plot_lift, plot_reliability, segment_table
+from convert.metrics import (
+    _new_figure,
+    _wilson,
+    plot_lift,
+    plot_rates,
+    plot_reliability,
+    segment_table,
+)
 from convert.model import LeadScoringModel, score_from_probability
 from convert.schema import Labeled
 from convert.train import Evaluation, TimeSplit, TrainingSet, model_rows
@@ -340,24 +347,9 @@ def plot_dependence(points: np.ndarray, frame: pd.DataFrame, model: LeadScoringM
 
 def plot_segment(table: pd.DataFrame, name: str) -> Figure:
     """Observed rate (95 % interval) and mean predicted probability per segment value."""
-    t = table.iloc[::-1]
-    fig = _new_figure(7.0, 0.32 * len(t) + 1.4)
-    ax = fig.add_subplot()
-    y = np.arange(len(t))
-    obs = t["observed_rate"].to_numpy(dtype="float64")
-    err = np.clip([obs - t["ci_low"].to_numpy(dtype="float64"), t["ci_high"].to_numpy(dtype="float64") - obs], 0, None)
-    ax.errorbar(obs, y, xerr=err, fmt="o",
-                color="tab:blue", ecolor="tab:blue", capsize=3, label="observed (95% interval)")
-    ax.scatter(t["mean_predicted"], y, marker="x", color="tab:orange", zorder=3, label="mean predicted")
-    labels = [f"{v} (n={n:,}, {c:,} conv.)" for v, n, c in zip(t["value"], t["n"], t["conversions"], strict=True)]
-    ax.set_yticks(y, labels, fontsize=7)
-    for tick, uncertain in zip(ax.get_yticklabels(), t["uncertain"], strict=True):
-        if uncertain:
-            tick.set_color("#8a8f98")
-    ax.set_xlabel("conversion rate within the horizon")
-    ax.set_title(f"Calibration by {name}")
-    ax.legend(loc="lower right", fontsize=7)
-    return fig
+    labels = [f"{v} (n={n:,}, {c:,} conv.)" for v, n, c in zip(table["value"], table["n"], table["conversions"], strict=True)]
+    return plot_rates(labels, table["observed_rate"], table["ci_low"], table["ci_high"], f"Calibration by {name}",
+                      "conversion rate within the horizon", table["mean_predicted"], table["uncertain"])
 
 
 def plot_psi(table: pd.DataFrame, watch: float, flag: float, top: int = 20) -> Figure:
