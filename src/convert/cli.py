@@ -224,6 +224,8 @@ def report(
          f"{int((r.drift['status'] == 'shifted').sum())} features shifted")
     if summary.logged_to:
         echo(f"logged to MLflow run {summary.logged_to}")
+    else:
+        echo("not logged to MLflow: the model came from a bundle folder, which has no run")
     echo(f"report written to {summary.path} ({summary.bytes / 1e6:.1f} MB, {summary.seconds:.0f} s)")
 
 
