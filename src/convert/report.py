@@ -334,7 +334,9 @@ def plot_dependence(points: np.ndarray, frame: pd.DataFrame, model: LeadScoringM
             if ok.any():
                 hi = np.nanpercentile(x[ok], 99.5)
                 lo = np.nanmin(x[ok])
-                if hi > lo:
+                if lo > 0 and hi / np.median(x[ok]) > 50:  # heavy-tailed and positive (revenue, size)
+                    ax.set_xscale("log")
+                elif hi > lo:
                     ax.set_xlim(lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo))
             ax.set_xlabel(f"{f.unit} ({(~ok).sum():,} missing not shown)" if (~ok).any() else f.unit, fontsize=8)
         ax.axhline(0, color="black", lw=0.5)
