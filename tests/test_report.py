@@ -74,6 +74,11 @@ def test_report_is_one_self_contained_file_logged_to_the_model_run(demo_report, 
     assert (tmp / "backtest" / "backtest.csv").exists() and (tmp / "backtest" / "backtest.png").exists()
     assert {f"reports/{AS_OF}/report.html", f"reports/{AS_OF}/drift.csv", f"reports/{AS_OF}/segments.csv"} <= set(artifacts)
     assert {"drift_score_psi", "drift_features_shifted", "label_delay_open_unjudged"} <= set(metrics)
+    # the baselines' figures are those of training, on the very same hold-out
+    assert "as recorded at training" in text
+    for name in ("source_rate", "logistic_regression", "points_rule"):
+        assert f"{metrics[f'baseline_{name}_roc_auc']:.4f}</td>" in text
+    assert f"<b>{metrics['holdout_roc_auc']:.4f}" in text or f">{metrics['holdout_roc_auc']:.4f}</td>" in text
 
 
 def test_report_renders_offline_in_headless_chromium(demo_report, capsys):

@@ -209,7 +209,7 @@ class DriftConfig(_Section):
     watch_threshold: float = Field(0.1, ge=0.0)
     feature_threshold: float = Field(0.25, gt=0.0)
     score_threshold: float = Field(0.1, gt=0.0)
-    max_rows: int = Field(50_000, ge=100)
+    max_rows: int = Field(20_000, ge=100)
 
     @model_validator(mode="after")
     def _watch_below_flag(self) -> DriftConfig:

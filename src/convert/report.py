@@ -462,8 +462,10 @@ def _performance(inp: ReportInputs) -> str:
     grades["ci_low"], grades["ci_high"] = low, high
     return (
         _p(f"Hold-out: as-of times {hold[0]:%Y-%m-%d} to {hold[1]:%Y-%m-%d}, {n:,} lead-snapshots, "
-           f"{pos:,} conversions. The baselines were fitted on the same rows as the model; best figure "
-           "per metric in bold (higher is better for the AUCs, lower for the rest).")
+           f"{pos:,} conversions. The baselines were fitted on the same rows as the model"
+           + (" (their figures as recorded at training: the model's hold-out figures came out exactly as "
+              "recorded then, so this is the same hold-out)" if ev.metrics.attrs.get("baselines_recorded") else "")
+           + "; best figure per metric in bold (higher is better for the AUCs, lower for the rest).")
         + table_html(frame, dict.fromkeys(shown.columns, ".4f"), bold={c: bold[c] for c in shown.columns})
         + '<div class="figures">'
         + image_html(plot_reliability(ev.reliability, "Reliability (hold-out)"), "reliability diagram",
