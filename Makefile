@@ -8,6 +8,10 @@ DEMO_DATA  ?= data/demo
 DEMO_LEADS ?= 20000
 DEMO_AS_OF ?= 2026-01-01
 DEMO_CRM   ?= sqlite:///data/crm.db
+DEMO_REPORT ?= reports/demo-report.html
+# LightGBM's OpenMP threads sleep instead of spinning between parallel regions: on a shared
+# or busy machine spinning makes small fits 10-100x slower; on an idle one sleeping costs little.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: demo test install install-dev lint bench realdata clean
 
@@ -34,6 +38,7 @@ demo: $(VENV)/.installed $(DEMO_DATA)/leads.csv
 	$(CLI) train --data $(DEMO_DATA)
 	$(CLI) promote
 	$(CLI) score --data $(DEMO_DATA) --as-of $(DEMO_AS_OF) --out $(DEMO_CRM) --top 10
+	$(CLI) report --data $(DEMO_DATA) --as-of $(DEMO_AS_OF) --out $(DEMO_REPORT)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests bench

@@ -9,7 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from convert.config import Config
+# On a busy machine, OpenMP threads that spin while waiting (LightGBM's default) slow small
+# fits by 10x or more; sleeping waiters cost little when the machine is idle. Set before
+# convert imports LightGBM, whose OpenMP runtime reads it once.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from convert.config import Config  # noqa: E402
 
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 

@@ -293,6 +293,48 @@ def explain(
     echo(f"waterfall plot: {plot}")
 
 
+@app.command()
+def report(
+    data: DataOpt, as_of: AsOfOpt,
+    out: Annotated[Path, typer.Option("--out", help="The HTML file to write.")] = Path("reports/report.html"),
+    model: ModelOpt = None,
+    backtest: Annotated[Path | None, typer.Option("--backtest", help="Include a backtest: the folder `convert-leads backtest` wrote.")] = None,
+    config: ConfigOpt = None, rejects: RejectsOpt = None, strict: StrictOpt = False,
+    mapping: MappingOpt = None,
+) -> None:
+    """Write the analyst report (one self-contained HTML file); log it to the model's MLflow run."""
+    summary = steps.report_step(data, _config(config), as_of, out, model, backtest,
+                                str(rejects) if rejects else None, strict or None, echo,
+                                mapping=_mapping(mapping))
+    r = summary.report
+    echo(f"score PSI {r.score_drift.psi:.3f} ({r.score_drift.status}); "
+         f"{int((r.drift['status'] == 'shifted').sum())} features shifted")
+    if summary.logged_to:
+        echo(f"logged to MLflow run {summary.logged_to}")
+    else:
+        echo("not logged to MLflow: the model came from a bundle folder, which has no run")
+    echo(f"report written to {summary.path} ({summary.bytes / 1e6:.1f} MB, {summary.seconds:.0f} s)")
+
+
+@app.command()
+def backtest(
+    data: DataOpt,
+    start: Annotated[str, typer.Option("--from", help="First origin (as-of time), ISO 8601.")],
+    end: Annotated[str, typer.Option("--to", help="Last origin; its horizon must end inside the data.")],
+    every: Annotated[str | None, typer.Option("--every", help="Origin spacing: 14D, 2W, 1M, 1Q, 1Y (default: backtest.every).")] = None,
+    retrain_every: Annotated[str | None, typer.Option("--retrain-every", help="Also judge retraining this often, e.g. 3M.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for backtest.csv, summary.csv and backtest.png.")] = Path("reports/backtest"),
+    config: ConfigOpt = None, rejects: RejectsOpt = None, strict: StrictOpt = False,
+    mapping: MappingOpt = None,
+) -> None:
+    """Rolling-origin evaluation: train at each origin on what was known, judge on what happened."""
+    result = steps.backtest_step(data, _config(config), start, end, every, retrain_every, out,
+                                 str(rejects) if rejects else None, strict or None, echo,
+                                 mapping=_mapping(mapping))
+    echo(result.text())
+    echo(f"backtest written to {out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning convert's errors into a message and exit code 2."""
     try:

@@ -6,6 +6,7 @@ override values through :func:`Config.with_overrides`; nothing else reads the fi
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -238,6 +239,52 @@ class PromotionConfig(_Section):
     min_improvement: float = Field(0.0, ge=0.0)
 
 
+class DriftConfig(_Section):
+    """Population stability between the training window and the as-of population.
+
+    PSI = sum over bins of (current share - reference share) x ln(current / reference);
+    the usual reading: below 0.1 stable, 0.1-0.25 worth watching, above 0.25 shifted.
+    """
+
+    bins: int = Field(10, ge=2, le=100)
+    watch_threshold: float = Field(0.1, ge=0.0)
+    feature_threshold: float = Field(0.25, gt=0.0)
+    score_threshold: float = Field(0.1, gt=0.0)
+    max_rows: int = Field(20_000, ge=100)
+
+    @model_validator(mode="after")
+    def _watch_below_flag(self) -> DriftConfig:
+        if self.watch_threshold > self.feature_threshold:
+            raise ValueError("watch_threshold must not exceed feature_threshold")
+        return self
+
+
+class ReportConfig(_Section):
+    """The analyst report (``convert-leads report``)."""
+
+    explain_rows: int = Field(4000, ge=100)
+    beeswarm_features: int = Field(15, ge=1)
+    dependence_features: int = Field(6, ge=0)
+    segments: tuple[str, ...] = ("lead_source", "industry", "country", "employee_band")
+    segment_max_values: int = Field(12, ge=2)
+    segment_min_conversions: int = Field(20, ge=1)
+    drift: DriftConfig = DriftConfig()
+
+
+class BacktestConfig(_Section):
+    """Rolling-origin evaluation (``convert-leads backtest``); periods like 1M, 2W, 14D, 1Q, 1Y."""
+
+    every: str = "1M"
+    retrain_every: str | None = None
+
+    @field_validator("every", "retrain_every")
+    @classmethod
+    def _period(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[1-9][0-9]*[DWMQY]", value.strip().upper()):
+            raise ValueError(f"{value!r} is not a period like 1M, 2W, 14D, 1Q or 1Y")
+        return value.strip().upper() if value is not None else None
+
+
 class Config(_Section):
     """The whole configuration of convert."""
 
@@ -252,6 +299,8 @@ class Config(_Section):
     promotion: PromotionConfig = PromotionConfig()
     leakage: LeakageConfig = LeakageConfig()
     flat: FlatConfig = FlatConfig()
+    report: ReportConfig = ReportConfig()
+    backtest: BacktestConfig = BacktestConfig()
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Config:

@@ -124,6 +124,55 @@ def model_score_fn(model: LeadScoringModel) -> ScoreFn:
     return lambda raw: 100.0 * model.probability_from_raw(raw)
 
 
+def point_contributions(model: LeadScoringModel, frame: pd.DataFrame) -> np.ndarray:
+    """Unrounded score points of every feature for every row of *frame*, shape (n, p).
+
+    The per-lead decomposition behind global importance, beeswarm and dependence plots:
+    row sums are ``S(raw) - S(base_raw)`` (see the module doc).
+    """
+    phi = contributions(model, model.matrix(frame))
+    return to_points(phi.sum(axis=1), phi[:, :-1], model.base_raw_, model_score_fn(model)).continuous
+
+
+def importance_table(model: LeadScoringModel, points: np.ndarray, raw: np.ndarray | None = None) -> pd.DataFrame:
+    """Mean |score points| per feature (most important first), with family and description."""
+    names = model.spec_.names
+    table = pd.DataFrame(
+        {
+            "feature": names,
+            "family": model.catalog_.family_of(names),
+            "mean_abs_points": np.abs(points).mean(axis=0),
+            "description": [model.catalog_[n].description for n in names],
+        }
+    )
+    if raw is not None:
+        table.insert(3, "mean_abs_raw", np.abs(raw).mean(axis=0))
+    return table.sort_values("mean_abs_points", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def family_importance(model: LeadScoringModel, points: np.ndarray) -> pd.DataFrame:
+    """Per family (fit, engagement): mean |family points| per lead and the share of feature importance.
+
+    ``mean_abs_points`` is the mean of |fit_points| (or |engagement_points|) as a lead's
+    score shows them; ``share`` is the family's part of the summed per-feature mean |points|.
+    """
+    names = model.spec_.names
+    fam = np.array(model.catalog_.family_of(names))
+    per_feature = np.abs(points).mean(axis=0)
+    total = per_feature.sum() or 1.0
+    return pd.DataFrame(
+        [
+            {
+                "family": f,
+                "features": int((fam == f).sum()),
+                "mean_abs_points": float(np.abs(points[:, fam == f].sum(axis=1)).mean()) if len(points) else 0.0,
+                "share": float(per_feature[fam == f].sum() / total),
+            }
+            for f in ("fit", "engagement")
+        ]
+    )
+
+
 def family_points(points: np.ndarray, catalog: Catalog, names: list[str]) -> dict[str, np.ndarray]:
     """Sum points per catalog family (``fit``, ``engagement``)."""
     fam = np.array(catalog.family_of(names))

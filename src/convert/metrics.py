@@ -46,10 +46,12 @@ __all__ = [
     "lift_table",
     "log_loss",
     "plot_lift",
+    "plot_rates",
     "plot_reliability",
     "pr_auc",
     "reliability_table",
     "roc_auc",
+    "segment_table",
 ]
 
 #: Two-sided 95 % normal quantile, for the Wilson interval.
@@ -364,6 +366,57 @@ def evaluate(y: npt.ArrayLike, p: npt.ArrayLike) -> dict[str, float]:
     }
 
 
+def segment_table(
+    y: npt.ArrayLike,
+    p: npt.ArrayLike,
+    segment: pd.Series | npt.ArrayLike,
+    max_values: int = 12,
+    min_conversions: int = 20,
+    missing: str = "(missing)",
+    other: str = "(other)",
+) -> pd.DataFrame:
+    """The hold-out metrics per value of one segment (lead source, industry, ...), with counts.
+
+    The *max_values* largest values keep a row of their own, the rest are pooled as
+    *other*; missing values get a row too. Each row carries ``n`` and ``conversions`` and
+    a 95 % Wilson interval of the observed rate, and ``uncertain`` is true when the
+    segment has fewer than *min_conversions* conversions (or none of one class): small
+    segments are shown, never hidden, but visibly uncertain.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``value``, ``n``, ``conversions``, ``observed_rate``, ``ci_low``, ``ci_high``,
+        ``mean_predicted``, ``roc_auc``, ``brier``, ``ece``, ``uncertain``; largest first.
+    """
+    y_arr, p_arr = _check(y, p)
+    seg = pd.Series(np.asarray(segment, dtype=object)).reset_index(drop=True)
+    if seg.shape[0] != y_arr.shape[0]:
+        raise ConvertError(
+            f"segment must have one value per lead; got {seg.shape[0]} for {y_arr.shape[0]} leads"
+        )
+    text = seg.where(seg.notna(), missing).astype(str)
+    keep = text.value_counts().index[:max_values]
+    text = text.where(text.isin(keep) | (text == missing), other)
+    rows = []
+    for value, idx in text.groupby(text, sort=False).indices.items():
+        yy, pp = y_arr[idx], p_arr[idx]
+        n, conv = int(idx.shape[0]), int(yy.sum())
+        low, high = _wilson(np.array([conv], dtype=np.float64), np.array([n], dtype=np.float64))
+        rows.append(
+            {
+                "value": value, "n": n, "conversions": conv, "observed_rate": conv / n,
+                "ci_low": float(low[0]), "ci_high": float(high[0]),
+                "mean_predicted": float(pp.mean()), "roc_auc": roc_auc(yy, pp),
+                "brier": brier(yy, pp), "ece": expected_calibration_error(yy, pp),
+                "uncertain": conv < min_conversions or conv == n,
+            }
+        )
+    columns = ["value", "n", "conversions", "observed_rate", "ci_low", "ci_high",
+               "mean_predicted", "roc_auc", "brier", "ece", "uncertain"]
+    return pd.DataFrame(rows, columns=columns).sort_values(["n", "value"], ascending=[False, True]).reset_index(drop=True)
+
+
 # --- plots --------------------------------------------------------------------------------
 
 
@@ -444,4 +497,41 @@ def plot_lift(table: pd.DataFrame, title: str = "Lift by decile") -> Figure:
     handles = ax.get_legend_handles_labels()
     more = capture_ax.get_legend_handles_labels()
     ax.legend(handles[0] + more[0], handles[1] + more[1], loc="center right")
+    return fig
+
+
+def plot_rates(
+    labels: list[str],
+    rate: npt.ArrayLike,
+    low: npt.ArrayLike,
+    high: npt.ArrayLike,
+    title: str,
+    xlabel: str,
+    predicted: npt.ArrayLike | None = None,
+    muted: npt.ArrayLike | None = None,
+) -> Figure:
+    """Conversion rates with their 95 % intervals, one row per group (first group on top).
+
+    With *predicted*, the mean predicted probability of each group is drawn beside its
+    observed rate (calibration by segment); *muted* greys the labels of uncertain groups.
+    """
+    fig = _new_figure(7.0, 0.32 * len(labels) + 1.4)
+    ax = fig.add_subplot()
+    y = np.arange(len(labels))[::-1]
+    r = np.asarray(rate, dtype=np.float64)
+    err = np.clip([r - np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64) - r], 0, None)
+    ax.errorbar(r, y, xerr=err, fmt="o", color="tab:blue", ecolor="tab:blue", capsize=3,
+                label="observed (95% interval)")
+    if predicted is not None:
+        ax.scatter(np.asarray(predicted, dtype=np.float64), y, marker="x", color="tab:orange", zorder=3,
+                   label="mean predicted")
+        ax.legend(loc="lower right", fontsize=7)
+    ax.set_yticks(y, labels, fontsize=7)
+    if muted is not None:
+        grey = dict(zip(y.tolist(), np.asarray(muted, dtype=bool).tolist(), strict=True))
+        for pos, tick in zip(ax.get_yticks(), ax.get_yticklabels(), strict=True):
+            if grey.get(int(pos)):
+                tick.set_color("#8a8f98")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
     return fig

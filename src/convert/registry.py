@@ -174,6 +174,27 @@ def load_model(uri: str) -> tuple[LeadScoringModel, str]:
     return LeadScoringModel.load(bundle), reg.label
 
 
+def log_report(run_id: str, report: Path, tables: dict[str, pd.DataFrame], metrics: dict[str, float],
+               as_of: pd.Timestamp) -> None:
+    """Attach a report (and its tables and headline figures) to a model's training run.
+
+    Artifacts go under ``reports/<as-of date>/``; metrics get the as-of date as their
+    step (``YYYYMMDD``), so repeated reports form a drift history on the run.
+    """
+    client = _client()
+    folder = f"reports/{as_of:%Y-%m-%d}"
+    client.log_artifact(run_id, str(report), folder)
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, frame in tables.items():
+            path = Path(tmp) / f"{label}.csv"
+            frame.to_csv(path, index=False)
+            client.log_artifact(run_id, str(path), folder)
+    step = int(f"{as_of:%Y%m%d}")
+    for key, value in metrics.items():
+        if value == value:
+            client.log_metric(run_id, key, float(value), step=step)
+
+
 def load_pyfunc(uri: str):  # type: ignore[no-untyped-def]
     """The MLflow pyfunc of a registered model (plain strings and numbers in)."""
     return _mlflow().pyfunc.load_model(uri)

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from convert.config import Config
@@ -22,6 +21,7 @@ from convert.explain import (
     LeadExplanation,
     contributions,
     explain_lead,
+    importance_table,
     model_score_fn,
     plot_waterfall,
     to_points,
@@ -30,7 +30,16 @@ from convert.io import write_frame
 from convert.mapping import Mapping
 from convert.model import LeadScoringModel
 from convert.schema import Labeled
-from convert.train import TrainResult, build_training_set, evaluate_holdout, split_by_time, train
+from convert.train import (
+    Evaluation,
+    TimeSplit,
+    TrainingSet,
+    TrainResult,
+    build_training_set,
+    evaluate_holdout,
+    split_by_time,
+    train,
+)
 
 Echo = Callable[[str], None]
 
@@ -97,20 +106,9 @@ def _leakage_artifact(report: Any, folder: str | Path) -> Path:
 def global_importance(model: LeadScoringModel, frame: pd.DataFrame, max_rows: int = 20_000, seed: int = 42) -> pd.DataFrame:
     """Mean |score points| per feature over (a sample of) *frame*, with family and description."""
     sample = frame.sample(n=min(max_rows, len(frame)), random_state=seed) if len(frame) > max_rows else frame
-    matrix = model.matrix(sample)
-    phi = contributions(model, matrix)
+    phi = contributions(model, model.matrix(sample))
     pts = to_points(phi.sum(axis=1), phi[:, :-1], model.base_raw_, model_score_fn(model))
-    names = model.spec_.names
-    table = pd.DataFrame(
-        {
-            "feature": names,
-            "family": model.catalog_.family_of(names),
-            "mean_abs_points": np.abs(pts.continuous).mean(axis=0),
-            "mean_abs_raw": np.abs(phi[:, :-1]).mean(axis=0),
-            "description": [model.catalog_[n].description for n in names],
-        }
-    )
-    return table.sort_values("mean_abs_points", ascending=False).reset_index(drop=True)
+    return importance_table(model, pts.continuous, phi[:, :-1])
 
 
 def plot_importance(table: pd.DataFrame, top: int = 20):  # type: ignore[no-untyped-def]
@@ -396,6 +394,43 @@ def evaluate_flat_step(
     return metrics
 
 
+def _own_holdout(
+    data: CRMData, model: LeadScoringModel, cfg: Config, reuse_baselines: bool = False
+) -> tuple[TrainingSet, TimeSplit, Evaluation]:
+    """A model's training set rebuilt at its training as-of, its time split and hold-out evaluation.
+
+    With *reuse_baselines*, the baselines' figures recorded at training time are used when the
+    model's own hold-out figures come out exactly as recorded (the same rows and labels, so
+    refitting the baselines would give the same numbers); otherwise they are refitted.
+    """
+    ts = build_training_set(data, cfg, model.metadata.get("training_as_of"))
+    split = split_by_time(ts.frame[Labeled.as_of], cfg)
+    recorded = model.metadata.get("baseline_metrics") or {}
+    if reuse_baselines and recorded:
+        ev = evaluate_holdout(model, ts, split, cfg, baselines=False)
+        if _same_figures(ev.metrics["model"].to_dict(), model.metadata.get("holdout_metrics") or {}):
+            for name, values in recorded.items():
+                ev.metrics[name] = pd.Series(values, dtype="float64").reindex(ev.metrics.index)
+            ev.metrics.attrs["baselines_recorded"] = True
+            return ts, split, ev
+    return ts, split, evaluate_holdout(model, ts, split, cfg)
+
+
+def _same_figures(now: dict[str, float], recorded: dict[str, Any]) -> bool:
+    import math
+
+    if not recorded or set(now) - set(recorded):
+        return False
+    for key, value in now.items():
+        old = recorded[key]
+        if old is None or (isinstance(old, float) and math.isnan(old)):
+            if not math.isnan(value):
+                return False
+        elif not math.isclose(value, float(old), rel_tol=1e-9, abs_tol=1e-12):
+            return False
+    return True
+
+
 def evaluate_step(
     data_path: str | Path, config: Config, model_uri: str, out: str | Path, rejects: str | None = None,
     echo: Echo = _quiet, mapping: Mapping | None = None,
@@ -406,13 +441,10 @@ def evaluate_step(
 
     model, label = registry.load_model(model_uri)
     echo(f"model {label}")
-    as_of = model.metadata.get("training_as_of")
     cfg = config.with_overrides(labels__horizon_days=model.horizon_days)
     data = load_data(data_path, cfg, rejects, echo=echo, mapping=mapping)
     try:
-        ts = build_training_set(data, cfg, as_of)
-        split = split_by_time(ts.frame[Labeled.as_of], cfg)
-        ev = evaluate_holdout(model, ts, split, cfg)
+        _, _, ev = _own_holdout(data, model, cfg)
     finally:
         data.close()
     out = Path(out)
@@ -613,3 +645,106 @@ def summary_record(summary: TrainSummary) -> dict[str, Any]:
 def top_leads(scores: pd.DataFrame, n: int = 10) -> pd.DataFrame:
     """The *n* best-scored leads with their reasons (ties: lead_id)."""
     return scores.sort_values(["score", "probability", "lead_id"], ascending=[False, False, True]).head(n)
+
+
+# --- report and backtest -----------------------------------------------------------------------
+
+
+@dataclass
+class ReportSummary:
+    path: Path
+    bytes: int
+    seconds: float
+    report: Any
+    logged_to: str | None
+
+
+def report_step(
+    data_path: str | Path, config: Config, as_of: str, out: str | Path, model_uri: str | None = None,
+    backtest: str | Path | None = None, rejects: str | None = None, strict: bool | None = None,
+    echo: Echo = _quiet, log_to_mlflow: bool = True, mapping: Mapping | None = None,
+) -> ReportSummary:
+    """Write the analyst report (one self-contained HTML file) and log it to the model's MLflow run.
+
+    *backtest* is a folder written by :func:`backtest_step` (or its ``backtest.csv``) to
+    include as a section.
+    """
+    import time
+
+    from convert import registry
+    from convert.labels import parse_as_of
+    from convert.report import ReportInputs, build_report
+    from convert.score import feature_rows
+
+    clock = time.perf_counter()
+    uri = model_uri or f"models:/{config.train.model_name}@{registry.CHAMPION}"
+    model, label = registry.load_model(uri)
+    echo(f"model {label} (from {uri})")
+    t = parse_as_of(as_of)
+    assert t is not None
+    bt = _read_backtest(backtest) if backtest else None
+    cfg = config.with_overrides(labels__horizon_days=model.horizon_days)
+    data = load_data(data_path, cfg, rejects, strict, echo, mapping)
+    try:
+        current = feature_rows(data, model, t, cfg)
+        if current.empty:
+            from convert.exceptions import InsufficientDataError
+
+            raise InsufficientDataError(
+                f"no lead is open at {t:%Y-%m-%d} in {data_path} (none created before it, or all converted "
+                "or disqualified): choose an --as-of inside the export's history"
+            )
+        ts, split, ev = _own_holdout(data, model, cfg, reuse_baselines=True)
+        leads = data.frame("leads")
+    finally:
+        data.close()
+    stamp = pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d %H:%M UTC")
+    report = build_report(ReportInputs(model, label, t, ts, split, ev, current, leads, bt, stamp), cfg)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(report.html(), encoding="utf-8")
+    logged = None
+    if log_to_mlflow and not Path(uri).is_dir():
+        reg = registry.resolve(uri)
+        registry.log_report(reg.run_id, path, {"drift": report.drift, "segments": _segments_frame(report.segments)},
+                            report.metrics(), t)
+        logged = reg.run_id
+    return ReportSummary(path, path.stat().st_size, time.perf_counter() - clock, report, logged)
+
+
+def _segments_frame(segments: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    return pd.concat([t.assign(segment=name) for name, t in segments.items()], ignore_index=True) if segments else pd.DataFrame()
+
+
+def _read_backtest(path: str | Path) -> Any:
+    from convert.backtest import BacktestResult, summarize
+    from convert.exceptions import ConfigError
+
+    path = Path(path)
+    csv = path / "backtest.csv" if path.is_dir() else path
+    if not csv.exists():
+        raise ConfigError(f"no backtest results at {csv}: run `convert-leads backtest --out {path}` first")
+    table = pd.read_csv(csv, parse_dates=["origin", "trained_at"])
+    return BacktestResult(table, summarize(table), pd.DataFrame())
+
+
+def backtest_step(
+    data_path: str | Path, config: Config, start: str, end: str, every: str | None, retrain_every: str | None,
+    out: str | Path, rejects: str | None = None, strict: bool | None = None, echo: Echo = _quiet,
+    mapping: Mapping | None = None,
+) -> Any:
+    """Rolling-origin backtest; writes backtest.csv, summary.csv, trainings.csv and backtest.png to *out*."""
+    from convert.backtest import backtest, plot_backtest
+
+    data = load_data(data_path, config, rejects, strict, echo, mapping)
+    try:
+        result = backtest(data, config, start, end, every, retrain_every, echo)
+    finally:
+        data.close()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    result.table.to_csv(out / "backtest.csv", index=False)
+    result.summary.to_csv(out / "summary.csv", index=False)
+    result.trainings.to_csv(out / "trainings.csv", index=False)
+    plot_backtest(result.table).savefig(out / "backtest.png", dpi=100)
+    return result

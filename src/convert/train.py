@@ -248,18 +248,19 @@ def model_rows(split: TimeSplit) -> np.ndarray:
 
 
 def evaluate_holdout(
-    model: LeadScoringModel, ts: TrainingSet, split: TimeSplit, config: Config
+    model: LeadScoringModel, ts: TrainingSet, split: TimeSplit, config: Config, baselines: bool = True
 ) -> Evaluation:
-    """Model and baselines on the hold-out; baselines fit on the rows the booster learned from."""
+    """Model and baselines on the hold-out; baselines fit on the rows the booster learned from
+    (``baselines=False``: the model alone)."""
     frame, y = ts.frame, ts.frame[Labeled.label].to_numpy()
     hold = split.masks["holdout"]
     fit_rows = model_rows(split)
     X_hold = frame.loc[hold, ts.features]
     p_model = model.predict_proba(X_hold)[:, 1]
     probs = {"model": p_model}
-    for name, baseline in fit_baselines(
+    for name, baseline in (fit_baselines(
         frame.loc[fit_rows, ts.features], y[fit_rows], config.baselines, config.seed
-    ).items():
+    ) if baselines else {}).items():
         probs[name] = np.asarray(baseline.predict_proba(X_hold), dtype="float64")
     y_hold = y[hold]
     metrics = pd.DataFrame({name: evaluate(y_hold, p) for name, p in probs.items()})
