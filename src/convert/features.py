@@ -456,6 +456,10 @@ def feature_sql(
         )
         out.append(f"{expr} AS x_{slug(extra.column)}")
 
+    # numeric features leave as DOUBLE: sums of integers are HUGEINT in DuckDB, which
+    # reach pandas as Python decimals (slow, and not the float64 models take)
+    numeric = {f.name for f in feature_catalog(event_types, config) if f.kind == "numeric"}
+    out = [_as_double(column, numeric) for column in out]
     return (
         f"WITH pop AS (SELECT lead_id, as_of FROM {population}), "
         f"pe AS ({pe}), "
@@ -517,6 +521,12 @@ def _ensure_indexed(con: duckdb.DuckDBPyConnection) -> None:
     except duckdb.CatalogException:
         pass
     index_events(con)
+
+
+def _as_double(column: str, numeric: set[str]) -> str:
+    """``expr AS name`` cast to DOUBLE when *name* is a numeric feature."""
+    expr, _, name = column.rpartition(" AS ")
+    return f"CAST({expr} AS DOUBLE) AS {name}" if name in numeric else column
 
 
 def _band(expr: str, cuts: Sequence[float]) -> str:
@@ -659,12 +669,14 @@ def finish_frame(frame: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
     missing = [c for c in catalog.names if c not in frame.columns]
     if missing:  # a programming error: the catalog and the SQL must agree
         raise RuntimeError(f"feature SQL did not produce {missing}")
-    frame = frame[KEY + catalog.names].copy()
+    frame = frame[KEY + catalog.names].copy(deep=False)
     for f in catalog:
+        col = frame[f.name]
         if f.kind == "numeric":
-            frame[f.name] = frame[f.name].astype("float64")
+            if col.dtype != "float64":
+                frame[f.name] = col.astype("float64")
         else:
-            frame[f.name] = frame[f.name].astype("object").where(frame[f.name].notna(), None)
+            frame[f.name] = col.astype("object").where(col.notna(), None)
     return frame
 
 
@@ -702,7 +714,7 @@ def build_features(
     try:
         catalog, types = _vocabulary(con, config, event_types, "_population")
         tables = [
-            con.execute(f"{sql} ORDER BY as_of, lead_id").to_arrow_table()
+            con.sql(f"{sql} ORDER BY as_of, lead_id").to_arrow_table()
             for sql in _pass_queries(con, config, types, "_population")
         ]
     finally:
