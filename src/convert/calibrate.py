@@ -258,13 +258,19 @@ class SigmoidCalibrator(Calibrator):
 
         # Optimise on the standardised score for conditioning, then map back.
         z = (x - center) / scale
+        # The optimiser evaluates the objective a few dozen times per fit, and select_calibrator
+        # fits once per fold: the arrays are allocated once and every step is done in place.
+        not_target = 1.0 - target
+        eta, log_p, log_q = np.empty_like(z), np.empty_like(z), np.empty_like(z)
 
         def objective(params: FloatArray) -> tuple[float, FloatArray]:
             a, b = params
-            eta = a * z + b
+            np.add(np.multiply(z, a, out=eta), b, out=eta)
             # -sum(t*log(p) + (1-t)*log(1-p)) with log p = log_expit(eta), log(1-p) = log_expit(-eta)
-            loss = -float(np.sum(target * log_expit(eta) + (1.0 - target) * log_expit(-eta)))
-            resid = expit(eta) - target
+            np.multiply(log_expit(eta, out=log_p), target, out=log_p)
+            np.multiply(log_expit(np.negative(eta, out=log_q), out=log_q), not_target, out=log_q)
+            loss = -float(np.sum(np.add(log_p, log_q, out=log_p)))
+            resid = np.subtract(expit(eta, out=log_q), target, out=log_q)
             return loss, np.array([float(np.dot(resid, z)), float(np.sum(resid))])
 
         start = np.array([1.0, math.log(prior / (1.0 - prior))])
