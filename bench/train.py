@@ -46,6 +46,7 @@ under cProfile.
     python bench/train.py                 # 1M rows x 100 features
     python bench/train.py --quick         # 50k rows
     python bench/train.py --profile
+    python bench/train.py --max-load 1.5  # start each round when the machine is quiet
 """
 
 from __future__ import annotations
@@ -115,6 +116,15 @@ def trees(booster: lgb.Booster) -> str:
     return booster.model_to_string().split("\npandas_categorical:")[0]
 
 
+def wait_for_load(max_load: float | None, max_wait: float) -> tuple[float, float, float]:
+    """Wait (at most *max_wait* s) until the 1-minute load average is at most *max_load*: on a
+    shared machine, a round that starts while others compute measures them, not us."""
+    deadline = time.monotonic() + max_wait
+    while max_load is not None and os.getloadavg()[0] > max_load and time.monotonic() < deadline:
+        time.sleep(15)
+    return os.getloadavg()
+
+
 SIDES = ("plain (array)", "plain (pandas)", "ours: fit_calibrated")
 
 
@@ -128,6 +138,9 @@ def main() -> None:
     parser.add_argument("--positive-rate", type=float, default=0.02)
     parser.add_argument("--repeat", type=int, default=3,
                         help="rounds of (plain, ours); verdict: median of the paired ratios")
+    parser.add_argument("--max-load", type=float, default=None,
+                        help="before each round, wait until the 1-minute load average is at most this")
+    parser.add_argument("--max-wait", type=float, default=1800, help="seconds to wait for --max-load")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="cProfile one more run of ours")
     parser.add_argument("--quick", action="store_true", help="smoke size (50k rows)")
@@ -171,7 +184,9 @@ def main() -> None:
     ph = Phases(width=40)
     results: dict[str, Any] = {}
     boosters: dict[str, lgb.Booster] = {}
-    for _ in range(args.repeat):
+    for k in range(args.repeat):
+        load = wait_for_load(args.max_load, args.max_wait)
+        print(f"round {k + 1}: load average {' '.join(f'{x:.1f}' for x in load)}", flush=True)
         for side, mats in ((SIDES[0], arrays), (SIDES[1], frames)):
             boosters[side], best, rounds = ph.run(side, lambda mats=mats: plain_fits(
                 params, mats, ys, spec_train.names, spec_train.categorical, config))
