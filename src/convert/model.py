@@ -197,10 +197,6 @@ class FeatureMatrix:
                 self.values[:, self.names.index(name)] = np.nan
         self.spec_: FeatureSpec | None = None
 
-    @property
-    def n_rows(self) -> int:
-        return int(self.values.shape[0])
-
     def spec(self, rows: slice = slice(None), event_types: Sequence[str] = ()) -> FeatureSpec:
         """The spec :meth:`FeatureSpec.from_frame` learns from these rows (a range of the
         stored order): the sorted texts of the categorical values they hold."""
