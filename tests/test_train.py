@@ -7,10 +7,25 @@ import pandas as pd
 import pytest
 
 from convert import load, train
+from convert.calibrate import select_calibrator
+from convert.catalog import Catalog, FeatureDef
 from convert.config import Config
 from convert.exceptions import FeatureMismatchError, InsufficientDataError
-from convert.model import LeadScoringModel, grade_from_score, score_from_probability
-from convert.train import SLICES, build_training_set, split_by_time
+from convert.model import (
+    FeatureMatrix,
+    FeatureSpec,
+    LeadScoringModel,
+    grade_from_score,
+    score_from_probability,
+)
+from convert.train import (
+    SLICES,
+    TrainingSet,
+    _new_model,
+    build_training_set,
+    fit_calibrated,
+    split_by_time,
+)
 
 
 def test_slices_are_ordered_in_time_and_purged_before_the_holdout(trained, fast_config):
@@ -114,3 +129,70 @@ def test_tuning_searches_with_time_series_folds(trained, fast_config):
     assert params["num_leaves"] == int(best["num_leaves"])
     again, _ = tune(result.training_set, result.split, fast_config, trials=3)
     assert again == params  # seeded
+
+
+def _lightgbm_array(matrix: pd.DataFrame) -> np.ndarray:
+    """What LightGBM makes of a transformed frame: category codes, -1 as NaN, all float64."""
+    out = matrix.copy()
+    for c in out.columns:
+        if isinstance(out[c].dtype, pd.CategoricalDtype):
+            out[c] = out[c].cat.codes.replace({-1: np.nan}).astype("float64")
+    return out.to_numpy(dtype="float64")
+
+
+def test_feature_matrix_encodes_as_lightgbm_reads_the_transformed_frame():
+    def feature(name: str, kind: str) -> FeatureDef:
+        return FeatureDef(name, "fit", "test", kind, "count", name, "{value}")
+
+    catalog = Catalog([feature("a", "numeric"), feature("src", "categorical"), feature("b", "numeric"),
+                       feature("c", "numeric"), feature("band", "categorical")])
+    frame = pd.DataFrame({
+        "extra": list("pqrstuvw"),
+        "c": [1, 2, 3, 4, 5, 6, 7, 8],
+        "b": [0.5, np.nan, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0],
+        "src": ["web", None, "ads", np.nan, "web", "fair", "zoo", "ads"],
+        "a": [1.0, 2.0, np.nan, 4.0, 5.0, 6.0, 7.0, 8.0],
+        "band": [1.0, 2.0, np.nan, 2.0, 3.0, 1.0, 4.0, 2.0],
+    }, index=[10, 3, 7, 1, 0, 5, 2, 4])
+    rows = np.array([6, 2, 0, 5, 1])  # any order of positions
+    fm = FeatureMatrix(frame, catalog, rows)
+    head = fm.spec(slice(0, 3), event_types=["x"])
+    assert head == FeatureSpec.from_frame(frame.iloc[rows[:3]], catalog, ["x"])
+    assert head.categories == {"src": ["ads", "web", "zoo"], "band": ["1.0", "4.0"]}
+    for spec in (head, fm.spec()):  # unseen values ("fair", 2.0) become missing under the first
+        expected = _lightgbm_array(spec.transform(frame.iloc[rows]))
+        assert np.array_equal(fm.encode(spec).values, expected, equal_nan=True)
+    whole = FeatureMatrix(frame, catalog)
+    assert np.array_equal(whole.encode(fm.spec()).values,
+                          _lightgbm_array(fm.spec().transform(frame)), equal_nan=True)
+    with pytest.raises(FeatureMismatchError, match="'band'"):
+        FeatureMatrix(frame.drop(columns=["band"]), catalog)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_fit_calibrated_equals_fitting_each_slice_frame(trained, fast_config, shuffle):
+    """The one-matrix path gives the model of fitting LeadScoringModel on frame.loc[slice]."""
+    result, _ = trained
+    ts = result.training_set
+    frame = ts.frame
+    if shuffle:  # slices interleaved in the frame: the refit must still see rows in frame order
+        frame = frame.iloc[np.random.default_rng(0).permutation(len(frame))].reset_index(drop=True)
+        ts = TrainingSet(frame, ts.catalog, ts.event_types, ts.as_of, ts.horizon_days)
+    split = split_by_time(frame["as_of"], fast_config)
+    model, cv = fit_calibrated(ts, split, fast_config)
+
+    m, y, cols = split.masks, frame["label"].to_numpy(), ts.features
+    first = _new_model(fast_config).fit(frame.loc[m["train"], cols], y[m["train"]],
+                                        frame.loc[m["validation"], cols], y[m["validation"]],
+                                        catalog=ts.catalog, event_types=ts.event_types)
+    rounds = int(np.ceil(first.best_iteration_ * fast_config.train.refit_round_factor))
+    seen = m["train"] | m["validation"]
+    plain = _new_model(fast_config, rounds=rounds).fit(frame.loc[seen, cols], y[seen], catalog=ts.catalog,
+                                                      event_types=ts.event_types)
+    calibrator, plain_cv = select_calibrator(
+        plain.predict_raw(frame.loc[m["calibration"], cols]), y[m["calibration"]],
+        methods=fast_config.calibration.methods, cv_folds=fast_config.calibration.cv_folds,
+        min_rows_isotonic=fast_config.calibration.min_rows_isotonic, seed=fast_config.seed)
+    assert model.booster_.model_to_string() == plain.booster_.model_to_string()
+    assert model.spec_ == plain.spec_ and model.base_raw_ == plain.base_raw_
+    assert cv == plain_cv and model.calibrator_.to_dict() == calibrator.to_dict()

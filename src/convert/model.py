@@ -69,21 +69,9 @@ class FeatureSpec:
         FeatureMismatchError
             Naming the first missing feature, when the data lacks one.
         """
-        missing = [n for n in self.names if n not in frame.columns]
-        if missing:
-            raise FeatureMismatchError(
-                f"the data lacks feature column {missing[0]!r} that the model was trained on"
-                + (f" (and {len(missing) - 1} more: {', '.join(missing[1:6])})" if len(missing) > 1 else "")
-                + ". Score with the same feature configuration (params.yaml features section and "
-                "extra attributes) as training, or retrain the model"
-            )
+        _check_columns(frame, self.names)
         numeric = [n for n in self.names if self.kinds[n] != "categorical"]
-        try:
-            block = frame[numeric].to_numpy(dtype="float64")
-        except (TypeError, ValueError) as exc:
-            raise FeatureMismatchError(
-                f"feature columns must be numeric, as in training ({', '.join(numeric[:5])}, ...): {exc}"
-            ) from exc
+        block = _numeric_block(frame[numeric])
         out = pd.DataFrame(block, columns=numeric, index=frame.index)
         for n in self.categorical:
             col = frame[n]
@@ -97,6 +85,149 @@ class FeatureSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FeatureSpec:
         return cls(**dict(data))
+
+
+def _check_columns(frame: pd.DataFrame, names: Sequence[str]) -> None:
+    missing = [n for n in names if n not in frame.columns]
+    if missing:
+        raise FeatureMismatchError(
+            f"the data lacks feature column {missing[0]!r} that the model was trained on"
+            + (f" (and {len(missing) - 1} more: {', '.join(missing[1:6])})" if len(missing) > 1 else "")
+            + ". Score with the same feature configuration (params.yaml features section and "
+            "extra attributes) as training, or retrain the model"
+        )
+
+
+def _numeric_block(frame: pd.DataFrame) -> np.ndarray:
+    """*frame*'s columns as one float64 array, or a :class:`FeatureMismatchError` naming them."""
+    try:
+        return frame.to_numpy(dtype="float64")
+    except (TypeError, ValueError) as exc:
+        names = list(frame.columns)
+        raise FeatureMismatchError(
+            f"feature columns must be numeric, as in training ({', '.join(names[:5])}, ...): {exc}"
+        ) from exc
+
+
+def _column_runs(positions: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Runs of consecutive *positions* as (first source index, first position, length)."""
+    runs: list[tuple[int, int, int]] = []
+    for i, pos in enumerate(positions):
+        if runs and runs[-1][1] + runs[-1][2] == pos:
+            src, start, length = runs[-1]
+            runs[-1] = (src, start, length + 1)
+        else:
+            runs.append((i, pos, 1))
+    return runs
+
+
+class FeatureMatrix:
+    """Rows of a feature frame encoded once into the float64 matrix LightGBM reads.
+
+    Training fits LightGBM several times on slices of one frame (train, validation, train +
+    validation) and scores another (calibration). Through :meth:`FeatureSpec.transform`
+    every slice is copied by pandas, re-encoded, and converted once more by LightGBM. Here
+    the rows are encoded once, in the order given, into a C-ordered float64 array with the
+    catalog's columns: numeric features as float64, each categorical feature as the code of
+    its text in a spec's category list, NaN when missing or unseen -- exactly the array
+    LightGBM makes of ``spec.transform(frame)``. A range of rows is then a view (no copy),
+    the categories a range of rows holds come from integer codes (:meth:`spec`), and
+    switching to another spec's categories (:meth:`encode`) rewrites only the categorical
+    columns.
+
+    Parameters
+    ----------
+    frame:
+        Feature rows holding every catalog column.
+    catalog:
+        The features, in model order.
+    rows:
+        Positions (``iloc``) of the rows to encode, in the order to store them; all rows
+        when omitted.
+
+    Attributes
+    ----------
+    values : ndarray of shape (n_rows, n_features)
+        The matrix; categorical columns hold the codes of :attr:`spec_` (all NaN until
+        :meth:`encode` is called).
+    names : list of str
+    spec_ : FeatureSpec or None
+        The spec the categorical columns are encoded for.
+
+    Raises
+    ------
+    FeatureMismatchError
+        When the frame lacks a catalog column or a numeric feature is not numeric.
+    """
+
+    #: Rows copied per step: a block this size stays in cache while it is transposed.
+    _CHUNK_ROWS = 65_536
+
+    def __init__(self, frame: pd.DataFrame, catalog: Catalog, rows: np.ndarray | None = None) -> None:
+        self.names = [f.name for f in catalog]
+        self.kinds: dict[str, str] = {f.name: f.kind for f in catalog}
+        _check_columns(frame, self.names)
+        positions = np.arange(len(frame)) if rows is None else np.asarray(rows, dtype="int64")
+        n = len(positions)
+        # a run of consecutive rows (the usual case: slices of a frame sorted by as-of time)
+        # is sliced, which costs no copy before the chunk's own
+        first = int(positions[0]) if n else 0
+        run = not n or bool(np.all(np.diff(positions) == 1))
+
+        def rows_of(lo: int, hi: int) -> slice | np.ndarray:
+            return slice(first + lo, first + hi) if run else positions[lo:hi]
+
+        numeric = [c for c in self.names if self.kinds[c] != "categorical"]
+        runs = _column_runs([self.names.index(c) for c in numeric])
+        self.values = np.empty((n, len(self.names)), dtype="float64")
+        block = frame[numeric]
+        for lo in range(0, n, self._CHUNK_ROWS):
+            hi = min(n, lo + self._CHUNK_ROWS)
+            chunk = _numeric_block(block.iloc[rows_of(lo, hi)])
+            for src, dst, width in runs:
+                self.values[lo:hi, dst: dst + width] = chunk[:, src: src + width]
+        self._codes: dict[str, np.ndarray] = {}
+        self._labels: dict[str, list[str]] = {}
+        for name in self.names:
+            if self.kinds[name] == "categorical":
+                codes, uniques = pd.factorize(frame[name].to_numpy()[rows_of(0, n)])
+                self._codes[name] = codes
+                # the text of each distinct value, as FeatureSpec learns and applies categories
+                self._labels[name] = [str(v) for v in uniques]
+                self.values[:, self.names.index(name)] = np.nan
+        self.spec_: FeatureSpec | None = None
+
+    def spec(self, rows: slice = slice(None), event_types: Sequence[str] = ()) -> FeatureSpec:
+        """The spec :meth:`FeatureSpec.from_frame` learns from these rows (a range of the
+        stored order): the sorted texts of the categorical values they hold."""
+        kinds = dict(self.kinds)
+        cats = {}
+        for name, codes in self._codes.items():
+            part = codes[rows]
+            held = np.bincount(part[part >= 0], minlength=len(self._labels[name])) > 0
+            cats[name] = sorted({label for label, h in zip(self._labels[name], held, strict=True) if h})
+        return FeatureSpec(names=list(self.names), kinds=kinds, categories=cats, event_types=list(event_types))
+
+    def encode(self, spec: FeatureSpec) -> FeatureMatrix:
+        """Make the categorical columns the codes of *spec*'s categories (NaN when missing or
+        not among them), as LightGBM encodes ``spec.transform(frame)``; returns ``self``."""
+        if spec.names != self.names:
+            raise FeatureMismatchError(
+                f"the spec's features ({len(spec.names)}) are not the matrix's ({len(self.names)}); "
+                "encode with the spec learned from the same catalog"
+            )
+        before = self.spec_.categories if self.spec_ is not None else None
+        for name, codes in self._codes.items():
+            if before is not None and before[name] == spec.categories[name]:
+                continue
+            position = {c: i for i, c in enumerate(spec.categories[name])}
+            # code of each distinct value in the spec's list; the last entry serves code -1
+            lookup = np.array([position.get(label, -1) for label in self._labels[name]] + [-1])
+            mapped = lookup[codes].astype("float64")
+            mapped[mapped < 0] = np.nan
+            self.values[:, self.names.index(name)] = mapped
+        self.spec_ = spec
+        return self
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -197,17 +328,51 @@ class LeadScoringModel:
         event_types: Sequence[str] = (),
     ) -> LeadScoringModel:
         """Fit the booster on *X*: with early stopping on (*X_valid*, *y_valid*) when given,
-        else for exactly ``num_boost_round`` rounds."""
-        self.catalog_ = catalog
-        self.spec_ = FeatureSpec.from_frame(X, catalog, event_types)
-        params = self._lgb_params(self.spec_)
-        train_set = lgb.Dataset(
-            self.spec_.transform(X), label=np.asarray(y, dtype="float64"),
-            categorical_feature=self.spec_.categorical or "auto", free_raw_data=True,
+        else for exactly ``num_boost_round`` rounds. The categories are learned from *X*."""
+        train = FeatureMatrix(X, catalog)
+        spec = train.spec(event_types=event_types)
+        valid = None
+        if X_valid is not None and y_valid is not None:
+            valid = FeatureMatrix(X_valid, catalog).encode(spec).values
+        return self.fit_matrix(
+            train.encode(spec).values, y, valid, y_valid, spec=spec, catalog=catalog
         )
+
+    def fit_matrix(
+        self,
+        X: np.ndarray,
+        y: np.ndarray | pd.Series,
+        X_valid: np.ndarray | None = None,
+        y_valid: np.ndarray | pd.Series | None = None,
+        *,
+        spec: FeatureSpec,
+        catalog: Catalog,
+    ) -> LeadScoringModel:
+        """:meth:`fit` on rows already encoded for *spec* (:class:`FeatureMatrix` values).
+
+        Training encodes its frame once and fits on ranges of that one matrix, so no slice
+        is copied or converted again; *spec* must be the one the rows were encoded for and
+        learned from the rows of *X*.
+        """
+        for name, matrix in (("X", X), ("X_valid", X_valid)):
+            if matrix is not None and (matrix.ndim != 2 or matrix.shape[1] != len(spec.names)):
+                raise FeatureMismatchError(
+                    f"{name} has shape {matrix.shape}; the spec has {len(spec.names)} features. "
+                    "Encode the rows with FeatureMatrix(frame, catalog).encode(spec)"
+                )
+        self.catalog_ = catalog
+        self.spec_ = spec
+        params = self._lgb_params(spec)
+        train_set = lgb.Dataset(
+            X, label=np.asarray(y, dtype="float64"), feature_name=spec.names,
+            categorical_feature=spec.categorical or "auto", free_raw_data=True,
+        )
+        # what LightGBM records for a pandas frame, so the booster re-applies the training
+        # categories to frames it predicts (and saves them in its model text)
+        train_set.pandas_categorical = [list(spec.categories[n]) for n in spec.categorical]
         if X_valid is not None and y_valid is not None:
             valid_set = lgb.Dataset(
-                self.spec_.transform(X_valid), label=np.asarray(y_valid, dtype="float64"),
+                X_valid, label=np.asarray(y_valid, dtype="float64"), feature_name=spec.names,
                 reference=train_set,
             )
             booster = lgb.train(
@@ -220,7 +385,7 @@ class LeadScoringModel:
         else:
             self.booster_ = lgb.train(params, train_set, num_boost_round=self.num_boost_round)
             self.best_iteration_ = self.num_boost_round
-        contrib = np.asarray(self.booster_.predict(self.spec_.transform(X.iloc[:1]), pred_contrib=True))
+        contrib = np.asarray(self.booster_.predict(X[:1], pred_contrib=True))
         self.base_raw_ = float(contrib[0, -1])
         return self
 
@@ -243,6 +408,11 @@ class LeadScoringModel:
     def predict_raw(self, X: pd.DataFrame) -> np.ndarray:
         """Raw log-odds of LightGBM."""
         return np.asarray(self.booster_.predict(self.matrix(X), raw_score=True), dtype="float64")
+
+    def predict_raw_matrix(self, X: np.ndarray) -> np.ndarray:
+        """Raw log-odds of rows already encoded for ``spec_`` (:class:`FeatureMatrix` values)."""
+        self._check_fitted()
+        return np.asarray(self.booster_.predict(X, raw_score=True), dtype="float64")
 
     def probability_from_raw(self, raw: np.ndarray) -> np.ndarray:
         if hasattr(self, "calibrator_"):

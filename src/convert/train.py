@@ -30,7 +30,7 @@ from convert.exceptions import InsufficientDataError
 from convert.features import KEY, build_features
 from convert.labels import as_of_grid, build_labels, parse_as_of
 from convert.metrics import evaluate, grade_table, lift_table, reliability_table
-from convert.model import LeadScoringModel, score_from_probability
+from convert.model import FeatureMatrix, LeadScoringModel, score_from_probability
 from convert.schema import Labeled
 
 SLICES = ("train", "validation", "calibration", "holdout")
@@ -218,23 +218,37 @@ def fit_calibrated(
     recent history too (``train.refit_round_factor`` more rounds for the extra rows). The
     calibration slice stays unseen by the booster, so the calibrator learns from honest
     raw scores.
+
+    The three slices are encoded once into one :class:`~convert.model.FeatureMatrix`
+    (train rows, then validation, then calibration, each in frame order), so every fit and
+    the calibration scores read ranges of that one matrix. The result is the same as fitting
+    :meth:`LeadScoringModel.fit` on ``frame.loc[mask]`` of each slice: the same rows in the
+    same order, the categories learned from the rows each booster is fitted on.
     """
-    frame, y = ts.frame, ts.frame[Labeled.label].to_numpy()
-    m = split.masks
-    cols = ts.features
-    model = _new_model(config, params).fit(
-        frame.loc[m["train"], cols], y[m["train"]], frame.loc[m["validation"], cols], y[m["validation"]],
-        catalog=ts.catalog, event_types=ts.event_types,
+    y = ts.frame[Labeled.label].to_numpy()
+    parts = [np.flatnonzero(split.masks[name]) for name in ("train", "validation", "calibration")]
+    order = np.concatenate(parts)
+    a, b = len(parts[0]), len(parts[0]) + len(parts[1])
+    matrix = FeatureMatrix(ts.frame, ts.catalog, order)
+    X, y_ordered = matrix.values, y[order]
+    spec = matrix.spec(slice(0, a), ts.event_types)
+    matrix.encode(spec)
+    model = _new_model(config, params).fit_matrix(
+        X[:a], y_ordered[:a], X[a:b], y_ordered[a:b], spec=spec, catalog=ts.catalog
     )
     if config.train.refit_on_validation:
         rounds = max(1, math.ceil(model.best_iteration_ * config.train.refit_round_factor))
-        seen = m["train"] | m["validation"]
-        model = _new_model(config, params, rounds).fit(
-            frame.loc[seen, cols], y[seen], catalog=ts.catalog, event_types=ts.event_types
+        spec = matrix.spec(slice(0, b), ts.event_types)
+        matrix.encode(spec)
+        X_seen, y_seen = X[:b], y_ordered[:b]
+        if np.any(np.diff(order[:b]) < 0):  # validation rows precede train rows in the frame
+            frame_order = np.argsort(order[:b], kind="stable")
+            X_seen, y_seen = X_seen[frame_order], y_seen[frame_order]
+        model = _new_model(config, params, rounds).fit_matrix(
+            X_seen, y_seen, spec=spec, catalog=ts.catalog
         )
-    raw_cal = model.predict_raw(frame.loc[m["calibration"], cols])
     calibrator, cv = select_calibrator(
-        raw_cal, y[m["calibration"]],
+        model.predict_raw_matrix(X[b:]), y_ordered[b:],
         methods=config.calibration.methods, cv_folds=config.calibration.cv_folds,
         min_rows_isotonic=config.calibration.min_rows_isotonic, seed=config.seed,
     )
