@@ -194,6 +194,7 @@ def main() -> None:
         model, cv = ph.run(SIDES[2], lambda: fit_calibrated(ts, split, config))
         # the refit model keeps no trace of the early-stopped fit's best iteration
         results[SIDES[2]] = (None, model.booster_.current_iteration())
+        print(f"  (load average after round {k + 1}: {os.getloadavg()[0]:.1f})", flush=True)
     frames.clear()
     arrays.clear()
 
