@@ -71,6 +71,7 @@ from convert.config import Config
 from convert.model import FeatureMatrix, FeatureSpec, _trimmed
 from convert.schema import Labeled
 from convert.train import TrainingSet, _new_model, fit_calibrated, split_by_time
+from convert.treeshap import lightgbm_matrix
 
 TARGET = 1.3
 
@@ -104,11 +105,7 @@ def plain_fits(
 
 def as_array(matrix: pd.DataFrame) -> np.ndarray:
     """The float64 array LightGBM makes of a model matrix: category codes, NaN for missing."""
-    out = matrix.copy()
-    for c in out.columns:
-        if isinstance(out[c].dtype, pd.CategoricalDtype):
-            out[c] = out[c].cat.codes.replace({-1: np.nan}).astype("float64")
-    return np.ascontiguousarray(out.to_numpy(dtype="float64"))
+    return np.ascontiguousarray(lightgbm_matrix(matrix))
 
 
 def trees(booster: lgb.Booster) -> str:
@@ -194,6 +191,7 @@ def main() -> None:
         model, cv = ph.run(SIDES[2], lambda: fit_calibrated(ts, split, config))
         # the refit model keeps no trace of the early-stopped fit's best iteration
         results[SIDES[2]] = (None, model.booster_.current_iteration())
+        print(f"  (load average after round {k + 1}: {os.getloadavg()[0]:.1f})", flush=True)
     frames.clear()
     arrays.clear()
 

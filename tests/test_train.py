@@ -26,6 +26,7 @@ from convert.train import (
     fit_calibrated,
     split_by_time,
 )
+from convert.treeshap import lightgbm_matrix
 
 
 def test_slices_are_ordered_in_time_and_purged_before_the_holdout(trained, fast_config):
@@ -131,15 +132,6 @@ def test_tuning_searches_with_time_series_folds(trained, fast_config):
     assert again == params  # seeded
 
 
-def _lightgbm_array(matrix: pd.DataFrame) -> np.ndarray:
-    """What LightGBM makes of a transformed frame: category codes, -1 as NaN, all float64."""
-    out = matrix.copy()
-    for c in out.columns:
-        if isinstance(out[c].dtype, pd.CategoricalDtype):
-            out[c] = out[c].cat.codes.replace({-1: np.nan}).astype("float64")
-    return out.to_numpy(dtype="float64")
-
-
 def test_feature_matrix_encodes_as_lightgbm_reads_the_transformed_frame():
     def feature(name: str, kind: str) -> FeatureDef:
         return FeatureDef(name, "fit", "test", kind, "count", name, "{value}")
@@ -160,11 +152,11 @@ def test_feature_matrix_encodes_as_lightgbm_reads_the_transformed_frame():
     assert head == FeatureSpec.from_frame(frame.iloc[rows[:3]], catalog, ["x"])
     assert head.categories == {"src": ["ads", "web", "zoo"], "band": ["1.0", "4.0"]}
     for spec in (head, fm.spec()):  # unseen values ("fair", 2.0) become missing under the first
-        expected = _lightgbm_array(spec.transform(frame.iloc[rows]))
+        expected = lightgbm_matrix(spec.transform(frame.iloc[rows]))
         assert np.array_equal(fm.encode(spec).values, expected, equal_nan=True)
     whole = FeatureMatrix(frame, catalog)
     assert np.array_equal(whole.encode(fm.spec()).values,
-                          _lightgbm_array(fm.spec().transform(frame)), equal_nan=True)
+                          lightgbm_matrix(fm.spec().transform(frame)), equal_nan=True)
     with pytest.raises(FeatureMismatchError, match="'band'"):
         FeatureMatrix(frame.drop(columns=["band"]), catalog)
 
