@@ -241,7 +241,7 @@ def fit_calibrated(
         spec = matrix.spec(slice(0, b), ts.event_types)
         matrix.encode(spec)
         X_seen, y_seen = X[:b], y_ordered[:b]
-        if np.any(np.diff(order[:b]) < 0):  # validation rows precede train rows in the frame
+        if np.any(np.diff(order[:b]) < 0):  # slices interleave in the frame: back to frame order
             frame_order = np.argsort(order[:b], kind="stable")
             X_seen, y_seen = X_seen[frame_order], y_seen[frame_order]
         model = _new_model(config, params, rounds).fit_matrix(
