@@ -16,8 +16,9 @@ in this order, in one process:
    filter ``occurred_at < t`` and ``groupby([lead_id, event_type]).size()``.
 
 events/s is always (events dated before t) / seconds, the same numerator for every row, so a
-ratio of rates is a ratio of times. The simulator writes about 30 events per lead, so 20M events
-take about 655k leads (``--leads``; the actual count is printed).
+ratio of rates is a ratio of times. The acceptance shape is 20M events over 200k leads (about 100
+events a lead): the default generates 200,000 leads with ``--activity 4.4`` (the simulator's
+engagement multiplier; at 1.0 it writes about 30 events a lead). The actual counts are printed.
 
 Scale mode (``--scale``): 12 monthly as-of times over ``--events`` (100M) events, Parquet,
 generated. Times ``convert.load``, ``build_labels`` for the 12 as-of times, and
@@ -107,18 +108,18 @@ def gib(n: float) -> str:
 # --- data --------------------------------------------------------------------------------------
 
 
-def ensure_data(workdir: Path, n_leads: int, seed: int) -> dict[str, Any]:
+def ensure_data(workdir: Path, n_leads: int, seed: int, activity: float = 1.0) -> dict[str, Any]:
     """Generate the Parquet CRM unless ``workdir`` already holds one made with these arguments."""
     marker = workdir / "bench-generate.json"
-    want = {"n_leads": n_leads, "seed": seed, "fmt": "parquet", "bad_rows": False}
+    want = {"n_leads": n_leads, "seed": seed, "fmt": "parquet", "bad_rows": False, "activity": activity}
     if marker.exists():
         have = json.loads(marker.read_text())
-        if {k: have.get(k) for k in want} == want:
+        if {k: have.get(k, 1.0 if k == "activity" else None) for k in want} == want:
             print(f"reusing {workdir} ({have['rows']['events']:,} events)", flush=True)
             return have
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"generating {n_leads:,} leads into {workdir} ...", flush=True)
-    summary = generate_crm(workdir, n_leads, seed, fmt="parquet", bad_rows=False)
+    summary = generate_crm(workdir, n_leads, seed, fmt="parquet", bad_rows=False, activity=activity)
     info = {**want, "rows": summary.rows, "seconds": summary.seconds}
     marker.write_text(json.dumps(info))
     print(f"  generated {summary.rows['events']:,} events in {summary.seconds:.0f} s", flush=True)
@@ -153,7 +154,7 @@ def minimal_query(events: str, t: pd.Timestamp, windows: tuple[int, ...] = ()) -
 
 
 def run_default(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    info = ensure_data(workdir, args.leads, args.seed)
+    info = ensure_data(workdir, args.leads, args.seed, args.activity)
     events_file = workdir / "events.parquet"
     t = pd.Timestamp(args.as_of)
     cfg = config_for(args)
@@ -194,11 +195,12 @@ def run_default(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     # (i)+(ii) ours
     data = ph.run("ours: convert.load (read + validate)", lambda: convert.load(workdir, cfg))
     quiet(data.con)
-    pop = ph.run("ours: build_labels(con, [t], 90)", lambda: build_labels(data.con, [t], 90))
-    fs = ph.run(
-        "ours: build_features (population, all features)",
-        lambda: build_features(data.con, pop, cfg.features),
-    )
+    for _ in range(args.repeat):
+        pop = ph.run("ours: build_labels(con, [t], 90)", lambda: build_labels(data.con, [t], 90))
+        fs = ph.run(
+            "ours: build_features (population, all features)",
+            lambda: build_features(data.con, pop, cfg.features),
+        )
     shape = fs.frame.shape
     ph.run(
         "minimal DuckDB: count per (lead, type) [loaded table]",
@@ -215,12 +217,13 @@ def run_default(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     frame = pq.read_table(events_file, columns=["lead_id", "event_type", "occurred_at"]).to_pandas()
     read_s = time.perf_counter() - read_t0
     t_utc = t.tz_localize("UTC")
-    sizes = ph.run(
-        "pandas: filter + groupby([lead, type]).size()",
-        lambda: frame[frame["occurred_at"] < t_utc]
-        .groupby(["lead_id", "event_type"], sort=False, observed=True)
-        .size(),
-    )
+    for _ in range(args.repeat):
+        sizes = ph.run(
+            "pandas: filter + groupby([lead, type]).size()",
+            lambda: frame[frame["occurred_at"] < t_utc]
+            .groupby(["lead_id", "event_type"], sort=False, observed=True)
+            .size(),
+        )
     dtypes = {c: str(frame[c].dtype) for c in frame.columns}
     pandas_groups = len(sizes)
     frame = sizes = None  # noqa: F841
@@ -287,8 +290,8 @@ def run_default(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 
 def run_scale(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    n_leads = args.leads or max(1000, round(args.events / EVENTS_PER_LEAD))
-    info = ensure_data(workdir, n_leads, args.seed)
+    n_leads = args.leads or max(1000, round(args.events / (EVENTS_PER_LEAD * args.activity)))
+    info = ensure_data(workdir, n_leads, args.seed, args.activity)
     cfg = config_for(args)
     ph = Phases()
     print(
@@ -351,25 +354,35 @@ def main() -> None:
     )
     parser.add_argument(
         "--leads", type=int, default=None,
-        help="leads to simulate (default 655000 = ~20M events; scale mode: --events / 30.5)",
+        help="leads to simulate (default 200000, with --activity 4.4 ~20M events; scale mode: "
+        "--events / (30.5 x activity))",
+    )
+    parser.add_argument(
+        "--activity", type=float, default=None,
+        help="simulator engagement multiplier (default 4.4: ~100 events a lead; scale mode 1.0)",
     )
     parser.add_argument("--as-of", default="2026-01-01", help="the one as-of time (default mode)")
     parser.add_argument("--scale", action="store_true", help="12 monthly as-ofs over --events")
     parser.add_argument("--events", type=int, default=100_000_000, help="scale mode: events")
     parser.add_argument("--as-ofs", type=int, default=12, help="scale mode: monthly as-of times")
-    parser.add_argument("--quick", action="store_true", help="smoke size (~20k leads)")
+    parser.add_argument("--quick", action="store_true", help="smoke size (~600k events)")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--repeat", type=int, default=1, help="runs of the minimal queries (best kept)")
+    parser.add_argument(
+        "--repeat", type=int, default=3,
+        help="runs of each timed step but the load (best kept; default 3)",
+    )
     parser.add_argument("--memory-limit", default=None, help="DuckDB memory_limit, e.g. 8GB")
     parser.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: all)")
     parser.add_argument("--workdir", type=Path, default=None, help="data folder (kept)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data folder")
     args = parser.parse_args()
+    if args.activity is None:
+        args.activity = 1.0 if args.scale else 4.4
     if args.quick:
-        args.leads = args.leads or 20_000
+        args.leads = args.leads or (20_000 if args.scale else 6_000)
         args.events = min(args.events, 1_000_000)
     if not args.scale and args.leads is None:
-        args.leads = 655_000
+        args.leads = 200_000
 
     tmp = None
     workdir = args.workdir

@@ -65,6 +65,9 @@ def generate(
     start: Annotated[str, typer.Option("--start")] = "2023-01-01",
     end: Annotated[str, typer.Option("--end")] = "2025-12-31",
     clean: Annotated[bool, typer.Option("--clean", help="Plant no bad rows.")] = False,
+    activity: Annotated[float, typer.Option(
+        "--activity", min=0.01, help="Multiplier of self-directed engagement (1: ~30 events a lead; 4.4: ~100)."
+    )] = 1.0,
 ) -> None:
     """Write a seeded synthetic CRM export (leads, accounts, events, stages)."""
     from convert.simulate import generate_crm
@@ -72,7 +75,7 @@ def generate(
     if fmt not in ("csv", "parquet"):
         raise ConvertError(f"--format must be csv or parquet, not {fmt!r}")
     summary = generate_crm(out, n_leads=leads, seed=seed, fmt=fmt, start=start, end=end,  # type: ignore[arg-type]
-                           bad_rows=not clean)
+                           bad_rows=not clean, activity=activity)
     echo(str(summary))
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -72,6 +73,15 @@ class Dialect:
     leads: str = "_leads_indexed"
     events: str = "_events_indexed"
     lead_key: str = "lead_key"
+    #: A table with one row per (lead key, day with events) and the day's first and last
+    #: event times (:func:`index_events`), or ``None`` to count distinct days from events.
+    active_days: str | None = "_active_days"
+    #: The column of ``leads`` holding each lead's seniority, read once from the job title
+    #: (:func:`index_events`), or ``None`` to read it from the title in every query.
+    seniority: str | None = "_seniority"
+    #: The ENUM type the events table stores event types as (:func:`index_events`), or
+    #: ``None`` for text. Comparisons with an ENUM are integer comparisons.
+    event_type_enum: str | None = "_event_type"
 
     def quote(self, name: str) -> str:
         """A column name as a quoted identifier."""
@@ -80,6 +90,13 @@ class Dialect:
     def lit(self, value: str) -> str:
         """A string literal."""
         return _lit(value)
+
+    def event_type(self, value: str) -> str:
+        """An event type literal to compare with the events' (or the rollup's) ``event_type``;
+        with an ENUM, a type absent from the data becomes NULL, which matches nothing."""
+        if self.event_type_enum:
+            return f"TRY_CAST({self.lit(value)} AS {self.event_type_enum})"
+        return self.lit(value)
 
     def minus_days(self, ts: str, days: int) -> str:
         return f"({ts} - INTERVAL '{int(days)}' DAY)"
@@ -112,6 +129,9 @@ class SparkDialect(Dialect):
     leads: str = "leads"
     events: str = "events"
     lead_key: str = Leads.lead_id
+    active_days: str | None = None
+    seniority: str | None = None
+    event_type_enum: str | None = None
 
     def quote(self, name: str) -> str:
         return "`" + name.replace("`", "``") + "`"
@@ -157,13 +177,19 @@ def discover_event_types(
     at most ``max_event_types`` types are kept, most frequent first. Only events before
     *before* count, so the vocabulary itself is point-in-time.
     """
+    _ensure_indexed(con)
     rows = con.execute(
-        f"SELECT {Events.event_type}, count(*) AS n FROM events WHERE {Events.occurred_at} < ? "
-        "GROUP BY 1 ORDER BY n DESC, 1",
+        f"SELECT CAST({Events.event_type} AS VARCHAR), count(*) AS n FROM {DUCKDB.events} "
+        f"WHERE {Events.occurred_at} < ? GROUP BY {Events.event_type} ORDER BY n DESC, 1",
         [before.to_pydatetime()],
     ).fetchall()
+    return _choose_vocabulary(rows, config)
+
+
+def _choose_vocabulary(counts: Sequence[tuple[str, int]], config: FeaturesConfig) -> list[str]:
+    """:func:`discover_event_types`' rule applied to (type, count) rows, most frequent first."""
     kept = [
-        t for t, n in rows if t in STANDARD_EVENT_TYPES or n >= config.min_event_type_count
+        t for t, n in counts if t in STANDARD_EVENT_TYPES or n >= config.min_event_type_count
     ][: config.max_event_types]
     order = {t: i for i, t in enumerate(STANDARD_EVENT_TYPES)}
     return sorted(kept, key=lambda t: (order.get(t, len(order)), t))
@@ -310,58 +336,119 @@ def feature_catalog(event_types: Sequence[str], config: FeaturesConfig) -> Catal
 # --- SQL --------------------------------------------------------------------------------------
 
 
+def _rollup_windows(config: FeaturesConfig) -> list[int]:
+    """Window lengths the rollup counts: the feature windows, 30 and 90 days (account
+    engagement) and both halves of the trend."""
+    tw = config.trend_window_days
+    return sorted(set(config.windows_days) | {30, 90, tw, 2 * tw})
+
+
+def rollup_sql(grid: str, config: FeaturesConfig, dialect: Dialect = DUCKDB) -> str:
+    """Events before each as-of time in *grid*, one row per (lead key, as-of time, event type).
+
+    The one scan of events every engagement feature comes from: counts in all and over
+    each window of :func:`_rollup_windows` (``n_all``, ``n_w<days>``), and the first and
+    last event times. ``event_type`` keeps the events' type (compare it with
+    :meth:`Dialect.event_type` literals).
+    Counts are 32-bit: a lead has fewer than two billion events of a type.
+    """
+    d, E = dialect, Events
+    ts = "e." + E.occurred_at
+    windows = _rollup_windows(config)
+    # 32-bit counts: a third cheaper to sum and move than count's 64 bits
+    cols = ["CAST(count(*) AS INTEGER) AS n_all"]
+    cols += [f"CAST(count_if({ts} >= g.from_{w}) AS INTEGER) AS n_w{w}" for w in windows]
+    cols += [f"max({ts}) AS last_at", f"min({ts}) AS first_at"]
+    return (
+        f"SELECT e.{d.lead_key} AS lead_key, g.as_of, "
+        f"e.{E.event_type}, {', '.join(cols)} "
+        f"FROM {d.events} e JOIN {_window_starts(grid, windows, d)} g ON {ts} < g.as_of "
+        f"GROUP BY e.{d.lead_key}, g.as_of, e.{E.event_type}"
+    )
+
+
+def _window_starts(grid: str, windows: Sequence[int], dialect: Dialect) -> str:
+    """*grid* with each window's first instant as ``from_<days>``, computed once per as-of
+    time rather than once per event (date arithmetic is dearer than a comparison)."""
+    starts = ", ".join(f"{dialect.minus_days('as_of', w)} AS from_{w}" for w in windows)
+    return f"(SELECT as_of, {starts} FROM {grid})"
+
+
+def _per_type_metrics(config: FeaturesConfig) -> list[tuple[str, str]]:
+    """(feature name pattern, rollup expression) of each per-type feature, in catalog order."""
+    return [(f"n_{{}}_{w}d", f"n_w{w}") for w in config.windows_days] + [
+        ("n_{}_total", "n_all"),
+        ("days_since_{}", "last_at"),
+    ]
+
+
+def by_type_sql(
+    rollup: str, population: str, event_types: Sequence[str], config: FeaturesConfig, dialect: Dialect = DUCKDB
+) -> str:
+    """The per-type features in long form: a row per (population row, type of the vocabulary).
+
+    *population* holds ``lead_key``, ``as_of`` and ``row`` (the row's position in the
+    result); ``slot`` is the type's position in *event_types*, and the metric columns
+    follow :func:`_per_type_metrics`. Types outside the vocabulary and leads outside the
+    population are left out. Pivoting these rows into columns (:func:`build_features`
+    does it in numpy, :func:`feature_sql` in SQL) gives every per-type feature.
+    """
+    d = dialect
+    if not event_types:
+        raise ValueError("by_type_sql needs at least one event type")
+    vocab = ", ".join(f"({d.event_type(t)}, {i})" for i, t in enumerate(event_types))
+    cols = [  # counts stay 32-bit: half the bytes to move
+        f"{d.days_between('r.as_of', 'r.' + col)} AS {col}" if col == "last_at" else f"r.{col}"
+        for _, col in _per_type_metrics(config)
+    ]
+    return (
+        f"SELECT p.row, v.slot, {', '.join(cols)} FROM {rollup} r "
+        f"JOIN {population} p ON p.lead_key = r.lead_key AND p.as_of = r.as_of "
+        f"JOIN (VALUES {vocab}) AS v(event_type, slot) ON v.event_type = r.event_type"
+    )
+
+
 def feature_sql(
     population: str,
     grid: str,
     event_types: Sequence[str],
     config: FeaturesConfig,
     dialect: Dialect = DUCKDB,
+    *,
+    rollup: str | None = None,
+    by_type: bool = True,
 ) -> str:
     """One query computing every feature for each (lead_id, as_of) in *population*.
 
-    *population* is a table or subquery with ``lead_id`` and ``as_of``; *grid* holds
-    its distinct ``as_of`` values. Tables ``leads``, ``accounts``, ``events`` and
+    *population* is a table or subquery with ``lead_id``, ``as_of`` and the dialect's
+    lead key (DuckDB: ``lead_key``, see :func:`_pass_grids`); *grid* holds its distinct
+    ``as_of`` values. Tables ``leads``, ``accounts``, ``events`` and
     ``stages`` are the typed contract tables; the dialect names the events table the
     query reads (DuckDB reads :func:`index_events`' compact copy).
 
-    The plan scans events once into one row per (lead, as-of time, event type) with
-    every window count and first and last times; each family then works from that
-    small table (the per-lead pivot, the account sums) or from the last days' events
-    only (distinct active days). Nothing joins the population until the end.
+    The plan scans events once (:func:`rollup_sql`; *rollup* names a table already
+    holding it, else it is a CTE); each family then works from that small table (the
+    per-lead totals, the per-type pivot, the account sums) or from the last days'
+    activity only (distinct active days). Nothing joins the population until the end.
+    With ``by_type=False`` the per-type features are left out and *population*'s
+    ``row`` column is returned as ``row``, for a caller that pivots :func:`by_type_sql`.
     """
     d = dialect
-    L, A, E, S = Leads, Accounts, Events, Stages
+    L, A, S = Leads, Accounts, Stages
     key = d.lead_key
     windows = config.windows_days
     tw = config.trend_window_days
-    needed = sorted(set(windows) | {30, 90, tw, 2 * tw})
-    slugs = _type_slugs(event_types)
-    high = ", ".join(d.lit(t) for t in config.high_intent_events)
-    ts = "e." + E.occurred_at
+    slugs = _type_slugs(event_types) if by_type else {}
+    high = ", ".join(d.event_type(t) for t in config.high_intent_events)
 
-    def in_window(w: int, at: str = ts) -> str:
-        return f"{at} >= {d.minus_days('g.as_of', w)}"
+    def where(aggregate: str, cond: str) -> str:  # FILTER: a fifth cheaper than CASE here
+        return f"{aggregate} FILTER (WHERE {cond})"
 
-    def when(cond: str, col: str) -> str:
-        return f"CASE WHEN {cond} THEN {col} END"
-
-    # one scan of events: a row per (lead, as-of time, type); CASE sums, not FILTER
-    # (DuckDB runs CASE inside an aggregate about twice as fast)
-    pe_cols = ["count(*) AS n_all"]
-    pe_cols += [f"sum(CASE WHEN {in_window(w)} THEN 1 ELSE 0 END) AS n_w{w}" for w in needed]
-    pe_cols += [f"max({ts}) AS last_at", f"min({ts}) AS first_at"]
-    pe = (
-        f"SELECT e.{key} AS lead_key, g.as_of, CAST(e.{E.event_type} AS {d.text_type}) AS event_type, "
-        f"{', '.join(pe_cols)} "
-        f"FROM {d.events} e JOIN {grid} g ON {ts} < g.as_of "
-        f"GROUP BY e.{key}, g.as_of, e.{E.event_type}"
-    )
-
-    # the pivot to one row per lead: a filtered slice of pe per type, joined at the end
-    # (cheaper in DuckDB than a hundred CASE aggregates over pe)
+    # the pivot to one row per lead: each type's rows of the rollup, joined at the end
+    # (cheaper in DuckDB than a hundred CASE aggregates over the rollup)
     per_type = {
         s: f"SELECT lead_key, as_of, {', '.join(f'n_w{w}' for w in windows)}, n_all, last_at "
-        f"FROM pe WHERE event_type = {d.lit(t)}"
+        f"FROM pe WHERE event_type = {d.event_type(t)}"
         for t, s in slugs.items()
     }
     eng_cols: list[str] = []
@@ -372,46 +459,52 @@ def feature_sql(
         "min(first_at) AS first_touch",
         "max(last_at) AS last_touch",
         f"2 * sum(n_w{tw}) - sum(n_w{2 * tw}) AS trend",
-        f"sum({when('event_type = ' + d.lit('email_click'), 'n_all')}) AS n_clicks",
-        f"sum({when('event_type = ' + d.lit('email_open'), 'n_all')}) AS n_opens",
-        f"max({when(is_high, 'last_at')}) AS last_high_intent",
+        f"{where('sum(n_all)', 'event_type = ' + d.event_type('email_click'))} AS n_clicks",
+        f"{where('sum(n_all)', 'event_type = ' + d.event_type('email_open'))} AS n_opens",
+        f"{where('max(last_at)', is_high)} AS last_high_intent",
         "sum(n_w30) AS own_30",
         "sum(n_w90) AS own_90",
     ]
-    eng_cols += [f"sum({when(is_high, f'n_w{w}')}) AS high_{w}" for w in windows]
+    eng_cols += [f"{where(f'sum(n_w{w})', is_high)} AS high_{w}" for w in windows]
     eng = f"SELECT lead_key, as_of, {', '.join(eng_cols)} FROM pe GROUP BY lead_key, as_of"
 
-    # distinct active days from the last days' events only, in a query of their own: a
-    # DISTINCT aggregate beside many others sends DuckDB down a much slower path
+    # distinct active days over the longest window: from the per-day table where there is
+    # one (a day counts when its first event is before the as-of time and its last within
+    # the window: exact for windows of a day or more), else from the window's events in a
+    # query of their own (a DISTINCT aggregate beside many others is much slower)
     wa = max(windows)
-    act = (
-        f"SELECT e.{key} AS lead_key, g.as_of, count(DISTINCT {d.to_date(ts)}) AS active_days "
-        f"FROM {d.events} e JOIN {grid} g ON {ts} < g.as_of AND {in_window(wa)} "
-        f"GROUP BY e.{key}, g.as_of"
-    )
+    if d.active_days:
+        act = (
+            f"SELECT a.lead_key, g.as_of, count(*) AS active_days FROM {d.active_days} a "
+            f"JOIN {_window_starts(grid, [wa], d)} g ON a.first_at < g.as_of AND a.last_at >= g.from_{wa} "
+            "GROUP BY a.lead_key, g.as_of"
+        )
+    else:
+        ts = "e." + Events.occurred_at
+        act = (
+            f"SELECT e.{key} AS lead_key, g.as_of, count(DISTINCT {d.to_date(ts)}) AS active_days "
+            f"FROM {d.events} e JOIN {_window_starts(grid, [wa], d)} g ON {ts} < g.as_of AND {ts} >= g.from_{wa} "
+            f"GROUP BY e.{key}, g.as_of"
+        )
     stg = (
         f"SELECT p.lead_id, p.as_of, {d.latest_by('s.' + S.stage, 's.' + S.entered_at)} AS stage, "
         f"max(s.{S.entered_at}) AS stage_at "
         f"FROM pop p JOIN stages s ON s.{S.lead_id} = p.lead_id AND s.{S.entered_at} < p.as_of "
         "GROUP BY p.lead_id, p.as_of"
     )
-    # the account's leads known at the as-of time, and their engagement from eng
-    acct_leads = (
-        f"SELECT g.as_of, l.{L.account_id} AS account_id, count(*) AS n_leads "
+    # the account's leads known at the as-of time and their engagement (from eng)
+    acct = (
+        f"SELECT g.as_of, l.{L.account_id} AS account_id, count(*) AS n_leads, sum(e.own_30) AS n30, "
+        f"sum(e.own_90) AS n90, count_if(e.own_90 > 0) AS active90 "
         f"FROM {grid} g JOIN {d.leads} l ON l.{L.created_at} < g.as_of "
-        f"WHERE l.{L.account_id} IS NOT NULL GROUP BY g.as_of, l.{L.account_id}"
-    )
-    acct_ev = (
-        f"SELECT g.as_of, l.{L.account_id} AS account_id, sum(g.own_30) AS n30, "
-        f"sum(g.own_90) AS n90, sum(CASE WHEN g.own_90 > 0 THEN 1 ELSE 0 END) AS active90 "
-        f"FROM eng g JOIN {d.leads} l ON l.{key} = g.lead_key AND l.{L.created_at} < g.as_of "
+        f"LEFT JOIN eng e ON e.lead_key = l.{key} AND e.as_of = g.as_of "
         f"WHERE l.{L.account_id} IS NOT NULL GROUP BY g.as_of, l.{L.account_id}"
     )
 
     def days_since(col: str) -> str:
         return d.days_between("p.as_of", col)
 
-    out: list[str] = ["p.lead_id", "p.as_of"]
+    out: list[str] = ["p.lead_id", "p.as_of"] + ([] if by_type else ["p.row"])
     type_alias = {s: f"t{i}" for i, s in enumerate(per_type)}
     for s, ta in type_alias.items():
         out += [f"coalesce({ta}.n_w{w}, 0) AS n_{s}_{w}d" for w in windows]
@@ -433,11 +526,11 @@ def feature_sql(
         f"{days_since('st.stage_at')} AS days_in_stage",
         f"{days_since('l.' + L.created_at)} AS lead_age_days",
         "CASE WHEN al.n_leads IS NULL THEN NULL ELSE al.n_leads - 1 END AS account_other_leads",
-        "CASE WHEN al.n_leads IS NULL THEN NULL ELSE coalesce(ae.n30, 0) - coalesce(g.own_30, 0) END "
+        "CASE WHEN al.n_leads IS NULL THEN NULL ELSE coalesce(al.n30, 0) - coalesce(g.own_30, 0) END "
         "AS account_n_events_30d",
-        "CASE WHEN al.n_leads IS NULL THEN NULL ELSE coalesce(ae.n90, 0) - coalesce(g.own_90, 0) END "
+        "CASE WHEN al.n_leads IS NULL THEN NULL ELSE coalesce(al.n90, 0) - coalesce(g.own_90, 0) END "
         "AS account_n_events_90d",
-        "CASE WHEN al.n_leads IS NULL THEN NULL ELSE coalesce(ae.active90, 0) "
+        "CASE WHEN al.n_leads IS NULL THEN NULL ELSE coalesce(al.active90, 0) "
         "- (CASE WHEN coalesce(g.own_90, 0) > 0 THEN 1 ELSE 0 END) END AS account_active_leads_90d",
         f"a.{A.industry} AS industry",
         f"CAST(a.{A.employees} AS DOUBLE) AS employees",
@@ -446,7 +539,7 @@ def feature_sql(
         f"{_band('a.' + A.annual_revenue, config.revenue_bands)} AS revenue_band",
         f"coalesce(l.{L.country}, a.{A.country}) AS country",
         f"l.{L.lead_source} AS lead_source",
-        f"{_seniority('l.' + L.job_title, d)} AS seniority",
+        f"{'l.' + d.seniority if d.seniority else _seniority('l.' + L.job_title, d)} AS seniority",
     ]
     for extra in config.extra_attributes:
         src = "l" if extra.table == "leads" else "a"
@@ -460,14 +553,16 @@ def feature_sql(
     # reach pandas as Python decimals (slow, and not the float64 models take)
     numeric = {f.name for f in feature_catalog(event_types, config) if f.kind == "numeric"}
     out = [_as_double(column, numeric) for column in out]
+    pe = f"SELECT * FROM {rollup}" if rollup else rollup_sql(grid, config, d)
     return (
-        f"WITH pop AS (SELECT lead_id, as_of FROM {population}), "
+        f"WITH pop AS (SELECT {', '.join(dict.fromkeys(['lead_id', 'as_of', key] + ([] if by_type else ['row'])))} "
+        f"FROM {population}), "
         f"pe AS ({pe}), "
         + "".join(f"{type_alias[s]} AS ({q}), " for s, q in per_type.items())
         + f"eng AS ({eng}), act AS ({act}), stg AS ({stg}), "
-        f"acct_leads AS ({acct_leads}), acct_ev AS ({acct_ev}) "
+        f"acct AS ({acct}) "
         f"SELECT {', '.join(out)} FROM pop p "
-        f"JOIN {d.leads} l ON l.{L.lead_id} = p.lead_id "
+        f"JOIN {d.leads} l ON l.{key} = p.{key} "
         f"LEFT JOIN accounts a ON a.{A.account_id} = l.{L.account_id} "
         f"LEFT JOIN eng g ON g.lead_key = l.{key} AND g.as_of = p.as_of "
         + "".join(
@@ -476,8 +571,7 @@ def feature_sql(
         )
         + f"LEFT JOIN act ac ON ac.lead_key = l.{key} AND ac.as_of = p.as_of "
         "LEFT JOIN stg st ON st.lead_id = p.lead_id AND st.as_of = p.as_of "
-        f"LEFT JOIN acct_leads al ON al.account_id = l.{L.account_id} AND al.as_of = p.as_of "
-        f"LEFT JOIN acct_ev ae ON ae.account_id = l.{L.account_id} AND ae.as_of = p.as_of "
+        f"LEFT JOIN acct al ON al.account_id = l.{L.account_id} AND al.as_of = p.as_of "
     )
 
 
@@ -486,24 +580,34 @@ def index_events(con: duckdb.DuckDBPyConnection) -> None:
 
     Each lead gets a small integer key and event types become an ``ENUM``, so the one
     big aggregation over events groups on integers rather than text (about twice as
-    fast). Built once per loaded export; :func:`materialize_features` builds it when
-    it is missing or older than the tables.
+    fast), and each lead's seniority is read from its job title once. ``_active_days``
+    holds a row per (lead key, day with events) with the day's
+    first and last event times, from which distinct active days over any window of a
+    day or more are counted exactly without a DISTINCT aggregate over events. Built
+    once per loaded export; the feature builders build it when it is missing or
+    older than the tables.
     """
     L, E = Leads, Events
     con.execute("DROP TABLE IF EXISTS _events_indexed")
-    con.execute("DROP TYPE IF EXISTS _event_type")
+    con.execute(f"DROP TYPE IF EXISTS {DUCKDB.event_type_enum}")
     types = [r[0] for r in con.execute(
         f"SELECT DISTINCT {E.event_type} FROM events WHERE {E.event_type} IS NOT NULL ORDER BY 1"
     ).fetchall()]
-    con.execute(f"CREATE TYPE _event_type AS ENUM ({', '.join(_lit(t) for t in types) or _lit('')})")
+    con.execute(f"CREATE TYPE {DUCKDB.event_type_enum} AS ENUM ({', '.join(_lit(t) for t in types) or _lit('')})")
     con.execute(
         "CREATE OR REPLACE TABLE _leads_indexed AS SELECT *, "
-        "CAST(row_number() OVER () AS INTEGER) AS lead_key FROM leads"
+        "CAST(row_number() OVER () AS INTEGER) AS lead_key, "
+        f"{_seniority(L.job_title, DUCKDB)} AS {DUCKDB.seniority} FROM leads"
     )
     con.execute(
-        f"CREATE TABLE _events_indexed AS SELECT l.lead_key, CAST(e.{E.event_type} AS _event_type) "
+        f"CREATE TABLE _events_indexed AS SELECT l.lead_key, CAST(e.{E.event_type} AS {DUCKDB.event_type_enum}) "
         f"AS {E.event_type}, e.{E.occurred_at} FROM events e JOIN _leads_indexed l "
         f"ON l.{L.lead_id} = e.{E.lead_id}"
+    )
+    con.execute(
+        f"CREATE OR REPLACE TABLE _active_days AS SELECT lead_key, min({E.occurred_at}) AS first_at, "
+        f"max({E.occurred_at}) AS last_at FROM _events_indexed "
+        f"GROUP BY lead_key, CAST({E.occurred_at} AS DATE)"
     )
     con.execute(
         "CREATE OR REPLACE TABLE _indexed_counts AS SELECT (SELECT count(*) FROM leads) AS leads, "
@@ -586,7 +690,8 @@ def materialize_features(
     """
     catalog, types = _vocabulary(con, config, event_types, population)
     con.execute(f"DROP TABLE IF EXISTS {name}")
-    for i, sql in enumerate(_pass_queries(con, config, types, population)):
+    for i, _ in enumerate(_pass_grids(con, config, population)):
+        sql = feature_sql("_grid_population", "_grid", types, config)
         con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}" if i == 0 else f"INSERT INTO {name} {sql}")
     return name, catalog, types
 
@@ -603,22 +708,34 @@ def _vocabulary(
     return feature_catalog(event_types, config), tuple(event_types)
 
 
-def _pass_queries(
-    con: duckdb.DuckDBPyConnection, config: FeaturesConfig, event_types: Sequence[str], population: str
-) -> Iterator[str]:
-    """Set up each pass's as-of times and population, and yield its feature query to run."""
+def _pass_grids(
+    con: duckdb.DuckDBPyConnection, config: FeaturesConfig, population: str, latest_first: bool = False
+) -> Iterator[int]:
+    """Set up each pass's as-of times (``_grid``) and population (``_grid_population``) in turn.
+
+    The pass's population carries each lead's key and ``row``, its position in the
+    pass's result (ordered by as-of time, then lead). Yields the pass's number once
+    its tables are ready; they are dropped at the end. ``latest_first`` runs the passes
+    from the latest as-of times back (each pass's rows stay in order).
+    """
     times = [r[0] for r in con.execute(f"SELECT DISTINCT as_of FROM {population} ORDER BY 1").fetchall()]
+    passes = _passes(con, times, config.event_rows_per_pass) or [[]]
     try:
-        for batch in _passes(con, times, config.event_rows_per_pass) or [[]]:
+        for i, batch in enumerate(passes[::-1] if latest_first else passes):
             con.execute("CREATE OR REPLACE TEMP TABLE _grid (as_of TIMESTAMP)")
-            con.execute("CREATE OR REPLACE TEMP TABLE _grid_population (lead_id VARCHAR, as_of TIMESTAMP)")
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE _grid_population "
+                "(lead_id VARCHAR, as_of TIMESTAMP, lead_key INTEGER, row BIGINT)"
+            )
             if batch:
                 con.executemany("INSERT INTO _grid VALUES (?)", [[t] for t in batch])
                 con.execute(
-                    f"INSERT INTO _grid_population SELECT p.lead_id, p.as_of FROM {population} p "
+                    f"INSERT INTO _grid_population SELECT p.lead_id, p.as_of, l.lead_key, "
+                    f"row_number() OVER (ORDER BY p.as_of, p.lead_id) - 1 FROM {population} p "
+                    f"LEFT JOIN {DUCKDB.leads} l ON l.{Leads.lead_id} = p.lead_id "
                     "SEMI JOIN _grid g ON g.as_of = p.as_of"
                 )
-            yield feature_sql("_grid_population", "_grid", event_types, config)
+            yield i
     finally:
         for tmp in ("_grid", "_grid_population"):
             con.execute(f"DROP TABLE IF EXISTS {tmp}")
@@ -630,8 +747,8 @@ def _passes(con: duckdb.DuckDBPyConnection, times: list[Any], budget: int) -> li
     Every as-of time joins the events before it, so a pass's work is the sum of those
     counts; a single as-of time above the budget still gets a pass of its own.
     """
-    if not times:
-        return []
+    if len(times) < 2:
+        return [times] if times else []
     per_day = con.execute(
         f"SELECT CAST({Events.occurred_at} AS DATE) AS day, count(*) FROM {DUCKDB.events} GROUP BY 1 ORDER BY 1"
     ).fetchall()
@@ -711,13 +828,101 @@ def build_features(
         as-of time (training); scoring passes the model's stored vocabulary.
     """
     _register_population(con, population)
+    types = None if event_types is None else tuple(event_types)
+    frames = []
     try:
-        catalog, types = _vocabulary(con, config, event_types, "_population")
-        tables = [
-            con.sql(f"{sql} ORDER BY as_of, lead_id").to_arrow_table()
-            for sql in _pass_queries(con, config, types, "_population")
-        ]
+        _ensure_indexed(con)
+        _check_extra_attributes(con, config)
+        # latest as-of times first: the first pass's rollup then also gives the vocabulary
+        for _ in _pass_grids(con, config, "_population", latest_first=True):
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _rollup AS {rollup_sql('_grid', config)}")
+            try:
+                if types is None:
+                    types = tuple(_rollup_vocabulary(con, config))
+                frames.append(_build_pass(con, config, types, feature_catalog(types, config)))
+            finally:
+                con.execute("DROP TABLE IF EXISTS _rollup")
     finally:
         con.execute("DROP TABLE IF EXISTS _population")
-    frame = finish_frame(pa.concat_tables(tables).to_pandas(), catalog)
+    if types is None:  # no as-of time at all: the vocabulary of every event, as materialize_features
+        types = tuple(discover_event_types(con, pd.Timestamp.max, config))
+    catalog = feature_catalog(types, config)
+    frame = frames[0] if len(frames) == 1 else pd.concat(frames[::-1], ignore_index=True)
     return FeatureSet(frame=frame, catalog=catalog, event_types=types)
+
+
+def _rollup_vocabulary(con: duckdb.DuckDBPyConnection, config: FeaturesConfig) -> list[str]:
+    """:func:`discover_event_types` before the latest as-of time of ``_grid``, read from ``_rollup``
+    (which counts every lead's events before each as-of time) instead of from events."""
+    rows = con.execute(
+        "SELECT CAST(event_type AS VARCHAR), CAST(sum(n_all) AS BIGINT) AS n FROM _rollup "
+        "WHERE as_of = (SELECT max(as_of) FROM _grid) GROUP BY event_type ORDER BY n DESC, 1"
+    ).fetchall()
+    return _choose_vocabulary(rows, config)
+
+
+def _build_pass(
+    con: duckdb.DuckDBPyConnection, config: FeaturesConfig, event_types: Sequence[str], catalog: Catalog
+) -> pd.DataFrame:
+    """Features of the current pass (``_grid``, ``_grid_population``, ``_rollup``) as a frame.
+
+    The rollup is read twice: by the per-lead query (every feature but the per-type
+    ones) and by :func:`by_type_sql`, whose long rows :func:`_assemble` scatters into
+    columns, a reshape that costs DuckDB a join per event type.
+    """
+    per_lead = feature_sql("_grid_population", "_grid", event_types, config, rollup="_rollup", by_type=False)
+    lead = con.sql(f"{per_lead} ORDER BY row").to_arrow_table()
+    long = (
+        con.sql(by_type_sql("_rollup", "_grid_population", event_types, config)).to_arrow_table()
+        if event_types
+        else None
+    )
+    return _assemble(lead, long, event_types, catalog, config)
+
+
+def _assemble(
+    lead: pa.Table, long: pa.Table | None, event_types: Sequence[str], catalog: Catalog, config: FeaturesConfig
+) -> pd.DataFrame:
+    """The frame of :func:`finish_frame` from the per-lead rows and the long per-type rows.
+
+    Numeric features are filled into one float64 block (a column per feature, so the
+    frame is built without copying it); per-type counts start at 0 and recencies as
+    missing, then each long row is written to its lead's row and its type's columns.
+    """
+    n = lead.num_rows
+    numeric = [f.name for f in catalog if f.kind == "numeric"]
+    column_of = {name: j for j, name in enumerate(numeric)}
+    block = np.empty((len(numeric), n))
+    metrics = _per_type_metrics(config)
+    slots = np.array(
+        [[column_of[pattern.format(s)] for pattern, _ in metrics] for s in _type_slugs(event_types).values()],
+        dtype=np.int64,
+    ).reshape(len(event_types), len(metrics))
+    block[slots[:, :-1].ravel()] = 0.0
+    block[slots[:, -1]] = np.nan
+    for name in lead.column_names:
+        if name in column_of:
+            block[column_of[name]] = lead.column(name).to_numpy()
+    if long is not None and long.num_rows:
+        row = long.column("row").to_numpy()
+        rows = lead.column("row").to_numpy()
+        if n and rows[-1] != n - 1:  # population rows without a lead: positions shift
+            position = np.full(int(rows[-1]) + 1, -1, dtype=np.int64)
+            position[rows] = np.arange(n)
+            row = position[row]
+        slot = long.column("slot").to_numpy()
+        for m, (_, col) in enumerate(metrics):
+            flat = slots[:, m][slot]
+            flat *= n
+            flat += row
+            np.put(block, flat, long.column(col).to_numpy())
+    frame = pd.DataFrame(block.T, columns=numeric, copy=False)
+    for position, name in enumerate(KEY + catalog.names):
+        if name in column_of:
+            continue
+        if name in KEY:
+            values = lead.select([name]).to_pandas()[name]
+        else:  # categorical: text or None, kept as object (pandas would infer its string dtype)
+            values = pd.Series(lead.column(name).to_numpy(zero_copy_only=False), dtype=object)
+        frame.insert(position, name, values)
+    return frame

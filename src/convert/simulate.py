@@ -890,6 +890,7 @@ class _World:
     created: I64
     firms: _Firms
     campaigns: _Campaigns
+    activity: float = 1.0  # multiplies the rate of self-directed pre-sale events
 
 
 # =============================================================================================
@@ -1138,10 +1139,11 @@ def _draw_events(world: _World, c: _Cohort, rng: np.random.Generator) -> list[np
     # open life, and research sessions (short bursts that lead nowhere); pre-sale activity
     # stops at conversion (post-sale is separate) and mostly at disqualification
     life_years = np.maximum(c.open_end - c.created, 0) / (365.25 * DAY)
-    idx = np.repeat(ar, rng.poisson(c.act * BACKGROUND_MEAN))
+    act = c.act * world.activity
+    idx = np.repeat(ar, rng.poisson(act * BACKGROUND_MEAN))
     tau = BACKGROUND_TAU_DAYS * np.exp(rng.normal(0.0, 0.5, n))
     t = c.created[idx] + (rng.exponential(tau[idx]) * DAY).astype(np.int64)
-    trickle = np.repeat(ar, rng.poisson(c.act * TRICKLE_PER_YEAR * life_years))
+    trickle = np.repeat(ar, rng.poisson(act * TRICKLE_PER_YEAR * life_years))
     idx = np.concatenate([idx, trickle])
     t = np.concatenate(
         [
@@ -1156,7 +1158,9 @@ def _draw_events(world: _World, c: _Cohort, rng: np.random.Generator) -> list[np
         (t <= c.dq_t[idx]) | ~c.dq[idx] | (rng.random(len(idx)) < 0.25)
     )
     parts.add(idx[keep], t[keep], kind[keep])
-    sess = np.repeat(ar, rng.poisson(np.sqrt(c.act) * SESSIONS_PER_YEAR * life_years))
+    sess = np.repeat(
+        ar, rng.poisson(np.sqrt(c.act) * world.activity * SESSIONS_PER_YEAR * life_years)
+    )
     anchor = c.created[sess] + (rng.random(len(sess)) * (c.open_end - c.created)[sess]).astype(
         np.int64
     )
@@ -1172,8 +1176,9 @@ def _draw_events(world: _World, c: _Cohort, rng: np.random.Generator) -> list[np
     parts.add(bl[ok], bt[ok], bk[ok])
 
     # (c) warm-up before conversion
+    strength = c.strength * world.activity
     bl, bt, bk = _burst(
-        rng, ar[c.warm], c.conv_t[c.warm], c.width[c.warm], c.strength[c.warm], WARMUP_MIX
+        rng, ar[c.warm], c.conv_t[c.warm], c.width[c.warm], strength[c.warm], WARMUP_MIX
     )
     ok = bt >= c.created[bl]
     parts.add(bl[ok], bt[ok], bk[ok])
@@ -1184,7 +1189,7 @@ def _draw_events(world: _World, c: _Cohort, rng: np.random.Generator) -> list[np
         ar[c.fs],
         c.fs_end[c.fs],
         c.width[c.fs],
-        FALSE_START_STRENGTH * c.strength[c.fs],
+        FALSE_START_STRENGTH * strength[c.fs],
         FALSE_START_MIX,
     )
     ok = (bt >= c.created[bl]) & (bt < c.life_end[bl])
@@ -1652,6 +1657,7 @@ def generate_crm(
     end: str = "2025-12-31",
     bad_rows: bool = True,
     chunk_leads: int = 50_000,
+    activity: float = 1.0,
 ) -> GenerateSummary:
     """Write a synthetic CRM export (``leads``, ``accounts``, ``events``, ``stages``) to ``out_dir``.
 
@@ -1672,6 +1678,11 @@ def generate_crm(
         Plant a small share of each quarantine kind of the contract's bad-rows table.
     chunk_leads:
         Leads generated and written at a time; bounds memory. Results depend on it.
+    activity:
+        Multiplies the rate of every self-directed pre-sale event (background interest, the
+        trickle of visits, research sessions, warm-ups and false starts); nurturing sends,
+        creation touches and post-sale events keep their rates. 1.0 gives about 30 events per
+        lead; 4.0 about 100 (a busier marketing operation, as in ``bench/features.py``).
 
     Returns
     -------
@@ -1681,6 +1692,8 @@ def generate_crm(
     began = time.perf_counter()
     if fmt not in ("csv", "parquet"):
         raise ConfigError(f"format must be 'csv' or 'parquet', not {fmt!r}")
+    if not activity > 0:
+        raise ConfigError(f"activity must be positive (got {activity})")
     if n_leads < 1 or chunk_leads < 1:
         raise ConfigError(
             f"n_leads and chunk_leads must be positive (got {n_leads}, {chunk_leads})"
@@ -1712,6 +1725,7 @@ def generate_crm(
         created=_creation_times(np.random.default_rng(s_created), n_leads, lo_s, hi_s),
         firms=_draw_accounts(acc_rng, n_acc),
         campaigns=_draw_campaigns(np.random.default_rng(s_campaigns), lo_s, hi_s),
+        activity=float(activity),
     )
     lead_kinds = [b for b in BAD_ROW_KINDS if b[0] == "leads"]
     lead_total = (
