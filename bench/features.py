@@ -199,7 +199,7 @@ def run_default(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         pop = ph.run("ours: build_labels(con, [t], 90)", lambda: build_labels(data.con, [t], 90))
         fs = ph.run(
             "ours: build_features (population, all features)",
-            lambda: build_features(data.con, pop, cfg.features),
+            lambda pop=pop: build_features(data.con, pop, cfg.features),
         )
     shape = fs.frame.shape
     ph.run(

@@ -10,7 +10,12 @@ from tests.conftest import write_export
 
 from convert import build_features, build_labels, load
 from convert.config import Config
-from convert.features import _register_population, feature_catalog, iter_feature_batches, materialize_features
+from convert.features import (
+    _register_population,
+    feature_catalog,
+    iter_feature_batches,
+    materialize_features,
+)
 from convert.simulate import generate_crm
 
 AS_OFS = [pd.Timestamp("2024-03-01"), pd.Timestamp("2024-06-01"), pd.Timestamp("2024-09-15 12:00")]
@@ -181,3 +186,12 @@ def test_in_memory_and_materialized_features_agree_to_the_last_digit(loaded):
     assert catalog.names == fs.catalog.names
     assert fs.frame["n_email_open_total"].sum() > 0 and fs.frame["days_since_page_view"].notna().any()
     pd.testing.assert_frame_equal(fs.frame, streamed, check_exact=True)
+
+
+def test_population_rows_without_a_lead_are_left_out_and_shift_nothing(loaded):
+    data, _ = loaded
+    pop = build_labels(data.con, AS_OFS, 90)[["lead_id", "as_of"]]
+    want = build_features(data.con, pop, CFG.features).frame
+    ghosts = pd.DataFrame({"lead_id": ["0-no-such-lead", "~no-such-lead"], "as_of": [AS_OFS[0], AS_OFS[-1]]})
+    got = build_features(data.con, pd.concat([ghosts, pop], ignore_index=True), CFG.features).frame
+    pd.testing.assert_frame_equal(got, want)

@@ -907,9 +907,9 @@ def _assemble(
         row = long.column("row").to_numpy()
         rows = lead.column("row").to_numpy()
         if n and rows[-1] != n - 1:  # population rows without a lead: positions shift
-            position = np.full(int(rows[-1]) + 1, -1, dtype=np.int64)
-            position[rows] = np.arange(n)
-            row = position[row]
+            place = np.full(int(rows[-1]) + 1, -1, dtype=np.int64)
+            place[rows] = np.arange(n)
+            row = place[row]
         slot = long.column("slot").to_numpy()
         for m, (_, col) in enumerate(metrics):
             flat = slots[:, m][slot]
