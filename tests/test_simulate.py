@@ -335,6 +335,29 @@ def test_arguments_are_checked(tmp_path: Path) -> None:
         generate_crm(tmp_path / "x", n_leads=10, start="2025-01-01", end="2024-01-01")
     with pytest.raises(ConfigError):
         generate_crm(tmp_path / "x", n_leads=0)
+    for activity in (0.0, -1.0, float("nan")):
+        with pytest.raises(ConfigError, match="activity"):
+            generate_crm(tmp_path / "x", n_leads=10, activity=activity)
     generate_crm(tmp_path / "y", n_leads=50, fmt="parquet")
     with pytest.raises(ConfigError, match="two files for one table"):
         generate_crm(tmp_path / "y", n_leads=50, fmt="csv")
+
+
+def test_activity_scales_self_directed_engagement_only(tmp_path: Path) -> None:
+    """A busier marketing operation: more visits, sessions and warm-up events per lead;
+    the same leads, outcomes and nurturing sends."""
+    base = generate_crm(tmp_path / "a", n_leads=600, seed=9, fmt="parquet", bad_rows=False)
+    busy = generate_crm(tmp_path / "b", n_leads=600, seed=9, fmt="parquet", bad_rows=False, activity=4.0)
+    assert (tmp_path / "a" / "leads.parquet").read_bytes() == (tmp_path / "b" / "leads.parquet").read_bytes()
+    assert 2.5 < busy.rows["events"] / base.rows["events"] < 4.0
+    counts = {
+        name: duckdb.sql(
+            f"SELECT event_type, count(*) FROM '{tmp_path / name / 'events.parquet'}' GROUP BY 1"
+        ).fetchall()
+        for name in ("a", "b")
+    }
+    a, b = (dict(counts[name]) for name in ("a", "b"))
+    assert b["page_view"] > 3 * a["page_view"]
+    assert b["pricing_page_view"] > 2.5 * a["pricing_page_view"]
+    for kept in ("invoice_paid", "email_open"):  # post-sale and nurturing keep their rates
+        assert abs(b[kept] / a[kept] - 1) < 0.2, (kept, a[kept], b[kept])

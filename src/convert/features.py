@@ -354,15 +354,14 @@ def rollup_sql(grid: str, config: FeaturesConfig, dialect: Dialect = DUCKDB) -> 
 
     The one scan of events every engagement feature comes from: counts in all and over
     each window of :func:`_rollup_windows` (``n_all``, ``n_w<days>``), the last event time
-    and, where the dialect keeps no first event per lead, the first. ``event_type`` keeps the events' type (compare it with
-    :meth:`Dialect.event_type` literals).
-    Counts are 32-bit: a lead has fewer than two billion events of a type.
+    and, where the dialect keeps no first event per lead, the first. ``event_type`` keeps
+    the events' type: compare it with :meth:`Dialect.event_type` literals. Counts are
+    32-bit (a lead has fewer than two billion events of a type).
     """
     d, E = dialect, Events
     ts = "e." + E.occurred_at
     windows = _rollup_windows(config)
-    # 32-bit counts: a third cheaper to sum and move than count's 64 bits
-    cols = ["CAST(count(*) AS INTEGER) AS n_all"]
+    cols = ["CAST(count(*) AS INTEGER) AS n_all"]  # 32 bits: cheaper to sum and move
     cols += [f"CAST(count_if({ts} >= g.from_{w}) AS INTEGER) AS n_w{w}" for w in windows]
     cols.append(f"max({ts}) AS last_at")
     if not d.first_event:
@@ -591,15 +590,14 @@ def feature_sql(
 def index_events(con: duckdb.DuckDBPyConnection) -> None:
     """Compact copies of ``leads`` and ``events`` that :func:`feature_sql` reads in DuckDB.
 
-    Each lead gets a small integer key (in ``lead_id`` order, so that sorting by it sorts
-    by lead) and event types become an ``ENUM``, so the one
-    big aggregation over events groups on integers rather than text (about twice as
-    fast); each lead's seniority (read from its job title) and first event time are
-    kept beside it. ``_active_days`` holds a row per (lead key, day with events) with the day's
-    first and last event times, from which distinct active days over any window of a
-    day or more are counted exactly without a DISTINCT aggregate over events. Built
-    once per loaded export; the feature builders build it when it is missing or
-    older than the tables.
+    Each lead gets a small integer key (in ``lead_id`` order, so sorting by key sorts by
+    lead) and event types become an ``ENUM``, so the one big aggregation over events
+    groups and compares integers rather than text; each lead's seniority (read from its
+    job title) and first event time are kept beside it. ``_active_days`` holds a row per
+    (lead key, day with events) with the day's first and last event times, from which
+    distinct active days over any window of a day or more are counted exactly without a
+    DISTINCT aggregate over events. Built once per loaded export; the feature builders
+    build it when it is missing or older than the tables.
     """
     L, E = Leads, Events
     con.execute("DROP TABLE IF EXISTS _events_indexed")
