@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -884,19 +885,26 @@ def _build_pass(
 ) -> pd.DataFrame:
     """Features of the current pass (``_grid``, ``_grid_population``, ``_rollup``) as a frame.
 
-    The rollup is read twice: by the per-lead query (every feature but the per-type
-    ones) and by :func:`by_type_sql`, whose long rows :func:`_assemble` scatters into
-    columns, a reshape that costs DuckDB a join per event type.
+    The rollup is read twice: by :func:`by_type_sql`, whose long rows are scattered into
+    the per-type columns in numpy (a reshape that costs DuckDB a join per event type),
+    and by the per-lead query (every other feature), which runs in DuckDB's threads
+    meanwhile.
     """
     per_lead = feature_sql("_grid_population", "_grid", event_types, config, rollup="_rollup", by_type=False)
-    lead = con.sql(f"{per_lead} ORDER BY row").to_arrow_table()
+    n_rows = int(fetch_row(con, "SELECT count(*) FROM _grid_population")[0])
     long = (
         con.sql(by_type_sql("_rollup", "_grid_population", event_types, config)).to_arrow_table()
         if event_types
         else None
     )
+    numeric = [f.name for f in catalog if f.kind == "numeric"]
+    with ThreadPoolExecutor(max_workers=1) as pool:  # this thread leaves the connection alone
+        lead_rows = pool.submit(lambda: con.sql(f"{per_lead} ORDER BY row").to_arrow_table())
+        with _small_pages():
+            block = _by_type_block(long, n_rows, numeric, event_types, config)
+        lead = lead_rows.result()
     with _small_pages():
-        return _assemble(lead, long, event_types, catalog, config)
+        return _assemble(lead, block, numeric, catalog)
 
 
 @contextmanager
@@ -922,42 +930,45 @@ def _small_pages() -> Iterator[None]:
         switch(previous)
 
 
-def _assemble(
-    lead: pa.Table, long: pa.Table | None, event_types: Sequence[str], catalog: Catalog, config: FeaturesConfig
-) -> pd.DataFrame:
-    """The frame of :func:`finish_frame` from the per-lead rows and the long per-type rows.
+def _by_type_block(
+    long: pa.Table | None, n_rows: int, numeric: list[str], event_types: Sequence[str], config: FeaturesConfig
+) -> np.ndarray:
+    """The numeric features as one float64 block (a row per feature, a column per population
+    row), the per-type features filled from :func:`by_type_sql`'s long rows.
 
-    Numeric features are filled into one float64 block (a column per feature, so the
-    frame is built without copying it); per-type counts start at 0 and recencies as
-    missing, then each long row is written to its lead's row and its type's columns.
+    Per-type counts start at 0 and recencies as missing; each long row is written to its
+    population row's column and its type's feature rows.
     """
-    n = lead.num_rows
-    numeric = [f.name for f in catalog if f.kind == "numeric"]
     column_of = {name: j for j, name in enumerate(numeric)}
-    block = np.zeros((len(numeric), n))  # zeroed lazily by the kernel: counts start at 0
     metrics = _per_type_metrics(config)
     slots = np.array(
         [[column_of[pattern.format(s)] for pattern, _ in metrics] for s in _type_slugs(event_types).values()],
         dtype=np.int64,
     ).reshape(len(event_types), len(metrics))
+    block = np.zeros((len(numeric), n_rows))  # zeroed lazily by the kernel: counts start at 0
     block[slots[:, -1]] = np.nan
+    if long is not None and long.num_rows:
+        row = long.column("row").to_numpy()
+        slot = long.column("slot").to_numpy()
+        flat = slots[:, 0][slot] * n_rows + row  # where each row's first metric goes
+        offsets = (slots - slots[:, :1]) * n_rows  # the other metrics' rows, relative to it
+        consecutive = bool((offsets == offsets[0]).all())  # true of the catalog's order
+        for m, (_, col) in enumerate(metrics):
+            where = flat + int(offsets[0, m]) if consecutive else slots[:, m][slot] * n_rows + row
+            np.put(block, where, long.column(col).to_numpy())
+    return block
+
+
+def _assemble(lead: pa.Table, block: np.ndarray, numeric: list[str], catalog: Catalog) -> pd.DataFrame:
+    """The frame of :func:`finish_frame` from the per-lead rows (ordered by ``row``) and
+    :func:`_by_type_block`'s block, which becomes the frame's numeric block without a copy."""
+    rows = lead.column("row").to_numpy()
+    if len(rows) != block.shape[1]:  # population rows without a lead: keep the others
+        block = block[:, rows]
+    column_of = {name: j for j, name in enumerate(numeric)}
     for name in lead.column_names:
         if name in column_of:
             block[column_of[name]] = lead.column(name).to_numpy()
-    if long is not None and long.num_rows:
-        row = long.column("row").to_numpy()
-        rows = lead.column("row").to_numpy()
-        if n and rows[-1] != n - 1:  # population rows without a lead: positions shift
-            place = np.full(int(rows[-1]) + 1, -1, dtype=np.int64)
-            place[rows] = np.arange(n)
-            row = place[row]
-        slot = long.column("slot").to_numpy()
-        flat = slots[:, 0][slot] * n + row  # where each row's first metric goes
-        offsets = (slots - slots[:, :1]) * n  # the other metrics' columns, relative to it
-        consecutive = bool((offsets == offsets[0]).all())  # true of the catalog's order
-        for m, (_, col) in enumerate(metrics):
-            where = flat + int(offsets[0, m]) if consecutive else slots[:, m][slot] * n + row
-            np.put(block, where, long.column(col).to_numpy())
     frame = pd.DataFrame(block.T, columns=numeric, copy=False)
     for position, name in enumerate(KEY + catalog.names):
         if name in column_of:
