@@ -50,11 +50,13 @@ def as_of_grid(
     return [pd.Timestamp(t) for t in grid if start <= t <= end]
 
 
-def population_sql(as_of_table: str) -> str:
-    """SQL of the population: one row per (lead_id, as_of) for each time in *as_of_table*."""
+def population_sql(as_of_table: str, columns: Sequence[str] = ()) -> str:
+    """SQL of the population: one row per (lead_id, as_of) for each time in *as_of_table*,
+    with any further *columns* (expressions over the lead ``l`` and the as-of time ``g.as_of``)."""
     L = Leads
+    more = "".join(f", {c}" for c in columns)
     return (
-        f"SELECT l.{L.lead_id} AS {Labeled.lead_id}, g.as_of AS {Labeled.as_of} "
+        f"SELECT l.{L.lead_id} AS {Labeled.lead_id}, g.as_of AS {Labeled.as_of}{more} "
         f"FROM leads l JOIN {as_of_table} g ON l.{L.created_at} < g.as_of "
         f"WHERE (l.{L.converted_at} IS NULL OR l.{L.converted_at} >= g.as_of) "
         f"AND (l.{L.disqualified_at} IS NULL OR l.{L.disqualified_at} >= g.as_of)"
@@ -89,12 +91,10 @@ def build_labels(
         )
     grid = register_as_ofs(con, as_ofs)
     L = Leads
-    sql = (
-        f"SELECT p.{Labeled.lead_id}, p.{Labeled.as_of}, "
-        f"CAST(coalesce(l.{L.converted_at} >= p.{Labeled.as_of} AND "
-        f"l.{L.converted_at} < p.{Labeled.as_of} + INTERVAL ({int(horizon_days)}) DAY, false) AS INTEGER) "
-        f"AS {Labeled.label} "
-        f"FROM ({population_sql(grid)}) p JOIN leads l ON l.{L.lead_id} = p.{Labeled.lead_id} "
-        f"ORDER BY p.{Labeled.as_of}, p.{Labeled.lead_id}"
+    label = (
+        f"CAST(coalesce(l.{L.converted_at} >= g.as_of AND "
+        f"l.{L.converted_at} < g.as_of + INTERVAL ({int(horizon_days)}) DAY, false) AS INTEGER) "
+        f"AS {Labeled.label}"
     )
+    sql = f"{population_sql(grid, [label])} ORDER BY {Labeled.as_of}, {Labeled.lead_id}"
     return con.execute(sql).df()
