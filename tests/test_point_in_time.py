@@ -12,6 +12,7 @@ from convert import build_features, build_labels, load
 from convert.config import Config
 from convert.features import (
     _register_population,
+    discover_event_types,
     feature_catalog,
     iter_feature_batches,
     materialize_features,
@@ -195,3 +196,12 @@ def test_population_rows_without_a_lead_are_left_out_and_shift_nothing(loaded):
     ghosts = pd.DataFrame({"lead_id": ["0-no-such-lead", "~no-such-lead"], "as_of": [AS_OFS[0], AS_OFS[-1]]})
     got = build_features(data.con, pd.concat([ghosts, pop], ignore_index=True), CFG.features).frame
     pd.testing.assert_frame_equal(got, want)
+
+
+def test_an_empty_population_gives_an_empty_frame_with_every_column(loaded):
+    data, _ = loaded
+    empty = pd.DataFrame({"lead_id": pd.Series([], dtype=str), "as_of": pd.Series([], dtype="datetime64[us]")})
+    fs = build_features(data.con, empty, CFG.features)
+    assert len(fs.frame) == 0
+    assert list(fs.frame.columns) == ["lead_id", "as_of"] + fs.catalog.names
+    assert list(fs.event_types) == discover_event_types(data.con, pd.Timestamp.max, CFG.features)

@@ -188,7 +188,7 @@ def discover_event_types(
     rows = con.execute(
         f"SELECT CAST({Events.event_type} AS VARCHAR), count(*) AS n FROM {DUCKDB.events} "
         f"WHERE {Events.occurred_at} < ? GROUP BY {Events.event_type} ORDER BY n DESC, 1",
-        [before.to_pydatetime()],
+        [before.to_pydatetime(warn=False)],  # microseconds, as the column
     ).fetchall()
     return _choose_vocabulary(rows, config)
 
@@ -863,16 +863,17 @@ def build_features(
                 con.execute("DROP TABLE IF EXISTS _rollup")
     finally:
         con.execute("DROP TABLE IF EXISTS _population")
-    if types is None:  # no as-of time at all: the vocabulary of every event, as materialize_features
-        types = tuple(discover_event_types(con, pd.Timestamp.max, config))
-    catalog = feature_catalog(types, config)
+    assert types is not None  # _pass_grids always runs a pass, if an empty one
     frame = frames[0] if len(frames) == 1 else pd.concat(frames[::-1], ignore_index=True)
-    return FeatureSet(frame=frame, catalog=catalog, event_types=types)
+    return FeatureSet(frame=frame, catalog=feature_catalog(types, config), event_types=types)
 
 
 def _rollup_vocabulary(con: duckdb.DuckDBPyConnection, config: FeaturesConfig) -> list[str]:
     """:func:`discover_event_types` before the latest as-of time of ``_grid``, read from ``_rollup``
-    (which counts every lead's events before each as-of time) instead of from events."""
+    (which counts every lead's events before each as-of time) instead of from events.
+    Without an as-of time, the vocabulary of every event, as :func:`materialize_features`."""
+    if fetch_row(con, "SELECT max(as_of) FROM _grid")[0] is None:
+        return discover_event_types(con, pd.Timestamp.max, config)
     rows = con.execute(
         "SELECT CAST(event_type AS VARCHAR), CAST(sum(n_all) AS BIGINT) AS n FROM _rollup "
         "WHERE as_of = (SELECT max(as_of) FROM _grid) GROUP BY event_type ORDER BY n DESC, 1"
