@@ -172,7 +172,7 @@ def run_default(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     ph = Phases()
     src = "read_parquet('" + str(events_file).replace("'", "''") + "')"
 
-    # (iii) minimal DuckDB on the Parquet file
+    # 1. the minimal queries read the Parquet file through a connection of their own
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     quiet(con)
@@ -191,7 +191,7 @@ def run_default(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     con.execute(f"CREATE OR REPLACE TEMP TABLE m AS {minimal_query(src, t)}")  # warm-up, untimed
     n_groups = con.execute("SELECT count(*) FROM m").fetchone()[0]
 
-    # (i)+(ii) ours: load once, then rounds alternating with the minimal queries, so that
+    # 2-3. ours: load once, then rounds alternating with the minimal queries, so that
     # both sides of each ratio see the same machine (a busy or idle spell hits both)
     data = ph.run("ours: convert.load (read + validate)", lambda: convert.load(workdir, cfg))
     quiet(data.con)
@@ -230,7 +230,7 @@ def run_default(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     fs = data = None  # noqa: F841  (free before the pandas part)
     gc.collect()
 
-    # (iv) pandas
+    # 4. pandas
     read_t0 = time.perf_counter()
     frame = pq.read_table(events_file, columns=["lead_id", "event_type", "occurred_at"]).to_pandas()
     read_s = time.perf_counter() - read_t0
@@ -284,6 +284,8 @@ def run_default(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     paired_windows = statistics.median(r["ours"] / r["windows"] for r in rounds)
     ratio_load = (t_load + ours) / t_min
     verdict = "PASS" if paired_windows <= TARGET_RATIO else "FAIL"
+    if args.quick:
+        verdict += " (smoke size: the target is for 20M events)"
     print()
     print("rounds (labels + features vs the minimal queries run just before):")
     for k, r in enumerate(rounds, 1):
