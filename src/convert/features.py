@@ -915,7 +915,7 @@ def _small_pages() -> Iterator[None]:
     numpy asks the kernel for 2 MB pages for arrays of 4 MB or more. Where guest memory
     is backed lazily (virtual machines such as Firecracker's, which CI and serverless
     platforms run on), each fresh huge page is slow to fault in, while 4 KB pages are
-    recycled warm: measured on our 2-core CI machine, assembling 150k x 135 features took
+    recycled warm: measured on a 2-core machine like our CI's, assembling 150k x 135 features took
     0.29 s with huge pages and 0.15 s without. The arrays are written once and handed
     over, so huge pages buy little here. A no-op where numpy has no such switch.
     """
