@@ -733,9 +733,9 @@ def _pass_grids(
 
     The pass's population carries each lead's key and ``row``, its position in the
     pass's result (ordered by as-of time, then lead; rows whose lead is unknown come last
-    and find no features). Yields the pass's number once
-    its tables are ready; they are dropped at the end. ``latest_first`` runs the passes
-    from the latest as-of times back (each pass's rows stay in order).
+    and find no features). Yields the pass's number once its tables are ready; they are
+    dropped at the end. ``latest_first`` runs the passes from the latest as-of times back
+    (each pass's rows stay in order).
     """
     times = [r[0] for r in con.execute(f"SELECT DISTINCT as_of FROM {population} ORDER BY 1").fetchall()]
     passes = _passes(con, times, config.event_rows_per_pass) or [[]]
