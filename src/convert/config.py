@@ -285,6 +285,14 @@ class BacktestConfig(_Section):
         return value.strip().upper() if value is not None else None
 
 
+
+def validation_problems(exc: ValidationError) -> str:
+    """A pydantic error as ``field.path: message; ...``, for a :class:`ConfigError`."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
+    )
+
+
 class Config(_Section):
     """The whole configuration of convert."""
 
@@ -319,10 +327,7 @@ class Config(_Section):
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-            )
-            raise ConfigError(f"{source} is invalid: {problems}") from exc
+            raise ConfigError(f"{source} is invalid: {validation_problems(exc)}") from exc
 
     def with_overrides(self, **dotted: Any) -> Config:
         """Return a copy with ``section__key=value`` overrides applied (``None`` is ignored)."""

@@ -202,16 +202,17 @@ def _choose_vocabulary(counts: Sequence[tuple[str, int]], config: FeaturesConfig
     return sorted(kept, key=lambda t: (order.get(t, len(order)), t))
 
 
-def _type_slugs(event_types: Sequence[str]) -> dict[str, str]:
+def unique_slugs(names: Sequence[str], taken: Sequence[str] = ()) -> dict[str, str]:
+    """:func:`slug` of each name, made unique with ``_2``, ``_3``... and kept clear of *taken*."""
     out: dict[str, str] = {}
-    used: set[str] = set()
-    for t in event_types:
-        s = slug(t)
-        base, i = s, 2
+    used = {str(t) for t in taken}
+    for name in names:
+        base = slug(name)
+        s, i = base, 2
         while s in used:
             s, i = f"{base}_{i}", i + 1
         used.add(s)
-        out[t] = s
+        out[name] = s
     return out
 
 
@@ -223,7 +224,7 @@ def feature_catalog(event_types: Sequence[str], config: FeaturesConfig) -> Catal
     cat = Catalog()
     windows = config.windows_days
     eng: Family = "engagement"
-    for t, s in _type_slugs(event_types).items():
+    for t, s in unique_slugs(event_types).items():
         did, never = event_words(t)
         for w in windows:
             cat.add(
@@ -446,7 +447,7 @@ def feature_sql(
     key = d.lead_key
     windows = config.windows_days
     tw = config.trend_window_days
-    slugs = _type_slugs(event_types) if by_type else {}
+    slugs = unique_slugs(event_types) if by_type else {}
     high = ", ".join(d.event_type(t) for t in config.high_intent_events)
 
     def where(aggregate: str, cond: str) -> str:  # FILTER: a fifth cheaper than CASE here
@@ -943,7 +944,7 @@ def _by_type_block(
     column_of = {name: j for j, name in enumerate(numeric)}
     metrics = _per_type_metrics(config)
     slots = np.array(
-        [[column_of[pattern.format(s)] for pattern, _ in metrics] for s in _type_slugs(event_types).values()],
+        [[column_of[pattern.format(s)] for pattern, _ in metrics] for s in unique_slugs(event_types).values()],
         dtype=np.int64,
     ).reshape(len(event_types), len(metrics))
     block = np.zeros((len(numeric), n_rows))  # zeroed lazily by the kernel: counts start at 0

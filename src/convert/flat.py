@@ -33,14 +33,14 @@ from convert.exceptions import (
     FeatureMismatchError,
     InsufficientDataError,
 )
-from convert.features import slug
+from convert.features import unique_slugs
 from convert.io import Source, connect, read_frame
 from convert.leakage import LeakageReport, screen
 from convert.mapping import CsvFormat, FlatMapping, Mapping, mapped_select
 from convert.metrics import evaluate, grade_table, lift_table, reliability_table
 from convert.model import LeadScoringModel, score_from_probability
 from convert.schema import Labeled, Rejects
-from convert.train import SLICES, Evaluation, TimeSplit, TrainingSet, fit_calibrated
+from convert.train import SLICES, Evaluation, TimeSplit, TrainingSet, TrainResult, fit_calibrated
 from convert.validation import LoadReport, TableReport, _enforce_thresholds
 
 Split = Literal["random", "ordered"]
@@ -423,16 +423,7 @@ def split_summary(split: TimeSplit, y: np.ndarray) -> pd.DataFrame:
 
 def feature_names(columns: list[str]) -> dict[str, str]:
     """Feature name per column: its slug, made unique (``Lead Source`` -> ``lead_source``)."""
-    out: dict[str, str] = {}
-    used: set[str] = {str(c) for c in _RESERVED}
-    for column in columns:
-        base = slug(column)
-        name, i = base, 2
-        while name in used:
-            name, i = f"{base}_{i}", i + 1
-        used.add(name)
-        out[column] = name
-    return out
+    return unique_slugs(columns, taken=[str(c) for c in _RESERVED])
 
 
 def flat_catalog(columns: dict[str, str], kinds: dict[str, str], engagement: set[str]) -> Catalog:
@@ -467,19 +458,13 @@ def feature_frame(table: FlatTable, columns: dict[str, str], as_of: pd.Timestamp
     return out
 
 
-@dataclass
-class FlatTrainResult:
-    """What :func:`train_flat` returns (the fields the event mode's ``TrainResult`` has, and the screen)."""
+@dataclass(kw_only=True)
+class FlatTrainResult(TrainResult):
+    """What :func:`train_flat` returns: the event mode's :class:`~convert.train.TrainResult`,
+    the leakage screen and the table trained on."""
 
-    model: LeadScoringModel
-    evaluation: Evaluation
-    slices: pd.DataFrame
-    calibration_cv: dict[str, float]
-    training_set: TrainingSet
-    split: TimeSplit
     leakage: LeakageReport
     table: FlatTable
-    params: dict[str, Any] = field(default_factory=dict)
 
 
 def evaluate_flat(model: LeadScoringModel, ts: TrainingSet, split: TimeSplit, config: Config) -> Evaluation:
@@ -576,7 +561,10 @@ def train_flat(
         "seed": config.seed,
         "leakage": leakage.to_dict(),
     }
-    return FlatTrainResult(model, evaluation, slices, cv, ts, cut, leakage, table, dict(config.train.lightgbm))
+    return FlatTrainResult(
+        model=model, evaluation=evaluation, slices=slices, calibration_cv=cv, training_set=ts, split=cut,
+        params=dict(config.train.lightgbm), leakage=leakage, table=table,
+    )
 
 
 def model_mapping(model: LeadScoringModel) -> Mapping:

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from convert.config import validation_problems
 from convert.exceptions import ConfigError, ContractError
 from convert.schema import CONTRACT_TABLES, TableSchema
 
@@ -223,10 +224,7 @@ def mapping_from_dict(raw: Any, source: str = "mapping") -> Mapping:
     try:
         return Mapping.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{source} is invalid: {problems}") from exc
+        raise ConfigError(f"{source} is invalid: {validation_problems(exc)}") from exc
 
 
 # --- the SQL that applies a mapping to one raw table -------------------------------------------

@@ -136,6 +136,51 @@ class TrainSummary:
     lines: list[str] = field(default_factory=list)
 
 
+def _log_training(
+    result: TrainResult,
+    name: str,
+    params: dict[str, Any],
+    holdout: pd.DataFrame,
+    champion_metrics: dict[str, float] | None,
+    leakage: Any,
+    config: Config,
+    tables: dict[str, pd.DataFrame] | None = None,
+) -> TrainSummary:
+    """Log a trained model to MLflow and register it: hold-out and baseline metrics (and the
+    champion's on the same hold-out), the mode's *params* with the fit's own, evaluation tables
+    and figures, global importance and the leakage screen."""
+    import tempfile
+
+    from convert import registry
+    from convert.metrics import plot_lift, plot_reliability
+
+    ev = result.evaluation
+    importance = global_importance(result.model, holdout, seed=config.seed)
+    metrics: dict[str, float] = {}
+    for col in ev.metrics.columns:
+        prefix = "holdout_" if col == "model" else f"baseline_{col}_"
+        metrics.update({f"{prefix}{k}": float(v) for k, v in ev.metrics[col].items()})
+    if champion_metrics:
+        metrics.update({f"champion_holdout_{k}": float(v) for k, v in champion_metrics.items()})
+    params = {
+        **params, "seed": config.seed, "calibration": result.model.calibrator_.method,
+        "best_iteration": result.model.best_iteration_, "n_features": len(result.model.spec_.names),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        registered = registry.log_training(
+            result.model, name, params, metrics,
+            tables={"metrics": ev.metrics.reset_index(names="metric"), "reliability": ev.reliability,
+                    "lift": ev.lift, "grades": ev.grades, "slices": result.slices,
+                    "importance": importance, "calibration_cv": pd.DataFrame([result.calibration_cv]),
+                    **(tables or {})},
+            figures={"reliability": plot_reliability(ev.reliability), "lift": plot_lift(ev.lift),
+                     "importance": plot_importance(importance)},
+            input_example=holdout,
+            extra_artifacts={"leakage": _leakage_artifact(leakage, tmp)},
+        )
+    return TrainSummary(result, registered, importance, champion_metrics)
+
+
 def train_step(
     data_path: str | Path,
     config: Config,
@@ -149,10 +194,9 @@ def train_step(
 ) -> TrainSummary:
     """Load, screen for leakage, train, evaluate against the baselines and the champion, log
     and register."""
-    import tempfile
 
     from convert import registry
-    from convert.metrics import evaluate, plot_lift, plot_reliability
+    from convert.metrics import evaluate
 
     name = model_name or config.train.model_name
     data = load_data(data_path, config, rejects, strict, echo, mapping)
@@ -177,33 +221,12 @@ def train_step(
                  f"ROC AUC {champion_metrics['roc_auc']:.4f}")
     finally:
         data.close()
-    ev = result.evaluation
-    importance = global_importance(result.model, holdout, seed=config.seed)
-    metrics: dict[str, float] = {}
-    for col in ev.metrics.columns:
-        prefix = "holdout_" if col == "model" else f"baseline_{col}_"
-        metrics.update({f"{prefix}{k}": float(v) for k, v in ev.metrics[col].items()})
-    if champion_metrics:
-        metrics.update({f"champion_holdout_{k}": float(v) for k, v in champion_metrics.items()})
     params = {
         "model_name": name, "training_as_of": result.training_set.as_of.isoformat(),
         "horizon_days": config.labels.horizon_days, "frequency": config.labels.frequency,
-        "seed": config.seed, "calibration": result.model.calibrator_.method,
-        "best_iteration": result.model.best_iteration_, "n_features": len(result.model.spec_.names),
         "lightgbm": result.params, **leakage.params(),
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        registered = registry.log_training(
-            result.model, name, params, metrics,
-            tables={"metrics": ev.metrics.reset_index(names="metric"), "reliability": ev.reliability,
-                    "lift": ev.lift, "grades": ev.grades, "slices": result.slices,
-                    "importance": importance, "calibration_cv": pd.DataFrame([result.calibration_cv])},
-            figures={"reliability": plot_reliability(ev.reliability), "lift": plot_lift(ev.lift),
-                     "importance": plot_importance(importance)},
-            input_example=holdout,
-            extra_artifacts={"leakage": _leakage_artifact(leakage, tmp)},
-        )
-    summary = TrainSummary(result, registered, importance, champion_metrics)
+    summary = _log_training(result, name, params, holdout, champion_metrics, leakage, config)
     summary.lines.extend(leakage.lines())
     return summary
 
@@ -242,10 +265,9 @@ def train_flat_step(
     """Train on a flat table (``--data FILE --target COLUMN``): load, screen for leakage, fit,
     evaluate beside a logistic regression (and the champion), log and register under the flat
     model name."""
-    import tempfile
 
     from convert import flat, registry
-    from convert.metrics import evaluate, plot_lift, plot_reliability
+    from convert.metrics import evaluate
 
     name = model_name or config.flat.model_name
     mapping = mapping or Mapping()
@@ -263,7 +285,6 @@ def train_flat_step(
     result = flat.train_flat(table, config, mapping, split)  # type: ignore[arg-type]
     for line in result.leakage.lines():
         echo(line)
-    ev = result.evaluation
     holdout = result.training_set.frame.loc[result.split.masks["holdout"]].reset_index(drop=True)
     champion_metrics = None
     if registry.champion_exists(name):
@@ -275,34 +296,14 @@ def train_flat_step(
             champion_metrics = evaluate(holdout[Labeled.label].to_numpy(), p)
             echo(f"champion {label} on this hold-out: log loss {champion_metrics['log_loss']:.4f}, "
                  f"ROC AUC {champion_metrics['roc_auc']:.4f}")
-    importance = global_importance(result.model, holdout, seed=config.seed)
-    metrics: dict[str, float] = {}
-    for col in ev.metrics.columns:
-        prefix = "holdout_" if col == "model" else f"baseline_{col}_"
-        metrics.update({f"{prefix}{k}": float(v) for k, v in ev.metrics[col].items()})
-    if champion_metrics:
-        metrics.update({f"champion_holdout_{k}": float(v) for k, v in champion_metrics.items()})
     meta = result.model.metadata["flat"]
     params = {
         "model_name": name, "mode": "flat", "file": meta["file"], "target": meta["target"],
         "positive": ",".join(meta["positive"]), "id": meta["id"], "split": meta["split"],
-        "seed": config.seed, "calibration": result.model.calibrator_.method,
-        "best_iteration": result.model.best_iteration_, "n_features": len(result.model.spec_.names),
         "mapping": mapping.label(), "lightgbm": result.params, **result.leakage.params(),
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        registered = registry.log_training(
-            result.model, name, params, metrics,
-            tables={"metrics": ev.metrics.reset_index(names="metric"), "reliability": ev.reliability,
-                    "lift": ev.lift, "grades": ev.grades, "slices": result.slices,
-                    "importance": importance, "calibration_cv": pd.DataFrame([result.calibration_cv]),
-                    "leakage": result.leakage.to_frame()},
-            figures={"reliability": plot_reliability(ev.reliability), "lift": plot_lift(ev.lift),
-                     "importance": plot_importance(importance)},
-            input_example=holdout,
-            extra_artifacts={"leakage": _leakage_artifact(result.leakage, tmp)},
-        )
-    return TrainSummary(result, registered, importance, champion_metrics)  # type: ignore[arg-type]
+    return _log_training(result, name, params, holdout, champion_metrics, result.leakage, config,
+                         tables={"leakage": result.leakage.to_frame()})
 
 
 def score_flat_step(
