@@ -136,6 +136,15 @@ class TrainSummary:
     lines: list[str] = field(default_factory=list)
 
 
+def _champion_on_holdout(label: str, holdout: pd.DataFrame, p: Any, echo: Echo) -> dict[str, float]:
+    """The champion's metrics on the challenger's hold-out (probabilities *p*), echoed."""
+    from convert.metrics import evaluate
+
+    metrics = evaluate(holdout[Labeled.label].to_numpy(), p)
+    echo(f"champion {label} on this hold-out: log loss {metrics['log_loss']:.4f}, ROC AUC {metrics['roc_auc']:.4f}")
+    return metrics
+
+
 def _log_training(
     result: TrainResult,
     name: str,
@@ -194,9 +203,7 @@ def train_step(
 ) -> TrainSummary:
     """Load, screen for leakage, train, evaluate against the baselines and the champion, log
     and register."""
-
     from convert import registry
-    from convert.metrics import evaluate
 
     name = model_name or config.train.model_name
     data = load_data(data_path, config, rejects, strict, echo, mapping)
@@ -215,10 +222,7 @@ def train_step(
 
             fs = build_features(data.con, holdout[[Labeled.lead_id, Labeled.as_of]],
                                 champion.features_config(config.features), champion.spec_.event_types)
-            p = champion.predict_proba(fs.frame)[:, 1]
-            champion_metrics = evaluate(holdout[Labeled.label].to_numpy(), p)
-            echo(f"champion {label} on this hold-out: log loss {champion_metrics['log_loss']:.4f}, "
-                 f"ROC AUC {champion_metrics['roc_auc']:.4f}")
+            champion_metrics = _champion_on_holdout(label, holdout, champion.predict_proba(fs.frame)[:, 1], echo)
     finally:
         data.close()
     params = {
@@ -265,9 +269,7 @@ def train_flat_step(
     """Train on a flat table (``--data FILE --target COLUMN``): load, screen for leakage, fit,
     evaluate beside a logistic regression (and the champion), log and register under the flat
     model name."""
-
     from convert import flat, registry
-    from convert.metrics import evaluate
 
     name = model_name or config.flat.model_name
     mapping = mapping or Mapping()
@@ -293,9 +295,7 @@ def train_flat_step(
         if flat.is_flat_model(champion) and all(c in table.frame.columns for c in columns):
             rows = flat.feature_frame(table, columns, result.training_set.as_of)
             p = champion.predict_proba(rows.loc[result.split.masks["holdout"]])[:, 1]
-            champion_metrics = evaluate(holdout[Labeled.label].to_numpy(), p)
-            echo(f"champion {label} on this hold-out: log loss {champion_metrics['log_loss']:.4f}, "
-                 f"ROC AUC {champion_metrics['roc_auc']:.4f}")
+            champion_metrics = _champion_on_holdout(label, holdout, p, echo)
     meta = result.model.metadata["flat"]
     params = {
         "model_name": name, "mode": "flat", "file": meta["file"], "target": meta["target"],
