@@ -230,19 +230,25 @@ def score(
     engine: Annotated[str, typer.Option("--engine", help="duckdb, or spark (--data: typed Parquet tables from `export`).")] = "duckdb",
     mapping: MappingOpt = None,
     id_column: IdOpt = None,
+    allow_shrink: Annotated[bool, typer.Option("--allow-shrink", help="Write even if more than writeback.max_removed_share of the current rows would leave the table.")] = False,
+    allow_older: Annotated[bool, typer.Option("--allow-older", help="Write even if the as-of is older than the newest as-of in the table.")] = False,
+    replace: Annotated[bool, typer.Option("--replace", help="Write even if the table holds another model's scores (they are replaced; history kept).")] = False,
 ) -> None:
     """Score, explain and write back every lead open at the as-of time (or every row of a flat file)."""
+    allowed = {"allow_shrink": allow_shrink, "allow_older": allow_older, "replace": replace}
     if engine not in ("duckdb", "spark"):
         raise ConvertError(f"--engine must be duckdb or spark, not {engine!r}")
     cfg = _config(config)
     if _is_flat(data):
         summary, scores = steps.score_flat_step(data, cfg, out, model, table, str(rejects) if rejects else None,
-                                                strict or None, echo, _mapping(mapping), id_column, as_of)
+                                                strict or None, echo, _mapping(mapping), id_column, as_of,
+                                                **allowed)
     else:
         if as_of is None:
             raise ConfigError("--as-of is required to score a CRM export (the leads open at that time)")
         summary, scores = steps.score_step(data, cfg, as_of, out, model, table, str(rejects) if rejects else None,
-                                           strict or None, echo, engine=engine, mapping=_mapping(mapping))
+                                           strict or None, echo, engine=engine, mapping=_mapping(mapping),
+                                           **allowed)
     echo(str(summary))
     if top:
         echo(_top_table(steps.top_leads(scores, top)))

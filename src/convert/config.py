@@ -167,6 +167,17 @@ class ScoringConfig(_Section):
         return value
 
 
+class WritebackConfig(_Section):
+    """Guards and locking of every command that writes a table back (``score`` today)."""
+
+    #: A run that would remove more than this share of the current rows is refused
+    #: (unless ``--allow-shrink``): a partial export must not wipe the table.
+    max_removed_share: float = Field(0.2, ge=0.0, le=1.0)
+    #: Seconds a run waits for another run's (or session's) lock on the table; then it
+    #: stops with exit code 2, changing nothing.
+    lock_timeout_s: float = Field(600.0, gt=0.0, le=86_400.0)
+
+
 class BaselinesConfig(_Section):
     """The hand-made points rule marketing teams use, as a baseline to beat."""
 
@@ -303,6 +314,7 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     scoring: ScoringConfig = ScoringConfig()
+    writeback: WritebackConfig = WritebackConfig()
     baselines: BaselinesConfig = BaselinesConfig()
     promotion: PromotionConfig = PromotionConfig()
     leakage: LeakageConfig = LeakageConfig()

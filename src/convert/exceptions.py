@@ -69,6 +69,17 @@ class WritebackError(ConvertError):
     """Scores could not be written to the target; the previous scores are intact."""
 
 
+class WriteRefusedError(WritebackError):
+    """A write-back guard refused the run (it would empty much of the table, put older scores
+    over newer ones, or mix models in one table); nothing was changed. The message names the
+    flag that allows it."""
+
+
+class WriteLockedError(WritebackError):
+    """Another run (or session) held the target's lock past ``writeback.lock_timeout_s``;
+    nothing was changed."""
+
+
 class LeakageError(ConvertError):
     """An input attribute looks like it was filled after the outcome.
 

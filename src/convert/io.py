@@ -35,6 +35,8 @@ from convert.config import FeaturesConfig
 from convert.exceptions import ConfigError, ContractError
 from convert.mapping import CsvFormat, Mapping, split_table_name
 from convert.schema import CONTRACT_TABLES, REQUIRED_TABLES
+from convert.urls import engine_url, redact_url, resolve_env, secrets_of
+from convert.urls import is_database_url as is_database_url  # re-exported (cli, dataset)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -43,8 +45,6 @@ ROW = "__row"
 """Name given to a raw row's 1-based data row number (``rowid + 1``) in validation queries."""
 
 _FORMATS = ("csv", "parquet")
-_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
-_USERINFO_RE = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 
 
 @dataclass(frozen=True)
@@ -78,27 +78,13 @@ class Source:
         return list(self.files) if self.files else list(self.tables)
 
 
-def is_database_url(text: str | os.PathLike[str]) -> bool:
-    """Whether ``--data`` names a database (``sqlite:///crm.db``, ``postgresql://...``)."""
-    return isinstance(text, str) and bool(_URL_RE.match(text))
-
-
-def redact_url(text: str) -> str:
-    """A URL without the password of its user info (for messages)."""
-    return _USERINFO_RE.sub(r"\1***@", text)
-
-
 def resolve_data(data: str | os.PathLike[str]) -> str:
     """``env:NAME`` reads the data location (e.g. a database URL with a password) from the
     environment variable NAME, so it need not appear on the command line."""
-    text = os.fspath(data)
-    if isinstance(text, str) and text.startswith("env:"):
-        name = text[4:]
-        value = os.environ.get(name)
-        if not value:
-            raise ConfigError(f"--data env:{name}: the environment variable {name} is not set")
-        return value
-    return str(text)
+    try:
+        return resolve_env(data, "--data")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def find_source(path: str | Path, mapping: Mapping | None = None) -> Source:
@@ -460,16 +446,10 @@ def read_frame(path: Path, fmt: CsvFormat, con: duckdb.DuckDBPyConnection) -> li
 def database_url(url: str) -> str:
     """The SQLAlchemy URL to connect with: ``postgresql://`` and ``postgres://`` are driven by
     psycopg 3 (SQLAlchemy would pick psycopg2, which convert does not install)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
     try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):
-        raise ConfigError(f"--data {redact_url(url)!r} is not a valid database URL") from None
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    return parsed.render_as_string(hide_password=False)
+        return engine_url(url).render_as_string(hide_password=False)
+    except ValueError as exc:
+        raise ConfigError(f"--data {exc}") from None
 
 
 def find_database_source(url: str, mapping: Mapping | None = None) -> Source:
@@ -516,11 +496,8 @@ def _engine(url: str):  # type: ignore[no-untyped-def]
 
 def _database_error(exc: Exception, url: str) -> ContractError:
     reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-    from sqlalchemy.engine import make_url
-
-    password = make_url(database_url(url)).password
-    if password:
-        reason = reason.replace(str(password), "***")
+    for secret in secrets_of(url):
+        reason = reason.replace(secret, "***")
     return ContractError(f"cannot read the database: {reason}", file=redact_url(url))
 
 

@@ -318,17 +318,22 @@ def score_flat_step(
     mapping: Mapping | None = None,
     id_column: str | None = None,
     as_of: str | None = None,
+    *,
+    allow_shrink: bool = False,
+    allow_older: bool = False,
+    replace: bool = False,
 ) -> tuple[Any, pd.DataFrame]:
     """Score every row of a flat file with a flat model and write the results.
 
     The as-of time written with each score is *as_of*, else today (midnight UTC), so a
-    re-run on the same day replaces its own history rows.
+    re-run on the same day replaces its own history rows. *allow_shrink*, *allow_older*
+    and *replace* lift the write-back guards (:class:`convert.writeback.WriteGuards`).
     """
     from convert import flat, registry
     from convert.exceptions import ModelNotFoundError
     from convert.labels import parse_as_of
     from convert.score import score_frame
-    from convert.writeback import write_scores
+    from convert.writeback import WriteGuards, write_scores
 
     target = resolve_target(out)
     uri = model_uri or f"models:/{config.flat.model_name}@{registry.CHAMPION}"
@@ -353,7 +358,10 @@ def score_flat_step(
     chunks = [score_frame(model, rows.iloc[i:i + size], config.scoring, label, scored_at)
               for i in range(0, len(rows), size)]
     scores = pd.concat(chunks, ignore_index=True) if chunks else rows.iloc[:0]
-    summary = write_scores(scores, target, table or config.scoring.table)
+    guards = WriteGuards.from_config(
+        config.writeback, allow_shrink=allow_shrink, allow_older=allow_older, replace=replace
+    )
+    summary = write_scores(scores, target, table or config.scoring.table, guards=guards)
     return summary, scores
 
 
@@ -500,24 +508,32 @@ def score_step(
     progress: bool = True,
     engine: str = "duckdb",
     mapping: Mapping | None = None,
+    *,
+    allow_shrink: bool = False,
+    allow_older: bool = False,
+    replace: bool = False,
 ) -> tuple[Any, pd.DataFrame]:
     """Score the population at *as_of* with a registered model and write the results.
 
     With ``engine="spark"``, *data_path* is a folder (any path Spark reads) of typed contract
     tables in Parquet (``convert-leads export``); features and scores are computed by Spark
-    and collected for the same write-back.
+    and collected for the same write-back. *allow_shrink*, *allow_older* and *replace* lift
+    the write-back guards (:class:`convert.writeback.WriteGuards`).
     """
     from convert import registry
     from convert.score import iter_scores
-    from convert.writeback import write_scores
+    from convert.writeback import WriteGuards, write_scores
 
+    guards = WriteGuards.from_config(
+        config.writeback, allow_shrink=allow_shrink, allow_older=allow_older, replace=replace
+    )
     target = resolve_target(out)
     uri = model_uri or f"models:/{config.train.model_name}@{registry.CHAMPION}"
     model, label = registry.load_model(uri)
     echo(f"model {label} (from {uri})")
     if engine == "spark":
         scores = _score_with_spark(str(data_path), model, label, as_of, config)
-        summary = write_scores(scores, target, table or config.scoring.table)
+        summary = write_scores(scores, target, table or config.scoring.table, guards=guards)
         return summary, scores
     data = load_data(data_path, config, rejects, strict, echo, mapping)
     try:
@@ -526,7 +542,7 @@ def score_step(
         )
     finally:
         data.close()
-    summary = write_scores(scores, target, table or config.scoring.table)
+    summary = write_scores(scores, target, table or config.scoring.table, guards=guards)
     return summary, scores
 
 
