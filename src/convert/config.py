@@ -157,6 +157,9 @@ class ScoringConfig(_Section):
     chunk_size: int = Field(50_000, ge=100)
     reasons: int = Field(3, ge=1, le=3)
     table: str = "lead_scores"
+    #: Threads of scoring (explanations and LightGBM predictions); 0: every core this process
+    #: may use. Scores are the same whatever the count (each lead is computed on its own).
+    num_threads: int = Field(0, ge=0)
 
     @field_validator("grade_cutoffs")
     @classmethod

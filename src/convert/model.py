@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -230,6 +231,20 @@ class FeatureMatrix:
         return self
 
 
+def predict_threads(requested: int = 0) -> int:
+    """Threads for predictions: *requested*, or (0) every core this process may use.
+
+    Passed explicitly to LightGBM, whose booster would otherwise keep the thread count it
+    was trained with. Each row is predicted on its own: the count never changes a result.
+    """
+    if requested > 0:
+        return requested
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -309,6 +324,9 @@ class LeadScoringModel:
             "seed": self.seed,
             "deterministic": True,
             "force_col_wise": True,
+            # Fixed, not "all cores": LightGBM's histograms sum in per-thread order, so the
+            # same data trains the same model on any machine. train.lightgbm.num_threads
+            # overrides it; predictions use every core (predict_threads).
             "num_threads": 2,
             **self.params,
         }
@@ -407,12 +425,17 @@ class LeadScoringModel:
 
     def predict_raw(self, X: pd.DataFrame) -> np.ndarray:
         """Raw log-odds of LightGBM."""
-        return np.asarray(self.booster_.predict(self.matrix(X), raw_score=True), dtype="float64")
+        return np.asarray(
+            self.booster_.predict(self.matrix(X), raw_score=True, num_threads=predict_threads()),
+            dtype="float64",
+        )
 
     def predict_raw_matrix(self, X: np.ndarray) -> np.ndarray:
         """Raw log-odds of rows already encoded for ``spec_`` (:class:`FeatureMatrix` values)."""
         self._check_fitted()
-        return np.asarray(self.booster_.predict(X, raw_score=True), dtype="float64")
+        return np.asarray(
+            self.booster_.predict(X, raw_score=True, num_threads=predict_threads()), dtype="float64"
+        )
 
     def probability_from_raw(self, raw: np.ndarray) -> np.ndarray:
         if hasattr(self, "calibrator_"):
