@@ -102,7 +102,6 @@ def test_a_password_with_a_raw_at_sign_works_against_the_server() -> None:
     """Trust authentication ignores the password: the URL must still reach the right host,
     and neither the summary nor a read error shows any part of it."""
     from sqlalchemy.engine import make_url
-
     from tests.test_writeback import _pg_execute, make_scores
 
     from convert.writeback import read_table, write_scores

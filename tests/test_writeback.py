@@ -1098,3 +1098,177 @@ def test_postgresql_writer_killed_mid_write(
     ]:
         assert time.monotonic() < deadline, "the staging table outlived the killed writer"
         time.sleep(0.2)
+
+
+# --- the score command: guards and locks end to end (issue 14, finding 2) -------------------
+
+
+@pytest.fixture(scope="module")
+def score_models(trained: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Bundle folders of an event-mode model and a flat model, and the flat file."""
+    from tests.conftest import FAST, flat_table
+
+    from convert.config import Config
+    from convert.flat import load_flat, train_flat
+    from convert.mapping import mapping_from_dict
+
+    folder = tmp_path_factory.mktemp("models")
+    result, _ = trained
+    event = result.model.save(folder / "lead-conversion")
+    report = folder / "report.csv"
+    flat_table(1_000).to_csv(report, index=False)
+    mapping = {"missing_values": ["Select"], "flat": {"categorical": ["Region"]}}
+    table = load_flat(
+        report, Config.from_dict(FAST), mapping_from_dict(mapping), target="Converted",
+        id_column="Lead Id",
+    )
+    flat = train_flat(table, Config.from_dict(FAST), mapping_from_dict(mapping)).model
+    (folder / "flat.yaml").write_text(
+        "missing_values: [Select]\nflat:\n  categorical: [Region]\n  id: Lead Id\n"
+    )
+    return {
+        "event": event,
+        "flat": flat.save(folder / "lead-conversion-flat"),
+        "report": report,
+        "mapping": folder / "flat.yaml",
+    }
+
+
+def _partial_export(source: Path, target: Path, share: float) -> Path:
+    """A copy of an export holding only the first *share* of its leads (an interrupted export)."""
+    target.mkdir()
+    leads = pd.read_csv(source / "leads.csv", dtype=str, keep_default_na=False)
+    kept = set(leads["lead_id"].iloc[: int(len(leads) * share)])
+    for file in source.iterdir():
+        frame = pd.read_csv(file, dtype=str, keep_default_na=False)
+        if "lead_id" in frame.columns:
+            frame = frame[frame["lead_id"].isin(kept)]
+        frame.to_csv(target / file.name, index=False)
+    return target
+
+
+def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from convert.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.slow
+def test_score_command_guards(
+    db: Db,
+    score_models: dict[str, Path],
+    sim_export: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A partial export, an older --as-of and a flat model into the event table all exit 2
+    with the flag to use, changing nothing; the flags then write, appending history."""
+    import yaml
+    from tests.conftest import FAST
+
+    table = db.new_table()
+    config = tmp_path / "params.yaml"
+    config.write_text(yaml.safe_dump(FAST))
+    base = ["--out", db.url, "--table", table, "--config", str(config)]
+    event = ["score", "--model", str(score_models["event"]), *base]
+
+    code, out, err = _cli([*event, "--data", str(sim_export), "--as-of", "2025-07-01"], capsys)
+    assert code == 0, err
+    first = _state(db.url, table)
+    population = len(first[0])
+    assert population > 500 and set(first[0]["model_version"]) == {"lead-conversion/local"}
+
+    # a partial export (a quarter of the leads) would remove most current scores
+    partial = _partial_export(sim_export, tmp_path / "partial", 0.25)
+    code, out, err = _cli([*event, "--data", str(partial), "--as-of", "2025-07-01"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "refused: this run would remove" in err and "--allow-shrink" in err
+    _assert_unchanged(db.url, table, first)
+
+    # an older as-of would put older scores over newer ones
+    code, out, err = _cli([*event, "--data", str(sim_export), "--as-of", "2025-06-01"], capsys)
+    assert code == 2 and "is older than the newest as-of 2025-07-01" in err and "--allow-older" in err
+    _assert_unchanged(db.url, table, first)
+
+    # a flat model into the event-mode table
+    flat = ["score", "--model", str(score_models["flat"]), "--data", str(score_models["report"]),
+            "--mapping", str(score_models["mapping"]), "--as-of", "2025-07-02", *base]
+    code, out, err = _cli(flat, capsys)
+    assert code == 2 and "holds scores of model 'lead-conversion'" in err and "--replace" in err
+    _assert_unchanged(db.url, table, first)
+
+    # the flags write, and the history keeps every run
+    code, out, err = _cli([*event, "--data", str(sim_export), "--as-of", "2025-06-01",
+                           "--allow-older"], capsys)
+    assert code == 0, err
+    older = read_table(db.url, table)
+    assert set(older["as_of"]) == {pd.Timestamp("2025-06-01")}
+    history = read_table(db.url, f"{table}_history")
+    assert len(history) == population + len(older)
+    code, out, err = _cli([*event, "--data", str(partial), "--as-of", "2025-06-01",
+                           "--allow-shrink"], capsys)
+    assert code == 0, err
+    assert len(read_table(db.url, table)) < len(older) / 2
+    code, out, err = _cli([*flat, "--replace"], capsys)
+    assert code == 0, err
+    current = read_table(db.url, table)
+    assert len(current) == 1_000 and set(current["model_version"]) == {"lead-conversion-flat/local"}
+    history = read_table(db.url, f"{table}_history")
+    assert len(history) == population + len(older) + 1_000
+
+
+@pytest.mark.slow
+def test_score_command_stops_on_a_stuck_lock(
+    db: Db,
+    score_models: dict[str, Path],
+    sim_export: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Another session holding the table (PostgreSQL: LOCK TABLE; SQLite: an open write
+    transaction): the run stops with exit 2 after writeback.lock_timeout_s, changing nothing."""
+    import sqlite3
+
+    import yaml
+    from tests.conftest import FAST
+
+    table = db.new_table()
+    config = tmp_path / "params.yaml"
+    config.write_text(yaml.safe_dump({**FAST, "writeback": {"lock_timeout_s": 2}}))
+    args = ["score", "--model", str(score_models["event"]), "--data", str(sim_export),
+            "--as-of", "2025-07-01", "--out", db.url, "--table", table, "--config", str(config)]
+    code, _, err = _cli(args, capsys)
+    assert code == 0, err
+    before = _state(db.url, table)
+
+    holder: Any
+    if db.kind == "sqlite":
+        holder = sqlite3.connect(db.url.removeprefix("sqlite:///"), isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        expected = f"main.{table}"
+    else:
+        import psycopg
+
+        holder = psycopg.connect(_libpq_url(db.url))
+        holder.execute(f'LOCK TABLE "{table}" IN ACCESS EXCLUSIVE MODE')
+        expected = f"public.{table}"
+    try:
+        started = time.monotonic()
+        code, _, err = _cli(args, capsys)
+        elapsed = time.monotonic() - started
+    finally:
+        holder.rollback() if db.kind == "postgresql" else holder.execute("ROLLBACK")
+        holder.close()
+    assert code == 2 and f"another run holds {expected}" in err and "Traceback" not in err
+    assert "lock_timeout_s" in err
+    _assert_unchanged(db.url, table, before)
+    # the wait was the configured 2 s, not the default 600 s (scoring itself takes a few s)
+    assert 2 <= elapsed < 60
+    code, _, err = _cli(args, capsys)  # the lock released: the run goes through
+    assert code == 0, err
