@@ -682,6 +682,37 @@ def test_concurrent_runs_on_t_and_schema_t_are_serialized(db: Db, tmp_path: Path
 
 
 @pytest.mark.slow
+def test_of_two_concurrent_runs_the_older_as_of_no_longer_wins(db: Db, tmp_path: Path) -> None:
+    """Finding 2: of two concurrent runs, whichever committed last won, even with the older
+    as-of. The guards are read under the lock: the older run, waiting, sees the newer
+    run's rows and is refused (exit code 2), whatever the order of the commits."""
+    table = db.new_table()
+    bare, qualified = _spellings(db, table)
+    write_scores(make_scores(5_000, as_of="2025-01-31", seed=47), db.url, bare)
+    newer = make_scores(5_000, as_of="2025-03-31", seed=48)
+    files = [tmp_path / "newer.parquet", tmp_path / "older.parquet"]
+    newer.to_parquet(files[0])
+    make_scores(5_000, as_of="2025-02-28", seed=49).to_parquet(files[1])
+    a = Writer(files[0], db.url, bare, pause_on="DELETE FROM")  # holds the lock
+    a.wait_for("PAUSED")
+    b = Writer(files[1], db.url, qualified)  # older, but staged and waiting before A commits
+    try:
+        if db.kind == "postgresql":
+            deadline = time.monotonic() + 60
+            while not _pg_waiting_on_advisory_lock():
+                assert time.monotonic() < deadline, "the second run never waited for the lock"
+                time.sleep(0.05)
+        else:
+            b.wait_for("SQL BEGIN IMMEDIATE")
+    finally:
+        a.resume()
+    assert a.finish() == (0, "")
+    code, err = b.finish()
+    assert code == 2 and "older than the newest as-of 2025-03-31" in err and "--allow-older" in err
+    assert_same(read_table(db.url, bare), normalized(newer))
+
+
+@pytest.mark.slow
 def test_a_stuck_lock_ends_in_a_clear_error_within_the_timeout(db: Db, tmp_path: Path) -> None:
     """Another run holding the lock (paused) makes a run on the other spelling stop with
     exit code 2 after writeback.lock_timeout_s, changing nothing."""
