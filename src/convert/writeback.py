@@ -18,9 +18,10 @@ One database run:
 2. the rows are staged in chunks, in ``lead_id`` order, into a temporary table of the
    session (PostgreSQL: ``COPY ... FROM STDIN`` in the binary format; SQLite:
    ``executemany``); nothing visible changes;
-3. then ONE transaction creates the tables when absent, deletes from the current table the
-   leads missing from this run's batch (they left the population: converted or
-   disqualified), upserts the batch into the current table and into the history table.
+3. then ONE transaction takes the table's lock, creates the tables when absent, checks the
+   guards (below), deletes from the current table the leads missing from this run's batch
+   (they left the population: converted or disqualified), upserts the batch into the
+   current table and into the history table.
    The upserts only rewrite rows whose values changed, so a re-run is idempotent. SQLite
    runs ``INSERT ... ON CONFLICT (lead_id) DO UPDATE``; PostgreSQL gets the same result
    faster in bulk with one ``MERGE`` (before version 15: ``UPDATE ... FROM`` the staging
@@ -109,6 +110,7 @@ __all__ = [
     "file_lock",
     "lock_table",
     "model_name",
+    "qualified_name",
     "read_table",
     "write_scores",
 ]
@@ -760,7 +762,7 @@ def lock_table(conn: Connection, qualified: str, timeout_s: float) -> None:
     keyed on the schema-qualified name (released at commit or rollback). SQLite: the
     ``BEGIN IMMEDIATE`` that opened the transaction holds the database's write lock
     already (waiting at most the busy timeout :func:`_engine` set); nothing more to take.
-    A wait past the timeout raises a driver error that :func:`_lock_error` recognizes.
+    A wait past the timeout raises a driver error that :func:`_is_lock_timeout` recognizes.
     """
     import sqlalchemy as sa
 
