@@ -69,6 +69,10 @@ class WritebackError(ConvertError):
     """Scores could not be written to the target; the previous scores are intact."""
 
 
+class ResourceError(ConvertError):
+    """A configured resource is too small for the data (DuckDB's memory limit)."""
+
+
 class LeakageError(ConvertError):
     """An input attribute looks like it was filled after the outcome.
 

@@ -32,7 +32,7 @@ import duckdb
 import pandas as pd
 
 from convert.config import FeaturesConfig
-from convert.exceptions import ConfigError, ContractError
+from convert.exceptions import ConfigError, ContractError, ResourceError
 from convert.mapping import CsvFormat, Mapping, split_table_name
 from convert.schema import CONTRACT_TABLES, REQUIRED_TABLES
 
@@ -165,6 +165,20 @@ def connect(config: FeaturesConfig | None = None, database: str = ":memory:") ->
     return con
 
 
+def out_of_memory(exc: BaseException, where: str | None = None) -> ResourceError | None:
+    """DuckDB's out-of-memory error as a :class:`ResourceError` saying which setting to raise;
+    ``None`` for any other exception."""
+    text = str(exc)
+    if not (isinstance(exc, duckdb.OutOfMemoryException) or "Out of Memory Error" in text):
+        return None
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return ResourceError(
+        f"DuckDB ran out of memory{' while reading ' + where if where else ''} ({first}). Raise "
+        "features.duckdb_memory_limit in params.yaml (e.g. '8GB'; it was too small for this export), "
+        "or give DuckDB fewer threads (features.duckdb_threads)"
+    )
+
+
 def _checked_memory_limit(value: str) -> str:
     import re
 
@@ -198,7 +212,7 @@ def read_parquet(con: duckdb.DuckDBPyConnection, raw: str, path: Path) -> None:
     try:
         con.execute(f"CREATE OR REPLACE TABLE {raw} AS SELECT * FROM read_parquet({_lit(str(path))})")
     except duckdb.Error as exc:
-        raise ContractError(
+        raise out_of_memory(exc, path.name) or ContractError(
             f"the file cannot be parsed: {str(exc).splitlines()[0]}. Check that it is valid Parquet",
             file=str(path),
         ) from exc
@@ -314,8 +328,13 @@ _LINE_RE = re.compile(r"Line:\s*(\d+)")
 _COUNT_RE = re.compile(r"Expected Number of Columns:\s*(\d+)\s*Found:\s*(\d+)")
 
 
-def _csv_error(exc: Exception, path: Path, utf8: Path, fmt: CsvFormat, header: list[str]) -> ContractError:
+def _csv_error(
+    exc: Exception, path: Path, utf8: Path, fmt: CsvFormat, header: list[str]
+) -> ContractError | ResourceError:
     """A DuckDB CSV error as a ContractError naming file, row and column."""
+    memory = out_of_memory(exc, path.name)
+    if memory is not None:
+        return memory
     text = str(exc)
     if "unicode" in text.lower() or "utf-8" in text.lower() or "utf8" in text.lower():
         return _encoding_error(utf8, fmt, path.name)

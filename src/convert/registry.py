@@ -132,8 +132,44 @@ def _pyfunc_output(model: LeadScoringModel, example: pd.DataFrame) -> pd.DataFra
     return pd.DataFrame({"probability": p, "score": score, "grade": model.grades(score)})
 
 
+def _absent_store() -> str | None:
+    """The local registry store (a SQLite file or an ``mlruns`` folder) when it does not exist
+    yet, else ``None``.
+
+    MLflow creates a missing local store on first contact (an empty ``mlflow.db`` in the
+    working directory, with INFO lines); a command that only reads the registry checks
+    first, so it never leaves one behind.
+    """
+    from urllib.parse import urlparse
+
+    uri = _mlflow().get_registry_uri() or _mlflow().get_tracking_uri()
+    scheme = urlparse(uri).scheme
+    if scheme == "sqlite":
+        from sqlalchemy.engine import make_url
+
+        database = make_url(uri).database
+        if not database or database == ":memory:":
+            return None
+        return None if Path(database).exists() else database
+    if scheme in ("", "file"):
+        path = Path(urlparse(uri).path if scheme == "file" else uri)
+        return None if path.exists() else str(path)
+    return None
+
+
+def _require_store(what: str) -> None:
+    absent = _absent_store()
+    if absent is not None:
+        raise ModelNotFoundError(
+            f"no {what}: there is no model registry at {absent} (nothing was trained with this "
+            "registry yet). Train one with `convert-leads train`, set MLFLOW_TRACKING_URI to the "
+            "registry that has it, or pass --model FOLDER for a saved bundle"
+        )
+
+
 def resolve(uri: str) -> RegisteredModel:
     """Resolve ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or ``NAME`` (its champion)."""
+    _require_store(f"model {uri!r}")
     client = _client()
     from mlflow.exceptions import MlflowException
 
@@ -218,6 +254,7 @@ def promote(name: str, metric: str = "log_loss", min_improvement: float = 0.0) -
     The champion was evaluated on the same hold-out when the challenger was trained
     (metric ``champion_holdout_<metric>`` of the challenger's run).
     """
+    _require_store(f"registered model named {name!r}")
     client = _client()
     from mlflow.exceptions import MlflowException
 
@@ -252,6 +289,8 @@ def promote(name: str, metric: str = "log_loss", min_improvement: float = 0.0) -
 
 
 def champion_exists(name: str) -> bool:
+    if _absent_store() is not None:
+        return False
     client = _client()
     from mlflow.exceptions import MlflowException
 
