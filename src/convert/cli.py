@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +18,7 @@ import typer
 
 from convert import steps
 from convert.config import Config, load_config
-from convert.exceptions import ConfigError, ConvertError
+from convert.exceptions import ConfigError, ConvertError, ConvertWarning
 from convert.io import is_database_url
 from convert.labels import parse_as_of
 from convert.mapping import Mapping, load_mapping
@@ -362,7 +363,10 @@ def main(argv: list[str] | None = None) -> None:
     keeps its traceback.
     """
     try:
-        app(args=argv, standalone_mode=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", ConvertWarning)
+            warnings.showwarning = _show_warning
+            app(args=argv, standalone_mode=True)
     except SystemExit as exc:
         if exc.code in (0, None):
             return
@@ -374,6 +378,17 @@ def main(argv: list[str] | None = None) -> None:
         if known is None:
             raise
         _fail(known)
+
+
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+    """convert's own warnings as one ``warning: ...`` line; others as Python prints them."""
+    if issubclass(category, ConvertWarning):
+        typer.echo(f"warning: {message}", err=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
 
 
 def _fail(exc: ConvertError) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from convert.exceptions import ModelNotFoundError
-from convert.model import LeadScoringModel
+from convert.model import LeadScoringModel, bundle_version
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 _LOWER_IS_BETTER = {"log_loss", "brier", "ece"}
@@ -196,11 +196,13 @@ def resolve(uri: str) -> RegisteredModel:
 def load_model(uri: str) -> tuple[LeadScoringModel, str]:
     """The model bundle behind *uri* and its ``name/version`` label.
 
-    *uri* is a registry URI (see :func:`resolve`) or a local bundle folder.
+    *uri* is a registry URI (see :func:`resolve`) or a local bundle folder, whose label is
+    ``FOLDER/HASH``: the folder's name and a prefix of its manifest hash (so a bundle
+    retrained in place writes its scores under a new version).
     """
     if Path(uri).is_dir():
         model = LeadScoringModel.load(uri)
-        return model, f"{Path(uri).name}/local"
+        return model, f"{Path(uri).resolve().name}/{bundle_version(model)}"
     reg = resolve(uri)
     mlflow = _mlflow()
     local = mlflow.artifacts.download_artifacts(artifact_uri=f"{reg.uri}")
