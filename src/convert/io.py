@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pandas as pd
 
+from convert import scratch
 from convert.config import FeaturesConfig
 from convert.exceptions import ConfigError, ContractError, ResourceError
 from convert.mapping import CsvFormat, Mapping, split_table_name
@@ -150,16 +151,17 @@ def find_source(path: str | Path, mapping: Mapping | None = None) -> Source:
 def connect(config: FeaturesConfig | None = None, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
     """A DuckDB connection in UTC with the configured memory limit and threads.
 
-    Spilling goes to a temporary directory so that large exports stay within the limit.
+    Spilling goes to this run's temporary folder (:func:`convert.scratch.run_dir`, removed
+    at exit) so that large exports stay within the limit.
     """
     config = config or FeaturesConfig()
     con = duckdb.connect(database)
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"SET memory_limit = '{_checked_memory_limit(config.duckdb_memory_limit)}'")
     con.execute("SET preserve_insertion_order = true")
-    spill = Path(tempfile.gettempdir()) / "convert-duckdb-spill"
+    spill = scratch.run_dir() / "duckdb-spill"
     spill.mkdir(parents=True, exist_ok=True)
-    con.execute(f"SET temp_directory = '{spill.as_posix()}'")
+    con.execute(f"SET temp_directory = {_lit(spill.as_posix())}")
     if config.duckdb_threads:
         con.execute(f"SET threads = {int(config.duckdb_threads)}")
     return con
@@ -250,11 +252,12 @@ def read_csv(con: duckdb.DuckDBPyConnection, raw: str, path: Path, fmt: CsvForma
 
 @contextmanager
 def _as_utf8(path: Path, fmt: CsvFormat) -> Iterator[Path]:
-    """The file itself when UTF-8, else a temporary UTF-8 copy (decoded as declared)."""
+    """The file itself when UTF-8, else a temporary UTF-8 copy (decoded as declared) in this
+    run's temporary folder."""
     if fmt.is_utf8:
         yield path
         return
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".utf8.csv")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".utf8.csv", dir=scratch.run_dir())
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as out, open(
             path, encoding=fmt.encoding, newline="", errors="strict"
