@@ -81,7 +81,7 @@ def test_an_as_of_before_the_data_or_an_empty_population_is_a_clear_error(sim_ex
     out = tmp_path / "s.parquet"
     before = run(["score", "--data", str(sim_export), "--as-of", "1990-01-01", "--out", str(out),
                   "--model", str(bundle), "--config", str(config_file)], tmp_path)
-    assert_clean_exit_2(before, "no lead is open at 1990-01-01", "created from 2023-01-")
+    assert_clean_exit_2(before, "no lead is open at 1990-01-01", "first lead was created on 2023-01-")
     # every lead of this export has converted before the as-of: nobody is left to score
     tables = small_tables()
     tables["leads"]["converted_at"] = "2025-03-15"

@@ -68,6 +68,7 @@ def test_the_registered_model_names_the_installed_loader_and_stores_no_code(trai
     assert np.array_equal(out["probability"].to_numpy(), result.model.predict_proba(hold)[:, 1])
 
 
+@pytest.mark.slow
 def test_tampering_with_every_artifact_runs_no_code_on_load(trained, mlflow_store, tmp_path):
     result, _ = trained
     _log(result, "lead-tampered")
@@ -143,6 +144,7 @@ mlflow.models.set_model(LeadScoringPyfunc())
 '''
 
 
+@pytest.mark.slow
 def test_a_version_registered_as_models_from_code_still_loads_in_the_cli_without_running_it(
     trained, mlflow_store, tmp_path, capsys
 ):

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from tests.conftest import small_tables, write_export
 
 # A run that holds both kinds of temporary file: DuckDB's spill folder (its temp_directory)
@@ -50,6 +51,7 @@ def _start_holder(tmp: Path, csv: Path) -> tuple[subprocess.Popen[str], Path]:
     return proc, Path(line)
 
 
+@pytest.mark.slow
 def test_a_killed_runs_folder_is_removed_by_the_next_run_and_a_live_ones_is_kept(tmp_path):
     tmp = tmp_path / "tmp"
     tmp.mkdir()

@@ -518,6 +518,13 @@ def score_step(
     echo(f"model {label} (from {uri})")
     if engine == "spark":
         scores = _score_with_spark(str(data_path), model, label, as_of, config)
+        if scores.empty:
+            from convert.exceptions import InsufficientDataError
+
+            raise InsufficientDataError(
+                f"no lead is open at {as_of} in {data_path}: choose an --as-of inside the export's "
+                "history; nothing was written"
+            )
         summary = write_scores(scores, target, table or config.scoring.table)
         return summary, scores
     data = load_data(data_path, config, rejects, strict, echo, mapping)
@@ -539,8 +546,8 @@ def _empty_population(data: CRMData, as_of: str | pd.Timestamp, data_path: str |
 
     t = parse_as_of(as_of)
     first = data.earliest_created()
-    span = (f"; its leads were created from {first:%Y-%m-%d} to {data.latest_timestamp():%Y-%m-%d}"
-            if not pd.isna(first) else "; it holds no valid lead")
+    span = (f"; its first lead was created on {first:%Y-%m-%d}, its latest timestamp is "
+            f"{data.latest_timestamp():%Y-%m-%d}" if not pd.isna(first) else "; it holds no valid lead")
     return InsufficientDataError(
         f"no lead is open at {t} in {data.source.display if data.source.url else data_path} (none created "
         f"before it, or all converted or disqualified by then){span}. Choose an --as-of inside the "
