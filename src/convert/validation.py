@@ -145,12 +145,13 @@ def _text(col: str, raw_type: str) -> str:
     return f"CAST({quote(col)} AS VARCHAR)"
 
 
-def _typed(col: Column, raw_type: str) -> str:
+def _typed(col: Column, raw_type: str, dirty: bool = True) -> str:
     """SQL casting a raw column to its contract type; NULL where it does not parse.
 
     Numbers are finite or NULL (``inf``, ``1e400``, ``NaN`` do not parse as a number);
     text that is not an id loses its control characters (an id keeps them: its row is
-    quarantined by a rule).
+    quarantined by a rule). *dirty*: whether the column holds any control character at all
+    (a clean column skips the regular expression).
     """
     text = _text(col, raw_type)
     if col.dtype == "timestamp":
@@ -162,7 +163,7 @@ def _typed(col: Column, raw_type: str) -> str:
     if col.dtype == "number":
         number = f"TRY_CAST({text} AS DOUBLE)"
         return f"CASE WHEN isfinite({number}) THEN {number} END"
-    if col.identifier:
+    if col.identifier or not dirty:
         return text
     return f"NULLIF(trim({without_control(text)}), '')"
 
@@ -173,20 +174,20 @@ def _finite(col: str) -> str:
 
 
 def _parsed_select(
-    schema: type[TableSchema], raw: str, columns: dict[str, str]
+    schema: type[TableSchema], raw: str, columns: dict[str, str], dirty: frozenset[str] = frozenset()
 ) -> str:
     """SELECT of a raw table with each contract column typed (``c``) and as text (``raw__c``)."""
     parts = [f"rowid + 1 AS {ROW}"]
     for col in schema.columns():
         if col in columns:
-            parts.append(f"{_typed(col, columns[col])} AS {quote(col)}")
+            parts.append(f"{_typed(col, columns[col], col in dirty)} AS {quote(col)}")
             parts.append(f"{_text(col, columns[col])} AS {quote('raw__' + col)}")
         else:
             parts.append(f"CAST(NULL AS {DUCKDB_TYPES[col.dtype]}) AS {quote(col)}")
             parts.append(f"CAST(NULL AS VARCHAR) AS {quote('raw__' + col)}")
-    for extra, raw_type in columns.items():
+    for extra in columns:
         if extra not in schema.names():
-            if raw_type == "VARCHAR":  # extra attributes are text too: cleaned, and counted
+            if extra in dirty:  # extra attributes are text too: cleaned, and counted
                 parts.append(f"{without_control(quote(extra))} AS {quote(extra)}")
                 parts.append(f"{has_control(quote(extra))} AS {quote('ctl__' + extra)}")
             else:
@@ -217,8 +218,9 @@ def _ts(value: datetime) -> str:
     return f"TIMESTAMP '{value:%Y-%m-%d %H:%M:%S.%f}'"
 
 
-def _control_rule(col: str) -> Rule:
-    return Rule(col, has_control(quote("raw__" + col)),
+def _control_rule(col: str, dirty: frozenset[str]) -> Rule:
+    condition = has_control(quote("raw__" + col)) if col in dirty else "false"
+    return Rule(col, condition,
                 f"{col} contains a control character (a NUL byte or another non-printing one)")
 
 
@@ -231,12 +233,13 @@ def _plausible_rule(col: str, valid: tuple[datetime, datetime]) -> Rule:
     )
 
 
-def lead_rules(valid: tuple[datetime, datetime]) -> list[Rule]:
-    """The contract's rules for ``leads``, with timestamps plausible within *valid*."""
+def lead_rules(valid: tuple[datetime, datetime], dirty: frozenset[str] = frozenset()) -> list[Rule]:
+    """The contract's rules for ``leads``, with timestamps plausible within *valid* (*dirty*:
+    the columns holding a control character somewhere)."""
     return [
         Rule(L.lead_id, f"{L.lead_id} IS NULL", "empty lead_id"),
-        _control_rule(L.lead_id),
-        _control_rule(L.account_id),
+        _control_rule(L.lead_id, dirty),
+        _control_rule(L.account_id, dirty),
         Rule(L.created_at, f"{L.created_at} IS NULL", "created_at is empty or not an ISO 8601 timestamp"),
         _plausible_rule(L.created_at, valid),
         Rule(
@@ -268,19 +271,22 @@ def _firmographic_rules(col: str) -> list[Rule]:
     ]
 
 
-ACCOUNT_RULES = [
-    Rule(A.account_id, f"{A.account_id} IS NULL", "empty account_id"),
-    _control_rule(A.account_id),
-    *_firmographic_rules(A.employees),
-    *_firmographic_rules(A.annual_revenue),
-]
+def account_rules(dirty: frozenset[str] = frozenset()) -> list[Rule]:
+    return [
+        Rule(A.account_id, f"{A.account_id} IS NULL", "empty account_id"),
+        _control_rule(A.account_id, dirty),
+        *_firmographic_rules(A.employees),
+        *_firmographic_rules(A.annual_revenue),
+    ]
 
 
-def _child_rules(time_col: str, kind_col: str, valid: tuple[datetime, datetime]) -> list[Rule]:
+def _child_rules(
+    time_col: str, kind_col: str, valid: tuple[datetime, datetime], dirty: frozenset[str]
+) -> list[Rule]:
     """Rules shared by events and stages: a row belongs to a valid lead and is dated after it."""
     return [
         Rule("lead_id", "lead_id IS NULL", "empty lead_id"),
-        _control_rule("lead_id"),
+        _control_rule("lead_id", dirty),
         Rule("lead_id", "lead__exists AND lead__reason IS NOT NULL", "its lead is quarantined"),
         Rule("lead_id", "NOT lead__exists", "lead_id not found in leads"),
         Rule(time_col, f"{quote(time_col)} IS NULL", f"{time_col} is empty or not an ISO 8601 timestamp"),
@@ -294,12 +300,12 @@ def _child_rules(time_col: str, kind_col: str, valid: tuple[datetime, datetime])
     ]
 
 
-def event_rules(valid: tuple[datetime, datetime]) -> list[Rule]:
-    return _child_rules(E.occurred_at, E.event_type, valid)
+def event_rules(valid: tuple[datetime, datetime], dirty: frozenset[str] = frozenset()) -> list[Rule]:
+    return _child_rules(E.occurred_at, E.event_type, valid, dirty)
 
 
-def stage_rules(valid: tuple[datetime, datetime]) -> list[Rule]:
-    return _child_rules(S.entered_at, S.stage, valid)
+def stage_rules(valid: tuple[datetime, datetime], dirty: frozenset[str] = frozenset()) -> list[Rule]:
+    return _child_rules(S.entered_at, S.stage, valid, dirty)
 
 
 # --- validation -----------------------------------------------------------------------------
@@ -331,13 +337,18 @@ def validate(
 
     reports = {t: TableReport(t, source.label(t) if t in raw_columns else None) for t in CONTRACT_TABLES}
     valid = config.valid_range()
+    dirty = {table: _with_control(con, table, raw_types[table]) for table in raw_columns}
+    none: frozenset[str] = frozenset()
 
-    _check_table(con, Leads, lead_rules(valid), raw_types.get("leads", {}), source)
+    _check_table(con, Leads, lead_rules(valid, dirty.get("leads", none)), raw_types.get("leads", {}), source,
+                 dirty.get("leads", none))
     if "accounts" in raw_columns:
-        _check_table(con, Accounts, ACCOUNT_RULES, raw_types["accounts"], source)
-    for schema, rules in ((Events, event_rules(valid)), (Stages, stage_rules(valid))):
+        _check_table(con, Accounts, account_rules(dirty["accounts"]), raw_types["accounts"], source,
+                     dirty["accounts"])
+    for schema, rules in ((Events, event_rules), (Stages, stage_rules)):
         if schema.table in raw_columns:
-            _check_child(con, schema, rules, raw_types[schema.table])
+            found = dirty[schema.table]
+            _check_child(con, schema, rules(valid, found), raw_types[schema.table], found)
 
     rejects = []
     for table, schema in CONTRACT_TABLES.items():
@@ -354,7 +365,7 @@ def validate(
         )
         rep.quarantined = sum(rep.reasons.values())
         rep.rows_loaded = rep.rows_read - rep.quarantined
-        rep.warnings.update(_control_counts(con, schema, raw_types[table]))
+        rep.warnings.update(_control_counts(con, schema, dirty[table]))
         rejects.append(
             con.execute(
                 f"SELECT '{table}' AS {quote(Rejects.table_name)}, {ROW} AS {quote(Rejects.row)}, "
@@ -387,16 +398,26 @@ def validate(
     return report
 
 
-def _control_counts(
-    con: duckdb.DuckDBPyConnection, schema: type[TableSchema], raw_types: dict[str, str]
-) -> dict[str, int]:
+def _with_control(con: duckdb.DuckDBPyConnection, table: str, raw_types: dict[str, str]) -> frozenset[str]:
+    """The text columns of ``raw_<table>`` holding a control character somewhere: one scan,
+    so that clean columns (the usual case) skip the cleaning and the id rules."""
+    text = [c for c, t in raw_types.items() if t == "VARCHAR"]
+    if not text:
+        return frozenset()
+    found = fetch_row(con, "SELECT " + ", ".join(f"coalesce(bool_or({has_control(quote(c))}), false)" for c in text)
+                      + f" FROM raw_{table}")
+    return frozenset(c for c, hit in zip(text, found, strict=True) if hit)
+
+
+def _control_counts(con: duckdb.DuckDBPyConnection, schema: type[TableSchema], dirty: frozenset[str]) -> dict[str, int]:
     """Loaded rows per text column whose control characters were removed (a warning each)."""
+    names = schema.names()
     checks = {
         str(c): has_control(quote("raw__" + c))
         for c in schema.columns()
-        if c.dtype == "string" and not c.identifier and c in raw_types
+        if c.dtype == "string" and not c.identifier and c in dirty
     }
-    checks.update({c: quote("ctl__" + c) for c, t in raw_types.items() if c not in schema.names() and t == "VARCHAR"})
+    checks.update({c: quote("ctl__" + c) for c in sorted(dirty) if c not in names})
     if not checks:
         return {}
     counts = fetch_row(
@@ -428,10 +449,11 @@ def _check_table(
     rules: list[Rule],
     raw_types: dict[str, str],
     source: Source,
+    dirty: frozenset[str] = frozenset(),
 ) -> None:
     table = schema.table
     key = schema.key[0]
-    parsed = _parsed_select(schema, f"raw_{table}", raw_types)
+    parsed = _parsed_select(schema, f"raw_{table}", raw_types, dirty)
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE checked_{table} AS SELECT *, {_case(rules, 'column')} AS bad_column, "
         f"{_value_case(rules)} AS bad_value, {_case(rules, 'reason')} AS reason FROM ({parsed})"
@@ -457,9 +479,10 @@ def _check_child(
     schema: type[TableSchema],
     rules: list[Rule],
     raw_types: dict[str, str],
+    dirty: frozenset[str] = frozenset(),
 ) -> None:
     table = schema.table
-    parsed = _parsed_select(schema, f"raw_{table}", raw_types)
+    parsed = _parsed_select(schema, f"raw_{table}", raw_types, dirty)
     joined = (
         f"SELECT c.*, l.{L.lead_id} IS NOT NULL AS lead__exists, l.reason AS lead__reason, "
         f"l.{L.created_at} AS lead__created_at FROM ({parsed}) c "
