@@ -404,6 +404,9 @@ def _with_control(con: duckdb.DuckDBPyConnection, table: str, raw_types: dict[st
     text = [c for c, t in raw_types.items() if t == "VARCHAR"]
     if not text:
         return frozenset()
+    anywhere = f"regexp_matches(concat({', '.join(quote(c) for c in text)}), '{CONTROL}')"
+    if not fetch_row(con, f"SELECT coalesce(bool_or({anywhere}), false) FROM raw_{table}")[0]:
+        return frozenset()  # one pass over the row's text: the usual, clean case
     found = fetch_row(con, "SELECT " + ", ".join(f"coalesce(bool_or({has_control(quote(c))}), false)" for c in text)
                       + f" FROM raw_{table}")
     return frozenset(c for c, hit in zip(text, found, strict=True) if hit)
