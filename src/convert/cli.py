@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
-import click
+import pandas as pd
 import typer
 
 from convert import steps
 from convert.config import Config, load_config
-from convert.exceptions import ConfigError, ConvertError
+from convert.exceptions import ConfigError, ConvertError, ConvertWarning
 from convert.io import is_database_url
+from convert.labels import parse_as_of
 from convert.mapping import Mapping, load_mapping
 
 app = typer.Typer(
@@ -45,6 +47,11 @@ def echo(message: str) -> None:
 
 def _config(path: Path | None) -> Config:
     return load_config(path)
+
+
+def _as_of(value: str | None, flag: str = "--as-of") -> pd.Timestamp | None:
+    """The as-of flag parsed once, here at the boundary (ISO 8601; a bad value is exit 2)."""
+    return parse_as_of(value, flag)
 
 
 def _mapping(path: Path | None) -> Mapping | None:
@@ -117,10 +124,11 @@ def features(
     from convert.io import write_frame
     from convert.train import build_training_set
 
+    t = _as_of(as_of)
     cfg = _config(config).with_overrides(labels__horizon_days=horizon_days)
     loaded = steps.load_data(data, cfg, rejects, strict or None, echo, _mapping(mapping))
     try:
-        ts = build_training_set(loaded, cfg, as_of)
+        ts = build_training_set(loaded, cfg, t)
     finally:
         loaded.close()
     write_frame(ts.frame, out)
@@ -156,6 +164,7 @@ def train(
     With --data FILE and --target COLUMN, trains on a flat table (one row per lead) and
     registers the model under flat.model_name (default lead-conversion-flat).
     """
+    t = _as_of(as_of)
     cfg = _config(config).with_overrides(labels__horizon_days=horizon_days)
     cfg = cfg.with_overrides(leakage__exclude=tuple(dict.fromkeys([*cfg.leakage.exclude, *(exclude or [])])),
                              leakage__allow=tuple(dict.fromkeys([*cfg.leakage.allow, *(allow or [])])))
@@ -170,7 +179,7 @@ def train(
         summary = steps.train_flat_step(data, cfg, m, target, positive, id_column, split, model_name,
                                         str(rejects) if rejects else None, strict or None, echo)
     else:
-        summary = steps.train_step(data, cfg, as_of, tune, model_name, str(rejects) if rejects else None,
+        summary = steps.train_step(data, cfg, t, tune, model_name, str(rejects) if rejects else None,
                                    strict or None, echo, m)
     if save:
         summary.result.model.save(save)
@@ -238,15 +247,16 @@ def score(
     allowed = {"allow_shrink": allow_shrink, "allow_older": allow_older, "replace": replace}
     if engine not in ("duckdb", "spark"):
         raise ConvertError(f"--engine must be duckdb or spark, not {engine!r}")
+    t = _as_of(as_of)
     cfg = _config(config)
     if _is_flat(data):
         summary, scores = steps.score_flat_step(data, cfg, out, model, table, str(rejects) if rejects else None,
-                                                strict or None, echo, _mapping(mapping), id_column, as_of,
+                                                strict or None, echo, _mapping(mapping), id_column, t,
                                                 **allowed)
     else:
-        if as_of is None:
+        if t is None:
             raise ConfigError("--as-of is required to score a CRM export (the leads open at that time)")
-        summary, scores = steps.score_step(data, cfg, as_of, out, model, table, str(rejects) if rejects else None,
+        summary, scores = steps.score_step(data, cfg, t, out, model, table, str(rejects) if rejects else None,
                                            strict or None, echo, engine=engine, mapping=_mapping(mapping),
                                            **allowed)
     echo(str(summary))
@@ -289,14 +299,15 @@ def explain(
     id_column: IdOpt = None,
 ) -> None:
     """Print one lead's explanation and write a waterfall plot."""
+    t = _as_of(as_of)
     cfg = _config(config)
     plot = plot or Path(f"explain-{lead_id}.png")
     if _is_flat(data):
         explanation = steps.explain_flat_step(data, cfg, lead_id, model, plot, echo, _mapping(mapping), id_column)
     else:
-        if as_of is None:
+        if t is None:
             raise ConfigError("--as-of is required to explain a lead of a CRM export")
-        explanation = steps.explain_step(data, cfg, as_of, lead_id, model, plot, str(rejects) if rejects else None,
+        explanation = steps.explain_step(data, cfg, t, lead_id, model, plot, str(rejects) if rejects else None,
                                          echo, _mapping(mapping))
     echo("\n".join(explanation.lines()))
     echo(f"waterfall plot: {plot}")
@@ -312,7 +323,9 @@ def report(
     mapping: MappingOpt = None,
 ) -> None:
     """Write the analyst report (one self-contained HTML file); log it to the model's MLflow run."""
-    summary = steps.report_step(data, _config(config), as_of, out, model, backtest,
+    t = _as_of(as_of)
+    assert t is not None
+    summary = steps.report_step(data, _config(config), t, out, model, backtest,
                                 str(rejects) if rejects else None, strict or None, echo,
                                 mapping=_mapping(mapping))
     r = summary.report
@@ -337,7 +350,9 @@ def backtest(
     mapping: MappingOpt = None,
 ) -> None:
     """Rolling-origin evaluation: train at each origin on what was known, judge on what happened."""
-    result = steps.backtest_step(data, _config(config), start, end, every, retrain_every, out,
+    t0, t1 = _as_of(start, "--from"), _as_of(end, "--to")
+    assert t0 is not None and t1 is not None
+    result = steps.backtest_step(data, _config(config), t0, t1, every, retrain_every, out,
                                  str(rejects) if rejects else None, strict or None, echo,
                                  mapping=_mapping(mapping))
     echo(result.text())
@@ -345,20 +360,46 @@ def backtest(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, turning convert's errors into a message and exit code 2."""
+    """Entry point: run the app; every failure the user can fix is one message and exit code 2.
+
+    A mistyped command or a bad flag is the usage message (exit 2, from the argument
+    parser); a :class:`ConvertError` is ``error: ...`` (exit 2); the few failures of the
+    engines underneath that a user fixes by a setting (DuckDB out of memory) are turned
+    into a ConvertError by :func:`convert.steps.user_error`. Anything else is a bug and
+    keeps its traceback.
+    """
     try:
-        app(args=argv, standalone_mode=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", ConvertWarning)
+            warnings.showwarning = _show_warning
+            app(args=argv, standalone_mode=True)
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            return
+        raise
     except ConvertError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(1)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+        _fail(exc)
+    except Exception as exc:
+        known = steps.user_error(exc)
+        if known is None:
+            raise
+        _fail(known)
+
+
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+    """convert's own warnings as one ``warning: ...`` line; others as Python prints them."""
+    if issubclass(category, ConvertWarning):
+        typer.echo(f"warning: {message}", err=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+def _fail(exc: ConvertError) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

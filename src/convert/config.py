@@ -7,6 +7,7 @@ override values through :func:`Config.with_overrides`; nothing else reads the fi
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +46,41 @@ class DataConfig(_Section):
     strict: bool = False
     #: Rows fetched per round trip when ``--data`` is a database URL.
     db_chunk_rows: int = Field(100_000, ge=100)
+    #: Plausible timestamps: a row dated before ``valid_from`` or after ``valid_to`` is
+    #: quarantined as implausible (``0001-01-01``, ``2999-12-31``: placeholders, typos).
+    #: ``valid_to`` unset means the current date plus one year.
+    valid_from: str = "1970-01-01"
+    valid_to: str | None = None
+
+    @field_validator("valid_from", "valid_to")
+    @classmethod
+    def _iso_date(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            datetime.fromisoformat(str(value).strip())
+        except ValueError:
+            raise ValueError(f"{value!r} is not an ISO 8601 date or timestamp such as 1970-01-01") from None
+        return str(value).strip()
+
+    def valid_range(self) -> tuple[datetime, datetime]:
+        """(``valid_from``, ``valid_to``) as naive UTC datetimes; ``valid_to`` defaults to a year from now."""
+        def naive(text: str) -> datetime:
+            t = datetime.fromisoformat(text)
+            return t.astimezone(UTC).replace(tzinfo=None) if t.tzinfo else t
+
+        lo = naive(self.valid_from)
+        if self.valid_to is not None:
+            hi = naive(self.valid_to)
+        else:
+            today = datetime.now(UTC).date()
+            try:
+                hi = datetime.combine(today.replace(year=today.year + 1), time())
+            except ValueError:  # 29 February
+                hi = datetime.combine(today.replace(year=today.year + 1, day=28), time())
+        if hi <= lo:
+            raise ConfigError(f"data.valid_to ({hi:%Y-%m-%d}) must be later than data.valid_from ({lo:%Y-%m-%d})")
+        return lo, hi
 
 
 class LabelsConfig(_Section):

@@ -65,6 +65,14 @@ class ModelNotFoundError(ConvertError):
     """The requested model (registry alias, version or path) does not exist."""
 
 
+class BundleError(ModelNotFoundError):
+    """A model bundle is damaged: a file missing, extra, altered or unreadable (named in the message)."""
+
+
+class ConvertWarning(UserWarning):
+    """Something the user should know that does not stop the command (the CLI prints it)."""
+
+
 class WritebackError(ConvertError):
     """Scores could not be written to the target; the previous scores are intact."""
 
@@ -78,6 +86,10 @@ class WriteRefusedError(WritebackError):
 class WriteLockedError(WritebackError):
     """Another run (or session) held the target's lock past ``writeback.lock_timeout_s``;
     nothing was changed."""
+
+
+class ResourceError(ConvertError):
+    """A configured resource is too small for the data (DuckDB's memory limit)."""
 
 
 class LeakageError(ConvertError):

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from convert.catalog import Catalog
+from convert.metrics import literal_text
 from convert.model import LeadScoringModel, predict_threads, score_from_probability
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]
@@ -308,6 +309,7 @@ def explain_lead(model: LeadScoringModel, row: pd.DataFrame) -> LeadExplanation:
     )
 
 
+@literal_text
 def plot_waterfall(explanation: LeadExplanation, max_features: int = 12):  # type: ignore[no-untyped-def]
     """A waterfall of score points from the base score to the lead's score (matplotlib Figure)."""
     import matplotlib

@@ -41,7 +41,14 @@ from convert.metrics import evaluate, grade_table, lift_table, reliability_table
 from convert.model import LeadScoringModel, score_from_probability
 from convert.schema import Labeled, Rejects
 from convert.train import SLICES, Evaluation, TimeSplit, TrainingSet, TrainResult, fit_calibrated
-from convert.validation import LoadReport, TableReport, _enforce_thresholds
+from convert.validation import (
+    CONTROL_RE,
+    LoadReport,
+    TableReport,
+    _enforce_thresholds,
+    control_warning,
+    strip_control,
+)
 
 Split = Literal["random", "ordered"]
 DEFAULT_POSITIVE = ("1", "true", "yes")
@@ -231,9 +238,13 @@ def load_flat(
         bad_column[fresh] = column
         bad_value[fresh] = values[fresh]
 
+    cleaned = strip_control(frame, skip=(id_column,))  # text but the id (issue 14)
     if id_column is not None:
         ids = _as_text(frame[id_column])
         quarantine(ids.isna(), id_column, ids, "empty id")
+        control = ids.map(lambda v: CONTROL_RE.search(v) is not None, na_action="ignore").fillna(False).astype(bool)
+        quarantine(control, id_column, ids.map(lambda v: CONTROL_RE.sub("\ufffd", v), na_action="ignore"),
+                   f"{id_column} contains a control character (a NUL byte or another non-printing one)")
     else:
         ids = pd.Series(rows.astype(str), index=frame.index, dtype=object)
     y = None
@@ -253,6 +264,7 @@ def load_flat(
         y = normal.isin(pos).to_numpy(dtype="int64")
     quarantined = reasons.notna().to_numpy()
     report = _report(label, rows, reasons, bad_column, bad_value)
+    report.tables[TABLE].warnings.update({control_warning(c): n for c, n in cleaned.items()})
     keep = ~quarantined
     if id_column is not None:
         _check_unique(ids[keep], rows[keep], id_column, label)

@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pandas as pd
 
+from convert import scratch
 from convert.config import FeaturesConfig
-from convert.exceptions import ConfigError, ContractError
+from convert.exceptions import ConfigError, ContractError, ResourceError
 from convert.mapping import CsvFormat, Mapping, split_table_name
 from convert.schema import CONTRACT_TABLES, REQUIRED_TABLES
 from convert.urls import engine_url, redact_url, resolve_env, secrets_of
@@ -136,19 +137,34 @@ def find_source(path: str | Path, mapping: Mapping | None = None) -> Source:
 def connect(config: FeaturesConfig | None = None, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
     """A DuckDB connection in UTC with the configured memory limit and threads.
 
-    Spilling goes to a temporary directory so that large exports stay within the limit.
+    Spilling goes to this run's temporary folder (:func:`convert.scratch.run_dir`, removed
+    at exit) so that large exports stay within the limit.
     """
     config = config or FeaturesConfig()
     con = duckdb.connect(database)
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"SET memory_limit = '{_checked_memory_limit(config.duckdb_memory_limit)}'")
     con.execute("SET preserve_insertion_order = true")
-    spill = Path(tempfile.gettempdir()) / "convert-duckdb-spill"
+    spill = scratch.run_dir() / "duckdb-spill"
     spill.mkdir(parents=True, exist_ok=True)
-    con.execute(f"SET temp_directory = '{spill.as_posix()}'")
+    con.execute(f"SET temp_directory = {_lit(spill.as_posix())}")
     if config.duckdb_threads:
         con.execute(f"SET threads = {int(config.duckdb_threads)}")
     return con
+
+
+def out_of_memory(exc: BaseException, where: str | None = None) -> ResourceError | None:
+    """DuckDB's out-of-memory error as a :class:`ResourceError` saying which setting to raise;
+    ``None`` for any other exception."""
+    text = str(exc)
+    if not (isinstance(exc, duckdb.OutOfMemoryException) or "Out of Memory Error" in text):
+        return None
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return ResourceError(
+        f"DuckDB ran out of memory{' while reading ' + where if where else ''} ({first}). Raise "
+        "features.duckdb_memory_limit in params.yaml (e.g. '8GB'; it was too small for this export), "
+        "or give DuckDB fewer threads (features.duckdb_threads)"
+    )
 
 
 def _checked_memory_limit(value: str) -> str:
@@ -184,7 +200,7 @@ def read_parquet(con: duckdb.DuckDBPyConnection, raw: str, path: Path) -> None:
     try:
         con.execute(f"CREATE OR REPLACE TABLE {raw} AS SELECT * FROM read_parquet({_lit(str(path))})")
     except duckdb.Error as exc:
-        raise ContractError(
+        raise out_of_memory(exc, path.name) or ContractError(
             f"the file cannot be parsed: {str(exc).splitlines()[0]}. Check that it is valid Parquet",
             file=str(path),
         ) from exc
@@ -222,11 +238,12 @@ def read_csv(con: duckdb.DuckDBPyConnection, raw: str, path: Path, fmt: CsvForma
 
 @contextmanager
 def _as_utf8(path: Path, fmt: CsvFormat) -> Iterator[Path]:
-    """The file itself when UTF-8, else a temporary UTF-8 copy (decoded as declared)."""
+    """The file itself when UTF-8, else a temporary UTF-8 copy (decoded as declared) in this
+    run's temporary folder."""
     if fmt.is_utf8:
         yield path
         return
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".utf8.csv")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".utf8.csv", dir=scratch.run_dir())
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as out, open(
             path, encoding=fmt.encoding, newline="", errors="strict"
@@ -300,8 +317,13 @@ _LINE_RE = re.compile(r"Line:\s*(\d+)")
 _COUNT_RE = re.compile(r"Expected Number of Columns:\s*(\d+)\s*Found:\s*(\d+)")
 
 
-def _csv_error(exc: Exception, path: Path, utf8: Path, fmt: CsvFormat, header: list[str]) -> ContractError:
+def _csv_error(
+    exc: Exception, path: Path, utf8: Path, fmt: CsvFormat, header: list[str]
+) -> ContractError | ResourceError:
     """A DuckDB CSV error as a ContractError naming file, row and column."""
+    memory = out_of_memory(exc, path.name)
+    if memory is not None:
+        return memory
     text = str(exc)
     if "unicode" in text.lower() or "utf-8" in text.lower() or "utf8" in text.lower():
         return _encoding_error(utf8, fmt, path.name)

@@ -14,21 +14,43 @@ every label is known.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import duckdb
 import pandas as pd
 
-from convert.exceptions import InsufficientDataError
+from convert.exceptions import ConfigError, InsufficientDataError
 from convert.schema import Labeled, Leads
 
 _FREQUENCIES = {"weekly": "W-MON", "biweekly": "2W-MON", "monthly": "MS", "quarterly": "QS"}
 
 
-def parse_as_of(value: str | pd.Timestamp | None) -> pd.Timestamp | None:
-    """An ISO 8601 date or timestamp as a naive UTC timestamp (an offset is honoured)."""
+def parse_as_of(value: str | pd.Timestamp | None, what: str = "--as-of") -> pd.Timestamp | None:
+    """An ISO 8601 date or timestamp as a naive UTC timestamp (an offset is honoured).
+
+    Raises
+    ------
+    ConfigError
+        Naming *what* (the flag) when the text is empty, not ISO 8601 (``yesterday``), an
+        impossible date (``2025-06-31``) or outside the range of timestamps.
+    """
     if value is None:
         return None
-    ts = pd.Timestamp(value)
+    if isinstance(value, str):
+        text = value.strip()
+        hint = "give an ISO 8601 date or timestamp such as 2025-07-01 or 2025-07-01T08:00:00Z"
+        if not text:
+            raise ConfigError(f"{what} is empty: {hint}")
+        try:
+            ts = pd.Timestamp(datetime.fromisoformat(text))
+        except ValueError as exc:
+            raise ConfigError(f"{what} {value!r} is not a valid date or timestamp ({exc}): {hint}") from None
+        except OverflowError as exc:  # pandas' range: 1677-09-21 .. 2262-04-11
+            raise ConfigError(f"{what} {value!r} is outside the supported dates ({exc}): {hint}") from None
+    else:
+        ts = pd.Timestamp(value)
+        if ts is pd.NaT:
+            raise ConfigError(f"{what} is missing (NaT)")
     if ts.tzinfo is not None:
         ts = ts.tz_convert("UTC").tz_localize(None)
     return ts

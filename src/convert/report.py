@@ -33,6 +33,7 @@ from convert.explain import family_importance, importance_table, point_contribut
 from convert.metrics import (
     _new_figure,
     _wilson,
+    literal_text,
     plot_lift,
     plot_rates,
     plot_reliability,
@@ -308,6 +309,7 @@ def plot_beeswarm(
     return fig
 
 
+@literal_text
 def plot_dependence(points: np.ndarray, frame: pd.DataFrame, model: LeadScoringModel, features: Sequence[str]) -> Figure:
     """Points against the feature's value, one panel per feature, titled with its description."""
     cols = 2

@@ -17,6 +17,7 @@ import pandas as pd
 
 from convert.config import Config
 from convert.dataset import CRMData, load
+from convert.exceptions import ConvertError
 from convert.explain import (
     LeadExplanation,
     contributions,
@@ -193,7 +194,7 @@ def _log_training(
 def train_step(
     data_path: str | Path,
     config: Config,
-    as_of: str | None = None,
+    as_of: str | pd.Timestamp | None = None,
     tune_trials: int | None = None,
     model_name: str | None = None,
     rejects: str | None = None,
@@ -317,7 +318,7 @@ def score_flat_step(
     echo: Echo = _quiet,
     mapping: Mapping | None = None,
     id_column: str | None = None,
-    as_of: str | None = None,
+    as_of: str | pd.Timestamp | None = None,
     *,
     allow_shrink: bool = False,
     allow_older: bool = False,
@@ -498,7 +499,7 @@ def resolve_target(out: str | None) -> str:
 def score_step(
     data_path: str | Path,
     config: Config,
-    as_of: str,
+    as_of: str | pd.Timestamp,
     out: str | None,
     model_uri: str | None = None,
     table: str | None = None,
@@ -533,20 +534,45 @@ def score_step(
     echo(f"model {label} (from {uri})")
     if engine == "spark":
         scores = _score_with_spark(str(data_path), model, label, as_of, config)
+        if scores.empty:
+            from convert.exceptions import InsufficientDataError
+
+            raise InsufficientDataError(
+                f"no lead is open at {as_of} in {data_path}: choose an --as-of inside the export's "
+                "history; nothing was written"
+            )
         summary = write_scores(scores, target, table or config.scoring.table, guards=guards)
         return summary, scores
     data = load_data(data_path, config, rejects, strict, echo, mapping)
     try:
-        scores = pd.concat(
-            list(iter_scores(data, model, as_of, config, label, progress=progress)), ignore_index=True
-        )
+        chunks = list(iter_scores(data, model, as_of, config, label, progress=progress))
+        if not chunks:
+            raise _empty_population(data, as_of, data_path)
     finally:
         data.close()
+    scores = pd.concat(chunks, ignore_index=True)
     summary = write_scores(scores, target, table or config.scoring.table, guards=guards)
     return summary, scores
 
 
-def _score_with_spark(path: str, model: LeadScoringModel, label: str, as_of: str, config: Config) -> pd.DataFrame:
+def _empty_population(data: CRMData, as_of: str | pd.Timestamp, data_path: str | Path) -> Exception:
+    """The error for an as-of time at which no lead is open (before the data, or all closed)."""
+    from convert.exceptions import InsufficientDataError
+    from convert.labels import parse_as_of
+
+    t = parse_as_of(as_of)
+    first = data.earliest_created()
+    span = (f"; its first lead was created on {first:%Y-%m-%d}, its latest timestamp is "
+            f"{data.latest_timestamp():%Y-%m-%d}" if not pd.isna(first) else "; it holds no valid lead")
+    return InsufficientDataError(
+        f"no lead is open at {t} in {data.source.display if data.source.url else data_path} (none created "
+        f"before it, or all converted or disqualified by then){span}. Choose an --as-of inside the "
+        "export's history; nothing was written"
+    )
+
+
+def _score_with_spark(path: str, model: LeadScoringModel, label: str, as_of: str | pd.Timestamp,
+                      config: Config) -> pd.DataFrame:
     from convert.labels import parse_as_of
     from convert.spark import (
         features_spark,
@@ -578,7 +604,7 @@ def export_step(data_path: str | Path, config: Config, out: str | Path, rejects:
 
 
 def explain_step(
-    data_path: str | Path, config: Config, as_of: str, lead_id: str, model_uri: str | None = None,
+    data_path: str | Path, config: Config, as_of: str | pd.Timestamp, lead_id: str, model_uri: str | None = None,
     plot: str | Path | None = None, rejects: str | None = None, echo: Echo = _quiet,
     mapping: Mapping | None = None,
 ) -> LeadExplanation:
@@ -677,7 +703,7 @@ class ReportSummary:
 
 
 def report_step(
-    data_path: str | Path, config: Config, as_of: str, out: str | Path, model_uri: str | None = None,
+    data_path: str | Path, config: Config, as_of: str | pd.Timestamp, out: str | Path, model_uri: str | None = None,
     backtest: str | Path | None = None, rejects: str | None = None, strict: bool | None = None,
     echo: Echo = _quiet, log_to_mlflow: bool = True, mapping: Mapping | None = None,
 ) -> ReportSummary:
@@ -746,7 +772,7 @@ def _read_backtest(path: str | Path) -> Any:
 
 
 def backtest_step(
-    data_path: str | Path, config: Config, start: str, end: str, every: str | None, retrain_every: str | None,
+    data_path: str | Path, config: Config, start: str | pd.Timestamp, end: str | pd.Timestamp, every: str | None, retrain_every: str | None,
     out: str | Path, rejects: str | None = None, strict: bool | None = None, echo: Echo = _quiet,
     mapping: Mapping | None = None,
 ) -> Any:
@@ -765,3 +791,18 @@ def backtest_step(
     result.trainings.to_csv(out / "trainings.csv", index=False)
     plot_backtest(result.table).savefig(out / "backtest.png", dpi=100)
     return result
+
+
+# --- failures a user fixes -------------------------------------------------------------------
+
+
+def user_error(exc: BaseException) -> ConvertError | None:
+    """A failure of an engine underneath that the user fixes by a setting, as a
+    :class:`~convert.exceptions.ConvertError` with the fix; ``None`` for anything else (a bug).
+
+    DuckDB running out of memory (``features.duckdb_memory_limit`` too small for the
+    export) is the one known today; the CLI prints the message and exits with code 2.
+    """
+    from convert.io import out_of_memory
+
+    return out_of_memory(exc)
