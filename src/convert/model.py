@@ -29,6 +29,7 @@ from convert.calibrate import Calibrator, calibrator_from_dict
 from convert.catalog import Catalog
 from convert.config import FeaturesConfig
 from convert.exceptions import FeatureMismatchError, ModelNotFoundError
+from convert.linear import LinearScorer
 
 BUNDLE_VERSION = 1
 
@@ -272,7 +273,14 @@ class LeadScoringModel:
     best_iteration_ : int
     base_raw_ : float
         The expected raw score over the training rows (SHAP's base value).
+    linear_ : LinearScorer or None
+        The logistic model blended in log-odds, when the blend won on the inner folds.
+    blend_weight_ : float
+        Weight ``w`` of the linear model: ``raw = (1 - w) * tree + w * linear`` (0: LightGBM alone).
     """
+
+    linear_: LinearScorer | None = None
+    blend_weight_: float = 0.0
 
     def __init__(
         self,
@@ -347,6 +355,7 @@ class LeadScoringModel:
         *,
         spec: FeatureSpec,
         catalog: Catalog,
+        sample_weight: np.ndarray | None = None,
     ) -> LeadScoringModel:
         """:meth:`fit` on rows already encoded for *spec* (:class:`FeatureMatrix` values).
 
@@ -364,7 +373,7 @@ class LeadScoringModel:
         self.spec_ = spec
         params = self._lgb_params(spec)
         train_set = lgb.Dataset(
-            X, label=np.asarray(y, dtype="float64"), feature_name=spec.names,
+            X, label=np.asarray(y, dtype="float64"), weight=sample_weight, feature_name=spec.names,
             categorical_feature=spec.categorical or "auto", free_raw_data=True,
         )
         # what LightGBM records for a pandas frame, so the booster re-applies the training
@@ -386,8 +395,32 @@ class LeadScoringModel:
             self.booster_ = lgb.train(params, train_set, num_boost_round=self.num_boost_round)
             self.best_iteration_ = self.num_boost_round
         contrib = np.asarray(self.booster_.predict(X[:1], pred_contrib=True))
-        self.base_raw_ = float(contrib[0, -1])
+        self.tree_base_raw_ = float(contrib[0, -1])
+        self.base_raw_ = self.tree_base_raw_
+        self.linear_, self.blend_weight_ = None, 0.0
         return self
+
+    def blend(self, linear: LinearScorer | None, weight: float) -> LeadScoringModel:
+        """Blend a fitted :class:`LinearScorer` in log-odds with weight *weight* (0 removes it).
+
+        The base value becomes the same blend of both base values, so per-feature
+        contributions (the weighted sum of both models') still sum to ``raw - base_raw_``.
+        """
+        self._check_fitted()
+        if linear is None or weight <= 0.0:
+            self.linear_, self.blend_weight_ = None, 0.0
+            self.base_raw_ = self.tree_base_raw_
+        else:
+            self.linear_, self.blend_weight_ = linear, float(weight)
+            self.base_raw_ = (1.0 - self.blend_weight_) * self.tree_base_raw_ + self.blend_weight_ * linear.base_raw
+        return self
+
+    def blend_raw(self, tree_raw: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """The model's raw score from LightGBM's raw score and the encoded matrix *X*."""
+        if self.linear_ is None:
+            return np.asarray(tree_raw, dtype="float64")
+        w = self.blend_weight_
+        return (1.0 - w) * np.asarray(tree_raw, dtype="float64") + w * self.linear_.raw(X)
 
     def calibrate(self, calibrator: Calibrator) -> LeadScoringModel:
         """Attach a calibrator fitted on raw scores of rows the booster did not train on."""
@@ -406,13 +439,19 @@ class LeadScoringModel:
         return self.spec_.transform(X)
 
     def predict_raw(self, X: pd.DataFrame) -> np.ndarray:
-        """Raw log-odds of LightGBM."""
-        return np.asarray(self.booster_.predict(self.matrix(X), raw_score=True), dtype="float64")
+        """Raw log-odds: LightGBM's, blended with the linear model's when there is one."""
+        matrix = self.matrix(X)
+        tree = np.asarray(self.booster_.predict(matrix, raw_score=True), dtype="float64")
+        if self.linear_ is None:
+            return tree
+        from convert.treeshap import lightgbm_matrix
+
+        return self.blend_raw(tree, lightgbm_matrix(matrix))
 
     def predict_raw_matrix(self, X: np.ndarray) -> np.ndarray:
         """Raw log-odds of rows already encoded for ``spec_`` (:class:`FeatureMatrix` values)."""
         self._check_fitted()
-        return np.asarray(self.booster_.predict(X, raw_score=True), dtype="float64")
+        return self.blend_raw(np.asarray(self.booster_.predict(X, raw_score=True), dtype="float64"), X)
 
     def probability_from_raw(self, raw: np.ndarray) -> np.ndarray:
         if hasattr(self, "calibrator_"):
@@ -461,6 +500,9 @@ class LeadScoringModel:
             "grade_cutoffs": self.grade_cutoffs,
             "best_iteration": self.best_iteration_,
             "base_raw": self.base_raw_,
+            "tree_base_raw": self.tree_base_raw_,
+            "blend_weight": self.blend_weight_,
+            "linear": self.linear_.to_dict() if self.linear_ is not None else None,
             "spec": self.spec_.to_dict(),
             "catalog": self.catalog_.to_records(),
             "metadata": _jsonable(self.metadata),
@@ -485,7 +527,11 @@ class LeadScoringModel:
         )
         model.booster_ = lgb.Booster(model_file=str(path / "booster.txt"))
         model.best_iteration_ = int(data["best_iteration"])
+        model.tree_base_raw_ = float(data.get("tree_base_raw", data["base_raw"]))
         model.base_raw_ = float(data["base_raw"])
+        if data.get("linear"):
+            model.linear_ = LinearScorer.from_dict(data["linear"])
+            model.blend_weight_ = float(data["blend_weight"])
         model.spec_ = FeatureSpec.from_dict(data["spec"])
         model.catalog_ = Catalog.from_records(data["catalog"])
         model.metadata = data.get("metadata", {})

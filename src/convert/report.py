@@ -40,7 +40,8 @@ from convert.metrics import (
 )
 from convert.model import LeadScoringModel, score_from_probability
 from convert.schema import Labeled
-from convert.train import Evaluation, TimeSplit, TrainingSet, model_rows
+from convert.crossfit import Folds
+from convert.train import Evaluation, TrainingSet
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -57,7 +58,7 @@ class ReportInputs:
     model_label: str
     as_of: pd.Timestamp
     training: TrainingSet
-    split: TimeSplit
+    split: Folds
     evaluation: Evaluation
     current: pd.DataFrame  # feature rows of the population open at as_of
     leads: pd.DataFrame  # the leads table (created_at, converted_at, disqualified_at)

@@ -30,15 +30,14 @@ from convert.io import write_frame
 from convert.mapping import Mapping
 from convert.model import LeadScoringModel
 from convert.schema import Labeled
+from convert.crossfit import Folds
 from convert.train import (
     Evaluation,
-    TimeSplit,
     TrainingSet,
     TrainResult,
     build_training_set,
-    evaluate_holdout,
-    split_by_time,
     train,
+    train_on,
 )
 
 Echo = Callable[[str], None]
