@@ -149,7 +149,7 @@ def train(
     split: Annotated[str | None, typer.Option("--split", help="Flat file: random (stratified, default) or ordered (rows in time order).")] = None,
     exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Leave this input column out of training (repeatable).")] = None,
     allow: Annotated[list[str] | None, typer.Option("--allow", help="Keep this column although the leakage guard suspects it (repeatable).")] = None,
-    summary_json: Annotated[Path | None, typer.Option("--summary", help="Also write the hold-out metrics and the leakage screen as JSON.")] = None,
+    summary_json: Annotated[Path | None, typer.Option("--summary", help="Also write the outer-fold metrics and the leakage screen as JSON.")] = None,
 ) -> None:
     """Train, calibrate, evaluate against baselines, log to MLflow and register.
 
@@ -179,10 +179,14 @@ def train(
         summary_json.parent.mkdir(parents=True, exist_ok=True)
         summary_json.write_text(json.dumps(steps.summary_record(summary), indent=1, default=str))
     r = summary.result
-    echo(("slices:\n" if flat else "time slices:\n") + r.slices.to_string(index=False))
+    echo("folds (inner: choices; outer: the figures below; deployed: the refit on every labelled row):\n"
+         + r.slices.to_string(index=False))
+    choices = r.model.metadata.get("choices") or {}
+    echo(f"chosen on the inner folds: {choices.get('rounds')} rounds, blend weight of the logistic model "
+         f"{choices.get('blend_weight', 0.0):.1f}, calibration {choices.get('calibration')}")
     echo(f"calibration: {r.model.calibrator_.method} (cross-validated log loss "
          + ", ".join(f"{k} {v:.4f}" for k, v in r.calibration_cv.items()) + ")")
-    echo("hold-out evaluation (model beside the baselines):\n" + r.evaluation.table())
+    echo("outer-fold evaluation (model beside the baselines, the same rows):\n" + r.evaluation.table())
     echo("realized conversion per grade:\n" + r.evaluation.grades.to_string(index=False))
     echo("top features (mean |points|):\n" + summary.importance.head(10)[["feature", "family", "mean_abs_points"]].to_string(index=False))
     for line in summary.lines:
@@ -198,7 +202,7 @@ def evaluate(
     model: ModelOpt = None, config: ConfigOpt = None, rejects: RejectsOpt = None,
     mapping: MappingOpt = None,
 ) -> None:
-    """Re-evaluate a registered model on its hold-out; write metrics and plots."""
+    """Evaluate a registered model where it learned nothing (newer labelled as-of times, else its outer folds)."""
     cfg = _config(config)
     if _is_flat(data):
         uri = model or f"models:/{cfg.flat.model_name}@challenger"

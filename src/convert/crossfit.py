@@ -303,6 +303,23 @@ def _what_would_work(ok: Callable[[Config], bool], config: Config, event_mode: b
 # --- fitting -------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """Settings chosen by one training run, to refit on another run's folds (promotion)."""
+
+    params: dict[str, Any]
+    rounds: int
+    blend_weight: float
+    calibration: str
+
+    @classmethod
+    def of(cls, model: LeadScoringModel) -> Recipe:
+        meta = model.metadata
+        method = (meta.get("calibration") or {}).get("method") or model.calibrator_.method
+        return cls(dict(meta.get("params") or model.params), int(meta.get("rounds") or model.best_iteration_),
+                   float(meta.get("blend_weight") or 0.0), str(method))
+
+
 @dataclass
 class CrossFit:
     """What :func:`cross_fit` returns: the deployed model, the choices and every fold's figures."""
@@ -319,6 +336,9 @@ class CrossFit:
     outer_rows: np.ndarray
     fold_metrics: pd.DataFrame
     choices: dict[str, Any] = field(default_factory=dict)
+    #: every fold's out-of-fold raw scores (inner, then outer) and their rows: the calibrator's data
+    oof_raw: np.ndarray | None = None
+    oof_rows: np.ndarray | None = None
 
 
 def recency_weights(as_of: np.ndarray | None, rows: np.ndarray, half_life_days: float | None) -> np.ndarray | None:
@@ -351,16 +371,14 @@ def _logloss(y: np.ndarray, p: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
 def inner_rounds(
     X: np.ndarray, y: np.ndarray, folds: Sequence[Fold], lgb_params: Mapping[str, Any], spec: FeatureSpec,
     max_rounds: int, patience: int, weights: Callable[[np.ndarray], np.ndarray | None],
+    fixed: int | None = None,
 ) -> tuple[int, float, list[np.ndarray]]:
     """Boost every inner fold in lockstep; the round minimising the mean inner-fold log loss,
-    that loss, and each fold's out-of-fold raw scores at that round."""
+    that loss, and each fold's out-of-fold raw scores at that round (*fixed*: exactly that many
+    rounds, as a recipe refitted elsewhere prescribes)."""
     boosters = []
     for f in folds:
         train = _dataset(_take(X, f.train), y[f.train], spec, weights(f.train))
@@ -369,12 +387,17 @@ def inner_rounds(
         booster.add_valid(valid, "fold")
         boosters.append(booster)
     best, best_round = math.inf, 0
-    for it in range(1, max_rounds + 1):
+    for it in range(1, (fixed or max_rounds) + 1):
         losses = []
         for booster in boosters:
             booster.update()
             losses.append(booster.eval_valid()[0][2])
         mean = float(np.mean(losses))
+        if fixed is not None:
+            if it == fixed:
+                best, best_round = mean, it
+                break
+            continue
         if mean < best - 1e-9:
             best, best_round = mean, it
         elif it - best_round >= patience:
@@ -401,6 +424,11 @@ def _candidates(base: Mapping[str, Any], trials: int, seed: int) -> list[dict[st
     return out
 
 
+def _figures(name: str, y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    m = evaluate(y, p)
+    return {f"{name}_{k}": m[k] for k in ("roc_auc", "log_loss", "brier", "ece")}
+
+
 def _platt_log_loss(z: np.ndarray, y: np.ndarray) -> float:
     return _logloss(y, SigmoidCalibrator().fit(z, y).predict(z))
 
@@ -416,12 +444,15 @@ def cross_fit(
     baselines: Callable[[pd.DataFrame, np.ndarray], Mapping[str, Baseline]] | None = None,
     trials: int = 0,
     as_of: np.ndarray | None = None,
+    recipe: Recipe | None = None,
 ) -> CrossFit:
     """Nested cross-fitting and the deployed refit (see the module doc).
 
     *frame* holds the catalog's feature columns for every row of *folds*; *baselines* fits the
     baselines on a fold's rows (they are compared on the outer folds); *as_of* (event mode)
-    serves ``train.recency_half_life_days``.
+    serves ``train.recency_half_life_days``. With *recipe*, nothing is chosen: its parameters,
+    rounds, blend weight and calibration method are fitted on these folds (a champion's recipe
+    judged on a challenger's outer folds).
     """
     tc = config.train
     y = np.asarray(y, dtype="float64")
@@ -442,11 +473,15 @@ def cross_fit(
     # 1. parameters and rounds: mean inner-fold log loss, lockstep boosting
     table = []
     best: tuple[float, int, dict[str, Any], list[np.ndarray]] | None = None
-    for i, params in enumerate(_candidates(tc.lightgbm, trials, config.seed)):
+    candidates = [dict(recipe.params)] if recipe else _candidates(tc.lightgbm, trials, config.seed)
+    for i, params in enumerate(candidates):
         probe.params = params
         rounds, loss, oof = inner_rounds(X, y, inner, probe._lgb_params(spec), spec, tc.num_boost_round,
-                                         tc.early_stopping_rounds, weights)
-        rounds = max(rounds, tc.min_boost_round)
+                                         tc.early_stopping_rounds, weights,
+                                         fixed=recipe.rounds if recipe else None)
+        if rounds < tc.min_boost_round and recipe is None:
+            rounds, loss, oof = inner_rounds(X, y, inner, probe._lgb_params(spec), spec, tc.num_boost_round,
+                                             tc.early_stopping_rounds, weights, fixed=tc.min_boost_round)
         table.append({"trial": i, **params, "rounds": rounds, "inner_log_loss": loss})
         if best is None or loss < best[0] - 1e-12:
             best = (loss, rounds, params, oof)
@@ -458,10 +493,12 @@ def cross_fit(
     linear_inner = np.concatenate([
         LinearScorer().fit(_take(X, f.train), y[f.train], kinds, weights(f.train)).raw(_take(X, f.test))
         for f in inner
-    ]) if tc.blend else None
+    ]) if (tc.blend if recipe is None else recipe.blend_weight > 0) else None
     blend_losses: dict[str, float] = {}
     weight = 0.0
-    if linear_inner is not None:
+    if recipe is not None:
+        weight = recipe.blend_weight
+    elif linear_inner is not None:
         for w in BLEND_GRID:
             blend_losses[f"{w:.1f}"] = _platt_log_loss((1 - w) * tree_inner + w * linear_inner, y_inner)
         weight = float(min(BLEND_GRID, key=lambda w: (blend_losses[f"{w:.1f}"], w)))
@@ -469,7 +506,7 @@ def cross_fit(
 
     # 3. calibrator: method by cross-validated log loss on the inner out-of-fold scores
     calibrator, cv = select_calibrator(
-        z_inner, y_inner, methods=config.calibration.methods, cv_folds=config.calibration.cv_folds,
+        z_inner, y_inner, methods=(recipe.calibration,) if recipe else config.calibration.methods, cv_folds=config.calibration.cv_folds,
         min_rows_isotonic=config.calibration.min_rows_isotonic, seed=config.seed)
 
     # 4. outer folds: the chosen recipe, fitted on each fold's rows, scored through the inner calibrator
@@ -491,23 +528,33 @@ def cross_fit(
         p = np.asarray(calibrator.predict(raw), dtype="float64")
         outer_probs_parts.append(p)
         row = {"fold": f.name, "kind": f.kind, "rows": len(f.test), "positives": int(y[f.test].sum()),
-               **{f"model_{k}": v for k, v in evaluate(y[f.test], p).items()}}
+               **_figures("model", y[f.test], p)}
         if baselines is not None:
             fitted = baselines(frame.iloc[f.train], y[f.train].astype("int64"))
             X_test = frame.iloc[f.test]
             for name, b in fitted.items():
                 q = np.asarray(b.predict_proba(X_test), dtype="float64")
                 base_probs.setdefault(name, []).append(q)
-                row.update({f"{name}_{k}": v for k, v in evaluate(y[f.test], q).items()})
+                row.update(_figures(name, y[f.test], q))
         fold_rows.append(row)
-    for f, oof in zip(inner, tree_oof, strict=True):
-        fold_rows.append({"fold": f.name, "kind": f.kind, "rows": len(f.test), "positives": int(y[f.test].sum()),
-                          "model_roc_auc": evaluate(y[f.test], _sigmoid(oof))["roc_auc"]})
+    inner_rows = []
+    start = 0
+    for f in inner:
+        z = z_inner[start: start + len(f.test)]
+        start += len(f.test)
+        inner_rows.append({"fold": f.name, "kind": f.kind, "rows": len(f.test), "positives": int(y[f.test].sum()),
+                           **_figures("model", y[f.test], np.asarray(calibrator.predict(z), dtype="float64"))})
+    fold_rows = inner_rows + fold_rows
     outer_rows = np.concatenate([f.test for f in folds.outer])
     outer_probs = {"model": np.concatenate(outer_probs_parts),
                    **{k: np.concatenate(v) for k, v in base_probs.items()}}
 
     # 5. the deployed model: every labelled row, the chosen settings, calibrated on all OOF scores
+    if recipe is not None:  # judged only: no deployed refit
+        model.calibrate(calibrator)
+        return CrossFit(model=model, params=dict(params), rounds=rounds, blend_weight=weight, calibration_cv=cv,
+                        inner_log_loss=inner_loss, tuning=None, outer_probs=outer_probs, outer_rows=outer_rows,
+                        fold_metrics=pd.DataFrame(fold_rows), choices={})
     model = fit_recipe(folds.deploy, spec)
     all_raw = np.concatenate([z_inner, *outer_raw])
     all_y = np.concatenate([y_inner, y[outer_rows]])
@@ -522,4 +569,5 @@ def cross_fit(
     return CrossFit(model=model, params=dict(params), rounds=rounds, blend_weight=weight, calibration_cv=cv,
                     inner_log_loss=inner_loss, tuning=pd.DataFrame(table) if trials else None,
                     outer_probs=outer_probs, outer_rows=outer_rows, fold_metrics=pd.DataFrame(fold_rows),
-                    choices=choices)
+                    choices=choices, oof_raw=all_raw,
+                    oof_rows=np.concatenate([*(f.test for f in inner), outer_rows]))

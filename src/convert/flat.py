@@ -27,6 +27,7 @@ import pandas as pd
 from convert.baselines import LogisticBaseline
 from convert.catalog import Catalog, FeatureDef
 from convert.config import Config
+from convert.crossfit import Folds, cross_fit, ordered_folds, random_folds
 from convert.exceptions import (
     ConfigError,
     ContractError,
@@ -39,8 +40,7 @@ from convert.leakage import LeakageReport, screen
 from convert.mapping import CsvFormat, FlatMapping, Mapping, mapped_select
 from convert.model import LeadScoringModel
 from convert.schema import Labeled, Rejects
-from convert.crossfit import Folds, cross_fit, ordered_folds, random_folds
-from convert.train import Evaluation, TrainingSet, TrainResult, outer_evaluation, training_metadata
+from convert.train import TrainingSet, TrainResult, outer_evaluation, training_metadata
 from convert.validation import LoadReport, TableReport, _enforce_thresholds
 
 Split = Literal["random", "ordered"]
@@ -480,6 +480,7 @@ def train_flat(
     )
     model, cv = fit.model, fit.calibration_cv
     evaluation = outer_evaluation(model, frame, y, fit, [Labeled.lead_id])
+    model.outer_predictions_ = evaluation.predictions
     slices = cut.summary(y)
     model.metadata = {
         "mode": "flat",

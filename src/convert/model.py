@@ -281,6 +281,8 @@ class LeadScoringModel:
 
     linear_: LinearScorer | None = None
     blend_weight_: float = 0.0
+    #: The outer folds' rows with their out-of-fold probabilities (``outer_predictions.csv``).
+    outer_predictions_: pd.DataFrame | None = None
 
     def __init__(
         self,
@@ -508,6 +510,8 @@ class LeadScoringModel:
             "metadata": _jsonable(self.metadata),
         }
         (path / "bundle.json").write_text(json.dumps(bundle, indent=1))
+        if self.outer_predictions_ is not None:
+            self.outer_predictions_.to_csv(path / "outer_predictions.csv", index=False)
         return path
 
     @classmethod
@@ -537,6 +541,8 @@ class LeadScoringModel:
         model.metadata = data.get("metadata", {})
         if (path / "calibrator.json").exists():
             model.calibrator_ = calibrator_from_dict(json.loads((path / "calibrator.json").read_text()))
+        if (path / "outer_predictions.csv").exists():
+            model.outer_predictions_ = pd.read_csv(path / "outer_predictions.csv", dtype={"lead_id": str})
         return model
 
 

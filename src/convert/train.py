@@ -11,6 +11,7 @@ calibrator must then undo.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,14 +21,15 @@ import pandas as pd
 from convert.baselines import fit_baselines
 from convert.catalog import Catalog
 from convert.config import Config
+from convert.crossfit import CrossFit, Folds, cross_fit, time_folds
 from convert.dataset import CRMData
 from convert.exceptions import InsufficientDataError
 from convert.features import KEY, build_features
 from convert.labels import as_of_grid, build_labels, parse_as_of
 from convert.metrics import evaluate, grade_table, lift_table, reliability_table
-from convert.crossfit import CrossFit, Folds, cross_fit, time_folds
 from convert.model import LeadScoringModel, score_from_probability
 from convert.schema import Labeled
+
 
 @dataclass
 class TrainingSet:
@@ -114,7 +116,7 @@ class TrainResult:
 
 
 def outer_evaluation(
-    model: LeadScoringModel, frame: pd.DataFrame, y: np.ndarray, fit: CrossFit, keys: list[str]
+    model: LeadScoringModel, frame: pd.DataFrame, y: np.ndarray, fit: CrossFit, keys: Sequence[Any]
 ) -> Evaluation:
     """The outer folds' out-of-fold probabilities as an :class:`Evaluation` (model and baselines)."""
     rows = fit.outer_rows
@@ -123,7 +125,7 @@ def outer_evaluation(
     p_model = fit.outer_probs["model"]
     scores = score_from_probability(p_model)
     grades = model.grades(scores)
-    preds = frame.iloc[rows][keys].assign(
+    preds = frame.iloc[rows][list(keys)].assign(
         label=y_out, probability=p_model, score=scores, grade=grades,
         **{f"p_{k}": v for k, v in fit.outer_probs.items() if k != "model"},
     )
@@ -134,6 +136,23 @@ def outer_evaluation(
         grades=grade_table(y_out, grades),
         predictions=preds.reset_index(drop=True),
         folds=fit.fold_metrics,
+    )
+
+
+def evaluation_from_predictions(predictions: pd.DataFrame, model: LeadScoringModel) -> Evaluation:
+    """An :class:`Evaluation` from stored outer-fold predictions (``probability`` and ``p_<baseline>``)."""
+    y = predictions["label"].to_numpy().astype("int64")
+    probs = {"model": predictions["probability"].to_numpy(dtype="float64"),
+             **{c[2:]: predictions[c].to_numpy(dtype="float64") for c in predictions.columns if c.startswith("p_")}}
+    p_model = probs["model"]
+    folds = model.metadata.get("fold_metrics")
+    return Evaluation(
+        metrics=pd.DataFrame({name: evaluate(y, p) for name, p in probs.items()}),
+        reliability=reliability_table(y, p_model),
+        lift=lift_table(y, p_model),
+        grades=grade_table(y, predictions["grade"].to_numpy()),
+        predictions=predictions.reset_index(drop=True),
+        folds=pd.DataFrame(folds) if folds else None,
     )
 
 
@@ -190,6 +209,14 @@ def train(
     return train_on(ts, config, tune_trials)
 
 
+def fit_deployed(ts: TrainingSet, config: Config) -> LeadScoringModel:
+    """The deployed model of the training design on *ts*, without the baselines (backtests)."""
+    y = ts.frame[Labeled.label].to_numpy()
+    folds = time_folds(ts.frame[Labeled.as_of], y, ts.horizon_days, config)
+    return cross_fit(ts.frame[ts.features], y, folds, config, catalog=ts.catalog, event_types=ts.event_types,
+                     as_of=pd.to_datetime(ts.frame[Labeled.as_of]).to_numpy()).model
+
+
 def train_on(ts: TrainingSet, config: Config, tune_trials: int | None = None) -> TrainResult:
     """:func:`train` on a built training set."""
     y = ts.frame[Labeled.label].to_numpy()
@@ -202,6 +229,7 @@ def train_on(ts: TrainingSet, config: Config, tune_trials: int | None = None) ->
     )
     model = fit.model
     evaluation = outer_evaluation(model, ts.frame, y, fit, KEY)
+    model.outer_predictions_ = evaluation.predictions
     model.metadata = {
         "training_as_of": ts.as_of.isoformat(),
         "horizon_days": ts.horizon_days,
