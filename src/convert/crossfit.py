@@ -10,13 +10,14 @@ One training design for event mode and flat mode. The labelled rows are cut into
 * flat ``--split random`` -- stratified, seeded blocks; a fold fits on the other blocks.
 
 Blocks are cut from the latest backwards, each holding at least ``train.fold_share`` of the
-conversions and ``train.min_positives`` of them, so a growing population (most rows late)
-does not starve the early folds and every fold can be judged.
+conversions (and at least ``train.min_positives`` of them) and of the rows, so a growing
+population (most rows late) does not starve the early folds and every fold can be judged.
 
 **Nested.** The last ``train.outer_folds`` folds are *outer*: their figures are reported and
 compared with the baselines, and nothing was chosen on them. Every choice is made on the
 *inner* folds before them: the boosting rounds (the round minimising the mean inner-fold log
-loss, boosters run in lockstep, so one drifting slice cannot stop training after two rounds),
+loss after a per-fold shift of the level -- a drifting base rate is the calibrator's job --
+boosters run in lockstep, so one drifting slice cannot stop training after two rounds),
 the parameters (``--tune``: the configured parameters are always candidate 0, so tuning can
 only win on the inner folds), the log-odds blend weight with the logistic model
 (:mod:`convert.linear`), and the calibrator (isotonic or sigmoid by cross-validated log loss
@@ -124,16 +125,21 @@ class Folds:
         return pd.DataFrame(rows)
 
 
-def _blocks_from_end(positives: np.ndarray, n_blocks: int, target: int) -> list[tuple[int, int]] | None:
+def _blocks_from_end(
+    positives: np.ndarray, n_blocks: int, target: int, rows: np.ndarray | None = None, target_rows: int = 0
+) -> list[tuple[int, int]] | None:
     """Cut units (as-of times or rows, in order) into *n_blocks* consecutive blocks from the end,
-    each the fewest units holding at least *target* positives; ``None`` when they run out."""
+    each the fewest units holding at least *target* positives and *target_rows* rows; ``None``
+    when the positives run out."""
     blocks: list[tuple[int, int]] = []
     hi = len(positives)
+    sizes = np.ones(len(positives), dtype="int64") if rows is None else rows
     for _ in range(n_blocks):
-        held, lo = 0, hi
-        while lo > 0 and held < target:
+        held, size, lo = 0, 0, hi
+        while lo > 0 and (held < target or size < target_rows):
             lo -= 1
             held += int(positives[lo])
+            size += int(sizes[lo])
         if held < target:
             return None
         blocks.append((lo, hi))
@@ -174,7 +180,9 @@ def _time_folds(
     total = int(pos_per_time.sum())
     n_outer, n_inner = config.train.outer_folds, config.train.inner_folds
     target = _fold_target(total, config)
-    blocks = _blocks_from_end(pos_per_time, n_inner + n_outer, target)
+    rows_per_time = np.bincount(inverse, minlength=len(times))
+    blocks = _blocks_from_end(pos_per_time, n_inner + n_outer, target, rows_per_time,
+                              math.ceil(config.train.fold_share * len(values)))
     horizon = np.timedelta64(horizon_days, "D")
     figures = (f"{len(times)} labelled as-of times ({_date(times[0]) if len(times) else '-'} to "
                f"{_date(times[-1]) if len(times) else '-'}) hold {total} conversions")
@@ -230,7 +238,7 @@ def _ordered_folds(labels: np.ndarray, config: Config) -> tuple[Folds | None, st
     total = int(y.sum())
     n_outer, n_inner = config.train.outer_folds, config.train.inner_folds
     target = _fold_target(total, config)
-    blocks = _blocks_from_end(y, n_inner + n_outer, target)
+    blocks = _blocks_from_end(y, n_inner + n_outer, target, None, math.ceil(config.train.fold_share * len(y)))
     if blocks is None or int(y[: blocks[0][0]].sum()) < config.train.min_positives:
         return None, (f"{len(y)} rows hold {total} converted leads: too few for {n_inner} inner and "
                       f"{n_outer} outer folds of at least {target} each and a first fit with "
@@ -371,13 +379,38 @@ def _logloss(y: np.ndarray, p: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
 
 
+def shifted_log_loss(p: np.ndarray, y: np.ndarray) -> float:
+    """Log loss after shifting the log-odds so the mean prediction equals the base rate of *y*.
+
+    The rounds are chosen by this, not the plain log loss: when the base rate drifts between
+    folds, the plain log loss rewards stopping early (a weaker model is less wrong about the
+    old rate), though the calibrator, fitted afterwards, corrects the level anyway.
+    """
+    z = np.log(np.clip(p, 1e-15, 1 - 1e-15)) - np.log1p(-np.clip(p, 1e-15, 1 - 1e-15))
+    rate = float(np.mean(y))
+    b = 0.0
+    for _ in range(8):  # Newton steps on mean(sigmoid(z + b)) = rate
+        q = 1.0 / (1.0 + np.exp(-(z + b)))
+        grad = float(q.mean()) - rate
+        hess = float((q * (1 - q)).mean())
+        if hess <= 0 or abs(grad) < 1e-10:
+            break
+        b -= grad / hess
+    return _logloss(y, 1.0 / (1.0 + np.exp(-(z + b))))
+
+
+def _shifted_metric(preds: np.ndarray, data: lgb.Dataset) -> tuple[str, float, bool]:
+    return "shifted_log_loss", shifted_log_loss(preds, data.get_label()), False
+
+
 def inner_rounds(
     X: np.ndarray, y: np.ndarray, folds: Sequence[Fold], lgb_params: Mapping[str, Any], spec: FeatureSpec,
     max_rounds: int, patience: int, weights: Callable[[np.ndarray], np.ndarray | None],
     fixed: int | None = None,
 ) -> tuple[int, float, list[np.ndarray]]:
-    """Boost every inner fold in lockstep; the round minimising the mean inner-fold log loss,
-    that loss, and each fold's out-of-fold raw scores at that round (*fixed*: exactly that many
+    """Boost every inner fold in lockstep; the round minimising the mean inner-fold log loss
+    (level-shifted: :func:`shifted_log_loss`), that loss, and each fold's out-of-fold raw scores
+    at that round (*fixed*: exactly that many
     rounds, as a recipe refitted elsewhere prescribes)."""
     boosters = []
     for f in folds:
@@ -391,7 +424,7 @@ def inner_rounds(
         losses = []
         for booster in boosters:
             booster.update()
-            losses.append(booster.eval_valid()[0][2])
+            losses.append(booster.eval_valid(feval=_shifted_metric)[-1][2])
         mean = float(np.mean(losses))
         if fixed is not None:
             if it == fixed:
