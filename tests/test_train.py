@@ -71,8 +71,12 @@ def test_too_little_history_is_refused_with_advice(sim_export):
 
 def test_too_short_a_window_is_refused(sim_export):
     data = load(sim_export)
+    monthly = Config.from_dict({"labels": {"frequency": "monthly", "min_history_days": 60}})
     with pytest.raises(InsufficientDataError, match="as-of times"):
-        build_training_set(data, Config(), as_of="2023-05-01")
+        build_training_set(data, monthly, as_of="2023-05-01")
+    # auto goes daily on four weeks of known labels, but three days are too few even so
+    with pytest.raises(InsufficientDataError, match="no spacing reaches 24"):
+        build_training_set(data, Config(), as_of="2023-04-03")
 
 
 def test_split_shares_are_shares_of_rows():

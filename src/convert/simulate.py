@@ -56,6 +56,11 @@ Generative story
 7. **Censoring**: nothing is dated after ``end``; a conversion or disqualification after
    ``end`` is left empty (the lead is still open), events after ``end`` are dropped.
 
+Regimes (:class:`Regime`, presets in :data:`REGIMES`) bend the story the ways real CRMs differ
+from the demo: a 4-month history (``short``), nobody ever disqualified (``open``), a base rate
+drifting with time (``drift``), and fit acting smoothly and additively through a few of many
+extra attributes (``additive``). The default regime draws exactly what the story always drew.
+
 On a 90-day horizon, ``convert.train`` (default configuration, 20,000 leads) reaches a
 hold-out ROC AUC of about 0.89 (logistic regression 0.86); fit and lead age alone give
 about 0.73. See ``docs/simulator.md``.

@@ -213,6 +213,9 @@ def train_step(
             echo(line)
         result = train(data, config, as_of=as_of, tune_trials=tune_trials)
         result.model.metadata["leakage"] = leakage.to_dict()
+        grid = result.training_set.grid
+        if grid is not None:
+            echo(f"training snapshots: {grid.describe()}")
         hold = result.split.masks["holdout"]
         holdout = result.training_set.frame.loc[hold].reset_index(drop=True)
         champion_metrics = None
@@ -227,7 +230,8 @@ def train_step(
         data.close()
     params = {
         "model_name": name, "training_as_of": result.training_set.as_of.isoformat(),
-        "horizon_days": config.labels.horizon_days, "frequency": config.labels.frequency,
+        "horizon_days": config.labels.horizon_days,
+        "frequency": grid.frequency if grid is not None else config.labels.frequency,
         "lightgbm": result.params, **leakage.params(),
     }
     summary = _log_training(result, name, params, holdout, champion_metrics, leakage, config)
