@@ -11,6 +11,7 @@ from convert import load, train
 from convert.calibrate import select_calibrator
 from convert.catalog import Catalog, FeatureDef
 from convert.config import Config
+from convert.crossfit import cross_fit, time_folds
 from convert.exceptions import FeatureMismatchError, InsufficientDataError
 from convert.model import (
     FeatureMatrix,
@@ -19,7 +20,6 @@ from convert.model import (
     grade_from_score,
     score_from_probability,
 )
-from convert.crossfit import cross_fit, time_folds
 from convert.train import build_training_set
 from convert.treeshap import lightgbm_matrix
 
@@ -151,8 +151,12 @@ def test_short_history_refusal_gives_figures_and_a_setting_that_trains():
 
 def test_too_short_a_window_is_refused(sim_export):
     data = load(sim_export)
+    monthly = Config.from_dict({"labels": {"frequency": "monthly", "min_history_days": 60}})
     with pytest.raises(InsufficientDataError, match="as-of times"):
-        build_training_set(data, Config(), as_of="2023-05-01")
+        build_training_set(data, monthly, as_of="2023-05-01")
+    # auto goes daily on four weeks of known labels, but three days are too few even so
+    with pytest.raises(InsufficientDataError, match="no spacing reaches 24"):
+        build_training_set(data, Config(), as_of="2023-04-03")
 
 
 def test_folds_are_sized_by_conversions_for_a_growing_population():

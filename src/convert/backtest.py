@@ -31,7 +31,7 @@ from convert.config import STANDARD_EVENT_TYPES, Config
 from convert.dataset import CRMData
 from convert.exceptions import ConfigError, ConvertError, InsufficientDataError
 from convert.features import KEY, build_features, discover_event_types, feature_catalog
-from convert.labels import as_of_grid, build_labels, parse_as_of
+from convert.labels import build_labels, grid_for, parse_as_of
 from convert.metrics import _new_figure, evaluate
 from convert.model import LeadScoringModel
 from convert.schema import Labeled
@@ -137,10 +137,10 @@ def backtest(
 
     # one labelled feature frame for every snapshot any training point or origin needs
     first = data.earliest_created()
-    grids = {
-        r: as_of_grid(first, r, horizon, config.labels.frequency, config.labels.min_history_days)
-        for r in train_points
-    }
+    chosen = {r: grid_for(config.labels, first, r) for r in train_points}
+    grids = {r: g.times for r, g in chosen.items()}
+    for r, g in chosen.items():
+        say(f"snapshots for training at {r:%Y-%m-%d}: {g.describe()}")
     for r, grid in grids.items():
         needed = config.train.inner_folds + config.train.outer_folds + 1
         if len(grid) < needed:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import click
 import typer
@@ -62,21 +62,49 @@ def generate(
     leads: Annotated[int, typer.Option("--leads", min=1)] = 20_000,
     seed: Annotated[int, typer.Option("--seed")] = 42,
     fmt: Annotated[str, typer.Option("--format", help="csv or parquet")] = "csv",
-    start: Annotated[str, typer.Option("--start")] = "2023-01-01",
+    start: Annotated[str | None, typer.Option(
+        "--start", help="First creation date (default 2023-01-01, or --months before --end).")] = None,
     end: Annotated[str, typer.Option("--end")] = "2025-12-31",
     clean: Annotated[bool, typer.Option("--clean", help="Plant no bad rows.")] = False,
     activity: Annotated[float, typer.Option(
         "--activity", min=0.01, help="Multiplier of self-directed engagement (1: ~30 events a lead; 4.4: ~100)."
     )] = 1.0,
+    regime: Annotated[str, typer.Option(
+        "--regime", help="Preset: default, short (4 months), open (12 months, never disqualified), "
+        "drift (base rate shifts), additive (smooth additive fit among 30 extra attributes).")] = "default",
+    months: Annotated[int | None, typer.Option(
+        "--months", min=1, help="History length in whole months ending with --end (overrides the preset).")] = None,
+    disqualify: Annotated[bool | None, typer.Option(
+        "--disqualify/--no-disqualify", help="Whether sales disqualifies leads (overrides the preset).")] = None,
+    drift: Annotated[float | None, typer.Option(
+        "--drift", help="Base-rate change in log-odds from --start to --end (overrides the preset).")] = None,
+    attributes: Annotated[int | None, typer.Option(
+        "--attributes", min=0, help="Extra lead attributes attr_NN, six of them relevant (overrides the preset).")] = None,
 ) -> None:
     """Write a seeded synthetic CRM export (leads, accounts, events, stages)."""
-    from convert.simulate import generate_crm
+    import dataclasses
+
+    from convert.simulate import REGIMES, generate_crm
 
     if fmt not in ("csv", "parquet"):
         raise ConvertError(f"--format must be csv or parquet, not {fmt!r}")
+    if regime not in REGIMES:
+        raise ConvertError(f"--regime must be one of {', '.join(REGIMES)}, not {regime!r}")
+    overrides: dict[str, Any] = {k: v for k, v in (("months", months), ("disqualify", disqualify), ("drift", drift),
+                                   ("attributes", attributes)) if v is not None}
+    if start is not None and months is None:
+        overrides["months"] = None  # an explicit --start wins over the preset's history length
+    chosen = dataclasses.replace(REGIMES[regime], **overrides)
+    if overrides:
+        chosen = dataclasses.replace(chosen, name="custom" if regime == "default" else f"{regime} (modified)")
     summary = generate_crm(out, n_leads=leads, seed=seed, fmt=fmt, start=start, end=end,  # type: ignore[arg-type]
-                           bad_rows=not clean, activity=activity)
+                           bad_rows=not clean, activity=activity, regime=chosen)
     echo(str(summary))
+    if summary.extra_attributes():
+        echo("  to train on the extra attributes, add to params.yaml under features:")
+        echo("    extra_attributes:")
+        for entry in summary.extra_attributes():
+            echo(f"      - {{table: {entry['table']}, column: {entry['column']}, kind: {entry['kind']}}}")
 
 
 @app.command()

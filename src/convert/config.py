@@ -51,8 +51,15 @@ class LabelsConfig(_Section):
     """Population and label: horizon and the grid of training snapshots."""
 
     horizon_days: int = Field(90, gt=0)
-    frequency: Literal["weekly", "biweekly", "monthly", "quarterly"] = "monthly"
-    min_history_days: int = Field(60, ge=0)
+    #: Snapshot spacing; ``auto``: the coarsest giving at least ``min_as_of_times`` labelled
+    #: snapshots (see :func:`convert.labels.choose_grid`).
+    frequency: Literal["auto", "daily", "weekly", "biweekly", "monthly", "quarterly"] = "auto"
+    min_as_of_times: int = Field(24, ge=1)
+    #: Days from the first lead to the first snapshot; ``None``: a tenth of the labelled span,
+    #: at most 60 days.
+    min_history_days: int | None = Field(None, ge=0)
+    #: When set, training looks back at most this many days before its latest labelled snapshot.
+    window_days: int | None = Field(None, gt=0)
 
 
 class ExtraAttribute(_Section):

@@ -400,7 +400,7 @@ def shifted_log_loss(p: np.ndarray, y: np.ndarray) -> float:
 
 
 def _shifted_metric(preds: np.ndarray, data: lgb.Dataset) -> tuple[str, float, bool]:
-    return "shifted_log_loss", shifted_log_loss(preds, data.get_label()), False
+    return "shifted_log_loss", shifted_log_loss(preds, np.asarray(data.get_label())), False
 
 
 def inner_rounds(

@@ -147,7 +147,7 @@ def champion_comparison(
     calibration method) refitted there.
     """
     from convert.features import build_features
-    from convert.labels import as_of_grid, build_labels
+    from convert.labels import build_labels, grid_for
     from convert.metrics import evaluate
     from convert.train import default_as_of
 
@@ -158,8 +158,8 @@ def champion_comparison(
     cut_champion = (pd.Timestamp(champ_fit) if champ_fit else
                     pd.Timestamp(champion.metadata.get("training_as_of", cut_challenger)) - pd.Timedelta(days=horizon))
     newest = max(cut_challenger, cut_champion)
-    grid = as_of_grid(data.earliest_created(), default_as_of(data), horizon, config.labels.frequency,
-                      config.labels.min_history_days)
+    grid = grid_for(config.labels.model_copy(update={"horizon_days": horizon}), data.earliest_created(),
+                    default_as_of(data)).times
     newer = [t for t in grid if t > newest]
     if newer:
         labels = build_labels(data.con, newer, horizon)
@@ -271,6 +271,9 @@ def train_step(
             echo(line)
         result = train(data, config, as_of=as_of, tune_trials=tune_trials)
         result.model.metadata["leakage"] = leakage.to_dict()
+        grid = result.training_set.grid
+        if grid is not None:
+            echo(f"training snapshots: {grid.describe()}")
         hold = result.split.masks["holdout"]
         holdout = result.training_set.frame.loc[hold].reset_index(drop=True)
         champion_metrics, comparison = None, None
@@ -281,7 +284,8 @@ def train_step(
         data.close()
     params = {
         "model_name": name, "training_as_of": result.training_set.as_of.isoformat(),
-        "horizon_days": config.labels.horizon_days, "frequency": config.labels.frequency,
+        "horizon_days": config.labels.horizon_days,
+        "frequency": grid.frequency if grid is not None else config.labels.frequency,
         "lightgbm": result.params, **leakage.params(),
         **({"comparison": comparison} if comparison else {}),
     }
@@ -506,7 +510,7 @@ def _newer_evaluation(data: CRMData, model: LeadScoringModel, cfg: Config, echo:
     """The deployed model on labelled as-of times newer than its training cut-off, or ``None``."""
     from convert.baselines import fit_baselines
     from convert.features import KEY, build_features
-    from convert.labels import as_of_grid, build_labels
+    from convert.labels import build_labels, grid_for
     from convert.metrics import evaluate, grade_table, lift_table, reliability_table
     from convert.model import score_from_probability
     from convert.train import default_as_of
@@ -515,8 +519,8 @@ def _newer_evaluation(data: CRMData, model: LeadScoringModel, cfg: Config, echo:
     if not fit_to:
         return None
     horizon = model.horizon_days
-    grid = as_of_grid(data.earliest_created(), default_as_of(data), horizon, cfg.labels.frequency,
-                      cfg.labels.min_history_days)
+    grid = grid_for(cfg.labels.model_copy(update={"horizon_days": horizon}), data.earliest_created(),
+                    default_as_of(data)).times
     newer = [t for t in grid if t > pd.Timestamp(fit_to)]
     if not newer:
         return None

@@ -25,7 +25,7 @@ from convert.crossfit import CrossFit, Folds, cross_fit, time_folds
 from convert.dataset import CRMData
 from convert.exceptions import InsufficientDataError
 from convert.features import KEY, build_features
-from convert.labels import as_of_grid, build_labels, parse_as_of
+from convert.labels import AsOfGrid, build_labels, grid_for, parse_as_of
 from convert.metrics import evaluate, grade_table, lift_table, reliability_table
 from convert.model import LeadScoringModel, score_from_probability
 from convert.schema import Labeled
@@ -40,6 +40,7 @@ class TrainingSet:
     event_types: tuple[str, ...]
     as_of: pd.Timestamp
     horizon_days: int
+    grid: AsOfGrid | None = None  # the snapshot grid and how it was chosen
 
     @property
     def features(self) -> list[str]:
@@ -61,24 +62,21 @@ def build_training_set(
     """Labels and point-in-time features for every as-of time whose horizon ended by *as_of*."""
     t = parse_as_of(as_of) or default_as_of(data)
     horizon = config.labels.horizon_days
-    grid = as_of_grid(
-        data.earliest_created(), t, horizon, config.labels.frequency, config.labels.min_history_days
-    )
+    grid = grid_for(config.labels, data.earliest_created(), t)
     needed = config.train.inner_folds + config.train.outer_folds + 1
     if len(grid) < needed:
         raise InsufficientDataError(
             f"only {len(grid)} as-of times between the first lead and {t:%Y-%m-%d} minus the "
-            f"{horizon}-day horizon (labels.frequency: {config.labels.frequency}, "
-            f"labels.min_history_days: {config.labels.min_history_days}); training needs at least "
-            f"{needed} ({config.train.inner_folds} inner folds, {config.train.outer_folds} outer, one "
-            "to fit the first). Use more frequent snapshots (labels.frequency: weekly or daily), a "
-            "shorter --horizon-days, a smaller labels.min_history_days, or train.inner_folds: 2 and "
+            f"{horizon}-day horizon ({grid.describe()}); training needs at least {needed} "
+            f"({config.train.inner_folds} inner folds, {config.train.outer_folds} outer, one to fit the "
+            "first). Use more frequent snapshots (labels.frequency: daily or weekly), a shorter "
+            "--horizon-days, a smaller labels.min_history_days, or train.inner_folds: 2 and "
             "train.outer_folds: 1"
         )
-    labels = build_labels(data.con, grid, horizon)
+    labels = build_labels(data.con, grid.times, horizon)
     fs = build_features(data.con, labels, config.features)
     frame = labels.merge(fs.frame, on=KEY, how="left", validate="one_to_one")
-    return TrainingSet(frame, fs.catalog, fs.event_types, t, horizon)
+    return TrainingSet(frame, fs.catalog, fs.event_types, t, horizon, grid)
 
 
 @dataclass
@@ -233,7 +231,8 @@ def train_on(ts: TrainingSet, config: Config, tune_trials: int | None = None) ->
     model.metadata = {
         "training_as_of": ts.as_of.isoformat(),
         "horizon_days": ts.horizon_days,
-        "frequency": config.labels.frequency,
+        "frequency": ts.grid.frequency if ts.grid else config.labels.frequency,
+        "as_of_grid": ts.grid.to_dict() if ts.grid else None,
         **training_metadata(fit, folds, y, evaluation),
         "seed": config.seed,
         "features_config": config.features.model_dump(mode="json"),
