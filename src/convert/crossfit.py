@@ -524,7 +524,7 @@ def cross_fit(
 
     # 2. blend weight with the logistic model, by inner out-of-fold log loss
     linear_inner = np.concatenate([
-        LinearScorer().fit(_take(X, f.train), y[f.train], kinds, weights(f.train)).raw(_take(X, f.test))
+        LinearScorer(seed=config.seed).fit(_take(X, f.train), y[f.train], kinds, weights(f.train)).raw(_take(X, f.test))
         for f in inner
     ]) if (tc.blend if recipe is None else recipe.blend_weight > 0) else None
     blend_losses: dict[str, float] = {}
@@ -549,7 +549,7 @@ def cross_fit(
                                  horizon_days=config.labels.horizon_days, grade_cutoffs=config.scoring.grade_cutoffs)
         model.fit_matrix(_take(X, rows), y[rows], spec=fold_spec, catalog=catalog, sample_weight=weights(rows))
         if weight > 0:
-            model.blend(LinearScorer().fit(_take(X, rows), y[rows], kinds, weights(rows)), weight)
+            model.blend(LinearScorer(seed=config.seed).fit(_take(X, rows), y[rows], kinds, weights(rows)), weight)
         return model
 
     outer_raw, outer_probs_parts, fold_rows = [], [], []

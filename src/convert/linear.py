@@ -54,10 +54,14 @@ class LinearScorer:
     intercept_ : float
     """
 
-    def __init__(self, C: float = 1.0, min_frequency: int = 10, max_iter: int = 500) -> None:
+    def __init__(
+        self, C: float = 1.0, min_frequency: int = 10, max_iter: int = 500, max_rows: int = 60_000, seed: int = 0
+    ) -> None:
         self.C = C
         self.min_frequency = min_frequency
         self.max_iter = max_iter
+        self.max_rows = max_rows
+        self.seed = seed
 
     def fit(
         self, X: np.ndarray, y: np.ndarray, kinds: Sequence[str], sample_weight: np.ndarray | None = None
@@ -84,14 +88,37 @@ class LinearScorer:
                 self.columns_.append({"kind": kind, "log": log, "median": median, "mean": mean,
                                       "scale": scale if scale > 0 else 1.0,
                                       "missing": bool((~present).any())})
+        labels = np.asarray(y, dtype="int64")
+        weight = np.ones(len(labels)) if sample_weight is None else np.asarray(sample_weight, dtype="float64")
+        rows = self._sample(labels)
+        if rows is not None:  # every conversion, a seeded sample of the rest, reweighted
+            kept = np.zeros(len(labels), dtype=bool)
+            kept[rows] = True
+            scale = {c: (labels == c).sum() / max(1, (kept & (labels == c)).sum()) for c in (0, 1)}
+            weight = weight * np.where(labels == 1, scale[1], scale[0])
+            X, labels, weight = X[rows], labels[rows], weight[rows]
         Z, self.groups_ = self._design(X)
         model = LogisticRegression(C=self.C, max_iter=self.max_iter)
-        model.fit(Z, np.asarray(y, dtype="int64"), sample_weight=sample_weight)
+        # weights scaled to mean 1 so that C means the same whatever the sampling
+        model.fit(Z, labels, sample_weight=weight / weight.mean() if len(weight) else None)
         self.coef_ = np.asarray(model.coef_[0], dtype="float64")
         self.intercept_ = float(model.intercept_[0])
-        w = None if sample_weight is None else np.asarray(sample_weight, dtype="float64")
-        self.zbar_ = np.average(Z, axis=0, weights=w) if len(Z) else np.zeros(Z.shape[1])
+        self.zbar_ = np.average(Z, axis=0, weights=weight) if len(Z) else np.zeros(Z.shape[1])
         return self
+
+    def _sample(self, labels: np.ndarray) -> np.ndarray | None:
+        """Rows fitted when there are more than ``max_rows``: all conversions (up to half of
+        ``max_rows``) and a seeded sample of the others; ``None`` to fit every row. The linear
+        half of a blend needs far fewer rows than the booster, and its fit costs more per row."""
+        n = len(labels)
+        if n <= self.max_rows:
+            return None
+        rng = np.random.default_rng(self.seed)
+        pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+        if len(pos) > self.max_rows // 2:
+            pos = np.sort(rng.choice(pos, self.max_rows // 2, replace=False))
+        neg = np.sort(rng.choice(neg, min(len(neg), self.max_rows - len(pos)), replace=False))
+        return np.sort(np.concatenate([pos, neg]))
 
     def _design(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if X.ndim != 2 or X.shape[1] != len(self.columns_):
@@ -147,13 +174,13 @@ class LinearScorer:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"C": self.C, "min_frequency": self.min_frequency, "kinds": self.kinds_,
+        return {"C": self.C, "min_frequency": self.min_frequency, "max_rows": self.max_rows, "kinds": self.kinds_,
                 "columns": self.columns_, "coef": self.coef_.tolist(), "zbar": self.zbar_.tolist(),
                 "intercept": self.intercept_}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LinearScorer:
-        out = cls(C=float(data["C"]), min_frequency=int(data["min_frequency"]))
+        out = cls(C=float(data["C"]), min_frequency=int(data["min_frequency"]), max_rows=int(data.get("max_rows", 60_000)))
         out.kinds_ = list(data["kinds"])
         out.columns_ = [dict(c) for c in data["columns"]]
         out.coef_ = np.asarray(data["coef"], dtype="float64")
