@@ -166,7 +166,7 @@ def train(
     as_of: Annotated[str | None, typer.Option("--as-of", help="Training as-of (default: day after the latest timestamp).")] = None,
     horizon_days: Annotated[int | None, typer.Option("--horizon-days")] = None,
     config: ConfigOpt = None,
-    tune: Annotated[int | None, typer.Option("--tune", help="Random-search trials with time-series CV.")] = None,
+    tune: Annotated[int | None, typer.Option("--tune", help="Random-search trials scored on the inner folds (trial 0: the configured parameters).")] = None,
     model_name: Annotated[str | None, typer.Option("--model-name")] = None,
     save: Annotated[Path | None, typer.Option("--save", help="Also write the model bundle to this folder (e.g. models/lead-conversion).")] = None,
     rejects: RejectsOpt = None, strict: StrictOpt = False,
@@ -193,10 +193,8 @@ def train(
         raise ConfigError("--target, --positive, --id and --split are for a flat file (--data FILE); "
                           f"{data} is an export folder or a database")
     if flat:
-        if tune:
-            raise ConfigError("--tune is not available for flat tables yet")
         summary = steps.train_flat_step(data, cfg, m, target, positive, id_column, split, model_name,
-                                        str(rejects) if rejects else None, strict or None, echo)
+                                        str(rejects) if rejects else None, strict or None, echo, tune)
     else:
         summary = steps.train_step(data, cfg, as_of, tune, model_name, str(rejects) if rejects else None,
                                    strict or None, echo, m)

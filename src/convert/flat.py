@@ -441,6 +441,7 @@ def train_flat(
     config: Config,
     mapping: Mapping | None = None,
     split: Split | None = None,
+    tune_trials: int | None = None,
 ) -> FlatTrainResult:
     """Screen for leakage, split, fit, calibrate and evaluate a flat table.
 
@@ -477,6 +478,7 @@ def train_flat(
     fit = cross_fit(
         frame[ts.features], y, cut, config, catalog=catalog,
         baselines=lambda X, yy: {LogisticBaseline.name: LogisticBaseline(seed=config.seed).fit(X, yy)},
+        trials=config.train.tune_trials if tune_trials is None else tune_trials,
     )
     model, cv = fit.model, fit.calibration_cv
     evaluation = outer_evaluation(model, frame, y, fit, [Labeled.lead_id])
@@ -500,7 +502,7 @@ def train_flat(
     }
     return FlatTrainResult(
         model=model, evaluation=evaluation, slices=slices, calibration_cv=cv, training_set=ts, split=cut,
-        params=fit.params, crossfit=fit, leakage=leakage, table=table,
+        params=fit.params, crossfit=fit, tuning=fit.tuning, leakage=leakage, table=table,
     )
 
 

@@ -92,10 +92,10 @@ class LinearScorer:
         weight = np.ones(len(labels)) if sample_weight is None else np.asarray(sample_weight, dtype="float64")
         rows = self._sample(labels)
         if rows is not None:  # every conversion, a seeded sample of the rest, reweighted
-            kept = np.zeros(len(labels), dtype=bool)
-            kept[rows] = True
-            scale = {c: (labels == c).sum() / max(1, (kept & (labels == c)).sum()) for c in (0, 1)}
-            weight = weight * np.where(labels == 1, scale[1], scale[0])
+            in_sample = np.zeros(len(labels), dtype=bool)
+            in_sample[rows] = True
+            up = [float((labels == c).sum() / max(1, (in_sample & (labels == c)).sum())) for c in (0, 1)]
+            weight = weight * np.where(labels == 1, up[1], up[0])
             X, labels, weight = X[rows], labels[rows], weight[rows]
         Z, self.groups_ = self._design(X)
         model = LogisticRegression(C=self.C, max_iter=self.max_iter)

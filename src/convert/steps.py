@@ -324,6 +324,7 @@ def train_flat_step(
     rejects: str | None = None,
     strict: bool | None = None,
     echo: Echo = _quiet,
+    tune_trials: int | None = None,
 ) -> TrainSummary:
     """Train on a flat table (``--data FILE --target COLUMN``): load, screen for leakage, fit,
     evaluate beside a logistic regression (and the champion), log and register under the flat
@@ -343,7 +344,7 @@ def train_flat_step(
         echo(f"warning: {warning}")
     for column, why in table.dropped.items():
         echo(f"not a feature: {column!r} ({why})")
-    result = flat.train_flat(table, config, mapping, split)  # type: ignore[arg-type]
+    result = flat.train_flat(table, config, mapping, split, tune_trials)  # type: ignore[arg-type]
     for line in result.leakage.lines():
         echo(line)
     holdout = result.training_set.frame.loc[result.split.masks["holdout"]].reset_index(drop=True)
