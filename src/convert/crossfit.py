@@ -403,19 +403,44 @@ def _shifted_metric(preds: np.ndarray, data: lgb.Dataset) -> tuple[str, float, b
     return "shifted_log_loss", shifted_log_loss(preds, np.asarray(data.get_label())), False
 
 
+class Binned:
+    """Every row binned once by LightGBM; a fold's rows are subsets sharing its bins (as
+    ``lightgbm.cv`` does). Bins come from feature values only, never labels. With recency
+    weights (relative to each fit's latest as-of time) every fit bins its own rows instead."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, spec: FeatureSpec, params: Mapping[str, Any],
+                 weighted: bool) -> None:
+        self.X, self.y, self.spec = X, y, spec
+        self.full: lgb.Dataset | None = None
+        if not weighted:
+            self.full = lgb.Dataset(X, label=y, feature_name=spec.names, categorical_feature=spec.categorical or "auto",
+                                    free_raw_data=False, params=dict(params))
+            self.full.pandas_categorical = [list(spec.categories[n]) for n in spec.categorical]
+            self.full.construct()
+
+    def rows(self, rows: np.ndarray, weight: np.ndarray | None = None,
+             reference: lgb.Dataset | None = None) -> lgb.Dataset:
+        if self.full is None:
+            return _dataset(_take(self.X, rows), self.y[rows], self.spec, weight, reference)
+        if len(rows) == len(self.y):
+            return self.full
+        return self.full.subset(np.sort(rows).astype("int32"))  # type: ignore[arg-type]
+
+
 def inner_rounds(
     X: np.ndarray, y: np.ndarray, folds: Sequence[Fold], lgb_params: Mapping[str, Any], spec: FeatureSpec,
     max_rounds: int, patience: int, weights: Callable[[np.ndarray], np.ndarray | None],
-    fixed: int | None = None,
+    fixed: int | None = None, binned: Binned | None = None,
 ) -> tuple[int, float, list[np.ndarray]]:
     """Boost every inner fold in lockstep; the round minimising the mean inner-fold log loss
     (level-shifted: :func:`shifted_log_loss`), that loss, and each fold's out-of-fold raw scores
     at that round (*fixed*: exactly that many
     rounds, as a recipe refitted elsewhere prescribes)."""
     boosters = []
+    binned = binned or Binned(X, y, spec, lgb_params, weighted=True)
     for f in folds:
-        train = _dataset(_take(X, f.train), y[f.train], spec, weights(f.train))
-        valid = _dataset(_take(X, f.test), y[f.test], spec, None, reference=train)
+        train = binned.rows(f.train, weights(f.train))
+        valid = binned.rows(f.test, None, reference=train)
         booster = lgb.Booster(dict(lgb_params), train)
         booster.add_valid(valid, "fold")
         boosters.append(booster)
@@ -499,7 +524,8 @@ def cross_fit(
     def weights(rows: np.ndarray) -> np.ndarray | None:
         return recency_weights(as_of, rows, half_life)
 
-    probe = LeadScoringModel(monotone_constraints=tc.monotone_constraints, seed=config.seed)
+    probe = LeadScoringModel(params=tc.lightgbm, monotone_constraints=tc.monotone_constraints, seed=config.seed)
+    binned = Binned(X, y, spec, probe._lgb_params(spec), weighted=half_life is not None)
     inner = folds.inner
     y_inner = np.concatenate([y[f.test] for f in inner])
 
@@ -511,10 +537,11 @@ def cross_fit(
         probe.params = params
         rounds, loss, oof = inner_rounds(X, y, inner, probe._lgb_params(spec), spec, tc.num_boost_round,
                                          tc.early_stopping_rounds, weights,
-                                         fixed=recipe.rounds if recipe else None)
+                                         fixed=recipe.rounds if recipe else None, binned=binned)
         if rounds < tc.min_boost_round and recipe is None:
             rounds, loss, oof = inner_rounds(X, y, inner, probe._lgb_params(spec), spec, tc.num_boost_round,
-                                             tc.early_stopping_rounds, weights, fixed=tc.min_boost_round)
+                                             tc.early_stopping_rounds, weights, fixed=tc.min_boost_round,
+                                             binned=binned)
         table.append({"trial": i, **params, "rounds": rounds, "inner_log_loss": loss})
         if best is None or loss < best[0] - 1e-12:
             best = (loss, rounds, params, oof)
@@ -547,7 +574,8 @@ def cross_fit(
         model = LeadScoringModel(params=params, num_boost_round=rounds, early_stopping_rounds=tc.early_stopping_rounds,
                                  monotone_constraints=tc.monotone_constraints, seed=config.seed,
                                  horizon_days=config.labels.horizon_days, grade_cutoffs=config.scoring.grade_cutoffs)
-        model.fit_matrix(_take(X, rows), y[rows], spec=fold_spec, catalog=catalog, sample_weight=weights(rows))
+        model.fit_matrix(_take(X, rows), y[rows], spec=fold_spec, catalog=catalog, sample_weight=weights(rows),
+                         dataset=binned.rows(rows, weights(rows)) if binned.full is not None else None)
         if weight > 0:
             model.blend(LinearScorer(seed=config.seed).fit(_take(X, rows), y[rows], kinds, weights(rows)), weight)
         return model

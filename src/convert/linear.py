@@ -55,7 +55,7 @@ class LinearScorer:
     """
 
     def __init__(
-        self, C: float = 1.0, min_frequency: int = 10, max_iter: int = 500, max_rows: int = 60_000, seed: int = 0
+        self, C: float = 1.0, min_frequency: int = 10, max_iter: int = 500, max_rows: int = 20_000, seed: int = 0
     ) -> None:
         self.C = C
         self.min_frequency = min_frequency
@@ -180,7 +180,7 @@ class LinearScorer:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LinearScorer:
-        out = cls(C=float(data["C"]), min_frequency=int(data["min_frequency"]), max_rows=int(data.get("max_rows", 60_000)))
+        out = cls(C=float(data["C"]), min_frequency=int(data["min_frequency"]), max_rows=int(data.get("max_rows", 20_000)))
         out.kinds_ = list(data["kinds"])
         out.columns_ = [dict(c) for c in data["columns"]]
         out.coef_ = np.asarray(data["coef"], dtype="float64")

@@ -320,6 +320,9 @@ class LeadScoringModel:
             "deterministic": True,
             "force_col_wise": True,
             "num_threads": 2,
+            # keep features a large min_data_in_leaf cannot split: one binned dataset then
+            # serves every parameter candidate (cross-fitting, --tune)
+            "feature_pre_filter": False,
             **self.params,
         }
         if self.monotone_constraints:
@@ -358,12 +361,15 @@ class LeadScoringModel:
         spec: FeatureSpec,
         catalog: Catalog,
         sample_weight: np.ndarray | None = None,
+        dataset: lgb.Dataset | None = None,
     ) -> LeadScoringModel:
         """:meth:`fit` on rows already encoded for *spec* (:class:`FeatureMatrix` values).
 
         Training encodes its frame once and fits on ranges of that one matrix, so no slice
         is copied or converted again; *spec* must be the one the rows were encoded for and
-        learned from the rows of *X*.
+        learned from the rows of *X*. *dataset*, when given, is LightGBM's binned form of
+        exactly these rows and labels (a subset of one dataset binned once, as cross-fitting
+        uses), and is trained on instead of binning *X* again.
         """
         for name, matrix in (("X", X), ("X_valid", X_valid)):
             if matrix is not None and (matrix.ndim != 2 or matrix.shape[1] != len(spec.names)):
@@ -374,7 +380,7 @@ class LeadScoringModel:
         self.catalog_ = catalog
         self.spec_ = spec
         params = self._lgb_params(spec)
-        train_set = lgb.Dataset(
+        train_set = dataset if dataset is not None else lgb.Dataset(
             X, label=np.asarray(y, dtype="float64"), weight=sample_weight, feature_name=spec.names,
             categorical_feature=spec.categorical or "auto", free_raw_data=True,
         )

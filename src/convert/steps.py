@@ -232,12 +232,16 @@ def _log_training(
     params = {
         **params, "seed": config.seed, "calibration": result.model.calibrator_.method,
         "best_iteration": result.model.best_iteration_, "n_features": len(result.model.spec_.names),
+        "blend_weight": result.model.blend_weight_,
+        "deployed_fit": "{from} to {to} ({rows} rows)".format(**result.model.metadata.get("deployed_fit", {})),
+        "metrics_from": result.model.metadata.get("metrics_from", ""),
     }
     with tempfile.TemporaryDirectory() as tmp:
         registered = registry.log_training(
             result.model, name, params, metrics,
             tables={"metrics": ev.metrics.reset_index(names="metric"), "reliability": ev.reliability,
-                    "lift": ev.lift, "grades": ev.grades, "slices": result.slices,
+                    "lift": ev.lift, "grades": ev.grades, "folds": result.slices,
+                    **({"fold_metrics": ev.folds} if ev.folds is not None else {}),
                     "importance": importance, "calibration_cv": pd.DataFrame([result.calibration_cv]),
                     **(tables or {})},
             figures={"reliability": plot_reliability(ev.reliability), "lift": plot_lift(ev.lift),
