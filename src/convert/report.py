@@ -475,7 +475,7 @@ def _performance(inp: ReportInputs) -> str:
         _p(f"Outer folds: as-of times {hold[0]:%Y-%m-%d} to {hold[1]:%Y-%m-%d}, {n:,} lead-snapshots, "
            f"{pos:,} conversions, each predicted by the recipe fitted only on snapshots whose horizon ended "
            "before its fold; no choice saw them. The baselines were fitted on the same rows as the model"
-           + (" (out-of-fold predictions recorded at training)" if ev.metrics.attrs.get("baselines_recorded") else "")
+           + (" (out-of-fold predictions as recorded at training)" if ev.metrics.attrs.get("baselines_recorded") else "")
            + "; best figure per metric in bold (higher is better for the AUCs, lower for the rest).")
         + table_html(frame, dict.fromkeys(shown.columns, ".4f"), bold={c: bold[c] for c in shown.columns})
         + '<div class="figures">'
