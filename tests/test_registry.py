@@ -59,25 +59,29 @@ def test_unknown_model_is_a_clear_error(mlflow_store):
 
 
 @pytest.mark.slow
-def test_promotion_after_a_refit_compares_where_neither_model_learned(sim_export, fast_config, mlflow_store, capsys):
-    """Deployed models learn every labelled snapshot: promotion compares on newer labelled as-of
-    times when there are some, else both recipes on the challenger's outer folds, and says which."""
+def test_promotion_after_a_refit_compares_where_neither_model_learned(sim_export, fast_config, mlflow_store):
+    """Deployed models learn every labelled snapshot: promotion compares on labelled as-of times
+    newer than both training cut-offs when there are some, else both recipes on the
+    challenger's outer folds, and says which."""
     from convert import steps
 
+    cfg = fast_config.with_overrides(train__min_positives=10)
     lines: list[str] = []
-    steps.train_step(sim_export, fast_config, as_of="2025-01-01", model_name="lead-refit", echo=lines.append)
-    # a later cut-off on the same data: the champion's recipe is refitted on the challenger's outer folds
-    steps.train_step(sim_export, fast_config, as_of="2025-03-01", model_name="lead-refit", echo=lines.append)
-    decision = registry.promote("lead-refit", "log_loss")
-    assert "the challenger's outer folds, the champion's recipe refitted there" in decision.reason
-    run = registry._client().get_run(registry.resolve("models:/lead-refit/2").run_id)
-    assert run.data.params["comparison"].startswith("the challenger's outer folds")
-    ours, theirs = run.data.metrics["comparison_challenger_log_loss"], run.data.metrics["comparison_champion_log_loss"]
-    assert decision.promoted == (theirs - ours > 0)
-    # an earlier cut-off than the champion's: labelled as-of times newer than both exist
-    summary = steps.train_step(sim_export, fast_config, as_of="2024-11-01", model_name="lead-refit",
-                               echo=lines.append)
+    steps.train_step(sim_export, cfg, as_of="2024-11-01", model_name="lead-refit", echo=lines.append)
+    # an earlier cut-off than the data's end: labelled as-of times newer than both exist
+    summary = steps.train_step(sim_export, cfg, as_of="2025-01-01", model_name="lead-refit", echo=lines.append)
     run = registry._client().get_run(summary.registered.run_id)
     assert run.data.params["comparison"].startswith("newer as-of times")
     decision = registry.promote("lead-refit", "log_loss")
     assert "newer as-of times" in decision.reason
+    ours, theirs = run.data.metrics["comparison_challenger_log_loss"], run.data.metrics["comparison_champion_log_loss"]
+    assert decision.promoted == (theirs - ours > 0)
+    # trained to the data's end: nothing newer is labelled, so the champion's recipe is refitted
+    # on the challenger's outer folds
+    summary = steps.train_step(sim_export, cfg, model_name="lead-refit", echo=lines.append)
+    run = registry._client().get_run(summary.registered.run_id)
+    assert run.data.params["comparison"].startswith("the challenger's outer folds")
+    decision = registry.promote("lead-refit", "log_loss")
+    assert "the challenger's outer folds, the champion's recipe refitted there" in decision.reason
+    ours, theirs = run.data.metrics["comparison_challenger_log_loss"], run.data.metrics["comparison_champion_log_loss"]
+    assert decision.promoted == (theirs - ours > 0)

@@ -119,7 +119,8 @@ class TrainConfig(_Section):
     early_stopping_rounds: int = Field(50, ge=1)
     #: Fewest rounds used, whatever the inner folds say.
     min_boost_round: int = Field(10, ge=1)
-    #: Blend LightGBM with the logistic model in log-odds when the blend wins on the inner folds.
+    #: Blend LightGBM with the logistic model in log-odds when the blend wins on the inner folds
+    #: (never with monotone_constraints: the linear half could bend a constrained feature).
     blend: bool = True
     #: Weight snapshots by recency: halve a row's weight every this many days (None: equal weights).
     recency_half_life_days: float | None = Field(None, gt=0)

@@ -553,7 +553,7 @@ def cross_fit(
     linear_inner = np.concatenate([
         LinearScorer(seed=config.seed).fit(_take(X, f.train), y[f.train], kinds, weights(f.train)).raw(_take(X, f.test))
         for f in inner
-    ]) if (tc.blend if recipe is None else recipe.blend_weight > 0) else None
+    ]) if (tc.blend and not tc.monotone_constraints if recipe is None else recipe.blend_weight > 0) else None
     blend_losses: dict[str, float] = {}
     weight = 0.0
     if recipe is not None:
