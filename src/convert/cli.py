@@ -11,7 +11,7 @@ import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import pandas as pd
 import typer
@@ -69,21 +69,49 @@ def generate(
     leads: Annotated[int, typer.Option("--leads", min=1)] = 20_000,
     seed: Annotated[int, typer.Option("--seed")] = 42,
     fmt: Annotated[str, typer.Option("--format", help="csv or parquet")] = "csv",
-    start: Annotated[str, typer.Option("--start")] = "2023-01-01",
+    start: Annotated[str | None, typer.Option(
+        "--start", help="First creation date (default 2023-01-01, or --months before --end).")] = None,
     end: Annotated[str, typer.Option("--end")] = "2025-12-31",
     clean: Annotated[bool, typer.Option("--clean", help="Plant no bad rows.")] = False,
     activity: Annotated[float, typer.Option(
         "--activity", min=0.01, help="Multiplier of self-directed engagement (1: ~30 events a lead; 4.4: ~100)."
     )] = 1.0,
+    regime: Annotated[str, typer.Option(
+        "--regime", help="Preset: default, short (4 months), open (12 months, never disqualified), "
+        "drift (base rate shifts), additive (smooth additive fit among 30 extra attributes).")] = "default",
+    months: Annotated[int | None, typer.Option(
+        "--months", min=1, help="History length in whole months ending with --end (overrides the preset).")] = None,
+    disqualify: Annotated[bool | None, typer.Option(
+        "--disqualify/--no-disqualify", help="Whether sales disqualifies leads (overrides the preset).")] = None,
+    drift: Annotated[float | None, typer.Option(
+        "--drift", help="Base-rate change in log-odds from --start to --end (overrides the preset).")] = None,
+    attributes: Annotated[int | None, typer.Option(
+        "--attributes", min=0, help="Extra lead attributes attr_NN, six of them relevant (overrides the preset).")] = None,
 ) -> None:
     """Write a seeded synthetic CRM export (leads, accounts, events, stages)."""
-    from convert.simulate import generate_crm
+    import dataclasses
+
+    from convert.simulate import REGIMES, generate_crm
 
     if fmt not in ("csv", "parquet"):
         raise ConvertError(f"--format must be csv or parquet, not {fmt!r}")
+    if regime not in REGIMES:
+        raise ConvertError(f"--regime must be one of {', '.join(REGIMES)}, not {regime!r}")
+    overrides: dict[str, Any] = {k: v for k, v in (("months", months), ("disqualify", disqualify), ("drift", drift),
+                                   ("attributes", attributes)) if v is not None}
+    if start is not None and months is None:
+        overrides["months"] = None  # an explicit --start wins over the preset's history length
+    chosen = dataclasses.replace(REGIMES[regime], **overrides)
+    if overrides:
+        chosen = dataclasses.replace(chosen, name="custom" if regime == "default" else f"{regime} (modified)")
     summary = generate_crm(out, n_leads=leads, seed=seed, fmt=fmt, start=start, end=end,  # type: ignore[arg-type]
-                           bad_rows=not clean, activity=activity)
+                           bad_rows=not clean, activity=activity, regime=chosen)
     echo(str(summary))
+    if summary.extra_attributes():
+        echo("  to train on the extra attributes, add to params.yaml under features:")
+        echo("    extra_attributes:")
+        for entry in summary.extra_attributes():
+            echo(f"      - {{table: {entry['table']}, column: {entry['column']}, kind: {entry['kind']}}}")
 
 
 @app.command()
@@ -146,7 +174,7 @@ def train(
     as_of: Annotated[str | None, typer.Option("--as-of", help="Training as-of (default: day after the latest timestamp).")] = None,
     horizon_days: Annotated[int | None, typer.Option("--horizon-days")] = None,
     config: ConfigOpt = None,
-    tune: Annotated[int | None, typer.Option("--tune", help="Random-search trials with time-series CV.")] = None,
+    tune: Annotated[int | None, typer.Option("--tune", help="Random-search trials scored on the inner folds (trial 0: the configured parameters).")] = None,
     model_name: Annotated[str | None, typer.Option("--model-name")] = None,
     save: Annotated[Path | None, typer.Option("--save", help="Also write the model bundle to this folder (e.g. models/lead-conversion).")] = None,
     rejects: RejectsOpt = None, strict: StrictOpt = False,
@@ -157,7 +185,7 @@ def train(
     split: Annotated[str | None, typer.Option("--split", help="Flat file: random (stratified, default) or ordered (rows in time order).")] = None,
     exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Leave this input column out of training (repeatable).")] = None,
     allow: Annotated[list[str] | None, typer.Option("--allow", help="Keep this column although the leakage guard suspects it (repeatable).")] = None,
-    summary_json: Annotated[Path | None, typer.Option("--summary", help="Also write the hold-out metrics and the leakage screen as JSON.")] = None,
+    summary_json: Annotated[Path | None, typer.Option("--summary", help="Also write the outer-fold metrics and the leakage screen as JSON.")] = None,
 ) -> None:
     """Train, calibrate, evaluate against baselines, log to MLflow and register.
 
@@ -174,10 +202,8 @@ def train(
         raise ConfigError("--target, --positive, --id and --split are for a flat file (--data FILE); "
                           f"{data} is an export folder or a database")
     if flat:
-        if tune:
-            raise ConfigError("--tune is not available for flat tables yet")
         summary = steps.train_flat_step(data, cfg, m, target, positive, id_column, split, model_name,
-                                        str(rejects) if rejects else None, strict or None, echo)
+                                        str(rejects) if rejects else None, strict or None, echo, tune)
     else:
         summary = steps.train_step(data, cfg, t, tune, model_name, str(rejects) if rejects else None,
                                    strict or None, echo, m)
@@ -188,10 +214,14 @@ def train(
         summary_json.parent.mkdir(parents=True, exist_ok=True)
         summary_json.write_text(json.dumps(steps.summary_record(summary), indent=1, default=str))
     r = summary.result
-    echo(("slices:\n" if flat else "time slices:\n") + r.slices.to_string(index=False))
+    echo("folds (inner: choices; outer: the figures below; deployed: the refit on every labelled row):\n"
+         + r.slices.to_string(index=False))
+    choices = r.model.metadata.get("choices") or {}
+    echo(f"chosen on the inner folds: {choices.get('rounds')} rounds, blend weight of the logistic model "
+         f"{choices.get('blend_weight', 0.0):.1f}, calibration {choices.get('calibration')}")
     echo(f"calibration: {r.model.calibrator_.method} (cross-validated log loss "
          + ", ".join(f"{k} {v:.4f}" for k, v in r.calibration_cv.items()) + ")")
-    echo("hold-out evaluation (model beside the baselines):\n" + r.evaluation.table())
+    echo("outer-fold evaluation (model beside the baselines, the same rows):\n" + r.evaluation.table())
     echo("realized conversion per grade:\n" + r.evaluation.grades.to_string(index=False))
     echo("top features (mean |points|):\n" + summary.importance.head(10)[["feature", "family", "mean_abs_points"]].to_string(index=False))
     for line in summary.lines:
@@ -207,7 +237,7 @@ def evaluate(
     model: ModelOpt = None, config: ConfigOpt = None, rejects: RejectsOpt = None,
     mapping: MappingOpt = None,
 ) -> None:
-    """Re-evaluate a registered model on its hold-out; write metrics and plots."""
+    """Evaluate a registered model where it learned nothing (newer labelled as-of times, else its outer folds)."""
     cfg = _config(config)
     if _is_flat(data):
         uri = model or f"models:/{cfg.flat.model_name}@challenger"

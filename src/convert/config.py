@@ -87,8 +87,15 @@ class LabelsConfig(_Section):
     """Population and label: horizon and the grid of training snapshots."""
 
     horizon_days: int = Field(90, gt=0)
-    frequency: Literal["weekly", "biweekly", "monthly", "quarterly"] = "monthly"
-    min_history_days: int = Field(60, ge=0)
+    #: Snapshot spacing; ``auto``: the coarsest giving at least ``min_as_of_times`` labelled
+    #: snapshots (see :func:`convert.labels.choose_grid`).
+    frequency: Literal["auto", "daily", "weekly", "biweekly", "monthly", "quarterly"] = "auto"
+    min_as_of_times: int = Field(24, ge=1)
+    #: Days from the first lead to the first snapshot; ``None``: a tenth of the labelled span,
+    #: at most 60 days.
+    min_history_days: int | None = Field(None, ge=0)
+    #: When set, training looks back at most this many days before its latest labelled snapshot.
+    window_days: int | None = Field(None, gt=0)
 
 
 class ExtraAttribute(_Section):
@@ -130,31 +137,29 @@ class FeaturesConfig(_Section):
         return tuple(sorted(set(value)))
 
 
-class SplitConfig(_Section):
-    """Shares of the as-of times in each time slice (the rest is the training slice)."""
-
-    validation: float = Field(0.15, gt=0, lt=1)
-    calibration: float = Field(0.2, gt=0, lt=1)
-    holdout: float = Field(0.2, gt=0, lt=1)
-    purge_before_holdout: bool = True
-
-    @model_validator(mode="after")
-    def _leaves_training(self) -> SplitConfig:
-        if self.validation + self.calibration + self.holdout >= 0.9:
-            raise ValueError("validation + calibration + holdout must leave at least 10% for training")
-        return self
-
-
 class TrainConfig(_Section):
-    """LightGBM training."""
+    """LightGBM training by time-series cross-fitting (see :mod:`convert.crossfit`)."""
 
     model_name: str = "lead-conversion"
+    #: Every fold's test block and every fold's fit hold at least this many conversions.
     min_positives: int = Field(50, ge=1)
-    split: SplitConfig = SplitConfig()
+    #: Folds whose figures are reported (the latest); no choice sees them.
+    outer_folds: int = Field(2, ge=1, le=10)
+    #: Folds before them on which every choice is made (rounds, parameters, blend, calibrator).
+    inner_folds: int = Field(3, ge=1, le=10)
+    #: Each fold's test block holds at least this share of all conversions.
+    fold_share: float = Field(0.1, gt=0.0, le=0.3)
+    #: Most boosting rounds; the rounds used minimise the mean inner-fold log loss.
     num_boost_round: int = Field(2000, ge=1)
+    #: Stop adding rounds once the mean inner-fold log loss has not improved for this many.
     early_stopping_rounds: int = Field(50, ge=1)
-    refit_on_validation: bool = True
-    refit_round_factor: float = Field(1.2, ge=1.0, le=3.0)
+    #: Fewest rounds used, whatever the inner folds say.
+    min_boost_round: int = Field(10, ge=1)
+    #: Blend LightGBM with the logistic model in log-odds when the blend wins on the inner folds
+    #: (never with monotone_constraints: the linear half could bend a constrained feature).
+    blend: bool = True
+    #: Weight snapshots by recency: halve a row's weight every this many days (None: equal weights).
+    recency_half_life_days: float | None = Field(None, gt=0)
     lightgbm: dict[str, Any] = Field(
         default_factory=lambda: {
             "objective": "binary",
@@ -172,7 +177,6 @@ class TrainConfig(_Section):
     )
     monotone_constraints: dict[str, Literal[-1, 0, 1]] = Field(default_factory=dict)
     tune_trials: int = Field(0, ge=0)
-    tune_folds: int = Field(3, ge=2)
 
 
 class CalibrationConfig(_Section):

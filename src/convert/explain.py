@@ -41,10 +41,19 @@ def contributions(model: LeadScoringModel, matrix: pd.DataFrame, num_threads: in
     threads = predict_threads(num_threads)
     engine = _engine(model)
     if engine is not None:
-        return engine.contributions(matrix, n_threads=threads)
-    return np.asarray(
-        model.booster_.predict(matrix, pred_contrib=True, num_threads=threads), dtype="float64"
-    )
+        phi = np.asarray(engine.contributions(matrix, n_threads=threads), dtype="float64")
+    else:
+        phi = np.asarray(
+            model.booster_.predict(matrix, pred_contrib=True, num_threads=threads), dtype="float64"
+        )
+    if model.linear_ is None:
+        return phi
+    # a log-odds blend: the weighted sum of both models' exact contributions (and base values)
+    from convert.treeshap import lightgbm_matrix
+
+    w = model.blend_weight_
+    linear = model.linear_.contributions(lightgbm_matrix(matrix))
+    return (1.0 - w) * phi + w * linear
 
 
 def _engine(model: LeadScoringModel):  # type: ignore[no-untyped-def]
@@ -281,10 +290,8 @@ class LeadExplanation:
 def explain_lead(model: LeadScoringModel, row: pd.DataFrame) -> LeadExplanation:
     """Every feature's contribution to one lead's score, sorted by absolute points."""
     matrix = model.matrix(row)
-    raw = np.asarray(
-        model.booster_.predict(matrix, raw_score=True, num_threads=predict_threads()), dtype="float64"
-    )
     phi = contributions(model, matrix)
+    raw = phi.sum(axis=1)
     pts = to_points(raw, phi[:, :-1], float(phi[0, -1]), model_score_fn(model))
     names = model.spec_.names
     values = row[names].iloc[0]

@@ -37,10 +37,13 @@ from convert.calibrate import Calibrator, calibrator_from_dict
 from convert.catalog import Catalog
 from convert.config import FeaturesConfig
 from convert.exceptions import BundleError, ConvertWarning, FeatureMismatchError, ModelNotFoundError
+from convert.linear import LinearScorer
 
 BUNDLE_VERSION = 1
 MANIFEST = "manifest.json"
 BOOSTER, CALIBRATOR, BUNDLE = "booster.txt", "calibrator.json", "bundle.json"
+#: the outer folds' out-of-fold predictions, kept for promotion and the report
+OUTER_PREDICTIONS = "outer_predictions.csv"
 #: Keys bundle.json must hold (``metadata`` is optional).
 _BUNDLE_KEYS = ("params", "num_boost_round", "early_stopping_rounds", "monotone_constraints", "seed",
                 "horizon_days", "grade_cutoffs", "best_iteration", "base_raw", "spec", "catalog")
@@ -299,7 +302,16 @@ class LeadScoringModel:
     best_iteration_ : int
     base_raw_ : float
         The expected raw score over the training rows (SHAP's base value).
+    linear_ : LinearScorer or None
+        The logistic model blended in log-odds, when the blend won on the inner folds.
+    blend_weight_ : float
+        Weight ``w`` of the linear model: ``raw = (1 - w) * tree + w * linear`` (0: LightGBM alone).
     """
+
+    linear_: LinearScorer | None = None
+    blend_weight_: float = 0.0
+    #: The outer folds' rows with their out-of-fold probabilities (``outer_predictions.csv``).
+    outer_predictions_: pd.DataFrame | None = None
 
     def __init__(
         self,
@@ -340,6 +352,9 @@ class LeadScoringModel:
             # same data trains the same model on any machine. train.lightgbm.num_threads
             # overrides it; predictions use every core (predict_threads).
             "num_threads": 2,
+            # keep features a large min_data_in_leaf cannot split: one binned dataset then
+            # serves every parameter candidate (cross-fitting, --tune)
+            "feature_pre_filter": False,
             **self.params,
         }
         if self.monotone_constraints:
@@ -377,12 +392,16 @@ class LeadScoringModel:
         *,
         spec: FeatureSpec,
         catalog: Catalog,
+        sample_weight: np.ndarray | None = None,
+        dataset: lgb.Dataset | None = None,
     ) -> LeadScoringModel:
         """:meth:`fit` on rows already encoded for *spec* (:class:`FeatureMatrix` values).
 
         Training encodes its frame once and fits on ranges of that one matrix, so no slice
         is copied or converted again; *spec* must be the one the rows were encoded for and
-        learned from the rows of *X*.
+        learned from the rows of *X*. *dataset*, when given, is LightGBM's binned form of
+        exactly these rows and labels (a subset of one dataset binned once, as cross-fitting
+        uses), and is trained on instead of binning *X* again.
         """
         for name, matrix in (("X", X), ("X_valid", X_valid)):
             if matrix is not None and (matrix.ndim != 2 or matrix.shape[1] != len(spec.names)):
@@ -393,8 +412,8 @@ class LeadScoringModel:
         self.catalog_ = catalog
         self.spec_ = spec
         params = self._lgb_params(spec)
-        train_set = lgb.Dataset(
-            X, label=np.asarray(y, dtype="float64"), feature_name=spec.names,
+        train_set = dataset if dataset is not None else lgb.Dataset(
+            X, label=np.asarray(y, dtype="float64"), weight=sample_weight, feature_name=spec.names,
             categorical_feature=spec.categorical or "auto", free_raw_data=True,
         )
         # what LightGBM records for a pandas frame, so the booster re-applies the training
@@ -416,8 +435,32 @@ class LeadScoringModel:
             self.booster_ = lgb.train(params, train_set, num_boost_round=self.num_boost_round)
             self.best_iteration_ = self.num_boost_round
         contrib = np.asarray(self.booster_.predict(X[:1], pred_contrib=True))
-        self.base_raw_ = float(contrib[0, -1])
+        self.tree_base_raw_ = float(contrib[0, -1])
+        self.base_raw_ = self.tree_base_raw_
+        self.linear_, self.blend_weight_ = None, 0.0
         return self
+
+    def blend(self, linear: LinearScorer | None, weight: float) -> LeadScoringModel:
+        """Blend a fitted :class:`LinearScorer` in log-odds with weight *weight* (0 removes it).
+
+        The base value becomes the same blend of both base values, so per-feature
+        contributions (the weighted sum of both models') still sum to ``raw - base_raw_``.
+        """
+        self._check_fitted()
+        if linear is None or weight <= 0.0:
+            self.linear_, self.blend_weight_ = None, 0.0
+            self.base_raw_ = self.tree_base_raw_
+        else:
+            self.linear_, self.blend_weight_ = linear, float(weight)
+            self.base_raw_ = (1.0 - self.blend_weight_) * self.tree_base_raw_ + self.blend_weight_ * linear.base_raw
+        return self
+
+    def blend_raw(self, tree_raw: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """The model's raw score from LightGBM's raw score and the encoded matrix *X*."""
+        if self.linear_ is None:
+            return np.asarray(tree_raw, dtype="float64")
+        w = self.blend_weight_
+        return (1.0 - w) * np.asarray(tree_raw, dtype="float64") + w * self.linear_.raw(X)
 
     def calibrate(self, calibrator: Calibrator) -> LeadScoringModel:
         """Attach a calibrator fitted on raw scores of rows the booster did not train on."""
@@ -436,17 +479,22 @@ class LeadScoringModel:
         return self.spec_.transform(X)
 
     def predict_raw(self, X: pd.DataFrame) -> np.ndarray:
-        """Raw log-odds of LightGBM."""
-        return np.asarray(
-            self.booster_.predict(self.matrix(X), raw_score=True, num_threads=predict_threads()),
-            dtype="float64",
+        """Raw log-odds: LightGBM's, blended with the linear model's when there is one."""
+        matrix = self.matrix(X)
+        tree = np.asarray(
+            self.booster_.predict(matrix, raw_score=True, num_threads=predict_threads()), dtype="float64"
         )
+        if self.linear_ is None:
+            return tree
+        from convert.treeshap import lightgbm_matrix
+
+        return self.blend_raw(tree, lightgbm_matrix(matrix))
 
     def predict_raw_matrix(self, X: np.ndarray) -> np.ndarray:
         """Raw log-odds of rows already encoded for ``spec_`` (:class:`FeatureMatrix` values)."""
         self._check_fitted()
-        return np.asarray(
-            self.booster_.predict(X, raw_score=True, num_threads=predict_threads()), dtype="float64"
+        return self.blend_raw(
+            np.asarray(self.booster_.predict(X, raw_score=True, num_threads=predict_threads()), dtype="float64"), X
         )
 
     def probability_from_raw(self, raw: np.ndarray) -> np.ndarray:
@@ -501,12 +549,20 @@ class LeadScoringModel:
             "grade_cutoffs": self.grade_cutoffs,
             "best_iteration": self.best_iteration_,
             "base_raw": self.base_raw_,
+            "tree_base_raw": self.tree_base_raw_,
+            "blend_weight": self.blend_weight_,
+            "linear": self.linear_.to_dict() if self.linear_ is not None else None,
             "spec": self.spec_.to_dict(),
             "catalog": self.catalog_.to_records(),
             "metadata": _jsonable(self.metadata),
         }
         (path / BUNDLE).write_text(json.dumps(bundle, indent=1))
         files = [BOOSTER, BUNDLE] + ([CALIBRATOR] if calibrated else [])
+        if self.outer_predictions_ is not None:
+            self.outer_predictions_.to_csv(path / OUTER_PREDICTIONS, index=False)
+            files.append(OUTER_PREDICTIONS)
+        elif (path / OUTER_PREDICTIONS).exists():
+            (path / OUTER_PREDICTIONS).unlink()
         manifest = _manifest_bytes({name: _sha256(path / name) for name in files})
         (path / MANIFEST).write_bytes(manifest)
         self.bundle_hash_ = hashlib.sha256(manifest).hexdigest()
@@ -542,6 +598,9 @@ class LeadScoringModel:
             )
             best_iteration = int(data["best_iteration"])
             base_raw = float(data["base_raw"])
+            tree_base_raw = float(data.get("tree_base_raw", data["base_raw"]))
+            linear = LinearScorer.from_dict(data["linear"]) if data.get("linear") else None
+            blend_weight = float(data["blend_weight"]) if linear is not None else 0.0
             spec = FeatureSpec.from_dict(data["spec"])
             catalog = Catalog.from_records(data["catalog"])
         except (TypeError, ValueError, AttributeError) as exc:
@@ -560,6 +619,10 @@ class LeadScoringModel:
         model.booster_ = booster
         model.best_iteration_ = best_iteration
         model.base_raw_ = base_raw
+        model.tree_base_raw_ = tree_base_raw
+        if linear is not None:
+            model.linear_ = linear
+            model.blend_weight_ = blend_weight
         model.spec_ = spec
         model.catalog_ = catalog
         model.metadata = data.get("metadata", {}) or {}
@@ -569,6 +632,8 @@ class LeadScoringModel:
                 model.calibrator_ = calibrator_from_dict(json.loads((path / CALIBRATOR).read_text()))
             except (ValueError, KeyError, TypeError) as exc:
                 raise BundleError(f"{path / CALIBRATOR} cannot be read ({exc}); the bundle is damaged") from None
+        if (path / OUTER_PREDICTIONS).exists():
+            model.outer_predictions_ = pd.read_csv(path / OUTER_PREDICTIONS, dtype={"lead_id": str})
         return model
 
 
@@ -607,7 +672,7 @@ def _verify(path: Path) -> str:
             ConvertWarning,
             stacklevel=3,
         )
-        files = [n for n in (BOOSTER, BUNDLE, CALIBRATOR) if n in present]
+        files = [n for n in (BOOSTER, BUNDLE, CALIBRATOR, OUTER_PREDICTIONS) if n in present]
         return hashlib.sha256(_manifest_bytes({n: _sha256(path / n) for n in files})).hexdigest()
     raw = (path / MANIFEST).read_bytes()
     try:

@@ -298,10 +298,13 @@ class Promotion:
 
 
 def promote(name: str, metric: str = "log_loss", min_improvement: float = 0.0) -> Promotion:
-    """Move ``champion`` to the challenger when it beats the champion on the challenger's hold-out.
+    """Move ``champion`` to the challenger when it beats the champion on the same rows.
 
-    The champion was evaluated on the same hold-out when the challenger was trained
-    (metric ``champion_holdout_<metric>`` of the challenger's run).
+    Both were judged when the challenger was trained (metrics ``comparison_challenger_<metric>``
+    and ``comparison_champion_<metric>`` of its run): on labelled as-of times newer than both
+    training cut-offs, scored by both deployed models, or, when there were none, both recipes
+    on the challenger's outer folds (the champion's refitted there). The run's ``comparison``
+    parameter says which, and the reason repeats it.
     """
     _require_store(f"registered model named {name!r}")
     client = _client()
@@ -316,19 +319,21 @@ def promote(name: str, metric: str = "log_loss", min_improvement: float = 0.0) -
         return Promotion(False, "there is no challenger version", champ, None)
     if champ == chall:
         return Promotion(False, f"version {chall} is already the champion", champ, chall)
-    m = run_metrics(client.get_model_version(name, chall).run_id)
-    ours, theirs = m.get(f"holdout_{metric}"), m.get(f"champion_holdout_{metric}")
+    run = client.get_run(client.get_model_version(name, chall).run_id)
+    m = dict(run.data.metrics)
+    ours, theirs = m.get(f"comparison_challenger_{metric}"), m.get(f"comparison_champion_{metric}")
+    where = run.data.params.get("comparison", "the challenger's hold-out")
     if ours is None or theirs is None:
         return Promotion(
             False,
-            f"the challenger's run has no comparison with champion version {champ} on its hold-out "
-            f"(holdout_{metric} / champion_holdout_{metric}); retrain to compare",
+            f"the challenger's run has no comparison with champion version {champ} "
+            f"(comparison_challenger_{metric} / comparison_champion_{metric}); retrain to compare",
             champ, chall,
         )
     better = (theirs - ours) if metric in _LOWER_IS_BETTER else (ours - theirs)
     verdict = (
         f"challenger {name}/{chall} {metric}={ours:.5f} vs champion {name}/{champ} "
-        f"{metric}={theirs:.5f} on the challenger's hold-out (improvement {better:+.5f}, "
+        f"{metric}={theirs:.5f} on {where} (improvement {better:+.5f}, "
         f"required > {min_improvement})"
     )
     if better > min_improvement:
