@@ -48,7 +48,7 @@ def score_cli(bundle: Path, data: Path, cwd: Path) -> subprocess.CompletedProces
 
 def test_a_saved_bundle_lists_every_file_and_its_version_is_the_manifest_hash(saved, trained, bundle):
     manifest = json.loads((saved / MANIFEST).read_text())
-    assert sorted(manifest["files"]) == ["booster.txt", "bundle.json", "calibrator.json"]
+    assert sorted(manifest["files"]) == ["booster.txt", "bundle.json", "calibrator.json", "outer_predictions.csv"]
     model, label = load_model(str(bundle))
     assert label == f"lead-conversion/{bundle_version(model)}" and len(bundle_version(model)) == 12
     # the same model saved again: the same version; retrained in place: a new one

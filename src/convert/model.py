@@ -741,8 +741,8 @@ def _read_booster(file: Path) -> lgb.Booster:
 
 
 def _booster_is_whole(text: bytes) -> bool:
-    """Each ``Tree=i`` block has the byte size the header's ``tree_sizes`` declares, and the
-    trees end with ``end of trees``."""
+    """Each ``Tree=i`` block has the byte size the header's ``tree_sizes`` declares, the
+    trees end with ``end of trees``, and a parameters section after them is closed."""
     if not text.startswith(b"tree\n"):
         return False
     sizes = _TREE_SIZES.search(text)
@@ -757,7 +757,11 @@ def _booster_is_whole(text: bytes) -> bool:
         if not text.startswith(b"Tree=%d\n" % i, pos):
             return False
         pos += size
-    return text.startswith(b"end of trees", pos) and pos + 12 <= len(text)
+    if not (text.startswith(b"end of trees", pos) and pos + 12 <= len(text)):
+        return False
+    # the parameters section after the trees: LightGBM's parser also crashes on a cut one
+    tail = text[pos:]
+    return b"\nparameters:\n" not in tail or b"\nend of parameters\n" in tail
 
 
 def _trimmed(booster: lgb.Booster, iterations: int) -> lgb.Booster:
