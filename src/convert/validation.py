@@ -391,7 +391,7 @@ def validate(
         else pd.DataFrame(columns=Rejects.names())
     )
     report = LoadReport(reports, frame)
-    _enforce_thresholds(report, source, config.max_quarantine_share, strict)
+    enforce_thresholds(report, source, config, strict)
     for table in raw_columns:
         con.execute(f"DROP TABLE IF EXISTS checked_{table}")
     return report
@@ -620,6 +620,12 @@ def _lead_warnings(
         reports["leads"].warnings[
             "account quarantined; lead kept without firmographics"
         ] = quarantined
+
+
+def enforce_thresholds(report: LoadReport, source: Source, config: DataConfig, strict: bool | None = None) -> None:
+    """Stop on too large a quarantined share, or on any quarantine under *strict* (default
+    ``config.strict``); run on every load, a cached one included."""
+    _enforce_thresholds(report, source, config.max_quarantine_share, config.strict if strict is None else strict)
 
 
 def _enforce_thresholds(report: LoadReport, source: Source, max_share: float, strict: bool) -> None:
