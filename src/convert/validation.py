@@ -337,7 +337,12 @@ def validate(
 
     reports = {t: TableReport(t, source.label(t) if t in raw_columns else None) for t in CONTRACT_TABLES}
     valid = config.valid_range()
-    dirty = {table: _with_control(con, table, raw_types[table]) for table in raw_columns}
+    # Child tables (events: the big one) are checked optimistically as clean: their one pass
+    # also tells whether any text holds a control character, and only then is it redone.
+    dirty = {
+        table: frozenset() if table in (Events.table, Stages.table) else _with_control(con, table, raw_types[table])
+        for table in raw_columns
+    }
     none: frozenset[str] = frozenset()
 
     _check_table(con, Leads, lead_rules(valid, dirty.get("leads", none)), raw_types.get("leads", {}), source,
@@ -348,11 +353,15 @@ def validate(
     children: dict[str, pd.DataFrame] = {}
     for schema, rules in ((Events, event_rules), (Stages, stage_rules)):
         if schema.table in raw_columns:
-            found = dirty[schema.table]
-            children[schema.table] = _check_child(
-                con, schema, rules(valid, found), raw_types[schema.table], raw_columns[schema.table],
-                found, reports[schema.table],
-            )
+            table = schema.table
+            rejected = _check_child(con, schema, rules(valid, none), raw_types[table], raw_columns[table],
+                                    none, reports[table])
+            if rejected is None:  # a control character somewhere: find the columns, check again
+                dirty[table] = _with_control(con, table, raw_types[table])
+                rejected = _check_child(con, schema, rules(valid, dirty[table]), raw_types[table],
+                                        raw_columns[table], dirty[table], reports[table])
+            assert rejected is not None
+            children[table] = rejected
 
     rejects = []
     for table, schema in CONTRACT_TABLES.items():
@@ -487,7 +496,7 @@ def _check_child(
     raw: list[str],
     dirty: frozenset[str],
     report: TableReport,
-) -> pd.DataFrame:
+) -> pd.DataFrame | None:
     """Check a child table (``events``, ``stages``) in one set-based pass; return its rejects.
 
     The typed table is written straight from one scan of ``raw_<table>`` joined with the
@@ -497,6 +506,10 @@ def _check_child(
     number). The rejected rows (few) are then deleted from it, and only for them is the
     offending raw text read back (by row number) for the rejects file. Fills *report*
     (rows read, reasons, warnings).
+
+    With *dirty* empty the pass also looks for a control character in any text column (one
+    regular expression over the row's text); when it finds one, the table is dropped and
+    None returned, for the caller to find the dirty columns and check again.
     """
     table = schema.table
     contract = schema.names()
@@ -522,17 +535,25 @@ def _check_child(
     if table == Events.table and E.value in raw_types:
         flags[VALUE_WARNING] = f"{_text(E.value, raw_types[E.value])} IS NOT NULL AND {_typed(E.value, raw_types[E.value])} IS NULL"
     inner += [f"{sql} AS {quote(f'flag__{i}')}" for i, sql in enumerate(flags.values())]
+    text = [c for c, t in raw_types.items() if t == "VARCHAR"]
+    probe = not dirty and bool(text)
+    if probe:
+        inner.append(f"regexp_matches(concat({', '.join(quote(c) for c in text)}), '{CONTROL}') AS __ctl")
     arms = " ".join(f"WHEN {r.condition} THEN {i}" for i, r in enumerate(rules))
     columns = ", ".join(quote(c) for c in [*contract, *extras])
     flag_cols = ", ".join(quote(f"flag__{i}") for i in range(len(flags)))
     con.execute(f"DROP TABLE IF EXISTS {table}")
     con.execute(
         f"CREATE TABLE {table} AS SELECT {columns}, CAST(CASE {arms} END AS SMALLINT) AS __rule, "
-        f"{row}{', ' + flag_cols if flags else ''} FROM (SELECT c.*, l.{L.lead_id} IS NOT NULL AS lead__exists, "
+        f"{row}{', ' + flag_cols if flags else ''}{', __ctl' if probe else ''} FROM (SELECT c.*, l.{L.lead_id} IS NOT NULL AS lead__exists, "
         f"l.reason AS lead__reason, l.{L.created_at} AS lead__created_at FROM ({'SELECT ' + ', '.join(inner)} "
         f"FROM raw_{table}) c LEFT JOIN (SELECT {L.lead_id}, reason, {L.created_at} FROM checked_leads) l "
         f"ON c.lead_id = l.{L.lead_id})"
     )
+    if probe and fetch_row(con, f"SELECT coalesce(bool_or(__ctl), false) FROM {table}")[0]:
+        con.execute(f"DROP TABLE {table}")
+        return None
+    report.reasons, report.warnings = {}, {}
     counts = fetch_row(
         con,
         "SELECT count(*)" + "".join(f", count(*) FILTER (WHERE __rule IS NULL AND flag__{i})" for i in range(len(flags)))
@@ -550,7 +571,7 @@ def _check_child(
     rejects = _child_rejects(con, table, rules, raw_types, bad)
     if len(bad):
         con.execute(f"DELETE FROM {table} WHERE __rule IS NOT NULL")
-    drop: list[str] = ["__rule", str(ROW), *(f"flag__{i}" for i in range(len(flags)))]
+    drop: list[str] = ["__rule", str(ROW), *(f"flag__{i}" for i in range(len(flags))), *(["__ctl"] if probe else [])]
     for name in drop:
         con.execute(f"ALTER TABLE {table} DROP COLUMN {quote(name)}")
     return rejects
