@@ -56,12 +56,30 @@ class Entry:
         return self.tables.is_file() and self.meta.is_file()
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=20)
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
+def _segment_digest(path: Path, start: int, stop: int) -> bytes:
+    h = hashlib.sha256()  # SHA-NI makes SHA-256 the fastest hashlib digest on current CPUs
+    with open(path, "rb", buffering=0) as fh:
+        fh.seek(start)
+        left = stop - start
+        while left > 0:
+            chunk = fh.read(min(_CHUNK, left))
+            if not chunk:
+                break
             h.update(chunk)
-    return h.hexdigest()
+            left -= len(chunk)
+    return h.digest()
+
+
+def _file_digest(path: Path, size: int) -> str:
+    """Content hash of a file: SHA-256 of fixed segments, hashed on two threads (hashlib
+    releases the GIL), combined in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = max(1, min(4, size // (64 * 2**20)))
+    bounds = [size * i // parts for i in range(parts + 1)]
+    with ThreadPoolExecutor(max_workers=min(parts, os.cpu_count() or 1)) as pool:
+        digests = list(pool.map(lambda i: _segment_digest(path, bounds[i], bounds[i + 1]), range(parts)))
+    return hashlib.sha256(b"".join(digests)).hexdigest()
 
 
 def cache_key(source: Source, config: Config, mapping: Mapping) -> str:
@@ -71,7 +89,7 @@ def cache_key(source: Source, config: Config, mapping: Mapping) -> str:
     files = []
     for table, path in sorted(source.files.items()):
         st = path.stat()
-        files.append([table, path.name, st.st_size, st.st_mtime_ns, _file_digest(path)])
+        files.append([table, path.name, st.st_size, st.st_mtime_ns, _file_digest(path, st.st_size)])
     data = config.data.model_dump(mode="json", exclude={"rejects", "strict", "max_quarantine_share",
                                                         "cache", "cache_dir", "cache_keep"})
     lo, hi = config.data.valid_range()  # valid_to unset: a year from today, as validation uses it
