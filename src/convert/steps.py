@@ -84,7 +84,10 @@ def screen_attributes(data: CRMData, config: Config, mapping: Mapping | None = N
 
     frame, label = data.attributes()
     kinds = {e.column: e.kind for e in config.features.extra_attributes}
-    report = screen(frame, label, config.leakage, kinds=kinds,
+    from convert.config import OWNER_EXCLUDED
+
+    owner = {config.allocation.owner_column: OWNER_EXCLUDED} if config.allocation.owner_column in frame else {}
+    report = screen(frame, label, config.leakage, kinds=kinds, excluded=owner,
                     allowed=(mapping or Mapping()).allow, seed=config.seed)
     report.check()
     gone = set(report.excluded)
