@@ -891,6 +891,135 @@ class _World:
     firms: _Firms
     campaigns: _Campaigns
     activity: float = 1.0  # multiplies the rate of self-directed pre-sale events
+    team: _Team | None = None  # sales reps and lead owners (``reps`` > 0), else none
+
+
+# =============================================================================================
+# sales reps and lead owners (``reps`` > 0): who works each lead, and how well
+# =============================================================================================
+
+OWNER_ID = "owner_id"
+#: employee bands of the rep effects (``features.employee_bands``' default cuts)
+REP_EMPLOYEE_BANDS = (10, 50, 200, 1000, 5000)
+#: log-normal spread of the true rep effects: per rep, per rep and source, per rep and size band
+REP_EFFECT_SD = (0.30, 0.25, 0.10)
+#: open leads created this many days before ``end`` have no owner yet (awaiting routing)
+UNROUTED_DAYS = 21
+REPS_FILE = "reps.csv"
+REP_EFFECTS_FILE = "rep_effects.csv"
+
+
+@dataclass
+class _Team:
+    """Sales reps: country territories, true effects per (rep, source, size band), capacity."""
+
+    ids: list[str]
+    countries: list[list[int]]  # indices into COUNTRIES each rep covers
+    effect: F64  # (reps, sources + missing, bands + missing), lead-weighted mean 1 per segment
+    capacity: I64
+    max_open: list[int | None]
+    active: np.ndarray
+    seed: np.random.SeedSequence
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+
+def _band_index(employees: F64) -> I64:
+    return np.searchsorted(np.asarray(REP_EMPLOYEE_BANDS, dtype="float64"), employees, side="right")
+
+
+def _draw_team(seed: np.random.SeedSequence, n_reps: int, n_leads: int) -> _Team:
+    """Reps with overlapping country territories (every country has at least two reps when
+    there are two or more), true win-rate effects by segment, capacity and max_open."""
+    rng = np.random.default_rng(seed.spawn(1)[0])
+    n_c = len(COUNTRIES)
+    covers: list[list[int]] = [[] for _ in range(n_reps)]
+    for c in range(n_c):  # each country to two reps (one when alone), spread round the team
+        for k in range(min(2, n_reps)):
+            covers[(2 * c + k) % n_reps].append(c)
+    for r in range(n_reps):  # and a few more at random
+        extra = rng.choice(n_c, int(rng.integers(0, 3)), replace=False)
+        covers[r] = sorted(set(covers[r]) | {int(x) for x in extra})
+    n_src, n_band = len(LEAD_SOURCES) + 1, len(REP_EMPLOYEE_BANDS) + 2
+    sd_rep, sd_src, sd_band = REP_EFFECT_SD
+    log_e = (
+        rng.normal(0.0, sd_rep, (n_reps, 1, 1))
+        + rng.normal(0.0, sd_src, (n_reps, n_src, 1))
+        + rng.normal(0.0, sd_band, (n_reps, 1, n_band))
+    )
+    effect = np.exp(log_e)
+    # each rep's expected share of leads (owners are drawn uniformly among a country's reps)
+    weights = np.array([c[1] for c in COUNTRIES]) / sum(c[1] for c in COUNTRIES)
+    share = np.zeros(n_reps)
+    for c in range(n_c):
+        team = [r for r in range(n_reps) if c in covers[r]]
+        share[team] += weights[c] / len(team)
+    effect /= np.tensordot(share, effect, axes=1)[None, :, :]  # each segment's average rep is 1
+    capacity = np.full(n_reps, max(2, n_leads // 4000), dtype=np.int64)
+    max_open: list[int | None] = [None] * n_reps
+    active = np.ones(n_reps, bool)
+    if n_reps >= 4:
+        max_open[1] = max(5, n_leads // 200)  # a rep close to full
+        active[-1] = False  # a rep who left: their open leads are released
+    ids = [f"R{r + 1:02d}" for r in range(n_reps)]
+    return _Team(ids, covers, effect, capacity, max_open, active, seed)
+
+
+def _owners(team: _Team, lo: int, src: I64, country: I64, band: I64) -> tuple[I64, F64]:
+    """Each lead's owner (uniform among the reps covering its country; all reps when the
+    country is unknown) and the owner's true effect on its conversion probability."""
+    n = len(src)
+    rng = np.random.default_rng(np.random.SeedSequence(team.seed.entropy, spawn_key=(7, lo)))
+    u = rng.random(n)
+    owner = np.empty(n, dtype=np.int64)
+    n_c = len(COUNTRIES)
+    for c in range(-1, n_c):
+        rows = np.flatnonzero(country == c)
+        if not len(rows):
+            continue
+        team_c = np.array([r for r in range(team.n) if c < 0 or c in team.countries[r]])
+        owner[rows] = team_c[np.minimum((u[rows] * len(team_c)).astype(np.int64), len(team_c) - 1)]
+    band_i = np.where(band < 0, team.effect.shape[2] - 1, band)
+    return owner, team.effect[owner, src, band_i]
+
+
+def _owner_column(world: _World, c: _Cohort) -> pa.Array:
+    """``owner_id``: the owner's id, empty for open leads created in the last UNROUTED_DAYS."""
+    assert world.team is not None
+    still_open = ~c.conv_obs & ~c.dq_obs
+    waiting = still_open & (c.created > world.end - UNROUTED_DAYS * DAY)
+    return _take(world.team.ids, np.where(waiting, -1, c.owner))
+
+
+def _write_team(out: Path, team: _Team, fmt: Format) -> dict[str, int]:
+    """``reps.csv`` (the allocation's input) and ``rep_effects.csv`` (the truth, for tests)."""
+    import csv
+
+    del fmt  # both files are small CSV whatever the tables' format
+    with open(out / REPS_FILE, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["rep_id", "capacity", "max_open", "active", "country"])
+        for r, rep_id in enumerate(team.ids):
+            mo = team.max_open[r]
+            w.writerow([rep_id, int(team.capacity[r]), "" if mo is None else mo,
+                        "true" if team.active[r] else "false",
+                        "|".join(COUNTRIES[c][0] for c in team.countries[r])])
+    sources = [*_SOURCE_NAMES, None]
+    cuts = REP_EMPLOYEE_BANDS
+    bands = [f"<{cuts[0]}"] + [f"{a}-{b - 1}" for a, b in zip(cuts, cuts[1:], strict=False)] + [f"{cuts[-1]}+", None]
+    rows = 0
+    with open(out / REP_EFFECTS_FILE, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["rep_id", "lead_source", "employee_band", "segment", "effect"])
+        for r, rep_id in enumerate(team.ids):
+            for i, source in enumerate(sources):
+                for j, band in enumerate(bands):
+                    label = f"lead_source={source or '(none)'}, employee_band={band or '(none)'}"
+                    w.writerow([rep_id, source or "", band or "", label, f"{team.effect[r, i, j]:.6f}"])
+                    rows += 1
+    return {"reps": team.n, "rep_effects": rows}
 
 
 # =============================================================================================
@@ -935,6 +1064,7 @@ class _Cohort:
     fs_end: I64
     open_end: I64  # end of the open (pre-outcome) life, at most ``end``
     b2c: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, bool))
+    owner: I64 = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))  # -1: none
 
     @property
     def n(self) -> int:
@@ -986,7 +1116,13 @@ def _draw_cohort(world: _World, rng: np.random.Generator, lo: int, hi: int) -> _
     acc_need = np.where(has_acc, firms.need[a0], 0.0)
     lead_need = rng.normal(0.0, LEAD_NEED_SD, n)
     z = INTERCEPT + fit + acc_need + lead_need + np.array(CONVERSION_BY_MONTH)[_month(created) - 1]
-    converts = rng.random(n) < _sigmoid(z)
+    p_convert = _sigmoid(z)
+    owner = np.full(n, -1, dtype=np.int64)
+    if world.team is not None:  # a separate stream: the other draws stay as without reps
+        band = np.where(has_acc & ~firms.employees_missing[a0], _band_index(firms.employees[a0]), -1)
+        owner, effect = _owners(world.team, lo, src, country, band)
+        p_convert = np.minimum(p_convert * effect, 0.999)
+    converts = rng.random(n) < p_convert
 
     # conversion time: log-normal delay (faster for hot leads), late tail, December slip,
     # quarter-end pull
@@ -1060,6 +1196,7 @@ def _draw_cohort(world: _World, rng: np.random.Generator, lo: int, hi: int) -> _
         fs_end=fs_end,
         open_end=open_end,
         b2c=b2c,
+        owner=owner,
     )
 
 
@@ -1501,6 +1638,8 @@ def _chunk(
         ),
         UTM_MEDIUM: _take([m[0] for m in MEDIUMS], np.where(c.medium == 0, -1, c.medium)),
     }
+    if world.team is not None:
+        leads[OWNER_ID] = _owner_column(world, c)
 
     m = len(ev_kind)
     chan = np.where(rng.random(m) < 0.03, -1, _KIND_CHANNEL[ev_kind])
@@ -1658,6 +1797,7 @@ def generate_crm(
     bad_rows: bool = True,
     chunk_leads: int = 50_000,
     activity: float = 1.0,
+    reps: int = 0,
 ) -> GenerateSummary:
     """Write a synthetic CRM export (``leads``, ``accounts``, ``events``, ``stages``) to ``out_dir``.
 
@@ -1683,6 +1823,13 @@ def generate_crm(
         trickle of visits, research sessions, warm-ups and false starts); nurturing sends,
         creation touches and post-sale events keep their rates. 1.0 gives about 30 events per
         lead; 4.0 about 100 (a busier marketing operation, as in ``bench/features.py``).
+    reps:
+        Sales reps (0: none, and the tables are exactly as without this option). With reps,
+        ``leads`` gains ``owner_id`` (empty for open leads created in the last
+        ``UNROUTED_DAYS`` days, awaiting routing), each lead's conversion probability is
+        multiplied by its owner's true effect for its segment (lead source x employee band),
+        and ``reps.csv`` (territories by country, capacity, max_open, active) and
+        ``rep_effects.csv`` (the true effects) are written beside the tables.
 
     Returns
     -------
@@ -1692,6 +1839,8 @@ def generate_crm(
     began = time.perf_counter()
     if fmt not in ("csv", "parquet"):
         raise ConfigError(f"format must be 'csv' or 'parquet', not {fmt!r}")
+    if reps < 0:
+        raise ConfigError(f"reps must be 0 or more (got {reps})")
     if not activity > 0:
         raise ConfigError(f"activity must be positive (got {activity})")
     if n_leads < 1 or chunk_leads < 1:
@@ -1726,6 +1875,7 @@ def generate_crm(
         firms=_draw_accounts(acc_rng, n_acc),
         campaigns=_draw_campaigns(np.random.default_rng(s_campaigns), lo_s, hi_s),
         activity=float(activity),
+        team=_draw_team(root.spawn(1)[0], reps, n_leads) if reps else None,
     )
     lead_kinds = [b for b in BAD_ROW_KINDS if b[0] == "leads"]
     lead_total = (
@@ -1761,6 +1911,8 @@ def generate_crm(
             disqualified += part.disqualified
         for w in writers.values():
             w.commit()
+        if world.team is not None:
+            _write_team(out, world.team, fmt)
     except BaseException:
         for w in writers.values():
             w.discard()
