@@ -256,8 +256,12 @@ def test_effects_shrink_toward_one_and_cover_the_truth() -> None:
     t = fx.table
     assert len(t) == 120 and np.isfinite(fx.prior_shape)
     raw = t["observed"] / t["expected"]
-    assert ((t["effect"] - 1) * (raw - 1) >= -1e-12).all()  # shrunk toward 1, never past it
-    assert (abs(t["effect"] - 1) <= abs(raw - 1) + 1e-12).all()
+    rep_level = t["rep_id"].map(fx.per_rep.set_index("rep_id")["effect"])
+    # each cell is shrunk toward its rep's effect, never past it; each rep's toward 1
+    assert ((t["effect"] - rep_level) * (raw - rep_level) >= -1e-12).all()
+    assert (abs(t["effect"] - rep_level) <= abs(raw - rep_level) + 1e-12).all()
+    r = fx.per_rep
+    assert ((r["effect"] - 1) * (r["observed"] / r["expected"] - 1) >= 0).all()
     true = truth[t["rep_id"].str[1:].astype(int), t["segment"].str[1:].astype(int)]
     inside = ((t["low"] <= true) & (true <= t["high"])).mean()
     assert inside >= 0.9

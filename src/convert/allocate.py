@@ -38,9 +38,10 @@ Rep effects
 -----------
 :func:`estimate_effects` compares, per rep and segment, the conversions of the rep's past
 leads with what the model predicted for them (observed / expected), relative to the
-segment as a whole, and shrinks the ratio toward 1 by the amount of evidence: a
-gamma-Poisson (empirical Bayes) model whose prior strength is fitted by maximum marginal
-likelihood over all cells. Each effect comes with its 95 % posterior interval.
+segment as a whole, and shrinks the ratio by the amount of evidence: a gamma-Poisson
+(empirical Bayes) model whose prior strengths are fitted by maximum marginal likelihood, each
+rep's overall effect shrunk toward 1 and each (rep, segment) toward its rep's. Each effect
+comes with its 95 % posterior interval.
 """
 
 from __future__ import annotations
@@ -268,11 +269,14 @@ class RepEffects:
     """Effect of each (rep, segment): posterior mean and 95 % interval; 1 where unknown.
 
     ``table`` has the :class:`RepEffectTable` columns; ``prior_shape`` is the fitted gamma
-    prior's shape (its variance is ``1 / prior_shape``; ``inf``: no rep differs).
+    prior's shape of the cells around their rep (``inf``: no difference); ``per_rep`` the
+    reps' overall effects.
     """
 
     table: pd.DataFrame
     prior_shape: float = float("inf")
+    #: each rep's overall effect (level 1): rep_id, observed, expected, effect
+    per_rep: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @classmethod
     def none(cls) -> RepEffects:
@@ -298,15 +302,26 @@ class RepEffects:
         return float(hit[RepEffectTable.low].iloc[0]), float(hit[RepEffectTable.high].iloc[0])
 
 
-def _nb_loglik(shape: float, observed: np.ndarray, expected: np.ndarray) -> float:
-    """Log marginal likelihood of Poisson counts with a Gamma(shape, shape) effect (negative binomial)."""
+def _nb_loglik(shape: float, observed: np.ndarray, mean: np.ndarray) -> float:
+    """Log marginal likelihood of Poisson counts whose rate is *mean* times a Gamma effect of
+    mean 1 and shape *shape* (a negative binomial)."""
     from scipy.special import gammaln
 
     a = shape
     return float(np.sum(
         gammaln(a + observed) - gammaln(a) - gammaln(observed + 1)
-        + a * np.log(a / (a + expected)) + observed * np.log(np.where(expected > 0, expected / (a + expected), 1.0))
+        + a * np.log(a / (a + mean)) + observed * np.log(np.where(mean > 0, mean / (a + mean), 1.0))
     ))
+
+
+_SHAPES = np.exp(np.linspace(np.log(0.05), np.log(1e4), 240))
+
+
+def _fit_shape(observed: np.ndarray, mean: np.ndarray) -> float:
+    """The prior shape maximising the marginal likelihood (``inf``: no spread at all)."""
+    ll = [_nb_loglik(a, observed, mean) for a in _SHAPES]
+    best = float(_SHAPES[int(np.argmax(ll))])
+    return float("inf") if best >= _SHAPES[-1] else best
 
 
 def estimate_effects(
@@ -331,10 +346,18 @@ def estimate_effects(
     For a cell (rep, segment) with ``O`` conversions and ``E`` predicted conversions, the
     expectation is first recalibrated to the segment (``E * O_segment / E_segment``), so an
     effect of 1 means "as good as the segment's average rep" whatever the model's
-    calibration in that segment. With ``effect ~ Gamma(a, a)`` (mean 1, variance ``1/a``) and
-    ``O ~ Poisson(effect * E)``, the posterior is ``Gamma(a + O, a + E)``; ``a`` maximises
-    the marginal (negative binomial) likelihood over all cells. Few leads: an effect near 1
-    with a wide interval; many: near ``O / E``.
+    calibration in that segment. Two levels of gamma-Poisson shrinkage follow:
+
+    1. each rep's overall effect ``m_r`` (all its leads) is shrunk toward 1: prior
+       ``Gamma(a, a)``, posterior mean ``(a + O_r) / (a + E_r)``;
+    2. each cell's effect is shrunk toward its rep's ``m_r``: prior ``Gamma(b, b / m_r)``,
+       posterior ``Gamma(b + O, b / m_r + E)``, whose mean is the effect and whose quantiles
+       give the interval.
+
+    The shapes ``a`` and ``b`` maximise the marginal (negative binomial) likelihood over the
+    reps and the cells. Few leads: an effect near the rep's (and the rep's near 1) with a
+    wide interval; many: near ``O / E``. Without any difference between reps both shapes
+    are infinite and every effect is 1.
     """
     from scipy.stats import gamma
 
@@ -350,14 +373,17 @@ def estimate_effects(
     cells = h.groupby(["rep", "segment"], sort=True).agg(n=("y", "size"), o=("y", "sum"), e=("p", "sum")).reset_index()
     ratio = (seg["o"] / seg["e"]).where(seg["e"] > 0, 1.0)
     cells["e"] = cells["e"] * cells["segment"].map(ratio).to_numpy()
+    reps = cells.groupby("rep").agg(o=("o", "sum"), e=("e", "sum"))
+    a = _fit_shape(reps["o"].to_numpy(), reps["e"].to_numpy())
+    a = 1e12 if np.isinf(a) else a
+    m = ((a + reps["o"]) / (a + reps["e"])).reindex(cells["rep"]).to_numpy()
     o, e = cells["o"].to_numpy(), cells["e"].to_numpy()
-    grid = np.exp(np.linspace(np.log(0.05), np.log(1e4), 240))
-    ll = [_nb_loglik(a, o, e) for a in grid]
-    shape = float(grid[int(np.argmax(ll))])
-    if shape >= grid[-1]:
-        shape = float("inf")
-    alpha = 1e12 if np.isinf(shape) else shape
-    post_a, post_b = alpha + o, alpha + e
+    shape = _fit_shape(o, m * e)
+    b = 1e12 if np.isinf(shape) else shape
+    # the cell's prior: mean m_r, variance m_r^2 / b plus the uncertainty of m_r itself
+    m_var = ((a + reps["o"]) / (a + reps["e"]) ** 2).reindex(cells["rep"]).to_numpy()
+    b_cell = m**2 / (m**2 / b + m_var)
+    post_a, post_b = b_cell + o, b_cell / m + e
     tail = (1 - level) / 2
     table = pd.DataFrame({
         RepEffectTable.rep_id: cells["rep"].to_numpy(dtype=object),
@@ -369,7 +395,10 @@ def estimate_effects(
         RepEffectTable.low: gamma.ppf(tail, post_a, scale=1 / post_b),
         RepEffectTable.high: gamma.ppf(1 - tail, post_a, scale=1 / post_b),
     })
-    return RepEffects(table, shape)
+    per_rep = pd.DataFrame({"rep_id": reps.index.to_numpy(dtype=object), "observed": reps["o"].to_numpy(),
+                            "expected": reps["e"].to_numpy(),
+                            "effect": ((a + reps["o"]) / (a + reps["e"])).to_numpy()})
+    return RepEffects(table, shape, per_rep)
 
 
 # --- the solver -------------------------------------------------------------------------------
