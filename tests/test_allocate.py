@@ -62,8 +62,8 @@ def test_solver_equals_brute_force(instance: tuple[np.ndarray, np.ndarray]) -> N
 
 def test_solver_at_scale_matches_the_full_linear_programme() -> None:
     """Column generation gives the optimum of the full programme (HiGHS on every pair)."""
-    from scipy.optimize import linprog
     import scipy.sparse as sp
+    from scipy.optimize import linprog
 
     rng = np.random.default_rng(3)
     n, r = 3000, 30

@@ -344,9 +344,11 @@ def estimate_effects(
         Probability of the posterior interval.
 
     For a cell (rep, segment) with ``O`` conversions and ``E`` predicted conversions, the
-    expectation is first recalibrated to the segment (``E * O_segment / E_segment``), so an
-    effect of 1 means "as good as the segment's average rep" whatever the model's
-    calibration in that segment. Two levels of gamma-Poisson shrinkage follow:
+    expectation is first recalibrated to the history as a whole (``E * O_all / E_all``), so
+    an effect of 1 means "as good as the average rep" even when the model's predictions at
+    the history's snapshots run high or low overall. (Recalibrating each segment on its own
+    would pull every small segment's cells toward 1 and hide real differences.) Two levels of
+    gamma-Poisson shrinkage follow:
 
     1. each rep's overall effect ``m_r`` (all its leads) is shrunk toward 1: prior
        ``Gamma(a, a)``, posterior mean ``(a + O_r) / (a + E_r)``;
@@ -369,10 +371,9 @@ def estimate_effects(
         "p": pd.to_numeric(history[predicted]).to_numpy(dtype="float64"),
         "y": pd.to_numeric(history[converted]).to_numpy(dtype="float64"),
     })
-    seg = h.groupby("segment").agg(o=("y", "sum"), e=("p", "sum"))
     cells = h.groupby(["rep", "segment"], sort=True).agg(n=("y", "size"), o=("y", "sum"), e=("p", "sum")).reset_index()
-    ratio = (seg["o"] / seg["e"]).where(seg["e"] > 0, 1.0)
-    cells["e"] = cells["e"] * cells["segment"].map(ratio).to_numpy()
+    total = float(h["p"].sum())
+    cells["e"] = cells["e"] * (float(h["y"].sum()) / total if total > 0 else 1.0)
     reps = cells.groupby("rep").agg(o=("o", "sum"), e=("e", "sum"))
     a = _fit_shape(reps["o"].to_numpy(), reps["e"].to_numpy())
     a = 1e12 if np.isinf(a) else a

@@ -68,15 +68,20 @@ def generate(
     activity: Annotated[float, typer.Option(
         "--activity", min=0.01, help="Multiplier of self-directed engagement (1: ~30 events a lead; 4.4: ~100)."
     )] = 1.0,
+    reps: Annotated[int, typer.Option(
+        "--reps", min=0, help="Sales reps: leads get owner_id, outcomes the owner's effect; writes reps.csv and rep_effects.csv."
+    )] = 0,
 ) -> None:
     """Write a seeded synthetic CRM export (leads, accounts, events, stages)."""
-    from convert.simulate import generate_crm
+    from convert.simulate import REP_EFFECTS_FILE, REPS_FILE, generate_crm
 
     if fmt not in ("csv", "parquet"):
         raise ConvertError(f"--format must be csv or parquet, not {fmt!r}")
     summary = generate_crm(out, n_leads=leads, seed=seed, fmt=fmt, start=start, end=end,  # type: ignore[arg-type]
-                           bad_rows=not clean, activity=activity)
+                           bad_rows=not clean, activity=activity, reps=reps)
     echo(str(summary))
+    if reps:
+        echo(f"  {reps} sales reps: {out / REPS_FILE} (territories, capacity), {out / REP_EFFECTS_FILE} (true effects)")
 
 
 @app.command()
@@ -257,6 +262,36 @@ def _top_table(frame) -> str:  # type: ignore[no-untyped-def]
             if reason:
                 lines.append(f"{'':>14}{reason}")
     return "\n".join(lines)
+
+
+@app.command()
+def allocate(
+    data: DataOpt,
+    scores: Annotated[str, typer.Option("--scores", help="The scores `score` wrote: a .parquet/.csv file or a database URL (with --scores-table).")],
+    reps: Annotated[str, typer.Option("--reps", help="Reps: a .csv/.parquet file or a database URL (with --reps-table): rep_id, capacity, optional max_open, active and territory columns.")],
+    out: Annotated[str | None, typer.Option("--out", help="Where to write the assignments: a .parquet/.csv file, a database URL, or env:VARIABLE (default: env CONVERT_OUT_URL).")] = None,
+    table: Annotated[str | None, typer.Option("--table", help="Assignments table (history: NAME_history; default lead_assignments).")] = None,
+    scores_table: Annotated[str | None, typer.Option("--scores-table", help="Scores table when --scores is a database (default lead_scores).")] = None,
+    reps_table: Annotated[str | None, typer.Option("--reps-table", help="Reps table when --reps is a database (default reps).")] = None,
+    min_score: Annotated[int | None, typer.Option("--min-score", min=0, max=100, help="Allocate leads with at least this score (default: the leads routed to sales).")] = None,
+    reassign: Annotated[bool, typer.Option("--reassign", help="Free the leads being allocated from their current rep.")] = False,
+    balance: Annotated[bool, typer.Option("--balance", help="First spread expected conversions across reps (allocation.balance_tolerance), then maximise.")] = False,
+    model: ModelOpt = None,
+    compare_effects: Annotated[str | None, typer.Option("--compare-effects", help="Also value the allocation under these rep effects (rep_id, segment, effect: e.g. the simulator's rep_effects.csv).")] = None,
+    config: ConfigOpt = None, rejects: RejectsOpt = None, strict: StrictOpt = False,
+    mapping: MappingOpt = None,
+) -> None:
+    """Allocate scored leads to sales reps (territory, capacity, sticky owners, rep effects) and write who calls each."""
+    result = steps.allocate_step(data, _config(config), scores, reps, out, table, scores_table, reps_table, min_score,
+                                 reassign, balance, model, compare_effects, str(rejects) if rejects else None,
+                                 strict or None, echo, _mapping(mapping))
+    echo(str(result.written))
+    for line in result.allocation.lines():
+        echo(line)
+    if result.truth:
+        t = result.truth
+        echo(f"under the effects of {compare_effects}: this allocation {t['allocation']:.2f}, round-robin "
+             f"{t['round_robin']:.2f}, highest scores to whoever is free {t['greedy']:.2f}")
 
 
 @app.command()

@@ -902,7 +902,7 @@ OWNER_ID = "owner_id"
 #: employee bands of the rep effects (``features.employee_bands``' default cuts)
 REP_EMPLOYEE_BANDS = (10, 50, 200, 1000, 5000)
 #: log-normal spread of the true rep effects: per rep, per rep and source, per rep and size band
-REP_EFFECT_SD = (0.30, 0.25, 0.10)
+REP_EFFECT_SD = (0.25, 0.20, 0.10)
 #: open leads created this many days before ``end`` have no owner yet (awaiting routing)
 UNROUTED_DAYS = 21
 REPS_FILE = "reps.csv"
@@ -1118,11 +1118,13 @@ def _draw_cohort(world: _World, rng: np.random.Generator, lo: int, hi: int) -> _
     z = INTERCEPT + fit + acc_need + lead_need + np.array(CONVERSION_BY_MONTH)[_month(created) - 1]
     p_convert = _sigmoid(z)
     owner = np.full(n, -1, dtype=np.int64)
+    draw = rng.random(n)
+    marketing = draw < p_convert  # the conversions marketing's engagement story leads to
     if world.team is not None:  # a separate stream: the other draws stay as without reps
         band = np.where(has_acc & ~firms.employees_missing[a0], _band_index(firms.employees[a0]), -1)
         owner, effect = _owners(world.team, lo, src, country, band)
         p_convert = np.minimum(p_convert * effect, 0.999)
-    converts = rng.random(n) < p_convert
+    converts = draw < p_convert
 
     # conversion time: log-normal delay (faster for hot leads), late tail, December slip,
     # quarter-end pull
@@ -1157,7 +1159,9 @@ def _draw_cohort(world: _World, rng: np.random.Generator, lo: int, hi: int) -> _
     act = np.append([s[4] for s in LEAD_SOURCES], 1.0)[src] * np.exp(
         0.35 * fit + 0.45 * lead_need + 0.25 * acc_need + rng.normal(0.0, 0.55, n) - 0.25
     )
-    warm = converts & (rng.random(n) < WARMUP_SHARE)
+    # a conversion the owner added (effect > 1) comes from the rep's own calls: no warm-up;
+    # one the owner lost (effect < 1) is a non-converter, often with a false start below
+    warm = converts & marketing & (rng.random(n) < WARMUP_SHARE)
     width = 7.0 + rng.gamma(2.0, 12.0, n)
     strength = WARMUP_MEAN * np.sqrt(act) * np.exp(rng.normal(0.0, 0.4, n))
     fs = ~converts & (rng.random(n) < FALSE_START_MAX * _sigmoid(z + 2.0))
