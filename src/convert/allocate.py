@@ -324,6 +324,19 @@ def _fit_shape(observed: np.ndarray, mean: np.ndarray) -> float:
     return float("inf") if best >= _SHAPES[-1] else best
 
 
+def _mixture_quantile(q: float, w: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The *q* quantile of each row's mixture of Gamma(a, rate b) with weights *w* (bisection)."""
+    from scipy.stats import gamma
+
+    lo = np.min(gamma.ppf(q, a, scale=1 / b), axis=1)
+    hi = np.max(gamma.ppf(q, a, scale=1 / b), axis=1)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        below = (w * gamma.cdf(mid[:, None], a, scale=1 / b)).sum(axis=1) < q
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    return (lo + hi) / 2
+
+
 def estimate_effects(
     history: pd.DataFrame,
     *,
@@ -353,11 +366,13 @@ def estimate_effects(
     1. each rep's overall effect ``m_r`` (all its leads) is shrunk toward 1: prior
        ``Gamma(a, a)``, posterior mean ``(a + O_r) / (a + E_r)``;
     2. each cell's effect is shrunk toward its rep's ``m_r``: prior ``Gamma(b, b / m_r)``,
-       posterior ``Gamma(b + O, b / m_r + E)``, whose mean is the effect and whose quantiles
-       give the interval.
+       posterior ``Gamma(b + O, b / m_r + E)`` (the prior widened by the uncertainty of
+       ``m_r``).
 
-    The shapes ``a`` and ``b`` maximise the marginal (negative binomial) likelihood over the
-    reps and the cells. Few leads: an effect near the rep's (and the rep's near 1) with a
+    ``a`` maximises the marginal (negative binomial) likelihood over the reps; ``b`` is
+    integrated over its posterior on a log-uniform grid (a few thousand leads rarely tell a
+    modest spread from none, and a single best ``b`` at "none" would give intervals far too
+    narrow), so each effect is a mixture's mean and its interval the mixture's quantiles. Few leads: an effect near the rep's (and the rep's near 1) with a
     wide interval; many: near ``O / E``. Without any difference between reps both shapes
     are infinite and every effect is 1.
     """
@@ -379,12 +394,19 @@ def estimate_effects(
     a = 1e12 if np.isinf(a) else a
     m = ((a + reps["o"]) / (a + reps["e"])).reindex(cells["rep"]).to_numpy()
     o, e = cells["o"].to_numpy(), cells["e"].to_numpy()
-    shape = _fit_shape(o, m * e)
-    b = 1e12 if np.isinf(shape) else shape
+    # the cells' spread around their rep: a posterior over the prior shape (log-uniform on
+    # the grid), not only its best value, so that evidence too thin to tell a spread from none
+    # still widens the intervals instead of collapsing them onto the rep's effect
+    ll = np.array([_nb_loglik(b, o, m * e) for b in _SHAPES])
+    weight = np.exp(ll - ll.max())
+    weight /= weight.sum()
+    keep = weight > 1e-6
+    shape = float(_SHAPES[int(np.argmax(ll))])
     # the cell's prior: mean m_r, variance m_r^2 / b plus the uncertainty of m_r itself
     m_var = ((a + reps["o"]) / (a + reps["e"]) ** 2).reindex(cells["rep"]).to_numpy()
-    b_cell = m**2 / (m**2 / b + m_var)
-    post_a, post_b = b_cell + o, b_cell / m + e
+    b_cell = m[:, None] ** 2 / (m[:, None] ** 2 / _SHAPES[keep][None, :] + m_var[:, None])
+    post_a, post_b = b_cell + o[:, None], b_cell / m[:, None] + e[:, None]
+    w = weight[keep][None, :]
     tail = (1 - level) / 2
     table = pd.DataFrame({
         RepEffectTable.rep_id: cells["rep"].to_numpy(dtype=object),
@@ -392,13 +414,14 @@ def estimate_effects(
         RepEffectTable.leads: cells["n"].to_numpy(dtype="int64"),
         RepEffectTable.observed: o,
         RepEffectTable.expected: e,
-        RepEffectTable.effect: post_a / post_b,
-        RepEffectTable.low: gamma.ppf(tail, post_a, scale=1 / post_b),
-        RepEffectTable.high: gamma.ppf(1 - tail, post_a, scale=1 / post_b),
+        RepEffectTable.effect: (w * post_a / post_b).sum(axis=1),
+        RepEffectTable.low: _mixture_quantile(tail, w, post_a, post_b),
+        RepEffectTable.high: _mixture_quantile(1 - tail, w, post_a, post_b),
     })
+    ra, rb = a + reps["o"].to_numpy(), a + reps["e"].to_numpy()
     per_rep = pd.DataFrame({"rep_id": reps.index.to_numpy(dtype=object), "observed": reps["o"].to_numpy(),
-                            "expected": reps["e"].to_numpy(),
-                            "effect": ((a + reps["o"]) / (a + reps["e"])).to_numpy()})
+                            "expected": reps["e"].to_numpy(), "effect": ra / rb,
+                            "low": gamma.ppf(tail, ra, scale=1 / rb), "high": gamma.ppf(1 - tail, ra, scale=1 / rb)})
     return RepEffects(table, shape, per_rep)
 
 

@@ -278,6 +278,7 @@ def allocate(
     balance: Annotated[bool, typer.Option("--balance", help="First spread expected conversions across reps (allocation.balance_tolerance), then maximise.")] = False,
     model: ModelOpt = None,
     compare_effects: Annotated[str | None, typer.Option("--compare-effects", help="Also value the allocation under these rep effects (rep_id, segment, effect: e.g. the simulator's rep_effects.csv).")] = None,
+    effects_out: Annotated[Path | None, typer.Option("--effects-out", help="Also write the learned rep effects per segment (CSV/Parquet), with their intervals.")] = None,
     config: ConfigOpt = None, rejects: RejectsOpt = None, strict: StrictOpt = False,
     mapping: MappingOpt = None,
 ) -> None:
@@ -285,7 +286,20 @@ def allocate(
     result = steps.allocate_step(data, _config(config), scores, reps, out, table, scores_table, reps_table, min_score,
                                  reassign, balance, model, compare_effects, str(rejects) if rejects else None,
                                  strict or None, echo, _mapping(mapping))
-    echo(str(result.written))
+    w = result.written
+    where = f"table {w.table} at {w.target}" if w.table else w.target
+    assigned = int(result.allocation.assignments["rep_id"].notna().sum())
+    echo(f"wrote {w.rows_written:,} assignments ({assigned:,} with a rep) to {where} in {w.seconds:.1f} s"
+         + (f"; added {w.history_rows_added:,} rows to {w.table}_history" if w.table else ""))
+    fx = result.effects
+    if not fx.per_rep.empty:
+        echo(f"rep effects from {result.history_leads:,} past leads (overall effect, 95% interval): " + ", ".join(
+            f"{r.rep_id} {r.effect:.2f} ({r.low:.2f}-{r.high:.2f})" for r in fx.per_rep.itertuples()))
+    if effects_out:
+        from convert.io import write_frame
+
+        write_frame(fx.table, effects_out)
+        echo(f"rep effects per segment written to {effects_out}")
     for line in result.allocation.lines():
         echo(line)
     if result.truth:

@@ -950,13 +950,7 @@ def _draw_team(seed: np.random.SeedSequence, n_reps: int, n_leads: int) -> _Team
         + rng.normal(0.0, sd_band, (n_reps, 1, n_band))
     )
     effect = np.exp(log_e)
-    # each rep's expected share of leads (owners are drawn uniformly among a country's reps)
-    weights = np.array([c[1] for c in COUNTRIES]) / sum(c[1] for c in COUNTRIES)
-    share = np.zeros(n_reps)
-    for c in range(n_c):
-        team = [r for r in range(n_reps) if c in covers[r]]
-        share[team] += weights[c] / len(team)
-    effect /= np.tensordot(share, effect, axes=1)[None, :, :]  # each segment's average rep is 1
+    effect /= effect.mean(axis=0, keepdims=True)  # past owners are uniform: a segment's average rep is 1
     capacity = np.full(n_reps, max(2, n_leads // 4000), dtype=np.int64)
     max_open: list[int | None] = [None] * n_reps
     active = np.ones(n_reps, bool)
@@ -967,20 +961,17 @@ def _draw_team(seed: np.random.SeedSequence, n_reps: int, n_leads: int) -> _Team
     return _Team(ids, covers, effect, capacity, max_open, active, seed)
 
 
-def _owners(team: _Team, lo: int, src: I64, country: I64, band: I64) -> tuple[I64, F64]:
-    """Each lead's owner (uniform among the reps covering its country; all reps when the
-    country is unknown) and the owner's true effect on its conversion probability."""
+def _owners(team: _Team, lo: int, src: I64, band: I64) -> tuple[I64, F64]:
+    """Each lead's owner and the owner's true effect on its conversion probability.
+
+    Past leads were routed round-robin over the whole team (most CRMs' default), so owners
+    are uniform and independent of every lead attribute; ``reps.csv``'s territories are the
+    rules from now on. (Had owners followed country territories, a model using the country
+    would absorb part of a lone rep's effect, and no learner could tell the two apart.)
+    """
     n = len(src)
     rng = np.random.default_rng(np.random.SeedSequence(team.seed.entropy, spawn_key=(7, lo)))
-    u = rng.random(n)
-    owner = np.empty(n, dtype=np.int64)
-    n_c = len(COUNTRIES)
-    for c in range(-1, n_c):
-        rows = np.flatnonzero(country == c)
-        if not len(rows):
-            continue
-        team_c = np.array([r for r in range(team.n) if c < 0 or c in team.countries[r]])
-        owner[rows] = team_c[np.minimum((u[rows] * len(team_c)).astype(np.int64), len(team_c) - 1)]
+    owner = rng.integers(0, team.n, n)
     band_i = np.where(band < 0, team.effect.shape[2] - 1, band)
     return owner, team.effect[owner, src, band_i]
 
@@ -1122,7 +1113,7 @@ def _draw_cohort(world: _World, rng: np.random.Generator, lo: int, hi: int) -> _
     marketing = draw < p_convert  # the conversions marketing's engagement story leads to
     if world.team is not None:  # a separate stream: the other draws stay as without reps
         band = np.where(has_acc & ~firms.employees_missing[a0], _band_index(firms.employees[a0]), -1)
-        owner, effect = _owners(world.team, lo, src, country, band)
+        owner, effect = _owners(world.team, lo, src, band)
         p_convert = np.minimum(p_convert * effect, 0.999)
     converts = draw < p_convert
 

@@ -215,6 +215,9 @@ def train_step(
         leakage, config = screen_attributes(data, config, mapping)
         for line in leakage.lines():
             echo(line)
+        if config.allocation.owner_column in leakage.excluded:
+            echo(f"not a feature: {config.allocation.owner_column!r} "
+                 f"({leakage.excluded[config.allocation.owner_column]})")
         result = train(data, config, as_of=as_of, tune_trials=tune_trials)
         result.model.metadata["leakage"] = leakage.to_dict()
         hold = result.split.masks["holdout"]
