@@ -370,9 +370,10 @@ def estimate_effects(
        ``m_r``).
 
     ``a`` maximises the marginal (negative binomial) likelihood over the reps; ``b`` is
-    integrated over its posterior on a log-uniform grid (a few thousand leads rarely tell a
-    modest spread from none, and a single best ``b`` at "none" would give intervals far too
-    narrow), so each effect is a mixture's mean and its interval the mixture's quantiles. Few leads: an effect near the rep's (and the rep's near 1) with a
+    integrated over its posterior (hyperprior uniform on the spread's standard deviation):
+    a few thousand leads rarely tell a modest spread from none, and a single best ``b`` at
+    "none" would give intervals far too narrow. Each effect is the mixture's mean, its
+    interval the mixture's quantiles. Few leads: an effect near the rep's (and the rep's near 1) with a
     wide interval; many: near ``O / E``. Without any difference between reps both shapes
     are infinite and every effect is 1.
     """
@@ -394,10 +395,12 @@ def estimate_effects(
     a = 1e12 if np.isinf(a) else a
     m = ((a + reps["o"]) / (a + reps["e"])).reindex(cells["rep"]).to_numpy()
     o, e = cells["o"].to_numpy(), cells["e"].to_numpy()
-    # the cells' spread around their rep: a posterior over the prior shape (log-uniform on
-    # the grid), not only its best value, so that evidence too thin to tell a spread from none
-    # still widens the intervals instead of collapsing them onto the rep's effect
-    ll = np.array([_nb_loglik(b, o, m * e) for b in _SHAPES])
+    # the cells' spread around their rep: a posterior over the prior shape, not only its best
+    # value, so that evidence too thin to tell a spread from none still widens the intervals
+    # instead of collapsing them onto the rep's effect. The hyperprior is uniform on the
+    # spread's standard deviation 1/sqrt(b) (on the log-spaced grid: weight b^-1/2), the
+    # usual weakly informative choice; uniform on log b would pile up at "no spread".
+    ll = np.array([_nb_loglik(b, o, m * e) for b in _SHAPES]) - 0.5 * np.log(_SHAPES)
     weight = np.exp(ll - ll.max())
     weight /= weight.sum()
     keep = weight > 1e-6

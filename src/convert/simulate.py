@@ -905,6 +905,8 @@ REP_EMPLOYEE_BANDS = (10, 50, 200, 1000, 5000)
 REP_EFFECT_SD = (0.25, 0.20, 0.10)
 #: open leads created this many days before ``end`` have no owner yet (awaiting routing)
 UNROUTED_DAYS = 21
+#: a rep's effect never lifts a conversion probability above this
+P_CAP = 0.999
 REPS_FILE = "reps.csv"
 REP_EFFECTS_FILE = "rep_effects.csv"
 
@@ -920,10 +922,22 @@ class _Team:
     max_open: list[int | None]
     active: np.ndarray
     seed: np.random.SeedSequence
+    #: per segment, the leads' summed conversion probability without a rep, and with each rep
+    #: (after the cap): the effects as realised on expected conversions (``rep_effects.csv``)
+    base: F64 = field(default_factory=lambda: np.zeros(0))
+    realised: F64 = field(default_factory=lambda: np.zeros(0))
 
     @property
     def n(self) -> int:
         return len(self.ids)
+
+    def realised_effects(self) -> F64:
+        """Each (rep, segment)'s effect on the segment's expected conversions, relative to the
+        segment's average rep (the parameter where the segment has no lead)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = self.realised / self.base[None, :, :]
+            ratio = ratio / ratio.mean(axis=0, keepdims=True)
+        return np.where(self.base[None, :, :] > 0, ratio, self.effect)
 
 
 def _band_index(employees: F64) -> I64:
@@ -958,10 +972,11 @@ def _draw_team(seed: np.random.SeedSequence, n_reps: int, n_leads: int) -> _Team
         max_open[1] = max(5, n_leads // 200)  # a rep close to full
         active[-1] = False  # a rep who left: their open leads are released
     ids = [f"R{r + 1:02d}" for r in range(n_reps)]
-    return _Team(ids, covers, effect, capacity, max_open, active, seed)
+    return _Team(ids, covers, effect, capacity, max_open, active, seed,
+                 base=np.zeros((n_src, n_band)), realised=np.zeros((n_reps, n_src, n_band)))
 
 
-def _owners(team: _Team, lo: int, src: I64, band: I64) -> tuple[I64, F64]:
+def _owners(team: _Team, lo: int, src: I64, band: I64, p: F64) -> tuple[I64, F64]:
     """Each lead's owner and the owner's true effect on its conversion probability.
 
     Past leads were routed round-robin over the whole team (most CRMs' default), so owners
@@ -973,6 +988,9 @@ def _owners(team: _Team, lo: int, src: I64, band: I64) -> tuple[I64, F64]:
     rng = np.random.default_rng(np.random.SeedSequence(team.seed.entropy, spawn_key=(7, lo)))
     owner = rng.integers(0, team.n, n)
     band_i = np.where(band < 0, team.effect.shape[2] - 1, band)
+    np.add.at(team.base, (src, band_i), p)
+    for r in range(team.n):  # what each rep would have made of these leads
+        np.add.at(team.realised[r], (src, band_i), np.minimum(p * team.effect[r, src, band_i], P_CAP))
     return owner, team.effect[owner, src, band_i]
 
 
@@ -1001,14 +1019,16 @@ def _write_team(out: Path, team: _Team, fmt: Format) -> dict[str, int]:
     cuts = REP_EMPLOYEE_BANDS
     bands = [f"<{cuts[0]}"] + [f"{a}-{b - 1}" for a, b in zip(cuts, cuts[1:], strict=False)] + [f"{cuts[-1]}+", None]
     rows = 0
+    realised = team.realised_effects()
     with open(out / REP_EFFECTS_FILE, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["rep_id", "lead_source", "employee_band", "segment", "effect"])
+        w.writerow(["rep_id", "lead_source", "employee_band", "segment", "effect", "multiplier"])
         for r, rep_id in enumerate(team.ids):
             for i, source in enumerate(sources):
                 for j, band in enumerate(bands):
                     label = f"lead_source={source or '(none)'}, employee_band={band or '(none)'}"
-                    w.writerow([rep_id, source or "", band or "", label, f"{team.effect[r, i, j]:.6f}"])
+                    w.writerow([rep_id, source or "", band or "", label, f"{realised[r, i, j]:.6f}",
+                                f"{team.effect[r, i, j]:.6f}"])
                     rows += 1
     return {"reps": team.n, "rep_effects": rows}
 
@@ -1113,8 +1133,8 @@ def _draw_cohort(world: _World, rng: np.random.Generator, lo: int, hi: int) -> _
     marketing = draw < p_convert  # the conversions marketing's engagement story leads to
     if world.team is not None:  # a separate stream: the other draws stay as without reps
         band = np.where(has_acc & ~firms.employees_missing[a0], _band_index(firms.employees[a0]), -1)
-        owner, effect = _owners(world.team, lo, src, band)
-        p_convert = np.minimum(p_convert * effect, 0.999)
+        owner, effect = _owners(world.team, lo, src, band, p_convert)
+        p_convert = np.minimum(p_convert * effect, P_CAP)
     converts = draw < p_convert
 
     # conversion time: log-normal delay (faster for hot leads), late tail, December slip,
