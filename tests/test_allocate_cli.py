@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from tests.conftest import FAST
+from tests.conftest import FAST, require_postgres
 
 from convert.allocate import AssignmentOutput, RepEffects, expected_under
 from convert.cli import main
@@ -59,7 +59,7 @@ def test_allocate_writes_back_keeps_sticky_leads_and_learns_effects(crm_with_rep
     assert list(first.columns) == AssignmentOutput.names()
     assert set(first["lead_id"]) == set(scores["lead_id"])  # one row per open lead, never dropped
     assert first["reason"].notna().all()
-    leads = pd.read_csv(crm_with_reps / "leads.csv", dtype=str).set_index("lead_id")
+    leads = pd.read_csv(crm_with_reps / "leads.csv", dtype=str).dropna(subset=["lead_id"]).set_index("lead_id")
     reps = pd.read_csv(crm_with_reps / "reps.csv", dtype=str, keep_default_na=False).set_index("rep_id")
     owner = first["lead_id"].map(leads["owner_id"])
     active_owner = owner.isin(reps.index[reps["active"] == "true"])
@@ -90,14 +90,16 @@ def test_allocate_writes_back_keeps_sticky_leads_and_learns_effects(crm_with_rep
     assert third.loc[below, "reason"].str.contains("below --min-score 20").any()
 
 
-def test_assignments_write_to_files_and_postgres(require_postgres, tmp_path):
+@pytest.mark.postgres
+def test_assignments_write_to_files_and_postgres(tmp_path):
+    pg = require_postgres()
     frame = pd.DataFrame({
         "lead_id": ["a", "b", "c"], "rep_id": ["R1", None, "R1"], "probability": [0.5, 0.2, 0.3],
         "expected_conversions": [0.6, None, 0.3], "rank_for_rep": pd.array([1, None, 2], dtype="Int64"),
         "reason": ["x", "unassigned: capacity exhausted", "y"], "as_of": pd.Timestamp("2026-01-01"),
         "model_version": "m/1", "assigned_at": pd.Timestamp("2026-01-01 06:00"),
     })
-    for target in (str(tmp_path / "a.parquet"), str(tmp_path / "a.csv"), require_postgres):
+    for target in (str(tmp_path / "a.parquet"), str(tmp_path / "a.csv"), pg):
         write_scores(frame, target, "test_assign", schema=AssignmentOutput)
         back = read_table(target, "test_assign", schema=AssignmentOutput)
         assert back["rep_id"].isna().tolist() == [False, True, False]

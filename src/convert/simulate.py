@@ -1062,6 +1062,7 @@ class _Cohort:
     z: F64
     act: F64
     converts: np.ndarray
+    marketing: np.ndarray  # converts by marketing's story alone (without reps: = converts)
     conv_t: I64
     dq: np.ndarray
     dq_t: I64
@@ -1170,12 +1171,13 @@ def _draw_cohort(world: _World, rng: np.random.Generator, lo: int, hi: int) -> _
     act = np.append([s[4] for s in LEAD_SOURCES], 1.0)[src] * np.exp(
         0.35 * fit + 0.45 * lead_need + 0.25 * acc_need + rng.normal(0.0, 0.55, n) - 0.25
     )
-    # a conversion the owner added (effect > 1) comes from the rep's own calls: no warm-up;
-    # one the owner lost (effect < 1) is a non-converter, often with a false start below
-    warm = converts & marketing & (rng.random(n) < WARMUP_SHARE)
+    # engagement follows marketing's story, not the owner: a conversion the owner added
+    # (effect > 1) comes from the rep's calls, without warm-up or recorded funnel; one the
+    # owner lost (effect < 1) keeps its warm-up and funnel, and ends as a lost deal
+    warm = marketing & (rng.random(n) < WARMUP_SHARE)
     width = 7.0 + rng.gamma(2.0, 12.0, n)
     strength = WARMUP_MEAN * np.sqrt(act) * np.exp(rng.normal(0.0, 0.4, n))
-    fs = ~converts & (rng.random(n) < FALSE_START_MAX * _sigmoid(z + 2.0))
+    fs = ~marketing & (rng.random(n) < FALSE_START_MAX * _sigmoid(z + 2.0))
     open_end = np.minimum(np.where(converts, conv_t, np.where(dq, dq_t, _NEVER)), world.end)
     early = rng.random(n) < 0.5  # half the evaluations come soon after creation, half any time
     fs_lag = np.where(
@@ -1198,6 +1200,7 @@ def _draw_cohort(world: _World, rng: np.random.Generator, lo: int, hi: int) -> _
         z=z,
         act=act,
         converts=converts,
+        marketing=marketing,
         conv_t=conv_t,
         dq=dq,
         dq_t=dq_t,
@@ -1459,12 +1462,12 @@ def _draw_stages(world: _World, c: _Cohort, rng: np.random.Generator) -> list[I6
     sql = c.created + ((opp - c.created) * rng.uniform(0.5, 0.95, n)).astype(np.int64)
     mql = c.created + ((sql - c.created) * rng.uniform(0.05, 0.8, n)).astype(np.int64)
     # sales records the funnel of half the deals (and half the B2C buyers skip it anyway)
-    path = c.converts & (rng.random(n) < STAGE_RECORDED) & ~(c.b2c & (rng.random(n) < 0.5))
+    path = c.marketing & (rng.random(n) < STAGE_RECORDED) & ~(c.b2c & (rng.random(n) < 0.5))
     for stage, when, p in (("mql", mql, 0.9), ("sql", sql, 0.9), ("opportunity", opp, 0.85)):
         rows.append((path & (rng.random(n) < p), when, _S[stage]))
     # others: marketing-qualified by engagement; false starts reach sql and a lost opportunity
     fs_start = c.fs_end - (c.width * DAY).astype(np.int64)
-    mql2 = ~c.converts & (
+    mql2 = ~c.marketing & (
         c.fs | (rng.random(n) < _sigmoid(-1.3 + 0.8 * np.log(c.act) + 0.5 * c.fit))
     )
     mql2_t = c.created + (rng.exponential(15.0, n) * DAY).astype(np.int64)
