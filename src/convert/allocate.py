@@ -317,6 +317,16 @@ def _nb_loglik(shape: float, observed: np.ndarray, mean: np.ndarray) -> float:
 _SHAPES = np.exp(np.linspace(np.log(0.05), np.log(1e4), 240))
 
 
+def _shape_weights(observed: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Posterior weights of the prior shapes on the grid: the marginal likelihood times a
+    hyperprior uniform on the spread's standard deviation ``1/sqrt(shape)`` (on the
+    log-spaced grid: ``shape^-1/2``), the usual weakly informative choice; uniform on log shape
+    would pile up at "no spread" whenever the evidence is thin."""
+    ll = np.array([_nb_loglik(b, observed, mean) for b in _SHAPES]) - 0.5 * np.log(_SHAPES)
+    w = np.exp(ll - ll.max())
+    return w / w.sum()
+
+
 def _fit_shape(observed: np.ndarray, mean: np.ndarray) -> float:
     """The prior shape maximising the marginal likelihood (``inf``: no spread at all)."""
     ll = [_nb_loglik(a, observed, mean) for a in _SHAPES]
@@ -377,7 +387,6 @@ def estimate_effects(
     wide interval; many: near ``O / E``. Without any difference between reps both shapes
     are infinite and every effect is 1.
     """
-    from scipy.stats import gamma
 
     if history.empty:
         return RepEffects.none()
@@ -387,26 +396,36 @@ def estimate_effects(
         "p": pd.to_numeric(history[predicted]).to_numpy(dtype="float64"),
         "y": pd.to_numeric(history[converted]).to_numpy(dtype="float64"),
     })
-    cells = h.groupby(["rep", "segment"], sort=True).agg(n=("y", "size"), o=("y", "sum"), e=("p", "sum")).reset_index()
+    h["v"] = h["p"] * (1 - h["p"])
+    cells = h.groupby(["rep", "segment"], sort=True).agg(
+        n=("y", "size"), o=("y", "sum"), e=("p", "sum"), v=("v", "sum")).reset_index()
     total = float(h["p"].sum())
-    cells["e"] = cells["e"] * (float(h["y"].sum()) / total if total > 0 else 1.0)
+    # Bernoulli outcomes vary less than Poisson counts (p(1-p) < p): counted at face value,
+    # hot leads would hide real differences between reps. Both counts are scaled by the
+    # cell's p(1-p)/p (its "effective" Poisson evidence); the ratio O/E is unchanged.
+    phi = np.clip((cells["v"] / cells["e"]).to_numpy(), 1e-3, 1.0)
+    scale = float(h["y"].sum()) / total if total > 0 else 1.0
+    cells["o_raw"], cells["e_raw"] = cells["o"], cells["e"] * scale
+    cells["o"], cells["e"] = cells["o"] / phi, cells["e"] * scale / phi
     reps = cells.groupby("rep").agg(o=("o", "sum"), e=("e", "sum"))
-    a = _fit_shape(reps["o"].to_numpy(), reps["e"].to_numpy())
-    a = 1e12 if np.isinf(a) else a
-    m = ((a + reps["o"]) / (a + reps["e"])).reindex(cells["rep"]).to_numpy()
+    # level 1, each rep toward 1, integrated over the prior shape like the cells' (below)
+    ro, re_ = reps["o"].to_numpy(), reps["e"].to_numpy()
+    w1 = _shape_weights(ro, re_)
+    ra, rb = _SHAPES[None, :] + ro[:, None], _SHAPES[None, :] + re_[:, None]
+    rep_mean = (w1[None, :] * ra / rb).sum(axis=1)
+    rep_var = (w1[None, :] * (ra / rb**2 + (ra / rb) ** 2)).sum(axis=1) - rep_mean**2
+    m = pd.Series(rep_mean, index=reps.index).reindex(cells["rep"]).to_numpy()
     o, e = cells["o"].to_numpy(), cells["e"].to_numpy()
     # the cells' spread around their rep: a posterior over the prior shape, not only its best
     # value, so that evidence too thin to tell a spread from none still widens the intervals
     # instead of collapsing them onto the rep's effect. The hyperprior is uniform on the
     # spread's standard deviation 1/sqrt(b) (on the log-spaced grid: weight b^-1/2), the
     # usual weakly informative choice; uniform on log b would pile up at "no spread".
-    ll = np.array([_nb_loglik(b, o, m * e) for b in _SHAPES]) - 0.5 * np.log(_SHAPES)
-    weight = np.exp(ll - ll.max())
-    weight /= weight.sum()
+    weight = _shape_weights(o, m * e)
     keep = weight > 1e-6
-    shape = float(_SHAPES[int(np.argmax(ll))])
+    shape = float(_SHAPES[int(np.argmax(weight))])
     # the cell's prior: mean m_r, variance m_r^2 / b plus the uncertainty of m_r itself
-    m_var = ((a + reps["o"]) / (a + reps["e"]) ** 2).reindex(cells["rep"]).to_numpy()
+    m_var = pd.Series(np.maximum(rep_var, 0.0), index=reps.index).reindex(cells["rep"]).to_numpy()
     b_cell = m[:, None] ** 2 / (m[:, None] ** 2 / _SHAPES[keep][None, :] + m_var[:, None])
     post_a, post_b = b_cell + o[:, None], b_cell / m[:, None] + e[:, None]
     w = weight[keep][None, :]
@@ -415,16 +434,17 @@ def estimate_effects(
         RepEffectTable.rep_id: cells["rep"].to_numpy(dtype=object),
         RepEffectTable.segment: cells["segment"].to_numpy(dtype=object),
         RepEffectTable.leads: cells["n"].to_numpy(dtype="int64"),
-        RepEffectTable.observed: o,
-        RepEffectTable.expected: e,
+        RepEffectTable.observed: cells["o_raw"].to_numpy(),
+        RepEffectTable.expected: cells["e_raw"].to_numpy(),
         RepEffectTable.effect: (w * post_a / post_b).sum(axis=1),
         RepEffectTable.low: _mixture_quantile(tail, w, post_a, post_b),
         RepEffectTable.high: _mixture_quantile(1 - tail, w, post_a, post_b),
     })
-    ra, rb = a + reps["o"].to_numpy(), a + reps["e"].to_numpy()
-    per_rep = pd.DataFrame({"rep_id": reps.index.to_numpy(dtype=object), "observed": reps["o"].to_numpy(),
-                            "expected": reps["e"].to_numpy(), "effect": ra / rb,
-                            "low": gamma.ppf(tail, ra, scale=1 / rb), "high": gamma.ppf(1 - tail, ra, scale=1 / rb)})
+    raw = cells.groupby("rep").agg(o=("o_raw", "sum"), e=("e_raw", "sum"))
+    wk = w1[None, :].repeat(len(reps), axis=0)
+    per_rep = pd.DataFrame({"rep_id": reps.index.to_numpy(dtype=object), "observed": raw["o"].to_numpy(),
+                            "expected": raw["e"].to_numpy(), "effect": rep_mean,
+                            "low": _mixture_quantile(tail, wk, ra, rb), "high": _mixture_quantile(1 - tail, wk, ra, rb)})
     return RepEffects(table, shape, per_rep)
 
 
