@@ -128,6 +128,8 @@ class RepEffectTable(TableSchema):
     observed = Column("observed", "number", nullable=False)
     expected = Column("expected", "number", nullable=False)
     effect = Column("effect", "number", nullable=False)
+    #: the cell's prior mean: the rep's effect times its factors for the segment's attributes
+    prior = Column("prior", "number", nullable=False)
     low = Column("low", "number", nullable=False)
     high = Column("high", "number", nullable=False)
 
@@ -355,6 +357,7 @@ def estimate_effects(
     predicted: str = "predicted",
     converted: str = "converted",
     level: float = 0.95,
+    by: Sequence[str] = (),
 ) -> RepEffects:
     """Rep effects per segment from past leads (empirical Bayes, gamma-Poisson).
 
@@ -365,6 +368,9 @@ def estimate_effects(
         probability at the time, and whether it *converted* within the horizon (0/1).
     level:
         Probability of the posterior interval.
+    by:
+        Columns of *history* holding the attributes a segment combines (``segment_by``);
+        with them each rep also gets a factor per attribute value (see 2 below).
 
     For a cell (rep, segment) with ``O`` conversions and ``E`` predicted conversions, the
     expectation is first recalibrated to the history as a whole (``E * O_all / E_all``), so
@@ -375,30 +381,37 @@ def estimate_effects(
 
     1. each rep's overall effect ``m_r`` (all its leads) is shrunk toward 1: prior
        ``Gamma(a, a)``, posterior mean ``(a + O_r) / (a + E_r)``;
-    2. each cell's effect is shrunk toward its rep's ``m_r``: prior ``Gamma(b, b / m_r)``,
-       posterior ``Gamma(b + O, b / m_r + E)`` (the prior widened by the uncertainty of
-       ``m_r``).
+    2. with *by*, each rep's factor per attribute value (e.g. rep x lead source, rep x
+       employee band: many more leads each than a cell) is shrunk toward 1 the same way, the
+       expectation carrying the rep's effect and the other attributes' factors (two rounds
+       of backfitting); the cell's prior mean ``mu`` is the product ``m_r x factors``
+       (without *by*: ``m_r``);
+    3. each cell's effect is shrunk toward ``mu``: prior ``Gamma(b, b / mu)`` widened by the
+       uncertainty of ``mu``, posterior ``Gamma(b + O, b / mu + E)``.
 
-    ``a`` maximises the marginal (negative binomial) likelihood over the reps; ``b`` is
-    integrated over its posterior (hyperprior uniform on the spread's standard deviation):
-    a few thousand leads rarely tell a modest spread from none, and a single best ``b`` at
-    "none" would give intervals far too narrow. Each effect is the mixture's mean, its
-    interval the mixture's quantiles. Few leads: an effect near the rep's (and the rep's near 1) with a
-    wide interval; many: near ``O / E``. Without any difference between reps both shapes
-    are infinite and every effect is 1.
+    Every prior shape (``a``, the factors', ``b``) is integrated over its posterior on a
+    grid, the hyperprior uniform on the spread's standard deviation: a few thousand leads
+    rarely tell a modest spread from none, and a single best shape at "none" would give
+    intervals far too narrow. Each effect is the mixture's mean, its interval the mixture's
+    quantiles. Few leads: an effect near ``mu`` (and ``mu`` near 1) with a wide interval;
+    many: near ``O / E``. Without any difference between reps every effect is near 1.
     """
 
     if history.empty:
         return RepEffects.none()
+    by = list(by)
     h = pd.DataFrame({
         "rep": history[rep].astype(str).to_numpy(),
         "segment": history[segment].astype(str).to_numpy(),
         "p": pd.to_numeric(history[predicted]).to_numpy(dtype="float64"),
         "y": pd.to_numeric(history[converted]).to_numpy(dtype="float64"),
+        **{f"by_{i}": history[c].astype("object").where(history[c].notna(), NONE_LABEL).astype(str).to_numpy()
+           for i, c in enumerate(by)},
     })
     h["v"] = h["p"] * (1 - h["p"])
+    parts = {f"by_{i}": (f"by_{i}", "first") for i in range(len(by))}
     cells = h.groupby(["rep", "segment"], sort=True).agg(
-        n=("y", "size"), o=("y", "sum"), e=("p", "sum"), v=("v", "sum")).reset_index()
+        n=("y", "size"), o=("y", "sum"), e=("p", "sum"), v=("v", "sum"), **parts).reset_index()
     total = float(h["p"].sum())
     # Bernoulli outcomes vary less than Poisson counts (p(1-p) < p): counted at face value,
     # hot leads would hide real differences between reps. Both counts are scaled by the
@@ -416,18 +429,35 @@ def estimate_effects(
     rep_var = (w1[None, :] * (ra / rb**2 + (ra / rb) ** 2)).sum(axis=1) - rep_mean**2
     m = pd.Series(rep_mean, index=reps.index).reindex(cells["rep"]).to_numpy()
     o, e = cells["o"].to_numpy(), cells["e"].to_numpy()
+    m_var = pd.Series(np.maximum(rep_var, 0.0), index=reps.index).reindex(cells["rep"]).to_numpy()
+    # level 2: rep x attribute-value factors (main effects), backfitted
+    factor = {k: np.ones(len(cells)) for k in parts}
+    factor_var = {k: np.zeros(len(cells)) for k in parts}
+    for _ in range(2 if parts else 0):
+        for k in parts:
+            others = m * np.prod([factor[j] for j in parts if j != k], axis=0)
+            keys = cells["rep"] + "\x1f" + cells[k]
+            codes, _ = pd.factorize(keys)
+            go = np.bincount(codes, weights=o)
+            ge = np.bincount(codes, weights=others * e)
+            wf = _shape_weights(go, ge)
+            fa, fb = _SHAPES[None, :] + go[:, None], _SHAPES[None, :] + ge[:, None]
+            f_mean = (wf[None, :] * fa / fb).sum(axis=1)
+            f_var = (wf[None, :] * (fa / fb**2 + (fa / fb) ** 2)).sum(axis=1) - f_mean**2
+            factor[k], factor_var[k] = f_mean[codes], np.maximum(f_var[codes], 0.0)
+    mu = m * np.prod(list(factor.values()), axis=0) if parts else m
+    mu_var = mu**2 * (m_var / m**2 + sum((factor_var[k] / factor[k] ** 2 for k in parts), np.zeros(len(cells))))
     # the cells' spread around their rep: a posterior over the prior shape, not only its best
     # value, so that evidence too thin to tell a spread from none still widens the intervals
     # instead of collapsing them onto the rep's effect. The hyperprior is uniform on the
     # spread's standard deviation 1/sqrt(b) (on the log-spaced grid: weight b^-1/2), the
     # usual weakly informative choice; uniform on log b would pile up at "no spread".
-    weight = _shape_weights(o, m * e)
+    weight = _shape_weights(o, mu * e)
     keep = weight > 1e-6
     shape = float(_SHAPES[int(np.argmax(weight))])
-    # the cell's prior: mean m_r, variance m_r^2 / b plus the uncertainty of m_r itself
-    m_var = pd.Series(np.maximum(rep_var, 0.0), index=reps.index).reindex(cells["rep"]).to_numpy()
-    b_cell = m[:, None] ** 2 / (m[:, None] ** 2 / _SHAPES[keep][None, :] + m_var[:, None])
-    post_a, post_b = b_cell + o[:, None], b_cell / m[:, None] + e[:, None]
+    # the cell's prior: mean mu, variance mu^2 / b plus the uncertainty of mu itself
+    b_cell = mu[:, None] ** 2 / (mu[:, None] ** 2 / _SHAPES[keep][None, :] + mu_var[:, None])
+    post_a, post_b = b_cell + o[:, None], b_cell / mu[:, None] + e[:, None]
     w = weight[keep][None, :]
     tail = (1 - level) / 2
     table = pd.DataFrame({
@@ -437,6 +467,7 @@ def estimate_effects(
         RepEffectTable.observed: cells["o_raw"].to_numpy(),
         RepEffectTable.expected: cells["e_raw"].to_numpy(),
         RepEffectTable.effect: (w * post_a / post_b).sum(axis=1),
+        RepEffectTable.prior: mu,
         RepEffectTable.low: _mixture_quantile(tail, w, post_a, post_b),
         RepEffectTable.high: _mixture_quantile(1 - tail, w, post_a, post_b),
     })

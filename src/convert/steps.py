@@ -860,6 +860,7 @@ def _effect_history(data: CRMData, attrs: pd.DataFrame, model: Any, t: pd.Timest
         "segment": segment_labels(out.reset_index(drop=True), segment_by).to_numpy(),
         "predicted": predicted,
         "converted": converted.astype("int64"),
+        **{c: out[c].to_numpy() for c in segment_by},
     })
 
 
@@ -943,7 +944,8 @@ def allocate_step(
             history = _effect_history(data, attrs, model, as_of, config, cfg.segment_by)
     finally:
         data.close()
-    effects = estimate_effects(history, level=cfg.interval) if not history.empty else RepEffects.none()
+    effects = (estimate_effects(history, level=cfg.interval, by=cfg.segment_by) if not history.empty
+               else RepEffects.none())
     if history.empty:
         echo("rep effects: no owner history (no owner column, or no owned lead with a known outcome): every effect is 1")
     else:
