@@ -1931,6 +1931,9 @@ def generate_crm(
             w.commit()
         if world.team is not None:
             _write_team(out, world.team, fmt)
+        else:  # no reps: a previous run's reps files would describe owners that are not there
+            for name in (REPS_FILE, REP_EFFECTS_FILE):
+                (out / name).unlink(missing_ok=True)
     except BaseException:
         for w in writers.values():
             w.discard()
