@@ -973,7 +973,9 @@ def allocate_step(
     if not previous.empty and "rep_id" in previous:
         before = previous.dropna(subset=["rep_id"]).set_index("lead_id")["rep_id"]
         from_target = leads["lead_id"].map(before)
-        use = owner.isna() & from_target.notna()
+        # the CRM's owner wins while that rep is active; else the previous run's assignment
+        active_reps = set(rep_table.frame.loc[rep_table.frame["active"], "rep_id"])
+        use = from_target.notna() & ~owner.isin(active_reps)
         owner = owner.where(~use, from_target)
         source = source.where(~use, "assigned by a previous run")
     frame = leads.assign(**{Lead.candidate: candidate.to_numpy(bool), Lead.skip_reason: skip.where(~candidate, ""),
