@@ -48,6 +48,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import ClassVar
 
 import numpy as np
@@ -296,12 +297,18 @@ class RepEffects:
         out[r[ok], s[ok]] = self.table[RepEffectTable.effect].to_numpy(dtype="float64")[ok]
         return out
 
-    def interval(self, rep: str, segment: str) -> tuple[float, float] | None:
+    @cached_property
+    def _intervals(self) -> dict[tuple[str, str], tuple[float, float]]:
         t = self.table
-        hit = t[(t[RepEffectTable.rep_id] == rep) & (t[RepEffectTable.segment] == segment)]
-        if hit.empty:
-            return None
-        return float(hit[RepEffectTable.low].iloc[0]), float(hit[RepEffectTable.high].iloc[0])
+        if t.empty:
+            return {}
+        keys = zip(t[RepEffectTable.rep_id].astype(str), t[RepEffectTable.segment].astype(str), strict=True)
+        values = zip(t[RepEffectTable.low].astype(float), t[RepEffectTable.high].astype(float), strict=True)
+        return dict(zip(keys, values, strict=True))
+
+    def interval(self, rep: str, segment: str) -> tuple[float, float] | None:
+        """The 95 % interval of (rep, segment), ``None`` when not estimated."""
+        return self._intervals.get((rep, segment))
 
 
 def _nb_loglik(shape: float, observed: np.ndarray, mean: np.ndarray) -> float:
