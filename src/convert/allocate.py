@@ -607,7 +607,8 @@ def _milp(lead: np.ndarray, rep: np.ndarray, weight: np.ndarray, capacity: np.nd
     cols = np.arange(m)
     lead_rows = sp.csr_matrix((np.ones(m), (row, cols)), shape=(len(leads), m))
     rep_rows = sp.csr_matrix((np.ones(m), (rep, cols)), shape=(n_reps, m))
-    options = {"time_limit": time_limit, "mip_rel_gap": 1e-7, "disp": False}
+    # exact without balance; with it, within 0.01 % of the best (two MILPs, time-limited)
+    options = {"time_limit": time_limit, "mip_rel_gap": 1e-7 if tolerance is None else 1e-4, "disp": False}
     if tolerance is None:
         cons = [LinearConstraint(lead_rows, -np.inf, 1), LinearConstraint(rep_rows, -np.inf, capacity)]
         res = milp(-weight, constraints=cons, integrality=np.ones(m), bounds=Bounds(0, 1), options=options)
