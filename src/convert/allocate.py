@@ -523,6 +523,8 @@ def solve_assignment(
     lead, rep, weight = lead[keep], rep[keep], weight[keep]
     if not len(lead):
         return out
+    # the solver's tolerances are absolute: solve in units of the largest weight
+    weight = weight / weight.max()
     chosen, selected = _column_generation(lead, rep, weight, capacity, n_leads)
     if balance is not None:
         chosen = _balanced(lead[selected], rep[selected], weight[selected], capacity, balance, time_limit,
@@ -548,7 +550,8 @@ def _restricted_lp(lead: np.ndarray, rep: np.ndarray, weight: np.ndarray, capaci
         sp.csr_matrix((np.ones(m), (rep, cols)), shape=(n_reps, m)),
     ]).tocsc()
     b = np.concatenate([np.ones(len(leads)), capacity.astype("float64")])
-    res = linprog(-weight, A_ub=a, b_ub=b, bounds=(0, 1), method="highs")
+    res = linprog(-weight, A_ub=a, b_ub=b, bounds=(0, 1), method="highs",
+                  options={"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10})
     if res.status != 0:  # the problem is always feasible (x = 0) and bounded
         raise RuntimeError(f"HiGHS could not solve the allocation: {res.message}")
     marg = -np.asarray(res.ineqlin.marginals)

@@ -906,6 +906,11 @@ def allocate_step(
 
     cfg = config.allocation
     table = table or cfg.table
+    if not str(data_path).startswith("env:") and "://" not in str(data_path) and Path(data_path).is_file():
+        raise ConfigError(
+            f"allocate reads the leads' attributes and owners from a CRM export (a folder) or a "
+            f"database URL; {data_path} is one file, and flat tables are not supported by allocate yet"
+        )
     target = resolve_target(out)
     s = _read_any(scores, scores_table or cfg.scores_table, "scores")
     missing = [c for c in _SCORE_COLUMNS if c not in s.columns]
