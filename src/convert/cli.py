@@ -69,7 +69,7 @@ def generate(
         "--activity", min=0.01, help="Multiplier of self-directed engagement (1: ~30 events a lead; 4.4: ~100)."
     )] = 1.0,
     reps: Annotated[int, typer.Option(
-        "--reps", min=0, help="Sales reps: leads get owner_id, outcomes the owner's effect; writes reps.csv and rep_effects.csv."
+        "--reps", min=0, help="Sales reps: leads get owner_id (drawn after the outcome: other tables unchanged); writes reps.csv and rep_effects.csv."
     )] = 0,
 ) -> None:
     """Write a seeded synthetic CRM export (leads, accounts, events, stages)."""

@@ -976,22 +976,61 @@ def _draw_team(seed: np.random.SeedSequence, n_reps: int, n_leads: int) -> _Team
                  base=np.zeros((n_src, n_band)), realised=np.zeros((n_reps, n_src, n_band)))
 
 
-def _owners(team: _Team, lo: int, src: I64, band: I64, p: F64) -> tuple[I64, F64]:
-    """Each lead's owner and the owner's true effect on its conversion probability.
+def _rep_probabilities(team: _Team, src: I64, band_i: I64, p: F64) -> F64:
+    """Each lead's conversion probability with each rep, ``(leads, reps)``: ``p x effect``
+    with the effects normalised so that the prior-weighted mean over reps is ``p`` itself, and
+    capped below 1 (what a capped rep loses goes to the others in proportion, so the mean stays
+    ``p``). Assigning an owner from the prior and converting with these probabilities gives the
+    same joint of (owner, outcome) as :func:`_owners`' draw after the outcome."""
+    prior = _owner_prior(team, len(src))
+    e = team.effect[:, src, band_i].T  # (leads, reps)
+    e = e / (prior * e).sum(axis=1, keepdims=True)
+    q = p[:, None] * e
+    for _ in range(team.n):  # water-filling: at most one more rep reaches the cap per round
+        over = q > P_CAP
+        if not over.any():
+            break
+        excess = (prior * np.where(over, q - P_CAP, 0.0)).sum(axis=1, keepdims=True)
+        q = np.minimum(q, P_CAP)
+        room = np.where(q < P_CAP, q, 0.0)
+        mass = (prior * room).sum(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            q = np.where(q < P_CAP, q * (1.0 + np.where(mass > 0, excess / mass, 0.0)), q)
+    return q
 
-    Past leads were routed round-robin over the whole team (most CRMs' default), so owners
-    are uniform and independent of every lead attribute; ``reps.csv``'s territories are the
-    rules from now on. (Had owners followed country territories, a model using the country
-    would absorb part of a lone rep's effect, and no learner could tell the two apart.)
+
+def _owner_prior(team: _Team, n: int) -> F64:
+    """``(leads, reps)``: who would have been given each lead before its outcome. Past leads
+    were routed round-robin over the whole team (most CRMs' default), so the prior is uniform
+    and independent of every lead attribute; ``reps.csv``'s territories are the rules from now
+    on. (Had owners followed country territories, a model using the country would absorb part
+    of a lone rep's effect, and no learner could tell the two apart.)"""
+    return np.full((n, team.n), 1.0 / team.n)
+
+
+def _owners(team: _Team, lo: int, src: I64, band: I64, p: F64, converts: np.ndarray) -> I64:
+    """Each lead's owner, drawn AFTER its outcome, by Bayes.
+
+    With ``pi_r`` the prior over reps and ``q_r = p x e_r`` the lead's conversion probability
+    with rep ``r`` (:func:`_rep_probabilities`: ``sum_r pi_r q_r = p``), a converted lead's
+    owner is ``r`` with probability ``pi_r q_r / p`` and a lost one's ``pi_r (1 - q_r) / (1 - p)``.
+    The joint of (owner, outcome) is then exactly "owner from the prior, conversion with
+    ``q_r``", so the rep effects hold in the data and can be learned, while the outcomes, and
+    so every other table, are those of the story without reps, draw for draw (the owner comes
+    from a stream of its own). The model never sees the owner: its figures do not move.
     """
     n = len(src)
     rng = np.random.default_rng(np.random.SeedSequence(team.seed.entropy, spawn_key=(7, lo)))
-    owner = rng.integers(0, team.n, n)
     band_i = np.where(band < 0, team.effect.shape[2] - 1, band)
+    q = _rep_probabilities(team, src, band_i, p)
     np.add.at(team.base, (src, band_i), p)
     for r in range(team.n):  # what each rep would have made of these leads
-        np.add.at(team.realised[r], (src, band_i), np.minimum(p * team.effect[r, src, band_i], P_CAP))
-    return owner, team.effect[owner, src, band_i]
+        np.add.at(team.realised[r], (src, band_i), q[:, r])
+    w = _owner_prior(team, n) * np.where(converts[:, None], q, 1.0 - q)
+    cdf = np.cumsum(w, axis=1)
+    u = rng.random(n) * cdf[:, -1]
+    owner = (cdf < u[:, None]).sum(axis=1)
+    return np.minimum(owner, team.n - 1).astype(np.int64)
 
 
 def _owner_column(world: _World, c: _Cohort) -> pa.Array:
@@ -1062,7 +1101,6 @@ class _Cohort:
     z: F64
     act: F64
     converts: np.ndarray
-    marketing: np.ndarray  # converts by marketing's story alone (without reps: = converts)
     conv_t: I64
     dq: np.ndarray
     dq_t: I64
@@ -1129,14 +1167,11 @@ def _draw_cohort(world: _World, rng: np.random.Generator, lo: int, hi: int) -> _
     lead_need = rng.normal(0.0, LEAD_NEED_SD, n)
     z = INTERCEPT + fit + acc_need + lead_need + np.array(CONVERSION_BY_MONTH)[_month(created) - 1]
     p_convert = _sigmoid(z)
+    converts = rng.random(n) < p_convert
     owner = np.full(n, -1, dtype=np.int64)
-    draw = rng.random(n)
-    marketing = draw < p_convert  # the conversions marketing's engagement story leads to
-    if world.team is not None:  # a separate stream: the other draws stay as without reps
+    if world.team is not None:  # after the outcome, from a stream of its own: nothing else moves
         band = np.where(has_acc & ~firms.employees_missing[a0], _band_index(firms.employees[a0]), -1)
-        owner, effect = _owners(world.team, lo, src, band, p_convert)
-        p_convert = np.minimum(p_convert * effect, P_CAP)
-    converts = draw < p_convert
+        owner = _owners(world.team, lo, src, band, p_convert, converts)
 
     # conversion time: log-normal delay (faster for hot leads), late tail, December slip,
     # quarter-end pull
@@ -1171,13 +1206,10 @@ def _draw_cohort(world: _World, rng: np.random.Generator, lo: int, hi: int) -> _
     act = np.append([s[4] for s in LEAD_SOURCES], 1.0)[src] * np.exp(
         0.35 * fit + 0.45 * lead_need + 0.25 * acc_need + rng.normal(0.0, 0.55, n) - 0.25
     )
-    # engagement follows marketing's story, not the owner: a conversion the owner added
-    # (effect > 1) comes from the rep's calls, without warm-up or recorded funnel; one the
-    # owner lost (effect < 1) keeps its warm-up and funnel, and ends as a lost deal
-    warm = marketing & (rng.random(n) < WARMUP_SHARE)
+    warm = converts & (rng.random(n) < WARMUP_SHARE)
     width = 7.0 + rng.gamma(2.0, 12.0, n)
     strength = WARMUP_MEAN * np.sqrt(act) * np.exp(rng.normal(0.0, 0.4, n))
-    fs = ~marketing & (rng.random(n) < FALSE_START_MAX * _sigmoid(z + 2.0))
+    fs = ~converts & (rng.random(n) < FALSE_START_MAX * _sigmoid(z + 2.0))
     open_end = np.minimum(np.where(converts, conv_t, np.where(dq, dq_t, _NEVER)), world.end)
     early = rng.random(n) < 0.5  # half the evaluations come soon after creation, half any time
     fs_lag = np.where(
@@ -1200,7 +1232,6 @@ def _draw_cohort(world: _World, rng: np.random.Generator, lo: int, hi: int) -> _
         z=z,
         act=act,
         converts=converts,
-        marketing=marketing,
         conv_t=conv_t,
         dq=dq,
         dq_t=dq_t,
@@ -1462,12 +1493,12 @@ def _draw_stages(world: _World, c: _Cohort, rng: np.random.Generator) -> list[I6
     sql = c.created + ((opp - c.created) * rng.uniform(0.5, 0.95, n)).astype(np.int64)
     mql = c.created + ((sql - c.created) * rng.uniform(0.05, 0.8, n)).astype(np.int64)
     # sales records the funnel of half the deals (and half the B2C buyers skip it anyway)
-    path = c.marketing & (rng.random(n) < STAGE_RECORDED) & ~(c.b2c & (rng.random(n) < 0.5))
+    path = c.converts & (rng.random(n) < STAGE_RECORDED) & ~(c.b2c & (rng.random(n) < 0.5))
     for stage, when, p in (("mql", mql, 0.9), ("sql", sql, 0.9), ("opportunity", opp, 0.85)):
         rows.append((path & (rng.random(n) < p), when, _S[stage]))
     # others: marketing-qualified by engagement; false starts reach sql and a lost opportunity
     fs_start = c.fs_end - (c.width * DAY).astype(np.int64)
-    mql2 = ~c.marketing & (
+    mql2 = ~c.converts & (
         c.fs | (rng.random(n) < _sigmoid(-1.3 + 0.8 * np.log(c.act) + 0.5 * c.fit))
     )
     mql2_t = c.created + (rng.exponential(15.0, n) * DAY).astype(np.int64)
