@@ -31,7 +31,7 @@ from _common import OUT, ROOT
 from convert import steps
 from convert.backtest import backtest
 from convert.drift import SHIFTED, drift_table
-from convert.train import model_rows, train
+from convert.train import train
 
 
 def main() -> None:
@@ -59,7 +59,7 @@ def main() -> None:
 
         # drift acceptance on the demo: a resample of the training window flags nothing,
         # the same resample with one feature shifted flags exactly that feature
-        ref = trained.training_set.frame.loc[model_rows(trained.split)].reset_index(drop=True)
+        ref = trained.training_set.frame.loc[trained.split.masks["train"]].reset_index(drop=True)
         resample = ref.sample(n=len(ref), replace=True, random_state=1)
         shifted = resample.assign(days_since_last_touch=resample["days_since_last_touch"] + 45)
         cat, dc, names = trained.model.catalog_, config.report.drift, trained.model.spec_.names

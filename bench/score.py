@@ -2,7 +2,7 @@
 
 Issue acceptance: print leads/s for score-only and for score+explain on 1M leads, and peak memory.
 
-A model is trained with ``convert.train.fit_calibrated`` on a synthetic training set shaped like
+A model is trained with ``convert.train.fit_deployed`` on a synthetic training set shaped like
 convert's (``--train-rows`` lead-snapshots over 24 monthly as-of times, about 2 % positive, the
 feature catalog convert builds for the 14 standard event types: 98 features, 5 categorical; see
 ``bench/_common.py``). Then ``--leads`` feature rows for one as-of time are generated (as
@@ -41,7 +41,7 @@ from convert.explain import contributions, family_points, model_score_fn, reason
 from convert.model import score_from_probability
 from convert.schema import Labeled
 from convert.score import actions, score_frame
-from convert.train import TrainingSet, fit_calibrated, split_by_time
+from convert.train import TrainingSet, fit_deployed
 
 
 def chunks(frame: pd.DataFrame, size: int) -> list[pd.DataFrame]:
@@ -101,8 +101,7 @@ def breakdown(model: Any, parts: list[pd.DataFrame], config: Config) -> dict[str
 def train_model(args: argparse.Namespace, config: Config, catalog: Any, event_types: Any) -> Any:
     frame = make_frame(args.train_rows, catalog, 24, args.seed)
     ts = TrainingSet(frame, catalog, event_types, frame["as_of"].max() + pd.Timedelta(days=120), 90)
-    split = split_by_time(frame[Labeled.as_of], config)
-    model, _ = fit_calibrated(ts, split, config)
+    model = fit_deployed(ts, config)
     return model
 
 
@@ -128,7 +127,7 @@ def main() -> None:
     catalog, event_types = lead_catalog(None)
     ph = Phases(width=46)
 
-    model = ph.run("train the model (fit_calibrated, not a target)",
+    model = ph.run("train the model (fit_deployed, not a target)",
                    lambda: train_model(args, config, catalog, event_types), quiet=True)
     trees = model.booster_.current_iteration()
     leads = make_frame(args.leads, catalog, 1, args.seed + 1, first_as_of="2026-01-01")

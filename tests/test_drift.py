@@ -17,7 +17,6 @@ from convert.drift import (
     score_drift,
 )
 from convert.exceptions import ConfigError
-from convert.train import model_rows
 
 SHIFTED_FEATURE = "days_since_last_touch"
 
@@ -52,7 +51,7 @@ def test_drift_thresholds_are_validated():
 def window(trained):
     """The training window of the small simulated CRM's model, and a resample of it."""
     result, _ = trained
-    reference = result.training_set.frame.loc[model_rows(result.split)].reset_index(drop=True)
+    reference = result.training_set.frame.loc[result.split.masks["train"]].reset_index(drop=True)
     resample = reference.sample(n=len(reference), replace=True, random_state=11).reset_index(drop=True)
     return result, reference, resample
 

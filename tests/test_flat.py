@@ -139,17 +139,24 @@ def test_missing_target_and_id_columns_name_the_file_and_column(report_csv):
         load_flat(report_csv, Config())
 
 
-def test_random_split_is_stratified_and_ordered_split_keeps_file_order():
+def test_random_folds_are_stratified_and_ordered_folds_chain_forward_in_file_order():
     y = (np.arange(1000) % 5 == 0).astype(int)
-    split = split_rows(y, "random", Config())
-    rates = [y[m].mean() for m in split.masks.values()]
+    cfg = Config.from_dict({"train": {"min_positives": 20}})
+    split = split_rows(y, "random", cfg)
+    rates = [y[f.test].mean() for f in split.folds]
     assert max(rates) - min(rates) < 0.01
-    assert sum(m.sum() for m in split.masks.values()) == 1000
-    ordered = split_rows(y, "ordered", Config())
-    first = [int(np.flatnonzero(m)[0]) for m in ordered.masks.values()]
-    assert first == sorted(first) and np.flatnonzero(ordered.masks["holdout"]).tolist() == list(range(800, 1000))
-    again = split_rows(y, "random", Config())
-    assert all((again.masks[k] == split.masks[k]).all() for k in split.masks)  # seeded
+    assert sorted(np.concatenate([f.test for f in split.folds]).tolist()) == list(range(1000))
+    outer = np.concatenate([f.test for f in split.outer])
+    for f in split.inner:  # inner folds never fit on (or predict) an outer row
+        assert not np.isin(f.train, outer).any() and not np.isin(f.train, f.test).any()
+    ordered = split_rows(y, "ordered", cfg)
+    for f in ordered.folds:  # trained on earlier rows only, judged on the next block
+        assert f.train.max() < f.test.min() and f.train.tolist() == list(range(f.test.min()))
+    # the outer folds are the latest rows: at least 20% of the conversions, whole rows in file order
+    held = np.flatnonzero(ordered.masks["holdout"])
+    assert held.tolist() == list(range(held.min(), 1000)) and y[held].sum() >= 0.2 * y.sum()
+    again = split_rows(y, "random", cfg)
+    assert all((a.test == b.test).all() for a, b in zip(again.folds, split.folds, strict=True))  # seeded
 
 
 def test_train_flat_calibrates_and_beats_the_baseline_or_matches_it(report_csv, fast):

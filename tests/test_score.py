@@ -72,7 +72,14 @@ def test_contributions_equal_lightgbm_pred_contrib(trained, fast_config):
     matrix = result.model.matrix(rows)
     ours = contributions(result.model, matrix)
     reference = result.model.booster_.predict(matrix, pred_contrib=True)
+    model = result.model
+    if model.linear_ is not None:  # a log-odds blend: the weighted sum of both models' contributions
+        from convert.treeshap import lightgbm_matrix
+
+        w = model.blend_weight_
+        reference = (1 - w) * reference + w * model.linear_.contributions(lightgbm_matrix(matrix))
     assert np.max(np.abs(ours - reference)) <= 1e-6
+    assert np.allclose(ours.sum(axis=1), model.predict_raw(rows), atol=1e-9)
 
 
 def test_scores_are_reproducible_to_the_last_digit(trained, fast_config, scored):

@@ -1,4 +1,5 @@
-"""Training: time slices, refusal on too little history, determinism, calibration, evaluation."""
+"""Training: folds in time, nested choices, out-of-fold calibration, the deployed refit, refusals,
+determinism, evaluation."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from convert import load, train
 from convert.calibrate import select_calibrator
 from convert.catalog import Catalog, FeatureDef
 from convert.config import Config
+from convert.crossfit import cross_fit, time_folds
 from convert.exceptions import FeatureMismatchError, InsufficientDataError
 from convert.model import (
     FeatureMatrix,
@@ -18,27 +20,83 @@ from convert.model import (
     grade_from_score,
     score_from_probability,
 )
-from convert.train import (
-    SLICES,
-    TrainingSet,
-    _new_model,
-    build_training_set,
-    fit_calibrated,
-    split_by_time,
-)
+from convert.train import build_training_set
 from convert.treeshap import lightgbm_matrix
 
 
-def test_slices_are_ordered_in_time_and_purged_before_the_holdout(trained, fast_config):
+def test_folds_never_train_on_a_label_decided_inside_the_fold_they_predict(trained, fast_config):
     result, _ = trained
-    r = result.split.ranges
-    for earlier, later in zip(SLICES, SLICES[1:], strict=False):
-        assert r[earlier][1] < r[later][0]
-    # no label decided inside the hold-out period was used for fitting
-    horizon = pd.Timedelta(days=fast_config.labels.horizon_days)
-    assert r["calibration"][1] + horizon <= r["holdout"][0]
-    masks = result.split.masks
-    assert not any((masks[a] & masks[b]).any() for a in SLICES for b in SLICES if a < b)
+    frame = result.training_set.frame
+    as_of = pd.to_datetime(frame["as_of"]).to_numpy()
+    horizon = np.timedelta64(fast_config.labels.horizon_days, "D")
+    folds = result.split
+    assert [f.kind for f in folds.folds] == ["inner"] * 3 + ["outer"] * 2
+    for f in folds.folds:
+        assert not np.intersect1d(f.train, f.test).size
+        # every label used for fitting was decided before the fold's first as-of time
+        assert as_of[f.train].max() + horizon <= as_of[f.test].min()
+        assert int(frame["label"].to_numpy()[f.test].sum()) >= fast_config.train.min_positives
+    starts = [as_of[f.test].min() for f in folds.folds]
+    assert starts == sorted(starts)  # forward chaining: later folds later
+
+
+def test_choices_never_see_the_outer_folds(trained, fast_config):
+    """Scrambling the outer folds' labels changes no choice (rounds, blend, calibrator)."""
+    result, _ = trained
+    ts = result.training_set
+    y = ts.frame["label"].to_numpy().copy()
+    folds = result.split
+    first_outer = min(pd.to_datetime(ts.frame["as_of"]).to_numpy()[f.test].min() for f in folds.outer)
+    for f in folds.inner:
+        assert (pd.to_datetime(ts.frame["as_of"]).to_numpy()[np.concatenate([f.train, f.test])] < first_outer).all()
+    outer = np.concatenate([f.test for f in folds.outer])
+    y[outer] = np.random.default_rng(1).permutation(y[outer])
+    y[outer[:50]] = 1 - y[outer[:50]]
+    fit = cross_fit(ts.frame[ts.features], y, folds, fast_config, catalog=ts.catalog, event_types=ts.event_types)
+    assert fit.choices["rounds"] == result.crossfit.choices["rounds"]
+    assert fit.choices["blend_weight"] == result.crossfit.choices["blend_weight"]
+    assert fit.choices["inner_log_loss"] == result.crossfit.choices["inner_log_loss"]
+    assert fit.calibration_cv == result.calibration_cv
+
+
+def test_deployed_booster_learned_every_labelled_snapshot_up_to_as_of_minus_horizon(trained, fast_config):
+    result, _ = trained
+    ts = result.training_set
+    meta = result.model.metadata["deployed_fit"]
+    last = pd.to_datetime(ts.frame["as_of"]).max()
+    assert pd.Timestamp(meta["to"]) == last <= ts.as_of - pd.Timedelta(days=fast_config.labels.horizon_days)
+    assert last > ts.as_of - pd.Timedelta(days=fast_config.labels.horizon_days + 31)  # the latest monthly one
+    assert meta["rows"] == len(ts.frame) and meta["positives"] == int(ts.frame["label"].sum())
+    assert result.slices.iloc[-1]["fold"] == "deployed" and result.slices.iloc[-1]["fit_rows"] == len(ts.frame)
+    assert result.model.metadata["metrics_from"].startswith("outer folds")
+
+
+def test_calibrator_is_fitted_on_out_of_fold_scores(trained, fast_config):
+    result, _ = trained
+    fit = result.crossfit
+    y = result.training_set.frame["label"].to_numpy()
+    rows = fit.oof_rows
+    assert len(np.unique(rows)) == len(rows)  # each row scored once, by a fold that did not fit on it
+    for f in result.split.folds:
+        assert np.isin(f.test, rows).all() and not np.isin(f.test, f.train).any()
+    method = result.model.calibrator_.method
+    again, _ = select_calibrator(fit.oof_raw, y[rows], methods=(method,), cv_folds=fast_config.calibration.cv_folds,
+                                 min_rows_isotonic=0, seed=fast_config.seed)
+    assert again.to_dict() == result.model.calibrator_.to_dict()
+
+
+def test_tuning_is_never_worse_than_untuned_on_the_inner_folds(trained, fast_config):
+    result, _ = trained
+    ts = result.training_set
+    y = ts.frame["label"].to_numpy()
+    fit = cross_fit(ts.frame[ts.features], y, result.split, fast_config, catalog=ts.catalog,
+                    event_types=ts.event_types, trials=4)
+    table = fit.tuning
+    assert table is not None and len(table) == 4
+    assert table.loc[0, "learning_rate"] == fast_config.train.lightgbm["learning_rate"]  # trial 0: untuned
+    assert fit.inner_log_loss <= table.loc[0, "inner_log_loss"]
+    assert fit.inner_log_loss == table["inner_log_loss"].min()
+    assert fit.choices["inner_log_loss"] <= result.crossfit.choices["inner_log_loss"] + 1e-12
 
 
 def test_evaluation_reports_model_and_three_baselines(trained):
@@ -49,9 +107,10 @@ def test_evaluation_reports_model_and_three_baselines(trained):
     assert m.loc["roc_auc", "model"] > 0.75
     assert len(result.evaluation.reliability) == 10
     assert result.evaluation.lift["decile"].tolist() == list(range(1, 11))
-    # the hold-out predictions are of rows the model never saw
+    # the outer-fold predictions are out-of-fold, of the latest as-of times
     hold = result.evaluation.predictions
     assert hold["as_of"].min() >= result.split.ranges["holdout"][0]
+    assert len(hold) == sum(len(f.test) for f in result.split.outer)
 
 
 def test_same_seed_same_data_gives_identical_probabilities(sim_export, fast_config, trained):
@@ -65,25 +124,56 @@ def test_same_seed_same_data_gives_identical_probabilities(sim_export, fast_conf
 
 def test_too_little_history_is_refused_with_advice(sim_export):
     cfg = Config.from_dict({"train": {"min_positives": 10_000}})
-    with pytest.raises(InsufficientDataError, match="longer history, a shorter --horizon-days"):
+    with pytest.raises(InsufficientDataError, match="25 labelled as-of times .* hold 444 conversions") as info:
         train(load(sim_export, cfg), cfg)
+    assert "min_positives: 10 would train on this history" in str(info.value)
+
+
+def test_short_history_refusal_gives_figures_and_a_setting_that_trains():
+    times = pd.to_datetime([f"2024-{m:02d}-01" for m in range(1, 13)])
+    as_of = pd.Series(np.repeat(times, 100))
+    y = np.zeros(len(as_of), dtype="int64")
+    y[::10] = 1  # 10 conversions per as-of time, 120 in all
+    cfg = Config.from_dict({"labels": {"horizon_days": 30}, "train": {"min_positives": 25}})
+    with pytest.raises(InsufficientDataError) as info:
+        time_folds(as_of, y, 30, cfg)
+    text = str(info.value)
+    assert "12 labelled as-of times (2024-01-01 to 2024-12-01) hold 120 conversions" in text
+    assert "Setting train." in text and "would train on this history" in text
+    setting = text.split("Setting ")[1].split(" would")[0]
+    overrides = {}
+    for part in setting.split(", "):
+        key, value = part.split(" (")[0].split(": ")
+        overrides["train__" + key.split(".")[1]] = float(value) if "." in value else int(value)
+    folds = time_folds(as_of, y, 30, cfg.with_overrides(**overrides))  # the advice works
+    assert folds.outer
 
 
 def test_too_short_a_window_is_refused(sim_export):
     data = load(sim_export)
+    monthly = Config.from_dict({"labels": {"frequency": "monthly", "min_history_days": 60}})
     with pytest.raises(InsufficientDataError, match="as-of times"):
-        build_training_set(data, Config(), as_of="2023-05-01")
+        build_training_set(data, monthly, as_of="2023-05-01")
+    # auto goes daily on four weeks of known labels, but three days are too few even so
+    with pytest.raises(InsufficientDataError, match="no spacing reaches 24"):
+        build_training_set(data, Config(), as_of="2023-04-03")
 
 
-def test_split_shares_are_shares_of_rows():
-    as_of = pd.Series(pd.to_datetime(["2024-01-01"] * 10 + ["2024-02-01"] * 10 + ["2024-06-01"] * 40
-                                     + ["2024-07-01"] * 40 + ["2024-08-01"] * 50 + ["2025-01-01"] * 60))
-    cfg = Config.from_dict({"labels": {"horizon_days": 30}})
-    split = split_by_time(as_of, cfg)
-    assert split.ranges["holdout"] == (pd.Timestamp("2025-01-01"), pd.Timestamp("2025-01-01"))
-    assert split.ranges["calibration"] == (pd.Timestamp("2024-08-01"), pd.Timestamp("2024-08-01"))
-    assert split.ranges["validation"] == (pd.Timestamp("2024-07-01"), pd.Timestamp("2024-07-01"))
-    assert split.masks["train"].sum() == 60
+def test_folds_are_sized_by_conversions_for_a_growing_population():
+    """Most rows are late: blocks hold whole as-of times, each with enough conversions."""
+    times = pd.to_datetime([f"2024-{m:02d}-01" for m in range(1, 13)] + [f"2025-{m:02d}-01" for m in range(1, 13)])
+    counts = np.linspace(50, 2000, len(times)).astype(int)
+    as_of = pd.Series(np.repeat(times, counts))
+    y = (np.arange(len(as_of)) % 25 == 0).astype("int64")
+    cfg = Config.from_dict({"labels": {"horizon_days": 30}, "train": {"min_positives": 20}})
+    folds = time_folds(as_of, y, 30, cfg)
+    total = int(y.sum())
+    values = as_of.to_numpy()
+    for f in folds.folds:
+        assert y[f.test].sum() >= max(20, 0.1 * total)
+        assert len(np.unique(values[f.test])) >= 1
+        assert not np.isin(np.unique(values[f.test]), np.unique(values[np.setdiff1d(np.arange(len(y)), f.test)])).any()
+    assert len(folds.deploy) == len(y)
 
 
 def test_bundle_round_trip_and_feature_check(trained, tmp_path):
@@ -119,19 +209,6 @@ def test_score_rounding_and_grades():
         "A", "A", "B", "B", "C", "D"]
 
 
-def test_tuning_searches_with_time_series_folds(trained, fast_config):
-    from convert.train import tune
-
-    result, _ = trained
-    params, table = tune(result.training_set, result.split, fast_config, trials=3)
-    assert len(table) == 3 and table["cv_log_loss"].notna().all()
-    assert table.loc[0, "learning_rate"] == fast_config.train.lightgbm["learning_rate"]  # trial 0: defaults
-    best = table.loc[table["cv_log_loss"].idxmin()]
-    assert params["num_leaves"] == int(best["num_leaves"])
-    again, _ = tune(result.training_set, result.split, fast_config, trials=3)
-    assert again == params  # seeded
-
-
 def test_feature_matrix_encodes_as_lightgbm_reads_the_transformed_frame():
     def feature(name: str, kind: str) -> FeatureDef:
         return FeatureDef(name, "fit", "test", kind, "count", name, "{value}")
@@ -161,30 +238,24 @@ def test_feature_matrix_encodes_as_lightgbm_reads_the_transformed_frame():
         FeatureMatrix(frame.drop(columns=["band"]), catalog)
 
 
-@pytest.mark.parametrize("shuffle", [False, True])
-def test_fit_calibrated_equals_fitting_each_slice_frame(trained, fast_config, shuffle):
-    """The one-matrix path gives the model of fitting LeadScoringModel on frame.loc[slice]."""
+def test_blend_contributions_add_up_and_survive_a_round_trip(trained, tmp_path):
+    """A log-odds blend's contributions are the weighted sum of both models': exact, per lead."""
+    from convert.explain import contributions
+    from convert.linear import LinearScorer
+    from convert.score import score_frame
+
     result, _ = trained
     ts = result.training_set
-    frame = ts.frame
-    if shuffle:  # slices interleaved in the frame: the refit must still see rows in frame order
-        frame = frame.iloc[np.random.default_rng(0).permutation(len(frame))].reset_index(drop=True)
-        ts = TrainingSet(frame, ts.catalog, ts.event_types, ts.as_of, ts.horizon_days)
-    split = split_by_time(frame["as_of"], fast_config)
-    model, cv = fit_calibrated(ts, split, fast_config)
-
-    m, y, cols = split.masks, frame["label"].to_numpy(), ts.features
-    first = _new_model(fast_config).fit(frame.loc[m["train"], cols], y[m["train"]],
-                                        frame.loc[m["validation"], cols], y[m["validation"]],
-                                        catalog=ts.catalog, event_types=ts.event_types)
-    rounds = int(np.ceil(first.best_iteration_ * fast_config.train.refit_round_factor))
-    seen = m["train"] | m["validation"]
-    plain = _new_model(fast_config, rounds=rounds).fit(frame.loc[seen, cols], y[seen], catalog=ts.catalog,
-                                                      event_types=ts.event_types)
-    calibrator, plain_cv = select_calibrator(
-        plain.predict_raw(frame.loc[m["calibration"], cols]), y[m["calibration"]],
-        methods=fast_config.calibration.methods, cv_folds=fast_config.calibration.cv_folds,
-        min_rows_isotonic=fast_config.calibration.min_rows_isotonic, seed=fast_config.seed)
-    assert model.booster_.model_to_string() == plain.booster_.model_to_string()
-    assert model.spec_ == plain.spec_ and model.base_raw_ == plain.base_raw_
-    assert cv == plain_cv and model.calibrator_.to_dict() == calibrator.to_dict()
+    model = LeadScoringModel.load(result.model.save(tmp_path / "m"))
+    fm = FeatureMatrix(ts.frame, ts.catalog).encode(model.spec_)
+    kinds = [model.spec_.kinds[n] for n in model.spec_.names]
+    model.blend(LinearScorer().fit(fm.values, ts.frame["label"].to_numpy(), kinds), 0.4)
+    rows = ts.frame.tail(400)
+    phi = contributions(model, model.matrix(rows))
+    assert np.allclose(phi.sum(axis=1), model.predict_raw(rows), atol=1e-9)
+    assert np.allclose(phi[:, -1], model.base_raw_)
+    scored = score_frame(model, rows, Config().scoring, "m/1", pd.Timestamp("2025-07-01"))
+    assert (scored["base_score"] + scored["fit_points"] + scored["engagement_points"] == scored["score"]).all()
+    loaded = LeadScoringModel.load(model.save(tmp_path / "blend"))
+    assert loaded.blend_weight_ == 0.4
+    assert np.array_equal(loaded.predict_proba(rows), model.predict_proba(rows))

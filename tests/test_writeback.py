@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from convert.exceptions import WritebackError
+from convert.exceptions import WritebackError, WriteLockedError, WriteRefusedError
 from convert.schema import ScoreOutput
-from convert.writeback import WriteSummary, engine_url, read_table, write_scores
+from convert.writeback import WriteGuards, WriteSummary, engine_url, read_table, write_scores
 
 PG_URL = os.environ.get("CONVERT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 #: rows of the batch a killed writer is writing (large enough for its phases to last)
@@ -208,7 +208,7 @@ def test_file_round_trip_and_atomic_replace(tmp_path: Path, suffix: str) -> None
     assert "500 scores" in str(summary)
     assert_same(read_table(str(path)), normalized(first))
 
-    second = make_scores(300, as_of="2025-02-28", seed=2, ids=range(200, 500))
+    second = make_scores(400, as_of="2025-02-28", seed=2, ids=range(100, 500))
     write_scores(second, path)  # a PathLike works too
     assert_same(read_table(path), normalized(second))
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temp file left
@@ -297,7 +297,10 @@ def test_empty_scores_are_refused_unless_allowed(tmp_path: Path) -> None:
     with pytest.raises(WritebackError, match="empty"):
         write_scores(make_scores(0), url, "t")
     assert len(read_table(url, "t")) == 20
-    summary = write_scores(make_scores(0), url, "t", allow_empty=True)
+    with pytest.raises(WriteRefusedError, match="remove 20 of the 20"):  # the shrink guard
+        write_scores(make_scores(0), url, "t", allow_empty=True)
+    everything = WriteGuards(allow_shrink=True)
+    summary = write_scores(make_scores(0), url, "t", allow_empty=True, guards=everything)
     assert summary.rows_removed == 20 and read_table(url, "t").empty
 
 
@@ -402,13 +405,13 @@ def test_rows_of_one_batch_may_differ_in_as_of_and_version(db: Db) -> None:
     table = db.new_table()
     mixed = pd.concat(
         [
-            make_scores(100, seed=10, ids=range(0, 100)),
-            make_scores(100, as_of="2025-02-28", seed=11, version="v2", ids=range(100, 200)),
+            make_scores(100, seed=10, version="m/1", ids=range(0, 100)),
+            make_scores(100, as_of="2025-02-28", seed=11, version="m/2", ids=range(100, 200)),
         ],
         ignore_index=True,
     )
     write_scores(mixed, db.url, table)
-    later = make_scores(200, as_of="2025-02-28", seed=12, version="v2")
+    later = make_scores(200, as_of="2025-02-28", seed=12, version="m/2")
     summary = write_scores(later, db.url, table)
     # leads 100-199 already have (2025-02-28, v2) rows: updated, not added
     assert (summary.history_rows_added, summary.history_rows_updated) == (100, 100)
@@ -464,13 +467,13 @@ def test_postgresql_before_merge_gives_the_same_tables(
     import convert.writeback as writeback
 
     first = make_scores(400, seed=14)
-    second = make_scores(350, as_of="2025-02-28", seed=15, ids=range(100, 450))
+    second = make_scores(350, as_of="2025-02-28", seed=15, ids=range(80, 430))
     with_merge, without_merge = pg_tables(), pg_tables()
     for frame in (first, second, second):
         write_scores(frame, pg_url, with_merge)
     monkeypatch.setattr(writeback, "_PG_MERGE_VERSION", (999,))
     summaries = [write_scores(frame, pg_url, without_merge) for frame in (first, second, second)]
-    assert [s.rows_removed for s in summaries] == [0, 100, 0]
+    assert [s.rows_removed for s in summaries] == [0, 80, 0]
     assert _tables_differ(pg_url, with_merge, without_merge) == []
     assert_same(read_table(pg_url, without_merge), normalized(second))
 
@@ -533,50 +536,386 @@ def test_permission_error_is_a_writeback_error(pg_url: str, pg_tables: Any) -> N
 
 WRITER = textwrap.dedent(
     """
+    import json
+    import os
     import sys
     import pandas as pd
     import sqlalchemy as sa
     from sqlalchemy import event
 
+    PAUSE_ON = os.environ.get("CONVERT_TEST_PAUSE_ON")
+
     @event.listens_for(sa.engine.Engine, "before_cursor_execute")
     def _show(conn, cursor, statement, parameters, context, executemany):
         print("SQL " + " ".join(statement.split())[:200], flush=True)
+        if PAUSE_ON and statement.startswith(PAUSE_ON):
+            print("PAUSED", flush=True)
+            sys.stdin.readline()  # the test resumes the run by writing a line
 
-    from convert.writeback import write_scores
+    from convert.exceptions import ConvertError
+    from convert.writeback import WriteGuards, write_scores
 
     frame = pd.read_parquet(sys.argv[1])
+    guards = WriteGuards(**json.loads(sys.argv[4])) if len(sys.argv) > 4 else None
     print("START", flush=True)
-    write_scores(frame, sys.argv[2], sys.argv[3])
+    try:
+        write_scores(frame, sys.argv[2], sys.argv[3], guards=guards)
+    except ConvertError as exc:  # as the CLI does: the message, exit code 2
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
     print("DONE", flush=True)
     """
 )
 
 
-def test_concurrent_writers_are_serialized(pg_url: str, pg_tables: Any, tmp_path: Path) -> None:
-    table = pg_tables()
-    batches = [
-        make_scores(40_000, seed=20, ids=range(0, 40_000)),
-        make_scores(40_000, as_of="2025-02-28", seed=21, ids=range(20_000, 60_000)),
-    ]
-    files = []
-    for i, batch in enumerate(batches):
-        files.append(tmp_path / f"b{i}.parquet")
-        batch.to_parquet(files[-1])
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(f), pg_url, table],
-            stdout=subprocess.DEVNULL,
+class Writer:
+    """A writer in its own process; with *pause_on*, it stops before the first statement
+    starting with that text (holding what it holds) until :meth:`resume`."""
+
+    def __init__(
+        self,
+        batch: Path,
+        url: str,
+        table: str,
+        guards: dict[str, Any] | None = None,
+        pause_on: str | None = None,
+    ) -> None:
+        env = dict(os.environ)
+        env.pop("CONVERT_TEST_PAUSE_ON", None)
+        if pause_on:
+            env["CONVERT_TEST_PAUSE_ON"] = pause_on
+        args = [sys.executable, "-c", WRITER, str(batch), url, table]
+        if guards is not None:
+            import json
+
+            args.append(json.dumps(guards))
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
-        for f in files
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_for(self, text: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            if line is None:
+                pytest.fail(f"the writer ended before {text!r}: " + self.finish()[1])
+            self.seen.append(line)
+            if line.startswith(text):
+                return
+
+    def resume(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+
+    def finish(self, timeout: float = 300) -> tuple[int, str]:
+        """(exit code, stderr) once the process ended."""
+        try:
+            _, err = self.proc.communicate(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode, err
+
+
+def _spellings(db: Db, table: str) -> tuple[str, str]:
+    """Two names of one table: bare and schema-qualified."""
+    return table, f"{'main' if db.kind == 'sqlite' else 'public'}.{table}"
+
+
+def _pg_waiting_on_advisory_lock() -> int:
+    rows = _pg_execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+    return int(rows[0][0])
+
+
+@pytest.mark.slow
+def test_concurrent_runs_on_t_and_schema_t_are_serialized(db: Db, tmp_path: Path) -> None:
+    """A run on ``public.t`` (``main.t``) waits for a run on ``t`` that holds the lock, then
+    checks its guards against what that run committed."""
+    table = db.new_table()
+    bare, qualified = _spellings(db, table)
+    first = make_scores(5_000, seed=40)
+    write_scores(first, db.url, bare)
+    a_batch = make_scores(5_000, as_of="2025-02-28", seed=41)
+    b_batch = make_scores(5_000, as_of="2025-02-28", seed=42)
+    files = [tmp_path / "a.parquet", tmp_path / "b.parquet"]
+    a_batch.to_parquet(files[0])
+    b_batch.to_parquet(files[1])
+
+    a = Writer(files[0], db.url, bare, pause_on="DELETE FROM")  # after lock + guards
+    a.wait_for("PAUSED")
+    b = Writer(files[1], db.url, qualified)
+    try:
+        if db.kind == "postgresql":
+            deadline = time.monotonic() + 60
+            while not _pg_waiting_on_advisory_lock():
+                assert time.monotonic() < deadline, "the second run never waited for the lock"
+                time.sleep(0.05)
+        else:
+            b.wait_for("SQL BEGIN IMMEDIATE")
+        time.sleep(1.0)
+        assert b.proc.poll() is None  # still waiting: A holds the table
+        assert_same(read_table(db.url, bare), normalized(first))  # nothing committed yet
+    finally:
+        a.resume()
+    assert a.finish() == (0, "")
+    code, err = b.finish()
+    assert code == 0, err
+    # B committed after A: the current table is B's batch; A's history rows were updated by B
+    assert_same(read_table(db.url, bare), normalized(b_batch))
+    assert_same(read_table(db.url, f"{bare}_history"), normalized(first, b_batch))
+
+
+@pytest.mark.slow
+def test_of_two_concurrent_runs_the_older_as_of_no_longer_wins(db: Db, tmp_path: Path) -> None:
+    """Finding 2: of two concurrent runs, whichever committed last won, even with the older
+    as-of. The guards are read under the lock: the older run, waiting, sees the newer
+    run's rows and is refused (exit code 2), whatever the order of the commits."""
+    table = db.new_table()
+    bare, qualified = _spellings(db, table)
+    write_scores(make_scores(5_000, as_of="2025-01-31", seed=47), db.url, bare)
+    newer = make_scores(5_000, as_of="2025-03-31", seed=48)
+    files = [tmp_path / "newer.parquet", tmp_path / "older.parquet"]
+    newer.to_parquet(files[0])
+    make_scores(5_000, as_of="2025-02-28", seed=49).to_parquet(files[1])
+    a = Writer(files[0], db.url, bare, pause_on="DELETE FROM")  # holds the lock
+    a.wait_for("PAUSED")
+    b = Writer(files[1], db.url, qualified)  # older, but staged and waiting before A commits
+    try:
+        if db.kind == "postgresql":
+            deadline = time.monotonic() + 60
+            while not _pg_waiting_on_advisory_lock():
+                assert time.monotonic() < deadline, "the second run never waited for the lock"
+                time.sleep(0.05)
+        else:
+            b.wait_for("SQL BEGIN IMMEDIATE")
+    finally:
+        a.resume()
+    assert a.finish() == (0, "")
+    code, err = b.finish()
+    assert code == 2 and "older than the newest as-of 2025-03-31" in err and "--allow-older" in err
+    assert_same(read_table(db.url, bare), normalized(newer))
+
+
+@pytest.mark.slow
+def test_a_stuck_lock_ends_in_a_clear_error_within_the_timeout(db: Db, tmp_path: Path) -> None:
+    """Another run holding the lock (paused) makes a run on the other spelling stop with
+    exit code 2 after writeback.lock_timeout_s, changing nothing."""
+    table = db.new_table()
+    bare, qualified = _spellings(db, table)
+    first = make_scores(2_000, seed=43)
+    write_scores(first, db.url, qualified)
+    batch = tmp_path / "b.parquet"
+    make_scores(2_000, as_of="2025-02-28", seed=44).to_parquet(batch)
+    holder = Writer(batch, db.url, qualified, pause_on="DELETE FROM")
+    holder.wait_for("PAUSED")
+    try:
+        started = time.monotonic()
+        waiter = Writer(batch, db.url, bare, guards={"lock_timeout_s": 2.0})
+        code, err = waiter.finish(timeout=60)
+        elapsed = time.monotonic() - started
+    finally:
+        holder.resume()
+    assert code == 2, err
+    expected = qualified  # the message names the table by its schema-qualified name
+    assert f"another run holds {expected}" in err and "Traceback" not in err
+    assert 2.0 <= elapsed < 60, elapsed  # 2 s of waiting + start-up and staging; not 600 s
+    assert holder.finish()[0] == 0
+
+
+def test_sqlite_reader_held_open_does_not_block_the_write(tmp_path: Path) -> None:
+    """WAL mode: an open read transaction (a BI tool, a CRM sync) never blocks the commit,
+    also for a database created in the old rollback-journal mode."""
+    import sqlite3
+
+    path = tmp_path / "crm.db"
+    url = f"sqlite:///{path}"
+    with sqlite3.connect(path) as conn:  # an existing file, rollback-journal mode
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        conn.execute("CREATE TABLE other (x INTEGER)")
+    first = make_scores(300, seed=45)
+    write_scores(first, url, "t")
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM t").fetchone() == (300,)  # holds a snapshot
+        second = make_scores(300, as_of="2025-02-28", seed=46)
+        started = time.monotonic()
+        write_scores(second, url, "t", guards=WriteGuards(lock_timeout_s=5))
+        assert time.monotonic() - started < 5
+        # the reader still sees its snapshot; a new transaction sees the new scores
+        assert reader.execute("SELECT max(as_of) FROM t").fetchone()[0].startswith("2025-01-31")
+        reader.execute("COMMIT")
+        assert reader.execute("SELECT max(as_of) FROM t").fetchone()[0].startswith("2025-02-28")
+    finally:
+        reader.close()
+    assert_same(read_table(url, "t"), normalized(second))
+
+
+# --- guards ---------------------------------------------------------------------------------
+
+
+def _state(url: str, table: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return read_table(url, table), read_table(url, f"{table}_history")
+
+
+def _assert_unchanged(url: str, table: str, before: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    after = _state(url, table)
+    assert_same(after[0], before[0])
+    assert_same(after[1], before[1])
+
+
+def test_shrink_guard_refuses_a_partial_batch(db: Db) -> None:
+    """Finding 2: scoring a partial export removed 2,053 of 2,296 current scores, exit 0."""
+    table = db.new_table()
+    full = make_scores(2_296, seed=50)
+    write_scores(full, db.url, table)
+    partial = make_scores(243, seed=51, ids=range(243))  # a partial export
+    before = _state(db.url, table)
+    with pytest.raises(WriteRefusedError) as info:
+        write_scores(partial, db.url, table)
+    message = str(info.value)
+    assert "remove 2,053 of the 2,296 current rows" in message and "--allow-shrink" in message
+    assert "max_removed_share" in message and "Nothing was changed" in message
+    _assert_unchanged(db.url, table, before)
+    # up to the share is fine; a stricter setting refuses it
+    most = make_scores(2_000, seed=52, ids=range(2_000))  # removes 296 = 12.9 %
+    with pytest.raises(WriteRefusedError, match="12.9%"):
+        write_scores(most, db.url, table, guards=WriteGuards(max_removed_share=0.1))
+    assert write_scores(most, db.url, table).rows_removed == 296
+    # --allow-shrink writes the partial batch
+    summary = write_scores(partial, db.url, table, guards=WriteGuards(allow_shrink=True))
+    assert summary.rows_removed == 2_000 - 243
+    assert_same(read_table(db.url, table), normalized(partial))
+
+
+def test_older_as_of_is_refused_unless_allowed(db: Db) -> None:
+    """Finding 2: a run with an older --as-of silently replaced newer scores."""
+    table = db.new_table()
+    newer = make_scores(500, as_of="2025-03-31", seed=53)
+    write_scores(newer, db.url, table)
+    older = make_scores(500, as_of="2025-02-28", seed=54)
+    before = _state(db.url, table)
+    with pytest.raises(WriteRefusedError) as info:
+        write_scores(older, db.url, table)
+    message = str(info.value)
+    assert "as-of 2025-02-28 00:00:00 is older than the newest as-of 2025-03-31" in message
+    assert "--allow-older" in message
+    _assert_unchanged(db.url, table, before)
+    # a re-run at the same as-of is fine
+    again = make_scores(500, as_of="2025-03-31", seed=55)
+    assert write_scores(again, db.url, table).history_rows_updated == 500
+    # allowed: the current table takes the older run, the history appends it
+    summary = write_scores(older, db.url, table, guards=WriteGuards(allow_older=True))
+    assert summary.history_rows_added == 500
+    assert_same(read_table(db.url, table), normalized(older))
+    assert_same(read_table(db.url, f"{table}_history"), normalized(again, older))
+
+
+def test_another_model_is_refused_unless_replace(db: Db) -> None:
+    """Finding 2: scoring a flat model into the event-mode table removed all its scores."""
+    table = db.new_table()
+    event_scores = make_scores(400, seed=56, version="lead-conversion/3")
+    write_scores(event_scores, db.url, table)
+    flat_scores = make_scores(
+        300, seed=57, version="lead-conversion-flat/1", ids=range(10_000, 10_300)
+    )
+    before = _state(db.url, table)
+    with pytest.raises(WriteRefusedError) as info:
+        write_scores(flat_scores, db.url, table)
+    message = str(info.value)
+    assert "holds scores of model 'lead-conversion'" in message
+    assert "'lead-conversion-flat'" in message and "--replace" in message
+    _assert_unchanged(db.url, table, before)
+    # a new version of the same model is the same model
+    v4 = make_scores(400, seed=58, version="lead-conversion/4")
+    write_scores(v4, db.url, table)
+    # --replace: all of the other model's rows go (no shrink refusal), history keeps both
+    summary = write_scores(flat_scores, db.url, table, guards=WriteGuards(replace=True))
+    assert (summary.rows_removed, summary.history_rows_added) == (400, 300)
+    assert_same(read_table(db.url, table), normalized(flat_scores))
+    assert_same(read_table(db.url, f"{table}_history"), normalized(event_scores, v4, flat_scores))
+
+
+def test_a_batch_of_two_models_is_refused(tmp_path: Path) -> None:
+    mixed = pd.concat(
+        [make_scores(5, version="a/1"), make_scores(5, version="b/1", ids=range(5, 10))],
+        ignore_index=True,
+    )
+    with pytest.raises(WriteRefusedError, match="2 models"):
+        write_scores(mixed, f"sqlite:///{tmp_path / 's.db'}")
+    assert not (tmp_path / "s.db").exists()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_file_targets_are_guarded_too(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"scores{suffix}"
+    full = make_scores(1_000, as_of="2025-03-31", seed=60, version="m/1")
+    write_scores(full, path)
+    original = path.read_bytes()
+    refusals = [
+        (make_scores(100, as_of="2025-03-31", seed=61, version="m/1"), "remove 900 of"),
+        (make_scores(1_000, as_of="2025-02-28", seed=62, version="m/1"), "older than"),
+        (make_scores(1_000, as_of="2025-03-31", seed=63, version="n/1"), "model 'm'"),
     ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err.decode()
-    current = read_table(pg_url, table)
-    # one batch or the other, never a mix of the two
-    assert any(current.equals(normalized(b)) for b in batches)
-    assert_same(read_table(pg_url, f"{table}_history"), normalized(*batches))
+    for frame, match in refusals:
+        with pytest.raises(WriteRefusedError, match=match):
+            write_scores(frame, path)
+        assert path.read_bytes() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no lock or temp file
+    write_scores(refusals[0][0], path, guards=WriteGuards(allow_shrink=True))
+    assert_same(read_table(path), normalized(refusals[0][0]))
+    # a file that is not a scores file is overwritten only with replace
+    path.write_text("name,value\nx,1\n")
+    with pytest.raises(WriteRefusedError, match="not a scores file"):
+        write_scores(full, path)
+    write_scores(full, path, guards=WriteGuards(replace=True))
+    assert_same(read_table(path), normalized(full))
+
+
+def test_file_lock_times_out_while_another_run_holds_it(tmp_path: Path) -> None:
+    from convert.writeback import file_lock
+
+    path = tmp_path / "scores.csv"
+    write_scores(make_scores(10), path)
+    before = path.read_bytes()
+    with file_lock(path, 1.0):
+        started = time.monotonic()
+        with pytest.raises(WriteLockedError, match=f"another run holds {path}"):
+            write_scores(make_scores(10, seed=1), path, guards=WriteGuards(lock_timeout_s=0.5))
+        assert 0.5 <= time.monotonic() - started < 5
+    assert path.read_bytes() == before
+    write_scores(make_scores(10, seed=1), path)  # released: the next run goes through
+
+
+def test_guards_come_from_the_writeback_section() -> None:
+    from convert.config import Config
+
+    config = Config.from_dict({"writeback": {"max_removed_share": 0.5, "lock_timeout_s": 30}})
+    guards = WriteGuards.from_config(config.writeback, allow_older=True)
+    assert guards == WriteGuards(
+        max_removed_share=0.5, allow_shrink=False, allow_older=True, lock_timeout_s=30.0
+    )
+    assert Config().writeback.max_removed_share == 0.2 and Config().writeback.lock_timeout_s == 600
+    with pytest.raises(WritebackError, match="max_removed_share"):
+        WriteGuards(max_removed_share=1.5)
 
 
 # --- killed writers -------------------------------------------------------------------------
@@ -790,3 +1129,177 @@ def test_postgresql_writer_killed_mid_write(
     ]:
         assert time.monotonic() < deadline, "the staging table outlived the killed writer"
         time.sleep(0.2)
+
+
+# --- the score command: guards and locks end to end (issue 14, finding 2) -------------------
+
+
+@pytest.fixture(scope="module")
+def score_models(trained: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Bundle folders of an event-mode model and a flat model, and the flat file."""
+    from tests.conftest import FAST, flat_table
+
+    from convert.config import Config
+    from convert.flat import load_flat, train_flat
+    from convert.mapping import mapping_from_dict
+
+    folder = tmp_path_factory.mktemp("models")
+    result, _ = trained
+    event = result.model.save(folder / "lead-conversion")
+    report = folder / "report.csv"
+    flat_table(1_000).to_csv(report, index=False)
+    mapping = {"missing_values": ["Select"], "flat": {"categorical": ["Region"]}}
+    table = load_flat(
+        report, Config.from_dict(FAST), mapping_from_dict(mapping), target="Converted",
+        id_column="Lead Id",
+    )
+    flat = train_flat(table, Config.from_dict(FAST), mapping_from_dict(mapping)).model
+    (folder / "flat.yaml").write_text(
+        "missing_values: [Select]\nflat:\n  categorical: [Region]\n  id: Lead Id\n"
+    )
+    return {
+        "event": event,
+        "flat": flat.save(folder / "lead-conversion-flat"),
+        "report": report,
+        "mapping": folder / "flat.yaml",
+    }
+
+
+def _partial_export(source: Path, target: Path, share: float) -> Path:
+    """A copy of an export holding only the first *share* of its leads (an interrupted export)."""
+    target.mkdir()
+    leads = pd.read_csv(source / "leads.csv", dtype=str, keep_default_na=False)
+    kept = set(leads["lead_id"].iloc[: int(len(leads) * share)])
+    for file in source.iterdir():
+        frame = pd.read_csv(file, dtype=str, keep_default_na=False)
+        if "lead_id" in frame.columns:
+            frame = frame[frame["lead_id"].isin(kept)]
+        frame.to_csv(target / file.name, index=False)
+    return target
+
+
+def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from convert.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.slow
+def test_score_command_guards(
+    db: Db,
+    score_models: dict[str, Path],
+    sim_export: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A partial export, an older --as-of and a flat model into the event table all exit 2
+    with the flag to use, changing nothing; the flags then write, appending history."""
+    import yaml
+    from tests.conftest import FAST
+
+    table = db.new_table()
+    config = tmp_path / "params.yaml"
+    config.write_text(yaml.safe_dump(FAST))
+    base = ["--out", db.url, "--table", table, "--config", str(config)]
+    event = ["score", "--model", str(score_models["event"]), *base]
+
+    code, out, err = _cli([*event, "--data", str(sim_export), "--as-of", "2025-07-01"], capsys)
+    assert code == 0, err
+    first = _state(db.url, table)
+    population = len(first[0])
+    assert population > 500 and set(first[0]["model_version"]) == {"lead-conversion/local"}
+
+    # a partial export (a quarter of the leads) would remove most current scores
+    partial = _partial_export(sim_export, tmp_path / "partial", 0.25)
+    code, out, err = _cli([*event, "--data", str(partial), "--as-of", "2025-07-01"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "refused: this run would remove" in err and "--allow-shrink" in err
+    _assert_unchanged(db.url, table, first)
+
+    # an older as-of would put older scores over newer ones
+    code, out, err = _cli([*event, "--data", str(sim_export), "--as-of", "2025-06-01"], capsys)
+    assert code == 2 and "is older than the newest as-of 2025-07-01" in err and "--allow-older" in err
+    _assert_unchanged(db.url, table, first)
+
+    # a flat model into the event-mode table
+    flat = ["score", "--model", str(score_models["flat"]), "--data", str(score_models["report"]),
+            "--mapping", str(score_models["mapping"]), "--as-of", "2025-07-02", *base]
+    code, out, err = _cli(flat, capsys)
+    assert code == 2 and "holds scores of model 'lead-conversion'" in err and "--replace" in err
+    _assert_unchanged(db.url, table, first)
+
+    # the flags write, and the history keeps every run
+    code, out, err = _cli([*event, "--data", str(sim_export), "--as-of", "2025-06-01",
+                           "--allow-older"], capsys)
+    assert code == 0, err
+    older = read_table(db.url, table)
+    assert set(older["as_of"]) == {pd.Timestamp("2025-06-01")}
+    history = read_table(db.url, f"{table}_history")
+    assert len(history) == population + len(older)
+    code, out, err = _cli([*event, "--data", str(partial), "--as-of", "2025-06-01",
+                           "--allow-shrink"], capsys)
+    assert code == 0, err
+    assert len(read_table(db.url, table)) < len(older) / 2
+    code, out, err = _cli([*flat, "--replace"], capsys)
+    assert code == 0, err
+    current = read_table(db.url, table)
+    assert len(current) == 1_000 and set(current["model_version"]) == {"lead-conversion-flat/local"}
+    history = read_table(db.url, f"{table}_history")
+    assert len(history) == population + len(older) + 1_000
+
+
+@pytest.mark.slow
+def test_score_command_stops_on_a_stuck_lock(
+    db: Db,
+    score_models: dict[str, Path],
+    sim_export: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Another session holding the table (PostgreSQL: LOCK TABLE; SQLite: an open write
+    transaction): the run stops with exit 2 after writeback.lock_timeout_s, changing nothing."""
+    import sqlite3
+
+    import yaml
+    from tests.conftest import FAST
+
+    table = db.new_table()
+    config = tmp_path / "params.yaml"
+    config.write_text(yaml.safe_dump({**FAST, "writeback": {"lock_timeout_s": 2}}))
+    args = ["score", "--model", str(score_models["event"]), "--data", str(sim_export),
+            "--as-of", "2025-07-01", "--out", db.url, "--table", table, "--config", str(config)]
+    code, _, err = _cli(args, capsys)
+    assert code == 0, err
+    before = _state(db.url, table)
+
+    holder: Any
+    if db.kind == "sqlite":
+        holder = sqlite3.connect(db.url.removeprefix("sqlite:///"), isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        expected = f"main.{table}"
+    else:
+        import psycopg
+
+        holder = psycopg.connect(_libpq_url(db.url))
+        holder.execute(f'LOCK TABLE "{table}" IN ACCESS EXCLUSIVE MODE')
+        expected = f"public.{table}"
+    try:
+        started = time.monotonic()
+        code, _, err = _cli(args, capsys)
+        elapsed = time.monotonic() - started
+    finally:
+        holder.rollback() if db.kind == "postgresql" else holder.execute("ROLLBACK")
+        holder.close()
+    assert code == 2 and f"another run holds {expected}" in err and "Traceback" not in err
+    assert "lock_timeout_s" in err
+    _assert_unchanged(db.url, table, before)
+    # the wait was the configured 2 s, not the default 600 s (scoring itself takes a few s)
+    assert 2 <= elapsed < 60
+    code, _, err = _cli(args, capsys)  # the lock released: the run goes through
+    assert code == 0, err

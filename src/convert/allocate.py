@@ -117,6 +117,9 @@ class AssignmentOutput(TableSchema):
     assigned_at = Column("assigned_at", "timestamp", nullable=False)
 
     HISTORY_KEY: ClassVar[tuple[str, ...]] = ("lead_id", "as_of", "model_version")
+    #: the write-back's shrink guard does not apply: assignments churn every day (the lock,
+    #: older-as-of and one-model-per-table guards do)
+    SHRINK_GUARD: ClassVar[bool] = False
 
 
 class RepEffectTable(TableSchema):

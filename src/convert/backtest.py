@@ -31,11 +31,11 @@ from convert.config import STANDARD_EVENT_TYPES, Config
 from convert.dataset import CRMData
 from convert.exceptions import ConfigError, ConvertError, InsufficientDataError
 from convert.features import KEY, build_features, discover_event_types, feature_catalog
-from convert.labels import as_of_grid, build_labels, parse_as_of
+from convert.labels import build_labels, grid_for, parse_as_of
 from convert.metrics import _new_figure, evaluate
 from convert.model import LeadScoringModel
 from convert.schema import Labeled
-from convert.train import TrainingSet, check_positives, default_as_of, fit_calibrated, split_by_time
+from convert.train import TrainingSet, default_as_of, fit_deployed
 
 _UNITS = {"D": "days", "W": "weeks", "M": "months", "Q": "months", "Y": "years"}
 METRICS = ("roc_auc", "pr_auc", "log_loss", "brier", "ece")
@@ -137,15 +137,16 @@ def backtest(
 
     # one labelled feature frame for every snapshot any training point or origin needs
     first = data.earliest_created()
-    grids = {
-        r: as_of_grid(first, r, horizon, config.labels.frequency, config.labels.min_history_days)
-        for r in train_points
-    }
+    chosen = {r: grid_for(config.labels, first, r) for r in train_points}
+    grids = {r: g.times for r, g in chosen.items()}
+    for r, g in chosen.items():
+        say(f"snapshots for training at {r:%Y-%m-%d}: {g.describe()}")
     for r, grid in grids.items():
-        if len(grid) < 4:
+        needed = config.train.inner_folds + config.train.outer_folds + 1
+        if len(grid) < needed:
             raise InsufficientDataError(
                 f"backtest origin {r:%Y-%m-%d}: only {len(grid)} snapshots have a known label by "
-                "then; training needs at least 4. Start the backtest later (--from)"
+                f"then; training needs at least {needed}. Start the backtest later (--from)"
             )
     vocab = {r: discover_event_types(data.con, max(g), config.features) for r, g in grids.items()}
     all_types = _vocabulary_order({t for v in vocab.values() for t in v})
@@ -180,9 +181,7 @@ def backtest(
         y = ts.frame[Labeled.label].to_numpy()
         clock = time.perf_counter()
         try:
-            split = split_by_time(ts.frame[Labeled.as_of], config)
-            check_positives(split, y, config.train.min_positives)
-            model, _ = fit_calibrated(ts, split, config)
+            model = fit_deployed(ts, config)
         except ConvertError as exc:
             raise InsufficientDataError(f"backtest origin {r:%Y-%m-%d}: {exc}") from exc
         seconds = time.perf_counter() - clock

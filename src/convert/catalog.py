@@ -10,6 +10,7 @@ lead's value and its score points into a reason such as
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -28,6 +29,11 @@ class FeatureDef:
     ``template`` receives ``{value}`` (formatted by ``unit``); ``zero_template`` is used
     when the value is 0 and ``missing_template`` when it is missing (never happened,
     unknown), so that a reason never reads "0 times" or "nan days ago".
+
+    Templates hold text from the data (event types, column names), so they are never
+    format strings: :func:`render` replaces ``{value}`` (and ``{{``/``}}``, which
+    :func:`escape` writes for a literal brace) and leaves every other brace, ``%`` or
+    quote as written. ``zero_template`` and ``missing_template`` are plain text.
     """
 
     name: str
@@ -60,12 +66,30 @@ class FeatureDef:
             return self.missing_template or f"{self.description}: unknown"
         if self.kind == "numeric" and self.zero_template is not None and float(value) == 0:
             return self.zero_template
-        text = self.template.format(value=self.format_value(value))
+        text = render(self.template, self.format_value(value))
         return text.replace(" 1 days", " 1 day").replace(" 1 times", " once")
 
     def sentence(self, value: Any, points: int) -> str:
         """A reason: signed points and the sentence, e.g. ``+12 Viewed the pricing page 4 times``."""
         return f"{points:+d} {self.describe(value)}"
+
+
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{value\}")
+
+
+def escape(text: str) -> str:
+    """*text* (from the data) as literal text inside a template: braces doubled."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def render(template: str, value: str) -> str:
+    """*template* with ``{value}`` replaced by *value* and ``{{``/``}}`` by one brace.
+
+    Not :meth:`str.format`: a template embeds event types and column names from the CRM
+    (``Meeting {owner.name}``, ``50% off``), and any brace that is not ``{value}`` (or a
+    doubled brace) is kept as written instead of being read as a field.
+    """
+    return _PLACEHOLDER.sub(lambda m: value if m.group() == "{value}" else m.group()[0], template)
 
 
 def _is_missing(value: Any) -> bool:
@@ -155,7 +179,7 @@ def event_words(event_type: str) -> tuple[str, str]:
     if event_type in EVENT_WORDS:
         return EVENT_WORDS[event_type]
     label = event_type.replace("_", " ")
-    return (f"Had {{value}} '{label}' events", f"Had no '{label}' events")
+    return (f"Had {{value}} '{escape(label)}' events", f"Had no '{label}' events")
 
 
 def window_phrase(days: int | None) -> str:

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-import click
+import pandas as pd
 import typer
 
 from convert import steps
 from convert.config import Config, load_config
-from convert.exceptions import ConfigError, ConvertError
+from convert.exceptions import ConfigError, ConvertError, ConvertWarning
 from convert.io import is_database_url
+from convert.labels import parse_as_of
 from convert.mapping import Mapping, load_mapping
 
 app = typer.Typer(
@@ -47,6 +49,11 @@ def _config(path: Path | None) -> Config:
     return load_config(path)
 
 
+def _as_of(value: str | None, flag: str = "--as-of") -> pd.Timestamp | None:
+    """The as-of flag parsed once, here at the boundary (ISO 8601; a bad value is exit 2)."""
+    return parse_as_of(value, flag)
+
+
 def _mapping(path: Path | None) -> Mapping | None:
     return load_mapping(path) if path else None
 
@@ -62,26 +69,54 @@ def generate(
     leads: Annotated[int, typer.Option("--leads", min=1)] = 20_000,
     seed: Annotated[int, typer.Option("--seed")] = 42,
     fmt: Annotated[str, typer.Option("--format", help="csv or parquet")] = "csv",
-    start: Annotated[str, typer.Option("--start")] = "2023-01-01",
+    start: Annotated[str | None, typer.Option(
+        "--start", help="First creation date (default 2023-01-01, or --months before --end).")] = None,
     end: Annotated[str, typer.Option("--end")] = "2025-12-31",
     clean: Annotated[bool, typer.Option("--clean", help="Plant no bad rows.")] = False,
     activity: Annotated[float, typer.Option(
         "--activity", min=0.01, help="Multiplier of self-directed engagement (1: ~30 events a lead; 4.4: ~100)."
     )] = 1.0,
+    regime: Annotated[str, typer.Option(
+        "--regime", help="Preset: default, short (4 months), open (12 months, never disqualified), "
+        "drift (base rate shifts), additive (smooth additive fit among 30 extra attributes).")] = "default",
+    months: Annotated[int | None, typer.Option(
+        "--months", min=1, help="History length in whole months ending with --end (overrides the preset).")] = None,
+    disqualify: Annotated[bool | None, typer.Option(
+        "--disqualify/--no-disqualify", help="Whether sales disqualifies leads (overrides the preset).")] = None,
+    drift: Annotated[float | None, typer.Option(
+        "--drift", help="Base-rate change in log-odds from --start to --end (overrides the preset).")] = None,
+    attributes: Annotated[int | None, typer.Option(
+        "--attributes", min=0, help="Extra lead attributes attr_NN, six of them relevant (overrides the preset).")] = None,
     reps: Annotated[int, typer.Option(
         "--reps", min=0, help="Sales reps: leads get owner_id (drawn after the outcome: other tables unchanged); writes reps.csv and rep_effects.csv."
     )] = 0,
 ) -> None:
     """Write a seeded synthetic CRM export (leads, accounts, events, stages)."""
-    from convert.simulate import REP_EFFECTS_FILE, REPS_FILE, generate_crm
+    import dataclasses
+
+    from convert.simulate import REGIMES, REP_EFFECTS_FILE, REPS_FILE, generate_crm
 
     if fmt not in ("csv", "parquet"):
         raise ConvertError(f"--format must be csv or parquet, not {fmt!r}")
+    if regime not in REGIMES:
+        raise ConvertError(f"--regime must be one of {', '.join(REGIMES)}, not {regime!r}")
+    overrides: dict[str, Any] = {k: v for k, v in (("months", months), ("disqualify", disqualify), ("drift", drift),
+                                   ("attributes", attributes)) if v is not None}
+    if start is not None and months is None:
+        overrides["months"] = None  # an explicit --start wins over the preset's history length
+    chosen = dataclasses.replace(REGIMES[regime], **overrides)
+    if overrides:
+        chosen = dataclasses.replace(chosen, name="custom" if regime == "default" else f"{regime} (modified)")
     summary = generate_crm(out, n_leads=leads, seed=seed, fmt=fmt, start=start, end=end,  # type: ignore[arg-type]
-                           bad_rows=not clean, activity=activity, reps=reps)
+                           bad_rows=not clean, activity=activity, regime=chosen, reps=reps)
     echo(str(summary))
     if reps:
         echo(f"  {reps} sales reps: {out / REPS_FILE} (territories, capacity), {out / REP_EFFECTS_FILE} (true effects)")
+    if summary.extra_attributes():
+        echo("  to train on the extra attributes, add to params.yaml under features:")
+        echo("    extra_attributes:")
+        for entry in summary.extra_attributes():
+            echo(f"      - {{table: {entry['table']}, column: {entry['column']}, kind: {entry['kind']}}}")
 
 
 @app.command()
@@ -122,10 +157,11 @@ def features(
     from convert.io import write_frame
     from convert.train import build_training_set
 
+    t = _as_of(as_of)
     cfg = _config(config).with_overrides(labels__horizon_days=horizon_days)
     loaded = steps.load_data(data, cfg, rejects, strict or None, echo, _mapping(mapping))
     try:
-        ts = build_training_set(loaded, cfg, as_of)
+        ts = build_training_set(loaded, cfg, t)
     finally:
         loaded.close()
     write_frame(ts.frame, out)
@@ -143,7 +179,7 @@ def train(
     as_of: Annotated[str | None, typer.Option("--as-of", help="Training as-of (default: day after the latest timestamp).")] = None,
     horizon_days: Annotated[int | None, typer.Option("--horizon-days")] = None,
     config: ConfigOpt = None,
-    tune: Annotated[int | None, typer.Option("--tune", help="Random-search trials with time-series CV.")] = None,
+    tune: Annotated[int | None, typer.Option("--tune", help="Random-search trials scored on the inner folds (trial 0: the configured parameters).")] = None,
     model_name: Annotated[str | None, typer.Option("--model-name")] = None,
     save: Annotated[Path | None, typer.Option("--save", help="Also write the model bundle to this folder (e.g. models/lead-conversion).")] = None,
     rejects: RejectsOpt = None, strict: StrictOpt = False,
@@ -154,13 +190,14 @@ def train(
     split: Annotated[str | None, typer.Option("--split", help="Flat file: random (stratified, default) or ordered (rows in time order).")] = None,
     exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Leave this input column out of training (repeatable).")] = None,
     allow: Annotated[list[str] | None, typer.Option("--allow", help="Keep this column although the leakage guard suspects it (repeatable).")] = None,
-    summary_json: Annotated[Path | None, typer.Option("--summary", help="Also write the hold-out metrics and the leakage screen as JSON.")] = None,
+    summary_json: Annotated[Path | None, typer.Option("--summary", help="Also write the outer-fold metrics and the leakage screen as JSON.")] = None,
 ) -> None:
     """Train, calibrate, evaluate against baselines, log to MLflow and register.
 
     With --data FILE and --target COLUMN, trains on a flat table (one row per lead) and
     registers the model under flat.model_name (default lead-conversion-flat).
     """
+    t = _as_of(as_of)
     cfg = _config(config).with_overrides(labels__horizon_days=horizon_days)
     cfg = cfg.with_overrides(leakage__exclude=tuple(dict.fromkeys([*cfg.leakage.exclude, *(exclude or [])])),
                              leakage__allow=tuple(dict.fromkeys([*cfg.leakage.allow, *(allow or [])])))
@@ -170,12 +207,10 @@ def train(
         raise ConfigError("--target, --positive, --id and --split are for a flat file (--data FILE); "
                           f"{data} is an export folder or a database")
     if flat:
-        if tune:
-            raise ConfigError("--tune is not available for flat tables yet")
         summary = steps.train_flat_step(data, cfg, m, target, positive, id_column, split, model_name,
-                                        str(rejects) if rejects else None, strict or None, echo)
+                                        str(rejects) if rejects else None, strict or None, echo, tune)
     else:
-        summary = steps.train_step(data, cfg, as_of, tune, model_name, str(rejects) if rejects else None,
+        summary = steps.train_step(data, cfg, t, tune, model_name, str(rejects) if rejects else None,
                                    strict or None, echo, m)
     if save:
         summary.result.model.save(save)
@@ -184,10 +219,14 @@ def train(
         summary_json.parent.mkdir(parents=True, exist_ok=True)
         summary_json.write_text(json.dumps(steps.summary_record(summary), indent=1, default=str))
     r = summary.result
-    echo(("slices:\n" if flat else "time slices:\n") + r.slices.to_string(index=False))
+    echo("folds (inner: choices; outer: the figures below; deployed: the refit on every labelled row):\n"
+         + r.slices.to_string(index=False))
+    choices = r.model.metadata.get("choices") or {}
+    echo(f"chosen on the inner folds: {choices.get('rounds')} rounds, blend weight of the logistic model "
+         f"{choices.get('blend_weight', 0.0):.1f}, calibration {choices.get('calibration')}")
     echo(f"calibration: {r.model.calibrator_.method} (cross-validated log loss "
          + ", ".join(f"{k} {v:.4f}" for k, v in r.calibration_cv.items()) + ")")
-    echo("hold-out evaluation (model beside the baselines):\n" + r.evaluation.table())
+    echo("outer-fold evaluation (model beside the baselines, the same rows):\n" + r.evaluation.table())
     echo("realized conversion per grade:\n" + r.evaluation.grades.to_string(index=False))
     echo("top features (mean |points|):\n" + summary.importance.head(10)[["feature", "family", "mean_abs_points"]].to_string(index=False))
     for line in summary.lines:
@@ -203,7 +242,7 @@ def evaluate(
     model: ModelOpt = None, config: ConfigOpt = None, rejects: RejectsOpt = None,
     mapping: MappingOpt = None,
 ) -> None:
-    """Re-evaluate a registered model on its hold-out; write metrics and plots."""
+    """Evaluate a registered model where it learned nothing (newer labelled as-of times, else its outer folds)."""
     cfg = _config(config)
     if _is_flat(data):
         uri = model or f"models:/{cfg.flat.model_name}@challenger"
@@ -235,19 +274,26 @@ def score(
     engine: Annotated[str, typer.Option("--engine", help="duckdb, or spark (--data: typed Parquet tables from `export`).")] = "duckdb",
     mapping: MappingOpt = None,
     id_column: IdOpt = None,
+    allow_shrink: Annotated[bool, typer.Option("--allow-shrink", help="Write even if more than writeback.max_removed_share of the current rows would leave the table.")] = False,
+    allow_older: Annotated[bool, typer.Option("--allow-older", help="Write even if the as-of is older than the newest as-of in the table.")] = False,
+    replace: Annotated[bool, typer.Option("--replace", help="Write even if the table holds another model's scores (they are replaced; history kept).")] = False,
 ) -> None:
     """Score, explain and write back every lead open at the as-of time (or every row of a flat file)."""
+    allowed = {"allow_shrink": allow_shrink, "allow_older": allow_older, "replace": replace}
     if engine not in ("duckdb", "spark"):
         raise ConvertError(f"--engine must be duckdb or spark, not {engine!r}")
+    t = _as_of(as_of)
     cfg = _config(config)
     if _is_flat(data):
         summary, scores = steps.score_flat_step(data, cfg, out, model, table, str(rejects) if rejects else None,
-                                                strict or None, echo, _mapping(mapping), id_column, as_of)
+                                                strict or None, echo, _mapping(mapping), id_column, t,
+                                                **allowed)
     else:
-        if as_of is None:
+        if t is None:
             raise ConfigError("--as-of is required to score a CRM export (the leads open at that time)")
-        summary, scores = steps.score_step(data, cfg, as_of, out, model, table, str(rejects) if rejects else None,
-                                           strict or None, echo, engine=engine, mapping=_mapping(mapping))
+        summary, scores = steps.score_step(data, cfg, t, out, model, table, str(rejects) if rejects else None,
+                                           strict or None, echo, engine=engine, mapping=_mapping(mapping),
+                                           **allowed)
     echo(str(summary))
     if top:
         echo(_top_table(steps.top_leads(scores, top)))
@@ -281,11 +327,13 @@ def allocate(
     effects_out: Annotated[Path | None, typer.Option("--effects-out", help="Also write the learned rep effects per segment (CSV/Parquet), with their intervals.")] = None,
     config: ConfigOpt = None, rejects: RejectsOpt = None, strict: StrictOpt = False,
     mapping: MappingOpt = None,
+    allow_older: Annotated[bool, typer.Option("--allow-older", help="Write even if the scores' as-of is older than the newest as-of in the assignments table.")] = False,
+    replace: Annotated[bool, typer.Option("--replace", help="Write even if the table holds another model's assignments (they are replaced; history kept).")] = False,
 ) -> None:
     """Allocate scored leads to sales reps (territory, capacity, sticky owners, rep effects) and write who calls each."""
     result = steps.allocate_step(data, _config(config), scores, reps, out, table, scores_table, reps_table, min_score,
                                  reassign, balance, model, compare_effects, str(rejects) if rejects else None,
-                                 strict or None, echo, _mapping(mapping))
+                                 strict or None, echo, _mapping(mapping), allow_older=allow_older, replace=replace)
     w = result.written
     where = f"table {w.table} at {w.target}" if w.table else w.target
     assigned = int(result.allocation.assignments["rep_id"].notna().sum())
@@ -332,14 +380,15 @@ def explain(
     id_column: IdOpt = None,
 ) -> None:
     """Print one lead's explanation and write a waterfall plot."""
+    t = _as_of(as_of)
     cfg = _config(config)
     plot = plot or Path(f"explain-{lead_id}.png")
     if _is_flat(data):
         explanation = steps.explain_flat_step(data, cfg, lead_id, model, plot, echo, _mapping(mapping), id_column)
     else:
-        if as_of is None:
+        if t is None:
             raise ConfigError("--as-of is required to explain a lead of a CRM export")
-        explanation = steps.explain_step(data, cfg, as_of, lead_id, model, plot, str(rejects) if rejects else None,
+        explanation = steps.explain_step(data, cfg, t, lead_id, model, plot, str(rejects) if rejects else None,
                                          echo, _mapping(mapping))
     echo("\n".join(explanation.lines()))
     echo(f"waterfall plot: {plot}")
@@ -355,7 +404,9 @@ def report(
     mapping: MappingOpt = None,
 ) -> None:
     """Write the analyst report (one self-contained HTML file); log it to the model's MLflow run."""
-    summary = steps.report_step(data, _config(config), as_of, out, model, backtest,
+    t = _as_of(as_of)
+    assert t is not None
+    summary = steps.report_step(data, _config(config), t, out, model, backtest,
                                 str(rejects) if rejects else None, strict or None, echo,
                                 mapping=_mapping(mapping))
     r = summary.report
@@ -380,7 +431,9 @@ def backtest(
     mapping: MappingOpt = None,
 ) -> None:
     """Rolling-origin evaluation: train at each origin on what was known, judge on what happened."""
-    result = steps.backtest_step(data, _config(config), start, end, every, retrain_every, out,
+    t0, t1 = _as_of(start, "--from"), _as_of(end, "--to")
+    assert t0 is not None and t1 is not None
+    result = steps.backtest_step(data, _config(config), t0, t1, every, retrain_every, out,
                                  str(rejects) if rejects else None, strict or None, echo,
                                  mapping=_mapping(mapping))
     echo(result.text())
@@ -388,20 +441,46 @@ def backtest(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, turning convert's errors into a message and exit code 2."""
+    """Entry point: run the app; every failure the user can fix is one message and exit code 2.
+
+    A mistyped command or a bad flag is the usage message (exit 2, from the argument
+    parser); a :class:`ConvertError` is ``error: ...`` (exit 2); the few failures of the
+    engines underneath that a user fixes by a setting (DuckDB out of memory) are turned
+    into a ConvertError by :func:`convert.steps.user_error`. Anything else is a bug and
+    keeps its traceback.
+    """
     try:
-        app(args=argv, standalone_mode=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", ConvertWarning)
+            warnings.showwarning = _show_warning
+            app(args=argv, standalone_mode=True)
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            return
+        raise
     except ConvertError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(1)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+        _fail(exc)
+    except Exception as exc:
+        known = steps.user_error(exc)
+        if known is None:
+            raise
+        _fail(known)
+
+
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+    """convert's own warnings as one ``warning: ...`` line; others as Python prints them."""
+    if issubclass(category, ConvertWarning):
+        typer.echo(f"warning: {message}", err=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+def _fail(exc: ConvertError) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ override values through :func:`Config.with_overrides`; nothing else reads the fi
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,14 +46,56 @@ class DataConfig(_Section):
     strict: bool = False
     #: Rows fetched per round trip when ``--data`` is a database URL.
     db_chunk_rows: int = Field(100_000, ge=100)
+    #: Plausible timestamps: a row dated before ``valid_from`` or after ``valid_to`` is
+    #: quarantined as implausible (``0001-01-01``, ``2999-12-31``: placeholders, typos).
+    #: ``valid_to`` unset means the current date plus one year.
+    valid_from: str = "1970-01-01"
+    valid_to: str | None = None
+
+    @field_validator("valid_from", "valid_to")
+    @classmethod
+    def _iso_date(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            datetime.fromisoformat(str(value).strip())
+        except ValueError:
+            raise ValueError(f"{value!r} is not an ISO 8601 date or timestamp such as 1970-01-01") from None
+        return str(value).strip()
+
+    def valid_range(self) -> tuple[datetime, datetime]:
+        """(``valid_from``, ``valid_to``) as naive UTC datetimes; ``valid_to`` defaults to a year from now."""
+        def naive(text: str) -> datetime:
+            t = datetime.fromisoformat(text)
+            return t.astimezone(UTC).replace(tzinfo=None) if t.tzinfo else t
+
+        lo = naive(self.valid_from)
+        if self.valid_to is not None:
+            hi = naive(self.valid_to)
+        else:
+            today = datetime.now(UTC).date()
+            try:
+                hi = datetime.combine(today.replace(year=today.year + 1), time())
+            except ValueError:  # 29 February
+                hi = datetime.combine(today.replace(year=today.year + 1, day=28), time())
+        if hi <= lo:
+            raise ConfigError(f"data.valid_to ({hi:%Y-%m-%d}) must be later than data.valid_from ({lo:%Y-%m-%d})")
+        return lo, hi
 
 
 class LabelsConfig(_Section):
     """Population and label: horizon and the grid of training snapshots."""
 
     horizon_days: int = Field(90, gt=0)
-    frequency: Literal["weekly", "biweekly", "monthly", "quarterly"] = "monthly"
-    min_history_days: int = Field(60, ge=0)
+    #: Snapshot spacing; ``auto``: the coarsest giving at least ``min_as_of_times`` labelled
+    #: snapshots (see :func:`convert.labels.choose_grid`).
+    frequency: Literal["auto", "daily", "weekly", "biweekly", "monthly", "quarterly"] = "auto"
+    min_as_of_times: int = Field(24, ge=1)
+    #: Days from the first lead to the first snapshot; ``None``: a tenth of the labelled span,
+    #: at most 60 days.
+    min_history_days: int | None = Field(None, ge=0)
+    #: When set, training looks back at most this many days before its latest labelled snapshot.
+    window_days: int | None = Field(None, gt=0)
 
 
 class ExtraAttribute(_Section):
@@ -94,31 +137,29 @@ class FeaturesConfig(_Section):
         return tuple(sorted(set(value)))
 
 
-class SplitConfig(_Section):
-    """Shares of the as-of times in each time slice (the rest is the training slice)."""
-
-    validation: float = Field(0.15, gt=0, lt=1)
-    calibration: float = Field(0.2, gt=0, lt=1)
-    holdout: float = Field(0.2, gt=0, lt=1)
-    purge_before_holdout: bool = True
-
-    @model_validator(mode="after")
-    def _leaves_training(self) -> SplitConfig:
-        if self.validation + self.calibration + self.holdout >= 0.9:
-            raise ValueError("validation + calibration + holdout must leave at least 10% for training")
-        return self
-
-
 class TrainConfig(_Section):
-    """LightGBM training."""
+    """LightGBM training by time-series cross-fitting (see :mod:`convert.crossfit`)."""
 
     model_name: str = "lead-conversion"
+    #: Every fold's test block and every fold's fit hold at least this many conversions.
     min_positives: int = Field(50, ge=1)
-    split: SplitConfig = SplitConfig()
+    #: Folds whose figures are reported (the latest); no choice sees them.
+    outer_folds: int = Field(2, ge=1, le=10)
+    #: Folds before them on which every choice is made (rounds, parameters, blend, calibrator).
+    inner_folds: int = Field(3, ge=1, le=10)
+    #: Each fold's test block holds at least this share of all conversions.
+    fold_share: float = Field(0.1, gt=0.0, le=0.3)
+    #: Most boosting rounds; the rounds used minimise the mean inner-fold log loss.
     num_boost_round: int = Field(2000, ge=1)
+    #: Stop adding rounds once the mean inner-fold log loss has not improved for this many.
     early_stopping_rounds: int = Field(50, ge=1)
-    refit_on_validation: bool = True
-    refit_round_factor: float = Field(1.2, ge=1.0, le=3.0)
+    #: Fewest rounds used, whatever the inner folds say.
+    min_boost_round: int = Field(10, ge=1)
+    #: Blend LightGBM with the logistic model in log-odds when the blend wins on the inner folds
+    #: (never with monotone_constraints: the linear half could bend a constrained feature).
+    blend: bool = True
+    #: Weight snapshots by recency: halve a row's weight every this many days (None: equal weights).
+    recency_half_life_days: float | None = Field(None, gt=0)
     lightgbm: dict[str, Any] = Field(
         default_factory=lambda: {
             "objective": "binary",
@@ -136,7 +177,6 @@ class TrainConfig(_Section):
     )
     monotone_constraints: dict[str, Literal[-1, 0, 1]] = Field(default_factory=dict)
     tune_trials: int = Field(0, ge=0)
-    tune_folds: int = Field(3, ge=2)
 
 
 class CalibrationConfig(_Section):
@@ -157,6 +197,9 @@ class ScoringConfig(_Section):
     chunk_size: int = Field(50_000, ge=100)
     reasons: int = Field(3, ge=1, le=3)
     table: str = "lead_scores"
+    #: Threads of scoring (explanations and LightGBM predictions); 0: every core this process
+    #: may use. Scores are the same whatever the count (each lead is computed on its own).
+    num_threads: int = Field(0, ge=0)
 
     @field_validator("grade_cutoffs")
     @classmethod
@@ -165,6 +208,17 @@ class ScoringConfig(_Section):
         if cuts != sorted(cuts, reverse=True) or any(not 0 <= c <= 100 for c in cuts):
             raise ValueError("grade_cutoffs must be scores 0-100, best grade first, descending")
         return value
+
+
+class WritebackConfig(_Section):
+    """Guards and locking of every command that writes a table back (``score`` today)."""
+
+    #: A run that would remove more than this share of the current rows is refused
+    #: (unless ``--allow-shrink``): a partial export must not wipe the table.
+    max_removed_share: float = Field(0.2, ge=0.0, le=1.0)
+    #: Seconds a run waits for another run's (or session's) lock on the table; then it
+    #: stops with exit code 2, changing nothing.
+    lock_timeout_s: float = Field(600.0, gt=0.0, le=86_400.0)
 
 
 class BaselinesConfig(_Section):
@@ -338,6 +392,7 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     scoring: ScoringConfig = ScoringConfig()
+    writeback: WritebackConfig = WritebackConfig()
     baselines: BaselinesConfig = BaselinesConfig()
     promotion: PromotionConfig = PromotionConfig()
     leakage: LeakageConfig = LeakageConfig()

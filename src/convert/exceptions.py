@@ -65,8 +65,31 @@ class ModelNotFoundError(ConvertError):
     """The requested model (registry alias, version or path) does not exist."""
 
 
+class BundleError(ModelNotFoundError):
+    """A model bundle is damaged: a file missing, extra, altered or unreadable (named in the message)."""
+
+
+class ConvertWarning(UserWarning):
+    """Something the user should know that does not stop the command (the CLI prints it)."""
+
+
 class WritebackError(ConvertError):
     """Scores could not be written to the target; the previous scores are intact."""
+
+
+class WriteRefusedError(WritebackError):
+    """A write-back guard refused the run (it would empty much of the table, put older scores
+    over newer ones, or mix models in one table); nothing was changed. The message names the
+    flag that allows it."""
+
+
+class WriteLockedError(WritebackError):
+    """Another run (or session) held the target's lock past ``writeback.lock_timeout_s``;
+    nothing was changed."""
+
+
+class ResourceError(ConvertError):
+    """A configured resource is too small for the data (DuckDB's memory limit)."""
 
 
 class LeakageError(ConvertError):

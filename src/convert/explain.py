@@ -25,21 +25,35 @@ import numpy as np
 import pandas as pd
 
 from convert.catalog import Catalog
-from convert.model import LeadScoringModel, score_from_probability
+from convert.metrics import literal_text
+from convert.model import LeadScoringModel, predict_threads, score_from_probability
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 
 
-def contributions(model: LeadScoringModel, matrix: pd.DataFrame) -> np.ndarray:
+def contributions(model: LeadScoringModel, matrix: pd.DataFrame, num_threads: int = 0) -> np.ndarray:
     """TreeSHAP contributions on the raw score, shape (n, p + 1), base value last.
 
     Uses the fast exact engine (:mod:`convert.treeshap`) when available and LightGBM's
-    ``pred_contrib`` otherwise; both give the same numbers.
+    ``pred_contrib`` otherwise; both give the same numbers, whatever *num_threads*
+    (0: every core, see :func:`convert.model.predict_threads`).
     """
+    threads = predict_threads(num_threads)
     engine = _engine(model)
     if engine is not None:
-        return engine.contributions(matrix)
-    return np.asarray(model.booster_.predict(matrix, pred_contrib=True), dtype="float64")
+        phi = np.asarray(engine.contributions(matrix, n_threads=threads), dtype="float64")
+    else:
+        phi = np.asarray(
+            model.booster_.predict(matrix, pred_contrib=True, num_threads=threads), dtype="float64"
+        )
+    if model.linear_ is None:
+        return phi
+    # a log-odds blend: the weighted sum of both models' exact contributions (and base values)
+    from convert.treeshap import lightgbm_matrix
+
+    w = model.blend_weight_
+    linear = model.linear_.contributions(lightgbm_matrix(matrix))
+    return (1.0 - w) * phi + w * linear
 
 
 def _engine(model: LeadScoringModel):  # type: ignore[no-untyped-def]
@@ -276,8 +290,8 @@ class LeadExplanation:
 def explain_lead(model: LeadScoringModel, row: pd.DataFrame) -> LeadExplanation:
     """Every feature's contribution to one lead's score, sorted by absolute points."""
     matrix = model.matrix(row)
-    raw = np.asarray(model.booster_.predict(matrix, raw_score=True), dtype="float64")
     phi = contributions(model, matrix)
+    raw = phi.sum(axis=1)
     pts = to_points(raw, phi[:, :-1], float(phi[0, -1]), model_score_fn(model))
     names = model.spec_.names
     values = row[names].iloc[0]
@@ -302,6 +316,7 @@ def explain_lead(model: LeadScoringModel, row: pd.DataFrame) -> LeadExplanation:
     )
 
 
+@literal_text
 def plot_waterfall(explanation: LeadExplanation, max_features: int = 12):  # type: ignore[no-untyped-def]
     """A waterfall of score points from the base score to the lead's score (matplotlib Figure)."""
     import matplotlib

@@ -20,7 +20,7 @@ import pandas as pd
 from convert.config import Config
 from convert.dataset import CRMData
 from convert.exceptions import ConfigError
-from convert.metrics import _new_figure, _wilson, plot_rates
+from convert.metrics import _new_figure, _wilson, literal_text, plot_rates
 from convert.schema import Accounts, Leads, Stages
 
 if TYPE_CHECKING:
@@ -133,6 +133,7 @@ def plot_funnel(table: pd.DataFrame) -> Figure:
     return fig
 
 
+@literal_text
 def plot_conversion_by(table: pd.DataFrame, column: str) -> Figure:
     labels = [f"{v} (n={n:,})" for v, n in zip(table["value"], table["leads"], strict=True)]
     return plot_rates(labels, table["rate"], table["ci_low"], table["ci_high"], f"Conversion by {column}",

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from convert.catalog import Catalog, Family, FeatureDef, event_words, window_phrase
+from convert.catalog import Catalog, Family, FeatureDef, escape, event_words, window_phrase
 from convert.config import STANDARD_EVENT_TYPES, FeaturesConfig
 from convert.exceptions import FeatureMismatchError
 from convert.io import fetch_row
@@ -245,7 +245,7 @@ def feature_catalog(event_types: Sequence[str], config: FeaturesConfig) -> Catal
             FeatureDef(
                 f"days_since_{s}", eng, "engagement", "numeric", "days",
                 f"Days since the latest '{t}' event (missing: never)",
-                f"Last '{t.replace('_', ' ')}' {{value}} days ago", None, never + " so far",
+                f"Last '{escape(t.replace('_', ' '))}' {{value}} days ago", None, never + " so far",
             )
         )
     for w in windows:
@@ -337,7 +337,7 @@ def feature_catalog(event_types: Sequence[str], config: FeaturesConfig) -> Catal
         cat.add(FeatureDef(f"x_{slug(extra.column)}", fit, "extra", extra.kind,
                            "category" if extra.kind == "categorical" else "value",
                            extra.description or f"{extra.table}.{extra.column} from the CRM export",
-                           f"{extra.column}: {{value}}", None, f"{extra.column} unknown"))
+                           f"{escape(extra.column)}: {{value}}", None, f"{extra.column} unknown"))
     return cat
 
 

@@ -9,7 +9,7 @@ outcome, or in file order with ``--split ordered`` when the rows are in time ord
 :func:`load_flat` reads and types the file (mapping applied, every column typed numeric or
 categorical by detection unless configured), quarantines rows whose id or outcome is
 unusable, and keeps every column for the leakage guard. :func:`train_flat` screens the
-columns, fits the same booster and calibrator as the event mode (``train.fit_calibrated``)
+columns, fits the same cross-fitted booster and calibrator as the event mode (:mod:`convert.crossfit`)
 and evaluates it beside a logistic regression on the hold-out; the model then scores,
 grades, explains and writes back exactly as an event-mode model does.
 """
@@ -27,6 +27,7 @@ import pandas as pd
 from convert.baselines import LogisticBaseline
 from convert.catalog import Catalog, FeatureDef
 from convert.config import OWNER_EXCLUDED, Config
+from convert.crossfit import Folds, cross_fit, ordered_folds, random_folds
 from convert.exceptions import (
     ConfigError,
     ContractError,
@@ -37,11 +38,17 @@ from convert.features import unique_slugs
 from convert.io import Source, connect, read_frame
 from convert.leakage import LeakageReport, screen
 from convert.mapping import CsvFormat, FlatMapping, Mapping, mapped_select
-from convert.metrics import evaluate, grade_table, lift_table, reliability_table
-from convert.model import LeadScoringModel, score_from_probability
+from convert.model import LeadScoringModel
 from convert.schema import Labeled, Rejects
-from convert.train import SLICES, Evaluation, TimeSplit, TrainingSet, TrainResult, fit_calibrated
-from convert.validation import LoadReport, TableReport, _enforce_thresholds
+from convert.train import TrainingSet, TrainResult, outer_evaluation, training_metadata
+from convert.validation import (
+    CONTROL_RE,
+    LoadReport,
+    TableReport,
+    _enforce_thresholds,
+    control_warning,
+    strip_control,
+)
 
 Split = Literal["random", "ordered"]
 DEFAULT_POSITIVE = ("1", "true", "yes")
@@ -234,9 +241,13 @@ def load_flat(
         bad_column[fresh] = column
         bad_value[fresh] = values[fresh]
 
+    cleaned = strip_control(frame, skip=(id_column,))  # text but the id (issue 14)
     if id_column is not None:
         ids = _as_text(frame[id_column])
         quarantine(ids.isna(), id_column, ids, "empty id")
+        control = ids.map(lambda v: CONTROL_RE.search(v) is not None, na_action="ignore").fillna(False).astype(bool)
+        quarantine(control, id_column, ids.map(lambda v: CONTROL_RE.sub("\ufffd", v), na_action="ignore"),
+                   f"{id_column} contains a control character (a NUL byte or another non-printing one)")
     else:
         ids = pd.Series(rows.astype(str), index=frame.index, dtype=object)
     y = None
@@ -256,6 +267,7 @@ def load_flat(
         y = normal.isin(pos).to_numpy(dtype="int64")
     quarantined = reasons.notna().to_numpy()
     report = _report(label, rows, reasons, bad_column, bad_value)
+    report.tables[TABLE].warnings.update({control_warning(c): n for c, n in cleaned.items()})
     keep = ~quarantined
     if id_column is not None:
         _check_unique(ids[keep], rows[keep], id_column, label)
@@ -380,45 +392,14 @@ def _type_columns(
 # --- splitting ----------------------------------------------------------------------------------
 
 
-def split_rows(y: np.ndarray, mode: Split, config: Config) -> TimeSplit:
-    """Cut rows into train | validation | calibration | hold-out by the configured shares.
-
-    ``random``: stratified by the outcome, seeded. ``ordered``: in file order, later
-    slices later (for rows in time order).
-    """
-    s = config.train.split
-    shares = {"validation": s.validation, "calibration": s.calibration, "holdout": s.holdout}
-    n = len(y)
-    slot = np.zeros(n, dtype="int64")
-
-    def assign(index: np.ndarray) -> None:
-        m = len(index)
-        cuts = [round(m * (1 - shares["validation"] - shares["calibration"] - shares["holdout"]))]
-        cuts.append(cuts[-1] + round(m * shares["validation"]))
-        cuts.append(cuts[-1] + round(m * shares["calibration"]))
-        for k, (lo, hi) in enumerate(zip([0, *cuts], [*cuts, m], strict=True)):
-            slot[index[lo:hi]] = k
-
+def split_rows(y: np.ndarray, mode: Split, config: Config) -> Folds:
+    """The folds of a flat table: stratified and seeded (``random``) or forward-chaining in
+    file order (``ordered``, rows in time order); see :mod:`convert.crossfit`."""
     if mode == "ordered":
-        assign(np.arange(n))
-    elif mode == "random":
-        rng = np.random.default_rng(config.seed)
-        for cls in (0, 1):
-            assign(rng.permutation(np.flatnonzero(y == cls)))
-    else:
-        raise ConfigError(f"--split must be random or ordered, not {mode!r}")
-    masks = {name: slot == k for k, name in enumerate(SLICES)}
-    return TimeSplit(masks=masks, ranges={}, purged=0)
-
-
-def split_summary(split: TimeSplit, y: np.ndarray) -> pd.DataFrame:
-    rows = []
-    for name in SLICES:
-        idx = np.flatnonzero(split.masks[name])
-        rows.append({"slice": name, "rows": len(idx), "positives": int(y[idx].sum()),
-                     "first_row": int(idx.min()) + 1 if len(idx) else None,
-                     "last_row": int(idx.max()) + 1 if len(idx) else None})
-    return pd.DataFrame(rows)
+        return ordered_folds(y, config)
+    if mode == "random":
+        return random_folds(y, config)
+    raise ConfigError(f"--split must be random or ordered, not {mode!r}")
 
 
 # --- features, training and evaluation ------------------------------------------------------------
@@ -470,37 +451,12 @@ class FlatTrainResult(TrainResult):
     table: FlatTable
 
 
-def evaluate_flat(model: LeadScoringModel, ts: TrainingSet, split: TimeSplit, config: Config) -> Evaluation:
-    """The model beside a logistic regression (fitted on the rows the booster learned from)
-    on the hold-out."""
-    frame, y = ts.frame, ts.frame[Labeled.label].to_numpy()
-    hold = split.masks["holdout"]
-    fit_rows = split.masks["train"] | split.masks["validation"]
-    X_hold = frame.loc[hold, ts.features]
-    p_model = model.predict_proba(X_hold)[:, 1]
-    baseline = LogisticBaseline(seed=config.seed).fit(frame.loc[fit_rows, ts.features], y[fit_rows])
-    probs = {"model": p_model, LogisticBaseline.name: baseline.predict_proba(X_hold)}
-    y_hold = y[hold]
-    scores = score_from_probability(p_model)
-    grades = model.grades(scores)
-    preds = frame.loc[hold, [Labeled.lead_id]].assign(
-        label=y_hold, probability=p_model, score=scores, grade=grades,
-        **{f"p_{LogisticBaseline.name}": probs[LogisticBaseline.name]},
-    )
-    return Evaluation(
-        metrics=pd.DataFrame({name: evaluate(y_hold, p) for name, p in probs.items()}),
-        reliability=reliability_table(y_hold, p_model),
-        lift=lift_table(y_hold, p_model),
-        grades=grade_table(y_hold, grades),
-        predictions=preds.reset_index(drop=True),
-    )
-
-
 def train_flat(
     table: FlatTable,
     config: Config,
     mapping: Mapping | None = None,
     split: Split | None = None,
+    tune_trials: int | None = None,
 ) -> FlatTrainResult:
     """Screen for leakage, split, fit, calibrate and evaluate a flat table.
 
@@ -534,39 +490,34 @@ def train_flat(
     frame.insert(2, Labeled.label, y)
     ts = TrainingSet(frame, catalog, (), trained_at, config.labels.horizon_days)
     cut = split_rows(y, mode, config)
-    for name in SLICES:
-        positives = int(y[cut.masks[name]].sum())
-        if positives < config.train.min_positives:
-            raise InsufficientDataError(
-                f"the {name} slice holds {positives} converted leads of {int(cut.masks[name].sum())}, "
-                f"fewer than train.min_positives={config.train.min_positives}: a flat table needs "
-                "more rows (or more converted ones)"
-            )
-    model, cv = fit_calibrated(ts, cut, config, config.train.lightgbm)
-    evaluation = evaluate_flat(model, ts, cut, config)
-    slices = split_summary(cut, y)
+    fit = cross_fit(
+        frame[ts.features], y, cut, config, catalog=catalog,
+        baselines=lambda X, yy: {LogisticBaseline.name: LogisticBaseline(seed=config.seed).fit(X, yy)},
+        trials=config.train.tune_trials if tune_trials is None else tune_trials,
+    )
+    model, cv = fit.model, fit.calibration_cv
+    evaluation = outer_evaluation(model, frame, y, fit, [Labeled.lead_id])
+    model.outer_predictions_ = evaluation.predictions
+    slices = cut.summary(y)
     model.metadata = {
         "mode": "flat",
         "trained_at": trained_at.isoformat(),
         "flat": {
             "file": table.path.name, "target": table.target, "positive": list(table.positive),
             "negative": list(table.negative), "id": table.id_column, "split": mode,
-            "split_shares": config.train.split.model_dump(),
+            "folds": {"inner": config.train.inner_folds, "outer": config.train.outer_folds,
+                      "fold_share": config.train.fold_share, "min_positives": config.train.min_positives},
             "columns": names, "kinds": {c: table.kinds[c] for c in names},
             "excluded": leakage.excluded, "dropped": table.dropped,
             "mapping": mapping.model_dump(mode="json"),
         },
-        "slices": {r["slice"]: {"rows": r["rows"], "positives": r["positives"]} for r in slices.to_dict("records")},
-        "calibration": {"method": model.calibrator_.method, "cv_log_loss": cv},
-        "holdout_metrics": evaluation.metrics["model"].to_dict(),
-        "baseline_metrics": {c: evaluation.metrics[c].to_dict() for c in evaluation.metrics if c != "model"},
-        "params": dict(config.train.lightgbm),
+        **training_metadata(fit, cut, y, evaluation),
         "seed": config.seed,
         "leakage": leakage.to_dict(),
     }
     return FlatTrainResult(
         model=model, evaluation=evaluation, slices=slices, calibration_cv=cv, training_set=ts, split=cut,
-        params=dict(config.train.lightgbm), leakage=leakage, table=table,
+        params=fit.params, crossfit=fit, tuning=fit.tuning, leakage=leakage, table=table,
     )
 
 

@@ -31,10 +31,13 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pandas as pd
 
+from convert import scratch
 from convert.config import FeaturesConfig
-from convert.exceptions import ConfigError, ContractError
+from convert.exceptions import ConfigError, ContractError, ResourceError
 from convert.mapping import CsvFormat, Mapping, split_table_name
 from convert.schema import CONTRACT_TABLES, REQUIRED_TABLES
+from convert.urls import engine_url, redact_url, resolve_env, secrets_of
+from convert.urls import is_database_url as is_database_url  # re-exported (cli, dataset)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -43,8 +46,6 @@ ROW = "__row"
 """Name given to a raw row's 1-based data row number (``rowid + 1``) in validation queries."""
 
 _FORMATS = ("csv", "parquet")
-_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
-_USERINFO_RE = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 
 
 @dataclass(frozen=True)
@@ -78,27 +79,13 @@ class Source:
         return list(self.files) if self.files else list(self.tables)
 
 
-def is_database_url(text: str | os.PathLike[str]) -> bool:
-    """Whether ``--data`` names a database (``sqlite:///crm.db``, ``postgresql://...``)."""
-    return isinstance(text, str) and bool(_URL_RE.match(text))
-
-
-def redact_url(text: str) -> str:
-    """A URL without the password of its user info (for messages)."""
-    return _USERINFO_RE.sub(r"\1***@", text)
-
-
 def resolve_data(data: str | os.PathLike[str]) -> str:
     """``env:NAME`` reads the data location (e.g. a database URL with a password) from the
     environment variable NAME, so it need not appear on the command line."""
-    text = os.fspath(data)
-    if isinstance(text, str) and text.startswith("env:"):
-        name = text[4:]
-        value = os.environ.get(name)
-        if not value:
-            raise ConfigError(f"--data env:{name}: the environment variable {name} is not set")
-        return value
-    return str(text)
+    try:
+        return resolve_env(data, "--data")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def find_source(path: str | Path, mapping: Mapping | None = None) -> Source:
@@ -150,19 +137,34 @@ def find_source(path: str | Path, mapping: Mapping | None = None) -> Source:
 def connect(config: FeaturesConfig | None = None, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
     """A DuckDB connection in UTC with the configured memory limit and threads.
 
-    Spilling goes to a temporary directory so that large exports stay within the limit.
+    Spilling goes to this run's temporary folder (:func:`convert.scratch.run_dir`, removed
+    at exit) so that large exports stay within the limit.
     """
     config = config or FeaturesConfig()
     con = duckdb.connect(database)
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"SET memory_limit = '{_checked_memory_limit(config.duckdb_memory_limit)}'")
     con.execute("SET preserve_insertion_order = true")
-    spill = Path(tempfile.gettempdir()) / "convert-duckdb-spill"
+    spill = scratch.run_dir() / "duckdb-spill"
     spill.mkdir(parents=True, exist_ok=True)
-    con.execute(f"SET temp_directory = '{spill.as_posix()}'")
+    con.execute(f"SET temp_directory = {_lit(spill.as_posix())}")
     if config.duckdb_threads:
         con.execute(f"SET threads = {int(config.duckdb_threads)}")
     return con
+
+
+def out_of_memory(exc: BaseException, where: str | None = None) -> ResourceError | None:
+    """DuckDB's out-of-memory error as a :class:`ResourceError` saying which setting to raise;
+    ``None`` for any other exception."""
+    text = str(exc)
+    if not (isinstance(exc, duckdb.OutOfMemoryException) or "Out of Memory Error" in text):
+        return None
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return ResourceError(
+        f"DuckDB ran out of memory{' while reading ' + where if where else ''} ({first}). Raise "
+        "features.duckdb_memory_limit in params.yaml (e.g. '8GB'; it was too small for this export), "
+        "or give DuckDB fewer threads (features.duckdb_threads)"
+    )
 
 
 def _checked_memory_limit(value: str) -> str:
@@ -198,7 +200,7 @@ def read_parquet(con: duckdb.DuckDBPyConnection, raw: str, path: Path) -> None:
     try:
         con.execute(f"CREATE OR REPLACE TABLE {raw} AS SELECT * FROM read_parquet({_lit(str(path))})")
     except duckdb.Error as exc:
-        raise ContractError(
+        raise out_of_memory(exc, path.name) or ContractError(
             f"the file cannot be parsed: {str(exc).splitlines()[0]}. Check that it is valid Parquet",
             file=str(path),
         ) from exc
@@ -236,11 +238,12 @@ def read_csv(con: duckdb.DuckDBPyConnection, raw: str, path: Path, fmt: CsvForma
 
 @contextmanager
 def _as_utf8(path: Path, fmt: CsvFormat) -> Iterator[Path]:
-    """The file itself when UTF-8, else a temporary UTF-8 copy (decoded as declared)."""
+    """The file itself when UTF-8, else a temporary UTF-8 copy (decoded as declared) in this
+    run's temporary folder."""
     if fmt.is_utf8:
         yield path
         return
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".utf8.csv")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".utf8.csv", dir=scratch.run_dir())
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as out, open(
             path, encoding=fmt.encoding, newline="", errors="strict"
@@ -314,8 +317,13 @@ _LINE_RE = re.compile(r"Line:\s*(\d+)")
 _COUNT_RE = re.compile(r"Expected Number of Columns:\s*(\d+)\s*Found:\s*(\d+)")
 
 
-def _csv_error(exc: Exception, path: Path, utf8: Path, fmt: CsvFormat, header: list[str]) -> ContractError:
+def _csv_error(
+    exc: Exception, path: Path, utf8: Path, fmt: CsvFormat, header: list[str]
+) -> ContractError | ResourceError:
     """A DuckDB CSV error as a ContractError naming file, row and column."""
+    memory = out_of_memory(exc, path.name)
+    if memory is not None:
+        return memory
     text = str(exc)
     if "unicode" in text.lower() or "utf-8" in text.lower() or "utf8" in text.lower():
         return _encoding_error(utf8, fmt, path.name)
@@ -460,16 +468,10 @@ def read_frame(path: Path, fmt: CsvFormat, con: duckdb.DuckDBPyConnection) -> li
 def database_url(url: str) -> str:
     """The SQLAlchemy URL to connect with: ``postgresql://`` and ``postgres://`` are driven by
     psycopg 3 (SQLAlchemy would pick psycopg2, which convert does not install)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
     try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):
-        raise ConfigError(f"--data {redact_url(url)!r} is not a valid database URL") from None
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    return parsed.render_as_string(hide_password=False)
+        return engine_url(url).render_as_string(hide_password=False)
+    except ValueError as exc:
+        raise ConfigError(f"--data {exc}") from None
 
 
 def find_database_source(url: str, mapping: Mapping | None = None) -> Source:
@@ -516,11 +518,8 @@ def _engine(url: str):  # type: ignore[no-untyped-def]
 
 def _database_error(exc: Exception, url: str) -> ContractError:
     reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-    from sqlalchemy.engine import make_url
-
-    password = make_url(database_url(url)).password
-    if password:
-        reason = reason.replace(str(password), "***")
+    for secret in secrets_of(url):
+        reason = reason.replace(secret, "***")
     return ContractError(f"cannot read the database: {reason}", file=redact_url(url))
 
 

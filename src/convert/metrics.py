@@ -26,7 +26,9 @@ Examples
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -420,6 +422,24 @@ def segment_table(
 # --- plots --------------------------------------------------------------------------------
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def literal_text(plot: _F) -> _F:
+    """Draw *plot*'s text as written: labels that come from the data (event types, segment
+    values, reasons) are not read as matplotlib mathtext, where a ``$`` pair is a formula
+    and a stray ``\\frac{`` an error."""
+
+    @functools.wraps(plot)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return plot(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _new_figure(width: float = 6.0, height: float = 4.5) -> Figure:
     """A Figure on its own Agg canvas: no pyplot, no global state, no display needed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -500,6 +520,7 @@ def plot_lift(table: pd.DataFrame, title: str = "Lift by decile") -> Figure:
     return fig
 
 
+@literal_text
 def plot_rates(
     labels: list[str],
     rate: npt.ArrayLike,

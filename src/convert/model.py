@@ -9,13 +9,21 @@ conventions: ``fit`` returns ``self``, learned attributes end in ``_``.
 
 A saved bundle is a folder of plain files: ``booster.txt`` (LightGBM's text format),
 ``calibrator.json`` and ``bundle.json`` (spec, catalog, horizon, grades, metrics), so
-a model can be read without unpickling code.
+a model can be read without unpickling code. ``manifest.json`` lists the SHA-256 of
+every other file; loading checks it before anything reaches LightGBM (whose parser
+aborts the process on a truncated model), so a missing, extra or damaged file is a
+:class:`~convert.exceptions.BundleError` naming it. The bundle's *version* is a prefix of
+the manifest's own hash: a bundle retrained in place gets a new one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,9 +36,17 @@ import pandas as pd
 from convert.calibrate import Calibrator, calibrator_from_dict
 from convert.catalog import Catalog
 from convert.config import FeaturesConfig
-from convert.exceptions import FeatureMismatchError, ModelNotFoundError
+from convert.exceptions import BundleError, ConvertWarning, FeatureMismatchError, ModelNotFoundError
+from convert.linear import LinearScorer
 
 BUNDLE_VERSION = 1
+MANIFEST = "manifest.json"
+BOOSTER, CALIBRATOR, BUNDLE = "booster.txt", "calibrator.json", "bundle.json"
+#: the outer folds' out-of-fold predictions, kept for promotion and the report
+OUTER_PREDICTIONS = "outer_predictions.csv"
+#: Keys bundle.json must hold (``metadata`` is optional).
+_BUNDLE_KEYS = ("params", "num_boost_round", "early_stopping_rounds", "monotone_constraints", "seed",
+                "horizon_days", "grade_cutoffs", "best_iteration", "base_raw", "spec", "catalog")
 
 
 @dataclass
@@ -230,6 +246,20 @@ class FeatureMatrix:
         return self
 
 
+def predict_threads(requested: int = 0) -> int:
+    """Threads for predictions: *requested*, or (0) every core this process may use.
+
+    Passed explicitly to LightGBM, whose booster would otherwise keep the thread count it
+    was trained with. Each row is predicted on its own: the count never changes a result.
+    """
+    if requested > 0:
+        return requested
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -272,7 +302,16 @@ class LeadScoringModel:
     best_iteration_ : int
     base_raw_ : float
         The expected raw score over the training rows (SHAP's base value).
+    linear_ : LinearScorer or None
+        The logistic model blended in log-odds, when the blend won on the inner folds.
+    blend_weight_ : float
+        Weight ``w`` of the linear model: ``raw = (1 - w) * tree + w * linear`` (0: LightGBM alone).
     """
+
+    linear_: LinearScorer | None = None
+    blend_weight_: float = 0.0
+    #: The outer folds' rows with their out-of-fold probabilities (``outer_predictions.csv``).
+    outer_predictions_: pd.DataFrame | None = None
 
     def __init__(
         self,
@@ -309,7 +348,13 @@ class LeadScoringModel:
             "seed": self.seed,
             "deterministic": True,
             "force_col_wise": True,
+            # Fixed, not "all cores": LightGBM's histograms sum in per-thread order, so the
+            # same data trains the same model on any machine. train.lightgbm.num_threads
+            # overrides it; predictions use every core (predict_threads).
             "num_threads": 2,
+            # keep features a large min_data_in_leaf cannot split: one binned dataset then
+            # serves every parameter candidate (cross-fitting, --tune)
+            "feature_pre_filter": False,
             **self.params,
         }
         if self.monotone_constraints:
@@ -347,12 +392,16 @@ class LeadScoringModel:
         *,
         spec: FeatureSpec,
         catalog: Catalog,
+        sample_weight: np.ndarray | None = None,
+        dataset: lgb.Dataset | None = None,
     ) -> LeadScoringModel:
         """:meth:`fit` on rows already encoded for *spec* (:class:`FeatureMatrix` values).
 
         Training encodes its frame once and fits on ranges of that one matrix, so no slice
         is copied or converted again; *spec* must be the one the rows were encoded for and
-        learned from the rows of *X*.
+        learned from the rows of *X*. *dataset*, when given, is LightGBM's binned form of
+        exactly these rows and labels (a subset of one dataset binned once, as cross-fitting
+        uses), and is trained on instead of binning *X* again.
         """
         for name, matrix in (("X", X), ("X_valid", X_valid)):
             if matrix is not None and (matrix.ndim != 2 or matrix.shape[1] != len(spec.names)):
@@ -363,8 +412,8 @@ class LeadScoringModel:
         self.catalog_ = catalog
         self.spec_ = spec
         params = self._lgb_params(spec)
-        train_set = lgb.Dataset(
-            X, label=np.asarray(y, dtype="float64"), feature_name=spec.names,
+        train_set = dataset if dataset is not None else lgb.Dataset(
+            X, label=np.asarray(y, dtype="float64"), weight=sample_weight, feature_name=spec.names,
             categorical_feature=spec.categorical or "auto", free_raw_data=True,
         )
         # what LightGBM records for a pandas frame, so the booster re-applies the training
@@ -386,8 +435,32 @@ class LeadScoringModel:
             self.booster_ = lgb.train(params, train_set, num_boost_round=self.num_boost_round)
             self.best_iteration_ = self.num_boost_round
         contrib = np.asarray(self.booster_.predict(X[:1], pred_contrib=True))
-        self.base_raw_ = float(contrib[0, -1])
+        self.tree_base_raw_ = float(contrib[0, -1])
+        self.base_raw_ = self.tree_base_raw_
+        self.linear_, self.blend_weight_ = None, 0.0
         return self
+
+    def blend(self, linear: LinearScorer | None, weight: float) -> LeadScoringModel:
+        """Blend a fitted :class:`LinearScorer` in log-odds with weight *weight* (0 removes it).
+
+        The base value becomes the same blend of both base values, so per-feature
+        contributions (the weighted sum of both models') still sum to ``raw - base_raw_``.
+        """
+        self._check_fitted()
+        if linear is None or weight <= 0.0:
+            self.linear_, self.blend_weight_ = None, 0.0
+            self.base_raw_ = self.tree_base_raw_
+        else:
+            self.linear_, self.blend_weight_ = linear, float(weight)
+            self.base_raw_ = (1.0 - self.blend_weight_) * self.tree_base_raw_ + self.blend_weight_ * linear.base_raw
+        return self
+
+    def blend_raw(self, tree_raw: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """The model's raw score from LightGBM's raw score and the encoded matrix *X*."""
+        if self.linear_ is None:
+            return np.asarray(tree_raw, dtype="float64")
+        w = self.blend_weight_
+        return (1.0 - w) * np.asarray(tree_raw, dtype="float64") + w * self.linear_.raw(X)
 
     def calibrate(self, calibrator: Calibrator) -> LeadScoringModel:
         """Attach a calibrator fitted on raw scores of rows the booster did not train on."""
@@ -406,13 +479,23 @@ class LeadScoringModel:
         return self.spec_.transform(X)
 
     def predict_raw(self, X: pd.DataFrame) -> np.ndarray:
-        """Raw log-odds of LightGBM."""
-        return np.asarray(self.booster_.predict(self.matrix(X), raw_score=True), dtype="float64")
+        """Raw log-odds: LightGBM's, blended with the linear model's when there is one."""
+        matrix = self.matrix(X)
+        tree = np.asarray(
+            self.booster_.predict(matrix, raw_score=True, num_threads=predict_threads()), dtype="float64"
+        )
+        if self.linear_ is None:
+            return tree
+        from convert.treeshap import lightgbm_matrix
+
+        return self.blend_raw(tree, lightgbm_matrix(matrix))
 
     def predict_raw_matrix(self, X: np.ndarray) -> np.ndarray:
         """Raw log-odds of rows already encoded for ``spec_`` (:class:`FeatureMatrix` values)."""
         self._check_fitted()
-        return np.asarray(self.booster_.predict(X, raw_score=True), dtype="float64")
+        return self.blend_raw(
+            np.asarray(self.booster_.predict(X, raw_score=True, num_threads=predict_threads()), dtype="float64"), X
+        )
 
     def probability_from_raw(self, raw: np.ndarray) -> np.ndarray:
         if hasattr(self, "calibrator_"):
@@ -443,15 +526,20 @@ class LeadScoringModel:
     # --- persistence ----------------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
-        """Write the bundle folder (booster text, calibrator and spec JSON)."""
+        """Write the bundle folder (booster text, calibrator and spec JSON, manifest last)."""
         self._check_fitted()
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.booster_.save_model(str(path / "booster.txt"))
-        if hasattr(self, "calibrator_"):
-            (path / "calibrator.json").write_text(json.dumps(self.calibrator_.to_dict(), indent=1))
+        (path / MANIFEST).unlink(missing_ok=True)  # a half-written bundle fails its check
+        self.booster_.save_model(str(path / BOOSTER))
+        calibrated = hasattr(self, "calibrator_")
+        if calibrated:
+            (path / CALIBRATOR).write_text(json.dumps(self.calibrator_.to_dict(), indent=1))
+        else:
+            (path / CALIBRATOR).unlink(missing_ok=True)
         bundle = {
             "bundle_version": BUNDLE_VERSION,
+            "calibrated": calibrated,
             "params": self.params,
             "num_boost_round": self.num_boost_round,
             "early_stopping_rounds": self.early_stopping_rounds,
@@ -461,37 +549,219 @@ class LeadScoringModel:
             "grade_cutoffs": self.grade_cutoffs,
             "best_iteration": self.best_iteration_,
             "base_raw": self.base_raw_,
+            "tree_base_raw": self.tree_base_raw_,
+            "blend_weight": self.blend_weight_,
+            "linear": self.linear_.to_dict() if self.linear_ is not None else None,
             "spec": self.spec_.to_dict(),
             "catalog": self.catalog_.to_records(),
             "metadata": _jsonable(self.metadata),
         }
-        (path / "bundle.json").write_text(json.dumps(bundle, indent=1))
+        (path / BUNDLE).write_text(json.dumps(bundle, indent=1))
+        files = [BOOSTER, BUNDLE] + ([CALIBRATOR] if calibrated else [])
+        if self.outer_predictions_ is not None:
+            self.outer_predictions_.to_csv(path / OUTER_PREDICTIONS, index=False)
+            files.append(OUTER_PREDICTIONS)
+        elif (path / OUTER_PREDICTIONS).exists():
+            (path / OUTER_PREDICTIONS).unlink()
+        manifest = _manifest_bytes({name: _sha256(path / name) for name in files})
+        (path / MANIFEST).write_bytes(manifest)
+        self.bundle_hash_ = hashlib.sha256(manifest).hexdigest()
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> LeadScoringModel:
+        """Read a bundle folder, checking every file against its manifest first.
+
+        Raises
+        ------
+        ModelNotFoundError
+            When *path* is not a bundle (no ``bundle.json``).
+        BundleError
+            Naming the file: missing, extra, altered (its SHA-256 differs from the manifest),
+            unreadable (``bundle.json`` invalid or lacking a key, the booster truncated) or
+            the calibrator trained with the booster absent.
+        """
         path = Path(path)
-        if not (path / "bundle.json").exists():
-            raise ModelNotFoundError(f"{path} is not a model bundle (no bundle.json)")
-        data = json.loads((path / "bundle.json").read_text())
-        model = cls(
-            params=data["params"],
-            num_boost_round=data["num_boost_round"],
-            early_stopping_rounds=data["early_stopping_rounds"],
-            monotone_constraints=data["monotone_constraints"],
-            seed=data["seed"],
-            horizon_days=data["horizon_days"],
-            grade_cutoffs=data["grade_cutoffs"],
-        )
-        model.booster_ = lgb.Booster(model_file=str(path / "booster.txt"))
-        model.best_iteration_ = int(data["best_iteration"])
-        model.base_raw_ = float(data["base_raw"])
-        model.spec_ = FeatureSpec.from_dict(data["spec"])
-        model.catalog_ = Catalog.from_records(data["catalog"])
-        model.metadata = data.get("metadata", {})
-        if (path / "calibrator.json").exists():
-            model.calibrator_ = calibrator_from_dict(json.loads((path / "calibrator.json").read_text()))
+        if not path.is_dir() or not (path / BUNDLE).exists() and not (path / MANIFEST).exists():
+            raise ModelNotFoundError(f"{path} is not a model bundle (no {BUNDLE})")
+        digest = _verify(path)
+        data = _read_bundle_json(path)
+        try:
+            model = cls(
+                params=data["params"],
+                num_boost_round=data["num_boost_round"],
+                early_stopping_rounds=data["early_stopping_rounds"],
+                monotone_constraints=data["monotone_constraints"],
+                seed=data["seed"],
+                horizon_days=data["horizon_days"],
+                grade_cutoffs=data["grade_cutoffs"],
+            )
+            best_iteration = int(data["best_iteration"])
+            base_raw = float(data["base_raw"])
+            tree_base_raw = float(data.get("tree_base_raw", data["base_raw"]))
+            linear = LinearScorer.from_dict(data["linear"]) if data.get("linear") else None
+            blend_weight = float(data["blend_weight"]) if linear is not None else 0.0
+            spec = FeatureSpec.from_dict(data["spec"])
+            catalog = Catalog.from_records(data["catalog"])
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise BundleError(
+                f"{path / BUNDLE} holds a value of the wrong type ({exc}); the bundle is damaged: "
+                "re-save it from training (convert-leads train --save) or use a registered model"
+            ) from None
+        calibrated = data.get("calibrated", True)  # bundles before the flag were always calibrated
+        if calibrated and not (path / CALIBRATOR).exists():
+            raise BundleError(
+                f"{path / CALIBRATOR} is missing: the bundle's scores need the calibrator trained with "
+                "its booster, and convert never scores without it. Restore the file, or re-save the "
+                "bundle from training (convert-leads train --save)"
+            )
+        booster = _read_booster(path / BOOSTER)
+        model.booster_ = booster
+        model.best_iteration_ = best_iteration
+        model.base_raw_ = base_raw
+        model.tree_base_raw_ = tree_base_raw
+        if linear is not None:
+            model.linear_ = linear
+            model.blend_weight_ = blend_weight
+        model.spec_ = spec
+        model.catalog_ = catalog
+        model.metadata = data.get("metadata", {}) or {}
+        model.bundle_hash_ = digest
+        if calibrated:
+            try:
+                model.calibrator_ = calibrator_from_dict(json.loads((path / CALIBRATOR).read_text()))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise BundleError(f"{path / CALIBRATOR} cannot be read ({exc}); the bundle is damaged") from None
+        if (path / OUTER_PREDICTIONS).exists():
+            model.outer_predictions_ = pd.read_csv(path / OUTER_PREDICTIONS, dtype={"lead_id": str})
         return model
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _manifest_bytes(files: Mapping[str, str]) -> bytes:
+    """The manifest as written (sorted, so the same files give the same bytes and hash)."""
+    body = {"manifest_version": 1, "algorithm": "sha256", "files": dict(sorted(files.items()))}
+    return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
+
+
+def bundle_version(model: LeadScoringModel) -> str:
+    """The short version of a loaded or saved bundle: the first 12 hex digits of its manifest hash."""
+    digest = getattr(model, "bundle_hash_", None)
+    return digest[:12] if digest else "unsaved"
+
+
+def _verify(path: Path) -> str:
+    """Check the folder's files against ``manifest.json``; return the manifest's SHA-256.
+
+    A bundle written before manifests existed is accepted with a :class:`ConvertWarning`
+    saying how to re-save it; its hash is that of the manifest it would get.
+    """
+    present = sorted(p.name for p in path.iterdir())
+    if MANIFEST not in present:
+        warnings.warn(
+            f"the model bundle {path} has no {MANIFEST} (it was written before convert checked "
+            "bundles), so its files cannot be verified. Re-save it once to add one: python -c "
+            f"\"from convert.model import LeadScoringModel as M; M.load('{path}').save('{path}')\"",
+            ConvertWarning,
+            stacklevel=3,
+        )
+        files = [n for n in (BOOSTER, BUNDLE, CALIBRATOR, OUTER_PREDICTIONS) if n in present]
+        return hashlib.sha256(_manifest_bytes({n: _sha256(path / n) for n in files})).hexdigest()
+    raw = (path / MANIFEST).read_bytes()
+    try:
+        manifest = json.loads(raw)
+        listed = manifest["files"]
+        if not isinstance(listed, dict) or not all(isinstance(v, str) for v in listed.values()):
+            raise TypeError("'files' must map each file name to its SHA-256")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BundleError(
+            f"{path / MANIFEST} cannot be read ({exc}); the bundle is damaged: re-save it from training"
+        ) from None
+    for name in present:
+        if name != MANIFEST and name not in listed:
+            raise BundleError(
+                f"{path / name} is not part of the bundle (its manifest does not list it): remove it, "
+                "or re-save the bundle if it belongs there"
+            )
+    for name, expected in listed.items():
+        if name not in present:
+            raise BundleError(f"{path / name} is missing from the bundle (its manifest lists it)")
+        if _sha256(path / name) != expected:
+            raise BundleError(
+                f"{path / name} is damaged: its SHA-256 differs from the one in {MANIFEST}. Restore the "
+                "bundle from where it was trained (convert-leads train --save) or use a registered model"
+            )
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _read_bundle_json(path: Path) -> dict[str, Any]:
+    file = path / BUNDLE
+    try:
+        data = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{file} is missing from the bundle") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{file} is not valid JSON ({exc}); the bundle is damaged: re-save it") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{file} is not a JSON object; the bundle is damaged: re-save it")
+    missing = [k for k in _BUNDLE_KEYS if k not in data]
+    if missing:
+        raise BundleError(
+            f"{file} lacks the key {missing[0]!r}" + (f" (and {', '.join(map(repr, missing[1:]))})" if missing[1:] else "")
+            + "; the bundle is damaged or not a convert bundle: re-save it from training"
+        )
+    return data
+
+
+_TREE_SIZES = re.compile(rb"^tree_sizes=([0-9 ]*)$", re.M)
+
+
+def _read_booster(file: Path) -> lgb.Booster:
+    """The booster, after checking its text is whole: LightGBM's own parser aborts (or crashes)
+    the process on a truncated model instead of raising."""
+    if not file.exists():
+        raise BundleError(f"{file} is missing from the bundle")
+    text = file.read_bytes()
+    if not _booster_is_whole(text):
+        raise BundleError(
+            f"{file} is truncated or not a LightGBM model (its trees do not match their declared "
+            "sizes, or 'end of trees' is missing); the bundle is damaged: re-save it from training"
+        )
+    try:
+        return lgb.Booster(model_str=text.decode("utf-8"))
+    except (lgb.basic.LightGBMError, UnicodeDecodeError, ValueError) as exc:
+        raise BundleError(f"{file} cannot be read by LightGBM ({exc}); the bundle is damaged") from None
+
+
+def _booster_is_whole(text: bytes) -> bool:
+    """Each ``Tree=i`` block has the byte size the header's ``tree_sizes`` declares, the
+    trees end with ``end of trees``, and a parameters section after them is closed."""
+    if not text.startswith(b"tree\n"):
+        return False
+    sizes = _TREE_SIZES.search(text)
+    if sizes is None:
+        return False
+    pos = text.find(b"\nTree=0\n")
+    declared = [int(s) for s in sizes.group(1).split()]
+    if pos < 0:
+        return not declared and b"end of trees" in text
+    pos += 1
+    for i, size in enumerate(declared):
+        if not text.startswith(b"Tree=%d\n" % i, pos):
+            return False
+        pos += size
+    if not (text.startswith(b"end of trees", pos) and pos + 12 <= len(text)):
+        return False
+    # the parameters section after the trees: LightGBM's parser also crashes on a cut one
+    tail = text[pos:]
+    return b"\nparameters:\n" not in tail or b"\nend of parameters\n" in tail
 
 
 def _trimmed(booster: lgb.Booster, iterations: int) -> lgb.Booster:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 HEADER = (
-    "| dataset (split) | rows (positive rate) | hold-out rows (positive rate) | ROC AUC | PR AUC | "
+    "| dataset (split) | rows (positive rate) | outer-fold rows (positive rate) | ROC AUC | PR AUC | "
     "Brier | ECE | leakage guard |\n"
     "| --- | --- | --- | --- | --- | --- | --- | --- |"
 )

@@ -15,18 +15,21 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from convert.exceptions import ModelNotFoundError
-from convert.model import LeadScoringModel
+from convert.exceptions import ConvertWarning, ModelNotFoundError
+from convert.model import LeadScoringModel, bundle_version
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 _LOWER_IS_BETTER = {"log_loss", "brier", "ece"}
-_MODEL_FILE = Path(__file__).with_name("mlflow_model.py")
+#: Where the bundle lies in a registered model's artifacts: logged with the loader module
+#: (``data/bundle``), or as *models from code* by convert before it (``artifacts/bundle``).
+_BUNDLE_PLACES = ("data/bundle", "artifacts/bundle")
 
 
 def _mlflow():  # type: ignore[no-untyped-def]
@@ -107,10 +110,12 @@ def log_training(
         bundle = model.save(Path(tmp) / "bundle")
         example = input_example[model.spec_.names].head(5)
         output = _pyfunc_output(model, example)
+        from convert.mlflow_model import LOADER_MODULE
+
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=str(_MODEL_FILE),
-            artifacts={"bundle": str(bundle)},
+            loader_module=LOADER_MODULE,  # code of the installed package, none in the artifacts
+            data_path=str(bundle),
             signature=infer_signature(example, output),
             input_example=example,
             registered_model_name=name,
@@ -132,8 +137,44 @@ def _pyfunc_output(model: LeadScoringModel, example: pd.DataFrame) -> pd.DataFra
     return pd.DataFrame({"probability": p, "score": score, "grade": model.grades(score)})
 
 
+def _absent_store() -> str | None:
+    """The local registry store (a SQLite file or an ``mlruns`` folder) when it does not exist
+    yet, else ``None``.
+
+    MLflow creates a missing local store on first contact (an empty ``mlflow.db`` in the
+    working directory, with INFO lines); a command that only reads the registry checks
+    first, so it never leaves one behind.
+    """
+    from urllib.parse import urlparse
+
+    uri = _mlflow().get_registry_uri() or _mlflow().get_tracking_uri()
+    scheme = urlparse(uri).scheme
+    if scheme == "sqlite":
+        from sqlalchemy.engine import make_url
+
+        database = make_url(uri).database
+        if not database or database == ":memory:":
+            return None
+        return None if Path(database).exists() else database
+    if scheme in ("", "file"):
+        path = Path(urlparse(uri).path if scheme == "file" else uri)
+        return None if path.exists() else str(path)
+    return None
+
+
+def _require_store(what: str) -> None:
+    absent = _absent_store()
+    if absent is not None:
+        raise ModelNotFoundError(
+            f"no {what}: there is no model registry at {absent} (nothing was trained with this "
+            "registry yet). Train one with `convert-leads train`, set MLFLOW_TRACKING_URI to the "
+            "registry that has it, or pass --model FOLDER for a saved bundle"
+        )
+
+
 def resolve(uri: str) -> RegisteredModel:
     """Resolve ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or ``NAME`` (its champion)."""
+    _require_store(f"model {uri!r}")
     client = _client()
     from mlflow.exceptions import MlflowException
 
@@ -160,18 +201,35 @@ def resolve(uri: str) -> RegisteredModel:
 def load_model(uri: str) -> tuple[LeadScoringModel, str]:
     """The model bundle behind *uri* and its ``name/version`` label.
 
-    *uri* is a registry URI (see :func:`resolve`) or a local bundle folder.
+    *uri* is a registry URI (see :func:`resolve`) or a local bundle folder, whose label is
+    ``FOLDER/HASH``: the folder's name and a prefix of its manifest hash (so a bundle
+    retrained in place writes its scores under a new version).
+
+    A registered model is read by convert's own loader from the bundle files in its
+    artifacts (checked against the bundle's manifest); nothing stored with it is executed,
+    whichever way it was logged.
     """
     if Path(uri).is_dir():
         model = LeadScoringModel.load(uri)
-        return model, f"{Path(uri).name}/local"
+        return model, f"{Path(uri).resolve().name}/{bundle_version(model)}"
     reg = resolve(uri)
-    mlflow = _mlflow()
-    local = mlflow.artifacts.download_artifacts(artifact_uri=f"{reg.uri}")
-    bundle = Path(local) / "artifacts" / "bundle"
-    if not bundle.exists():
-        raise ModelNotFoundError(f"{reg.label} holds no convert bundle (artifacts/bundle)")
-    return LeadScoringModel.load(bundle), reg.label
+    local = Path(_mlflow().artifacts.download_artifacts(artifact_uri=f"{reg.uri}"))
+    bundle = next((local / p for p in _BUNDLE_PLACES if (local / p / "bundle.json").exists()), None)
+    if bundle is None:
+        raise ModelNotFoundError(
+            f"{reg.label} holds no convert bundle ({' or '.join(_BUNDLE_PLACES)} in its artifacts)"
+        )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvertWarning)
+        model = LeadScoringModel.load(bundle)
+    if caught:
+        warnings.warn(
+            f"{reg.label} was registered before convert checked bundles: its files cannot be "
+            "verified (no manifest). Retrain to register a version that carries one",
+            ConvertWarning,
+            stacklevel=2,
+        )
+    return model, reg.label
 
 
 def log_report(run_id: str, report: Path, tables: dict[str, pd.DataFrame], metrics: dict[str, float],
@@ -196,8 +254,35 @@ def log_report(run_id: str, report: Path, tables: dict[str, pd.DataFrame], metri
 
 
 def load_pyfunc(uri: str):  # type: ignore[no-untyped-def]
-    """The MLflow pyfunc of a registered model (plain strings and numbers in)."""
-    return _mlflow().pyfunc.load_model(uri)
+    """The MLflow pyfunc of a registered model (plain strings and numbers in).
+
+    The model's ``MLmodel`` is checked first: its pyfunc must be loaded by
+    ``convert.mlflow_model`` (installed code) with no code paths and no stored Python
+    model, or the load is refused. A version registered before convert used the loader
+    module (*models from code*) is refused here; :func:`load_model` (the CLI's way)
+    still reads its bundle.
+    """
+    import yaml
+
+    from convert.mlflow_model import LOADER_MODULE
+
+    reg = resolve(uri)
+    local = Path(_mlflow().artifacts.download_artifacts(artifact_uri=f"{reg.uri}"))
+    try:
+        flavor = (yaml.safe_load((local / "MLmodel").read_text()) or {})["flavors"]["python_function"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        raise ModelNotFoundError(f"{reg.label}: its MLmodel file cannot be read ({exc})") from None
+    runs_code = [k for k in ("python_model", "code", "model_code_path", "cloudpickle_version")
+                 if flavor.get(k)]
+    if flavor.get("loader_module") != LOADER_MODULE or runs_code:
+        raise ModelNotFoundError(
+            f"{reg.label} is not loaded by convert's installed code (its MLmodel names loader "
+            f"{flavor.get('loader_module')!r}" + (f" and {', '.join(runs_code)}" if runs_code else "")
+            + "), so MLflow would run code stored with the model: refused. Versions registered "
+            "as models from code are read with convert.registry.load_model (the CLI's way); retrain "
+            "to register one MLflow can load"
+        )
+    return _mlflow().pyfunc.load_model(str(local))
 
 
 def run_metrics(run_id: str) -> dict[str, float]:
@@ -213,11 +298,15 @@ class Promotion:
 
 
 def promote(name: str, metric: str = "log_loss", min_improvement: float = 0.0) -> Promotion:
-    """Move ``champion`` to the challenger when it beats the champion on the challenger's hold-out.
+    """Move ``champion`` to the challenger when it beats the champion on the same rows.
 
-    The champion was evaluated on the same hold-out when the challenger was trained
-    (metric ``champion_holdout_<metric>`` of the challenger's run).
+    Both were judged when the challenger was trained (metrics ``comparison_challenger_<metric>``
+    and ``comparison_champion_<metric>`` of its run): on labelled as-of times newer than both
+    training cut-offs, scored by both deployed models, or, when there were none, both recipes
+    on the challenger's outer folds (the champion's refitted there). The run's ``comparison``
+    parameter says which, and the reason repeats it.
     """
+    _require_store(f"registered model named {name!r}")
     client = _client()
     from mlflow.exceptions import MlflowException
 
@@ -230,19 +319,21 @@ def promote(name: str, metric: str = "log_loss", min_improvement: float = 0.0) -
         return Promotion(False, "there is no challenger version", champ, None)
     if champ == chall:
         return Promotion(False, f"version {chall} is already the champion", champ, chall)
-    m = run_metrics(client.get_model_version(name, chall).run_id)
-    ours, theirs = m.get(f"holdout_{metric}"), m.get(f"champion_holdout_{metric}")
+    run = client.get_run(client.get_model_version(name, chall).run_id)
+    m = dict(run.data.metrics)
+    ours, theirs = m.get(f"comparison_challenger_{metric}"), m.get(f"comparison_champion_{metric}")
+    where = run.data.params.get("comparison", "the challenger's hold-out")
     if ours is None or theirs is None:
         return Promotion(
             False,
-            f"the challenger's run has no comparison with champion version {champ} on its hold-out "
-            f"(holdout_{metric} / champion_holdout_{metric}); retrain to compare",
+            f"the challenger's run has no comparison with champion version {champ} "
+            f"(comparison_challenger_{metric} / comparison_champion_{metric}); retrain to compare",
             champ, chall,
         )
     better = (theirs - ours) if metric in _LOWER_IS_BETTER else (ours - theirs)
     verdict = (
         f"challenger {name}/{chall} {metric}={ours:.5f} vs champion {name}/{champ} "
-        f"{metric}={theirs:.5f} on the challenger's hold-out (improvement {better:+.5f}, "
+        f"{metric}={theirs:.5f} on {where} (improvement {better:+.5f}, "
         f"required > {min_improvement})"
     )
     if better > min_improvement:
@@ -252,6 +343,8 @@ def promote(name: str, metric: str = "log_loss", min_improvement: float = 0.0) -
 
 
 def champion_exists(name: str) -> bool:
+    if _absent_store() is not None:
+        return False
     client = _client()
     from mlflow.exceptions import MlflowException
 

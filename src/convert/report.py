@@ -28,11 +28,13 @@ import pandas as pd
 
 from convert.backtest import BacktestResult, cost_sentences, plot_backtest
 from convert.config import Config
+from convert.crossfit import Folds
 from convert.drift import LabelDelay, ScoreDrift, drift_table, label_delay, score_drift
 from convert.explain import family_importance, importance_table, point_contributions
 from convert.metrics import (
     _new_figure,
     _wilson,
+    literal_text,
     plot_lift,
     plot_rates,
     plot_reliability,
@@ -40,7 +42,7 @@ from convert.metrics import (
 )
 from convert.model import LeadScoringModel, score_from_probability
 from convert.schema import Labeled
-from convert.train import Evaluation, TimeSplit, TrainingSet, model_rows
+from convert.train import Evaluation, TrainingSet
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -57,7 +59,7 @@ class ReportInputs:
     model_label: str
     as_of: pd.Timestamp
     training: TrainingSet
-    split: TimeSplit
+    split: Folds
     evaluation: Evaluation
     current: pd.DataFrame  # feature rows of the population open at as_of
     leads: pd.DataFrame  # the leads table (created_at, converted_at, disqualified_at)
@@ -308,6 +310,7 @@ def plot_beeswarm(
     return fig
 
 
+@literal_text
 def plot_dependence(points: np.ndarray, frame: pd.DataFrame, model: LeadScoringModel, features: Sequence[str]) -> Figure:
     """Points against the feature's value, one panel per feature, titled with its description."""
     cols = 2
@@ -402,18 +405,26 @@ def _model_card(inp: ReportInputs, config: Config) -> str:
     items = [
         ("model", inp.model_label),
         ("trained as of", str(meta.get("training_as_of", inp.training.as_of))[:10]),
-        ("training window", f"{slices['from'].min()} to {slices['to'].max()} ({meta.get('frequency', config.labels.frequency)} snapshots)"),
+        ("training window", f"{slices['fits_from'].iloc[-1]} to {slices['fits_to'].iloc[-1]} "
+                            f"({meta.get('frequency', config.labels.frequency)} snapshots): the deployed booster "
+                            "was refitted on every labelled snapshot of it, with the settings chosen on the inner folds"),
         ("horizon", f"{horizon} days"),
         ("population", "every lead created before the as-of time t that had neither converted nor been "
                        "disqualified before t"),
         ("label", f"1 when the lead converts within {horizon} days of t (t <= converted_at < t + {horizon} days), else 0"),
         ("rows and conversions", f"{len(y):,} lead-snapshots, {int(y.sum()):,} conversions "
-                                 f"({y.mean():.2%}); {inp.split.purged:,} rows purged before the hold-out"),
+                                 f"({y.mean():.2%})"),
+        ("figures", str(meta.get("metrics_from", "outer folds"))
+                    + "; each fold fits only on snapshots whose horizon ended before its first as-of time"),
         ("features", f"{len(m.spec_.names)}: {int(fams.get('fit', 0))} fit (who the lead is), "
                      f"{int(fams.get('engagement', 0))} engagement (what the lead did, where it stands)"),
-        ("model", f"LightGBM, {m.best_iteration_} trees; unweighted log loss; seed {m.seed}"),
+        ("model", f"LightGBM, {m.best_iteration_} trees (the round minimising the mean inner-fold log loss)"
+                  + (f", blended in log-odds with a logistic regression (weight {m.blend_weight_:.1f}, chosen on "
+                     "the inner folds)" if m.linear_ is not None else "")
+                  + f"; unweighted log loss; seed {m.seed}"),
         ("calibration", f"{cal.get('method', getattr(getattr(m, 'calibrator_', None), 'method', '-'))}, chosen by "
-                        "cross-validated log loss on the calibration slice"
+                        "cross-validated log loss on the inner folds' out-of-fold scores, fitted on every "
+                        "fold's out-of-fold scores"
                         + (" (" + ", ".join(f"{k} {v:.4f}" for k, v in cv.items()) + ")" if cv else "")),
         ("score", "round(100 x calibrated probability); grades " + ", ".join(
             f"{g} >= {c}" for g, c in m.grade_cutoffs.items())),
@@ -431,8 +442,10 @@ def _model_card(inp: ReportInputs, config: Config) -> str:
     )
     return (
         card
-        + "<h3>Time slices</h3>"
-        + table_html(slices, {"rows": ",d", "positives": ",d"})
+        + "<h3>Folds (inner: choices; outer: the figures reported; deployed: the refit)</h3>"
+        + table_html(slices, {"rows": ",d", "positives": ",d", "fit_rows": ",d", "fit_positives": ",d"})
+        + (("<h3>Figures per fold</h3>" + table_html(inp.evaluation.folds.round(4)))
+           if inp.evaluation.folds is not None else "")
         + "<h3>Parameters</h3>"
         + table_html(params_tbl)
         + f"<details><summary>All {len(features)} features, by family</summary>"
@@ -461,10 +474,10 @@ def _performance(inp: ReportInputs) -> str:
     low, high = _wilson(grades["conversions"].to_numpy(dtype="float64"), grades["n"].to_numpy(dtype="float64"))
     grades["ci_low"], grades["ci_high"] = low, high
     return (
-        _p(f"Hold-out: as-of times {hold[0]:%Y-%m-%d} to {hold[1]:%Y-%m-%d}, {n:,} lead-snapshots, "
-           f"{pos:,} conversions. The baselines were fitted on the same rows as the model"
-           + (" (their figures as recorded at training: the model's hold-out figures came out exactly as "
-              "recorded then, so this is the same hold-out)" if ev.metrics.attrs.get("baselines_recorded") else "")
+        _p(f"Outer folds: as-of times {hold[0]:%Y-%m-%d} to {hold[1]:%Y-%m-%d}, {n:,} lead-snapshots, "
+           f"{pos:,} conversions, each predicted by the recipe fitted only on snapshots whose horizon ended "
+           "before its fold; no choice saw them. The baselines were fitted on the same rows as the model"
+           + (" (out-of-fold predictions as recorded at training)" if ev.metrics.attrs.get("baselines_recorded") else "")
            + "; best figure per metric in bold (higher is better for the AUCs, lower for the rest).")
         + table_html(frame, dict.fromkeys(shown.columns, ".4f"), bold={c: bold[c] for c in shown.columns})
         + '<div class="figures">'
@@ -568,7 +581,7 @@ def _segments(inp: ReportInputs, config: Config) -> tuple[str, dict[str, pd.Data
 def _drift(inp: ReportInputs, config: Config) -> tuple[str, pd.DataFrame, ScoreDrift, LabelDelay]:
     m = inp.model
     dc = config.report.drift
-    reference = inp.training.frame.loc[model_rows(inp.split)]
+    reference = inp.training.frame.loc[inp.split.masks["train"]]
     table = drift_table(reference, inp.current, m.catalog_, dc, m.spec_.names, config.seed)
     ref = reference.sample(n=dc.max_rows, random_state=config.seed) if len(reference) > dc.max_rows else reference
     cur = inp.current
@@ -576,7 +589,7 @@ def _drift(inp: ReportInputs, config: Config) -> tuple[str, pd.DataFrame, ScoreD
     cur_scores = score_from_probability(m.predict_proba(cur)[:, 1]) if len(cur) else np.array([])
     sd = score_drift(ref_scores, cur_scores, dc)
     delay = label_delay(inp.leads, inp.as_of, m.horizon_days)
-    window = (inp.split.ranges["train"][0], inp.split.ranges["validation"][1])
+    window = inp.split.ranges["train"]
     shifted = table[table["status"] == "shifted"]
     summary = (
         f'<p>Score: <span class="flag {sd.status}">{sd.status}</span> PSI {sd.psi:.3f} '

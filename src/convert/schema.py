@@ -22,11 +22,14 @@ DUCKDB_TYPES: dict[str, str] = {
 
 
 class Column(str):
-    """A column name that knows its contract type, nullability and whether it is required."""
+    """A column name that knows its contract type, nullability, whether it is required and
+    whether it identifies a row (an id: a control character in it quarantines the row,
+    where other text only loses the character)."""
 
     dtype: ColumnType
     nullable: bool
     required: bool
+    identifier: bool
 
     def __new__(
         cls,
@@ -35,11 +38,13 @@ class Column(str):
         *,
         nullable: bool = True,
         required: bool = True,
+        identifier: bool = False,
     ) -> Column:
         obj = super().__new__(cls, name)
         obj.dtype = dtype
         obj.nullable = nullable
         obj.required = required
+        obj.identifier = identifier
         return obj
 
     @property
@@ -74,9 +79,9 @@ class Leads(TableSchema):
 
     table = "leads"
     key = ("lead_id",)
-    lead_id = Column("lead_id", "string", nullable=False)
+    lead_id = Column("lead_id", "string", nullable=False, identifier=True)
     created_at = Column("created_at", "timestamp", nullable=False)
-    account_id = Column("account_id", "string")
+    account_id = Column("account_id", "string", identifier=True)
     lead_source = Column("lead_source", "string")
     country = Column("country", "string")
     job_title = Column("job_title", "string")
@@ -89,7 +94,7 @@ class Accounts(TableSchema):
 
     table = "accounts"
     key = ("account_id",)
-    account_id = Column("account_id", "string", nullable=False)
+    account_id = Column("account_id", "string", nullable=False, identifier=True)
     industry = Column("industry", "string")
     employees = Column("employees", "integer")
     annual_revenue = Column("annual_revenue", "number")
@@ -100,7 +105,7 @@ class Events(TableSchema):
     """``events`` (optional): the interaction log, one row per interaction."""
 
     table = "events"
-    lead_id = Column("lead_id", "string", nullable=False)
+    lead_id = Column("lead_id", "string", nullable=False, identifier=True)
     occurred_at = Column("occurred_at", "timestamp", nullable=False)
     event_type = Column("event_type", "string", nullable=False)
     channel = Column("channel", "string", required=False)
@@ -113,7 +118,7 @@ class Stages(TableSchema):
     """``stages`` (optional): lifecycle history, one row per stage entered."""
 
     table = "stages"
-    lead_id = Column("lead_id", "string", nullable=False)
+    lead_id = Column("lead_id", "string", nullable=False, identifier=True)
     stage = Column("stage", "string", nullable=False)
     entered_at = Column("entered_at", "timestamp", nullable=False)
 

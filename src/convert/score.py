@@ -50,7 +50,7 @@ def score_frame(
     """Score and explain one batch of feature rows (``lead_id``, ``as_of`` + features)."""
     names = model.spec_.names
     matrix = model.matrix(features)
-    phi = contributions(model, matrix)
+    phi = contributions(model, matrix, config.num_threads)
     raw = phi.sum(axis=1)
     pts = to_points(raw, phi[:, :-1], model.base_raw_, model_score_fn(model))
     prob = model.probability_from_raw(raw)

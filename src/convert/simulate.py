@@ -56,6 +56,11 @@ Generative story
 7. **Censoring**: nothing is dated after ``end``; a conversion or disqualification after
    ``end`` is left empty (the lead is still open), events after ``end`` are dropped.
 
+Regimes (:class:`Regime`, presets in :data:`REGIMES`) bend the story the ways real CRMs differ
+from the demo: a 4-month history (``short``), nobody ever disqualified (``open``), a base rate
+drifting with time (``drift``), and fit acting smoothly and additively through a few of many
+extra attributes (``additive``). The default regime draws exactly what the story always drew.
+
 On a 90-day horizon, ``convert.train`` (default configuration, 20,000 leads) reaches a
 hold-out ROC AUC of about 0.89 (logistic regression 0.86); fit and lead age alone give
 about 0.73. See ``docs/simulator.md``.
@@ -100,7 +105,7 @@ import pyarrow.parquet as pq
 from convert.exceptions import ConfigError
 from convert.schema import Accounts, Events, Leads, Stages
 
-__all__ = ["BAD_ROW_KINDS", "EVENT_TYPES", "GenerateSummary", "generate_crm"]
+__all__ = ["BAD_ROW_KINDS", "EVENT_TYPES", "REGIMES", "GenerateSummary", "Regime", "generate_crm"]
 
 Format = Literal["csv", "parquet"]
 I64 = np.ndarray  # int64 arrays (seconds since the epoch, indices)
@@ -542,6 +547,7 @@ class GenerateSummary:
     converted: int
     disqualified: int
     seconds: float = field(default=0.0, compare=False)
+    regime: Regime = field(default_factory=lambda: Regime())
 
     def lines(self) -> list[str]:
         """Human-readable lines for the CLI."""
@@ -556,6 +562,7 @@ class GenerateSummary:
             f"  converted  {self.converted:>12,} ({self.converted / leads:.1%} of leads), "
             f"disqualified {self.disqualified:,} ({self.disqualified / leads:.1%})"
         )
+        out.extend(self._regime_lines())
         planted = {k: v for k, v in self.bad_rows.items() if v}
         if planted:
             out.append(f"  planted bad rows ({sum(planted.values()):,}):")
@@ -567,6 +574,37 @@ class GenerateSummary:
 
     def __str__(self) -> str:
         return "\n".join(self.lines())
+
+    def extra_attributes(self) -> list[dict[str, str]]:
+        """``features.extra_attributes`` entries that make training use the regime's
+        extra lead columns (empty when it has none)."""
+        return [
+            {"table": "leads", "column": name,
+             "kind": "categorical" if _attribute_is_categorical(j) else "numeric"}
+            for j, name in enumerate(self.regime.attribute_effects())
+        ]
+
+    def _regime_lines(self) -> list[str]:
+        r = self.regime
+        if r == Regime():
+            return []
+        out = [f"  regime {r.name}: " + ", ".join(
+            part for part in (
+                f"{r.months} months" if r.months else "",
+                "never disqualified" if not r.disqualify else "",
+                f"base-rate drift {r.drift:+g} log-odds from start to end" if r.drift else "",
+                "smooth size effect" if r.smooth_fit else "",
+                f"engagement x{r.engagement:g}" if r.engagement != 1.0 else "",
+                f"{r.attributes} extra attributes" if r.attributes else "",
+            ) if part
+        )]
+        effects = r.attribute_effects()
+        if effects:
+            relevant = {k: v for k, v in effects.items() if v}
+            out.append("    relevant (log-odds per SD): "
+                       + ", ".join(f"{k} {v:+.2f}" for k, v in relevant.items())
+                       + f"; the other {len(effects) - len(relevant)} have no effect")
+        return out
 
 
 # =============================================================================================
@@ -799,8 +837,11 @@ class _Firms:
         return len(self.fit)
 
 
-def _draw_accounts(rng: np.random.Generator, n_acc: int) -> _Firms:
-    """Industry, size, revenue correlated with size, country; fit is a hump in size."""
+def _draw_accounts(rng: np.random.Generator, n_acc: int, smooth: bool = False) -> _Firms:
+    """Industry, size, revenue correlated with size, country; fit is a hump in size.
+
+    With ``smooth`` (the ``additive`` regime) the size effect is linear in log employees
+    instead: the same draws, a smooth monotone effect a linear model can represent."""
     ind = _pick(rng, [r[1] for r in INDUSTRIES], n_acc)
     log_emp = np.clip(rng.normal(1.9, 0.8, n_acc), 0.0, np.log10(250_000))
     emp = np.maximum(np.round(10**log_emp), 1.0)
@@ -810,6 +851,8 @@ def _draw_accounts(rng: np.random.Generator, n_acc: int) -> _Firms:
     )
     country = _pick(rng, [c[1] for c in COUNTRIES], n_acc)
     size_eff = np.maximum(0.45 - 0.35 * (np.log10(emp) - 2.6) ** 2, -0.9)
+    if smooth:
+        size_eff = SMOOTH_SIZE_SLOPE * (np.log10(emp) - 1.9)
     fit = (
         np.array([r[2] for r in INDUSTRIES])[ind]
         + size_eff
@@ -892,6 +935,7 @@ class _World:
     campaigns: _Campaigns
     activity: float = 1.0  # multiplies the rate of self-directed pre-sale events
     team: _Team | None = None  # sales reps and lead owners (``reps`` > 0), else none
+    regime: Regime = field(default_factory=lambda: Regime())
 
 
 # =============================================================================================
@@ -1121,8 +1165,12 @@ class _Cohort:
         return len(self.created)
 
 
-def _draw_cohort(world: _World, rng: np.random.Generator, lo: int, hi: int) -> _Cohort:
-    """Attributes, propensity and outcomes of leads ``lo:hi`` (story steps 2-4)."""
+def _draw_cohort(
+    world: _World, rng: np.random.Generator, lo: int, hi: int, extra_logit: F64 | None = None
+) -> _Cohort:
+    """Attributes, propensity and outcomes of leads ``lo:hi`` (story steps 2-4).
+
+    ``extra_logit`` adds the regime's attribute effects to the log-odds (see :class:`Regime`)."""
     n = hi - lo
     firms = world.firms
     created = world.created[lo:hi].copy()
@@ -1166,6 +1214,7 @@ def _draw_cohort(world: _World, rng: np.random.Generator, lo: int, hi: int) -> _
     acc_need = np.where(has_acc, firms.need[a0], 0.0)
     lead_need = rng.normal(0.0, LEAD_NEED_SD, n)
     z = INTERCEPT + fit + acc_need + lead_need + np.array(CONVERSION_BY_MONTH)[_month(created) - 1]
+    z = z + _regime_logit(world, created, extra_logit)
     p_convert = _sigmoid(z)
     converts = rng.random(n) < p_convert
     owner = np.full(n, -1, dtype=np.int64)
@@ -1196,6 +1245,7 @@ def _draw_cohort(world: _World, rng: np.random.Generator, lo: int, hi: int) -> _
 
     # disqualification: mostly poor fit, a few weeks in
     dq = ~converts & (rng.random(n) < _sigmoid(DQ_INTERCEPT - DQ_FIT_SLOPE * fit))
+    dq &= world.regime.disqualify  # never disqualified: those leads simply stay open
     dq_delay = np.maximum(DQ_DELAY_MEDIAN_DAYS * np.exp(rng.normal(0.0, 0.9, n)), 0.25)
     dq_t = created + (dq_delay * DAY).astype(np.int64)
 
@@ -1206,7 +1256,7 @@ def _draw_cohort(world: _World, rng: np.random.Generator, lo: int, hi: int) -> _
     act = np.append([s[4] for s in LEAD_SOURCES], 1.0)[src] * np.exp(
         0.35 * fit + 0.45 * lead_need + 0.25 * acc_need + rng.normal(0.0, 0.55, n) - 0.25
     )
-    warm = converts & (rng.random(n) < WARMUP_SHARE)
+    warm = converts & (rng.random(n) < WARMUP_SHARE * world.regime.engagement)
     width = 7.0 + rng.gamma(2.0, 12.0, n)
     strength = WARMUP_MEAN * np.sqrt(act) * np.exp(rng.normal(0.0, 0.4, n))
     fs = ~converts & (rng.random(n) < FALSE_START_MAX * _sigmoid(z + 2.0))
@@ -1493,7 +1543,11 @@ def _draw_stages(world: _World, c: _Cohort, rng: np.random.Generator) -> list[I6
     sql = c.created + ((opp - c.created) * rng.uniform(0.5, 0.95, n)).astype(np.int64)
     mql = c.created + ((sql - c.created) * rng.uniform(0.05, 0.8, n)).astype(np.int64)
     # sales records the funnel of half the deals (and half the B2C buyers skip it anyway)
-    path = c.converts & (rng.random(n) < STAGE_RECORDED) & ~(c.b2c & (rng.random(n) < 0.5))
+    path = (
+        c.converts
+        & (rng.random(n) < STAGE_RECORDED * world.regime.engagement)
+        & ~(c.b2c & (rng.random(n) < 0.5))
+    )
     for stage, when, p in (("mql", mql, 0.9), ("sql", sql, 0.9), ("opportunity", opp, 0.85)):
         rows.append((path & (rng.random(n) < p), when, _S[stage]))
     # others: marketing-qualified by engagement; false starts reach sql and a lost opportunity
@@ -1591,9 +1645,16 @@ def _chunk(
     bad_rows: bool,
     fmt: Format,
     first: bool,
+    regime_rng: np.random.Generator | None = None,
 ) -> _Chunk:
-    """Leads ``lo:hi`` with their events and stages, bad rows planted, as Arrow columns."""
-    c = _draw_cohort(world, rng, lo, hi)
+    """Leads ``lo:hi`` with their events and stages, bad rows planted, as Arrow columns.
+
+    ``regime_rng`` draws the regime's extra attributes (a stream apart from the story's)."""
+    extra_columns: dict[str, pa.Array] = {}
+    extra_logit = None
+    if regime_rng is not None:
+        extra_columns, extra_logit = _draw_attributes(world.regime, regime_rng, hi - lo)
+    c = _draw_cohort(world, rng, lo, hi, extra_logit)
     ev_lead, ev_t, ev_kind, ev_camp, ev_value = _draw_events(world, c, rng)
     sg_lead, sg_t, sg_stage = _draw_stages(world, c, rng)
     n = c.n
@@ -1686,6 +1747,7 @@ def _chunk(
             dq_out, STYLE_OTHER, valid=c.dq_obs, garbage=garbage.get("disqualified")
         ),
         UTM_MEDIUM: _take([m[0] for m in MEDIUMS], np.where(c.medium == 0, -1, c.medium)),
+        **extra_columns,
     }
     if world.team is not None:
         leads[OWNER_ID] = _owner_column(world, c)
@@ -1769,6 +1831,170 @@ def _accounts_table(
 
 
 # =============================================================================================
+# regimes: variations of the story that stress training (short, open, drifting, additive)
+# =============================================================================================
+
+#: ``additive`` regime: the company-size effect on the log-odds per decade of employees
+SMOOTH_SIZE_SLOPE = 0.35
+#: log-odds effects per standard deviation of the *relevant* extra attributes, in order
+#: (``attr_01``, ``attr_02``, ...); every further attribute has no effect at all
+ATTRIBUTE_EFFECTS = (0.60, -0.50, 0.45, 0.35, -0.30, 0.20)
+ATTRIBUTE_PREFIX = "attr_"
+ATTRIBUTE_CATEGORICAL_EVERY = 5  # every fifth extra attribute is a category (never relevant)
+ATTRIBUTE_LEVELS = ("a", "b", "c", "d", "e", "f", "g", "h")
+ATTRIBUTE_MISSING = 0.03
+_REGIME_STREAM = 1013  # spawn key of the regime's own random stream (the story's stays as is)
+
+
+@dataclass(frozen=True)
+class Regime:
+    """A variation of the generative story (``convert-leads generate --regime``).
+
+    Each knob changes one property of the CRM and nothing else is drawn differently, so the
+    default regime writes exactly the files it always wrote for a given seed.
+
+    Parameters
+    ----------
+    name:
+        What the summary calls it.
+    months:
+        History length: when set, lead creation starts this many whole months before ``end``
+        (``start`` is ignored). ``short`` uses 4.
+    disqualify:
+        False: sales never disqualifies anyone, so the open population only grows (the leads
+        that would have been disqualified stay open and do not convert).
+    drift:
+        Change of the base rate's log-odds from ``start`` to ``end``, linear in the lead's
+        creation time and centred on the middle of the history (0: none). 1.5 takes the
+        conversion rate of new leads from about 9 % to about 27 %.
+    attributes:
+        Extra numeric and categorical lead columns ``attr_01`` ... ``attr_NN``. The first
+        ``len(ATTRIBUTE_EFFECTS)`` numeric ones move the log-odds linearly (smooth and
+        additive, where a logistic regression is strong); the others are drawn from a
+        stream of their own and have no effect at all.
+    smooth_fit:
+        Company size acts linearly in log employees instead of through a hump.
+    engagement:
+        Multiplies the share of converters with a warm-up burst and with a recorded funnel
+        (mql/sql/opportunity), i.e. how much engagement and stages reveal (1: the story).
+    """
+
+    name: str = "default"
+    months: int | None = None
+    disqualify: bool = True
+    drift: float = 0.0
+    attributes: int = 0
+    smooth_fit: bool = False
+    engagement: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.months is not None and self.months < 1:
+            raise ConfigError(f"regime months must be at least 1 (got {self.months})")
+        if self.attributes < 0:
+            raise ConfigError(f"regime attributes must be >= 0 (got {self.attributes})")
+        if not 0.0 <= self.engagement <= 1.0 / WARMUP_SHARE:
+            raise ConfigError(
+                f"regime engagement must be between 0 and {1.0 / WARMUP_SHARE:.2f} "
+                f"(got {self.engagement})"
+            )
+
+    def attribute_effects(self) -> dict[str, float]:
+        """Each extra attribute's log-odds effect per standard deviation (0.0: irrelevant)."""
+        out: dict[str, float] = {}
+        relevant = iter(ATTRIBUTE_EFFECTS)
+        for j in range(self.attributes):
+            name = f"{ATTRIBUTE_PREFIX}{j + 1:02d}"
+            out[name] = 0.0 if _attribute_is_categorical(j) else next(relevant, 0.0)
+        return out
+
+
+#: presets of ``convert-leads generate --regime``
+REGIMES: dict[str, Regime] = {
+    "default": Regime(),
+    "short": Regime(name="short", months=4),
+    "open": Regime(name="open", months=12, disqualify=False),
+    "drift": Regime(name="drift", drift=1.5),
+    "additive": Regime(
+        name="additive", attributes=30, smooth_fit=True, engagement=0.4
+    ),
+}
+
+
+def _attribute_is_categorical(j: int) -> bool:
+    return (j + 1) % ATTRIBUTE_CATEGORICAL_EVERY == 0
+
+
+def _regime_logit(world: _World, created: I64, extra_logit: F64 | None) -> F64 | float:
+    """The regime's additions to the conversion log-odds: drift and attribute effects."""
+    out: F64 | float = 0.0
+    r = world.regime
+    if r.drift:
+        share = (created - world.start) / max(world.end - world.start, 1)
+        out = r.drift * (share - 0.5)
+    if extra_logit is not None:
+        out = out + extra_logit
+    return out
+
+
+def _draw_attributes(
+    regime: Regime, rng: np.random.Generator, n: int
+) -> tuple[dict[str, pa.Array], F64 | None]:
+    """The extra lead columns of a chunk and their log-odds effect (None: no attributes).
+
+    Numeric attributes cycle through a normal, a log-normal (skewed, written as is), a
+    uniform and a count; relevant ones act linearly on their standardised value. Categorical
+    attributes draw one of eight levels with uneven shares. A few cells are empty; an empty
+    relevant cell contributes nothing (its mean)."""
+    if not regime.attributes:
+        return {}, None
+    columns: dict[str, pa.Array] = {}
+    logit = np.zeros(n)
+    for j, (name, effect) in enumerate(regime.attribute_effects().items()):
+        missing = rng.random(n) < ATTRIBUTE_MISSING
+        if _attribute_is_categorical(j):
+            weights = rng.dirichlet(np.full(len(ATTRIBUTE_LEVELS), 2.0))
+            idx = np.where(missing, -1, _pick(rng, weights, n))
+            columns[name] = _take(ATTRIBUTE_LEVELS, idx)
+            continue
+        shape = j % 4
+        if shape == 0:
+            x, mean, sd = rng.normal(50.0, 10.0, n), 50.0, 10.0
+        elif shape == 1:
+            x = np.exp(rng.normal(3.0, 0.6, n))
+            mean = float(np.exp(3.0 + 0.18))
+            sd = float(np.sqrt((np.exp(0.36) - 1) * np.exp(6.0 + 0.36)))
+        elif shape == 2:
+            x, mean, sd = rng.uniform(0.0, 1.0, n), 0.5, float(np.sqrt(1 / 12))
+        else:
+            x = rng.poisson(4.0, n).astype(np.float64)
+            mean, sd = 4.0, 2.0
+        x = np.round(x, 3)
+        if effect:
+            logit += np.where(missing, 0.0, effect * (x - mean) / sd)
+        columns[name] = pa.array(x, mask=missing)
+    return columns, logit
+
+
+def _resolve_regime(regime: Regime | str | None) -> Regime:
+    if regime is None:
+        return REGIMES["default"]
+    if isinstance(regime, Regime):
+        return regime
+    if regime not in REGIMES:
+        raise ConfigError(f"unknown regime {regime!r}: choose one of {', '.join(REGIMES)}")
+    return REGIMES[regime]
+
+
+def _months_before(end: int, months: int) -> int:
+    """Midnight UTC of the first day of the month ``months - 1`` months before ``end``'s month:
+    ``months`` whole calendar months ending with ``end``'s."""
+    y, m, _ = _civil_direct(np.array([end // DAY], dtype=np.int64))
+    total = int(y[0]) * 12 + int(m[0]) - 1 - (months - 1)
+    first = datetime(total // 12, total % 12 + 1, 1)
+    return int((first - datetime(1970, 1, 1)).total_seconds())
+
+
+# =============================================================================================
 # writing
 # =============================================================================================
 
@@ -1841,11 +2067,12 @@ def generate_crm(
     n_leads: int = 20_000,
     seed: int = 42,
     fmt: Format = "csv",
-    start: str = "2023-01-01",
+    start: str | None = None,
     end: str = "2025-12-31",
     bad_rows: bool = True,
     chunk_leads: int = 50_000,
     activity: float = 1.0,
+    regime: Regime | str | None = None,
     reps: int = 0,
 ) -> GenerateSummary:
     """Write a synthetic CRM export (``leads``, ``accounts``, ``events``, ``stages``) to ``out_dir``.
@@ -1862,7 +2089,8 @@ def generate_crm(
         ``"csv"`` or ``"parquet"``.
     start, end:
         ISO 8601 bounds of lead creation; nothing is dated after ``end`` (a plain date means
-        the end of that day).
+        the end of that day). ``start`` defaults to 2023-01-01, or to ``regime.months`` whole
+        months before ``end`` when the regime sets a history length.
     bad_rows:
         Plant a small share of each quarantine kind of the contract's bad-rows table.
     chunk_leads:
@@ -1872,12 +2100,15 @@ def generate_crm(
         trickle of visits, research sessions, warm-ups and false starts); nurturing sends,
         creation touches and post-sale events keep their rates. 1.0 gives about 30 events per
         lead; 4.0 about 100 (a busier marketing operation, as in ``bench/features.py``).
+    regime:
+        A :class:`Regime` or the name of a preset in :data:`REGIMES` (``default``, ``short``,
+        ``open``, ``drift``, ``additive``); ``None`` is the default story.
     reps:
         Sales reps (0: none, and the tables are exactly as without this option). With reps,
         ``leads`` gains ``owner_id`` (empty for open leads created in the last
-        ``UNROUTED_DAYS`` days, awaiting routing), each lead's conversion probability is
-        multiplied by its owner's true effect for its segment (lead source x employee band),
-        and ``reps.csv`` (territories by country, capacity, max_open, active) and
+        ``UNROUTED_DAYS`` days, awaiting routing), drawn after the outcome so that the owner's
+        true effect for the lead's segment (lead source x employee band) holds in the data
+        while every other column and table stays as without reps; ``reps.csv`` (territories by country, capacity, max_open, active) and
         ``rep_effects.csv`` (the true effects) are written beside the tables.
 
     Returns
@@ -1896,7 +2127,19 @@ def generate_crm(
         raise ConfigError(
             f"n_leads and chunk_leads must be positive (got {n_leads}, {chunk_leads})"
         )
-    lo_s, hi_s = _parse_bound(start, is_end=False), _parse_bound(end, is_end=True)
+    reg = _resolve_regime(regime)
+    hi_s = _parse_bound(end, is_end=True)
+    if reg.months is not None:
+        if start is not None:
+            raise ConfigError(
+                f"regime {reg.name!r} sets the history length ({reg.months} months before end); "
+                "give end only, not start"
+            )
+        lo_s = _months_before(hi_s, reg.months)
+        start = datetime.fromtimestamp(lo_s, UTC).strftime("%Y-%m-%d")
+    else:
+        start = "2023-01-01" if start is None else start
+        lo_s = _parse_bound(start, is_end=False)
     if lo_s >= hi_s:
         raise ConfigError(f"start {start!r} must be before end {end!r}")
     out = Path(out_dir)
@@ -1921,9 +2164,10 @@ def generate_crm(
         lead_width=max(8, len(str(2 * n_leads + 1))),
         account_width=max(7, len(str(n_acc + n_leads + 1))),
         created=_creation_times(np.random.default_rng(s_created), n_leads, lo_s, hi_s),
-        firms=_draw_accounts(acc_rng, n_acc),
+        firms=_draw_accounts(acc_rng, n_acc, smooth=reg.smooth_fit),
         campaigns=_draw_campaigns(np.random.default_rng(s_campaigns), lo_s, hi_s),
         activity=float(activity),
+        regime=reg,
         team=_draw_team(root.spawn(1)[0], reps, n_leads) if reps else None,
     )
     lead_kinds = [b for b in BAD_ROW_KINDS if b[0] == "leads"]
@@ -1938,6 +2182,11 @@ def generate_crm(
     converted = disqualified = 0
     bounds = list(range(0, n_leads, chunk_leads))
     chunk_seeds = s_chunks.spawn(len(bounds))
+    regime_seeds = (
+        np.random.SeedSequence(seed, spawn_key=(_REGIME_STREAM,)).spawn(len(bounds))
+        if reg.attributes
+        else None
+    )
     try:
         accounts, acc_bad = _accounts_table(world, acc_rng, bad_rows, fmt)
         writers[Accounts.table].write(accounts)
@@ -1949,7 +2198,8 @@ def generate_crm(
                 for (_, kd, _, _), total in zip(lead_kinds, lead_total, strict=True)
             }
             part = _chunk(
-                world, np.random.default_rng(chunk_seeds[k]), lo, hi, quota, bad_rows, fmt, k == 0
+                world, np.random.default_rng(chunk_seeds[k]), lo, hi, quota, bad_rows, fmt, k == 0,
+                None if regime_seeds is None else np.random.default_rng(regime_seeds[k]),
             )
             writers[Leads.table].write(part.leads)
             writers[Events.table].write(part.events)
@@ -1980,4 +2230,5 @@ def generate_crm(
         converted=converted,
         disqualified=disqualified,
         seconds=time.perf_counter() - began,
+        regime=reg,
     )

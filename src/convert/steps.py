@@ -17,7 +17,9 @@ import numpy as np
 import pandas as pd
 
 from convert.config import Config
+from convert.crossfit import Folds
 from convert.dataset import CRMData, load
+from convert.exceptions import ConvertError
 from convert.explain import (
     LeadExplanation,
     contributions,
@@ -33,12 +35,9 @@ from convert.model import LeadScoringModel
 from convert.schema import Labeled
 from convert.train import (
     Evaluation,
-    TimeSplit,
     TrainingSet,
     TrainResult,
     build_training_set,
-    evaluate_holdout,
-    split_by_time,
     train,
 )
 
@@ -136,17 +135,75 @@ class TrainSummary:
     result: TrainResult
     registered: Any
     importance: pd.DataFrame
-    champion_metrics: dict[str, float] | None
+    champion_metrics: dict[str, dict[str, float]] | None
     lines: list[str] = field(default_factory=list)
 
 
-def _champion_on_holdout(label: str, holdout: pd.DataFrame, p: Any, echo: Echo) -> dict[str, float]:
-    """The champion's metrics on the challenger's hold-out (probabilities *p*), echoed."""
+def champion_comparison(
+    data: CRMData, champion: LeadScoringModel, label: str, result: TrainResult, config: Config, echo: Echo
+) -> tuple[dict[str, dict[str, float]], str]:
+    """The champion's figures beside a just-trained challenger's, and which comparison gave them.
+
+    Labelled as-of times newer than both training cut-offs, scored by both deployed models,
+    when the data holds any (the challenger's own figures are then recomputed there too, and
+    returned as ``{"champion": ..., "challenger": ...}``); otherwise both recipes on the
+    challenger's outer folds, the champion's recipe (parameters, rounds, blend weight,
+    calibration method) refitted there.
+    """
+    from convert.features import build_features
+    from convert.labels import build_labels, grid_for
+    from convert.metrics import evaluate
+    from convert.train import default_as_of
+
+    ts, folds = result.training_set, result.split
+    horizon = ts.horizon_days
+    cut_challenger = pd.Timestamp(folds.deploy_span[1])
+    champ_fit = (champion.metadata.get("deployed_fit") or {}).get("to")
+    cut_champion = (pd.Timestamp(champ_fit) if champ_fit else
+                    pd.Timestamp(champion.metadata.get("training_as_of", cut_challenger)) - pd.Timedelta(days=horizon))
+    newest = max(cut_challenger, cut_champion)
+    grid = grid_for(config.labels.model_copy(update={"horizon_days": horizon}), data.earliest_created(),
+                    default_as_of(data)).times
+    newer = [t for t in grid if t > newest]
+    if newer:
+        labels = build_labels(data.con, newer, horizon)
+        y = labels[Labeled.label].to_numpy()
+        figures = {}
+        for who, model in (("champion", champion), ("challenger", result.model)):
+            fs = build_features(data.con, labels[[Labeled.lead_id, Labeled.as_of]],
+                                model.features_config(config.features), model.spec_.event_types)
+            rows = labels.merge(fs.frame, on=[Labeled.lead_id, Labeled.as_of], how="left")
+            figures[who] = evaluate(y, model.predict_proba(rows)[:, 1])
+        how = (f"newer as-of times ({len(newer)} from {newer[0]:%Y-%m-%d} to {newer[-1]:%Y-%m-%d}, "
+               f"{len(y):,} leads) scored by both deployed models")
+        echo(f"champion {label} vs challenger on {how}: log loss {figures['champion']['log_loss']:.4f} vs "
+             f"{figures['challenger']['log_loss']:.4f}")
+        return figures, how
+    frame = ts.frame
+    if champion.spec_.names != ts.features or champion.features_config(config.features) != config.features:
+        fs = build_features(data.con, ts.frame[[Labeled.lead_id, Labeled.as_of]],
+                            champion.features_config(config.features), champion.spec_.event_types)
+        frame = ts.frame[[Labeled.lead_id, Labeled.as_of]].merge(fs.frame, on=[Labeled.lead_id, Labeled.as_of],
+                                                                 how="left")
+    return recipe_on_outer_folds(frame, champion, label, result, config, echo,
+                                 as_of=pd.to_datetime(ts.frame[Labeled.as_of]).to_numpy())
+
+
+def recipe_on_outer_folds(
+    frame: pd.DataFrame, champion: LeadScoringModel, label: str, result: TrainResult, config: Config, echo: Echo,
+    as_of: Any = None,
+) -> tuple[dict[str, dict[str, float]], str]:
+    """The champion's recipe refitted on the challenger's folds, both judged on its outer folds."""
+    from convert.crossfit import Recipe, cross_fit
     from convert.metrics import evaluate
 
-    metrics = evaluate(holdout[Labeled.label].to_numpy(), p)
-    echo(f"champion {label} on this hold-out: log loss {metrics['log_loss']:.4f}, ROC AUC {metrics['roc_auc']:.4f}")
-    return metrics
+    y = result.training_set.frame[Labeled.label].to_numpy()
+    fit = cross_fit(frame[champion.spec_.names], y, result.split, config, catalog=champion.catalog_,
+                    event_types=champion.spec_.event_types, as_of=as_of, recipe=Recipe.of(champion))
+    metrics = evaluate(y[fit.outer_rows], fit.outer_probs["model"])
+    how = "the challenger's outer folds, the champion's recipe refitted there (no newer labelled as-of times)"
+    echo(f"champion {label}'s recipe on {how}: log loss {metrics['log_loss']:.4f}, ROC AUC {metrics['roc_auc']:.4f}")
+    return {"champion": metrics, "challenger": result.evaluation.metrics["model"].to_dict()}, how
 
 
 def _log_training(
@@ -154,7 +211,7 @@ def _log_training(
     name: str,
     params: dict[str, Any],
     holdout: pd.DataFrame,
-    champion_metrics: dict[str, float] | None,
+    champion_metrics: dict[str, dict[str, float]] | None,
     leakage: Any,
     config: Config,
     tables: dict[str, pd.DataFrame] | None = None,
@@ -173,17 +230,22 @@ def _log_training(
     for col in ev.metrics.columns:
         prefix = "holdout_" if col == "model" else f"baseline_{col}_"
         metrics.update({f"{prefix}{k}": float(v) for k, v in ev.metrics[col].items()})
-    if champion_metrics:
-        metrics.update({f"champion_holdout_{k}": float(v) for k, v in champion_metrics.items()})
+    if champion_metrics:  # {"champion": figures, "challenger": figures} on the same rows
+        for who, figures in champion_metrics.items():
+            metrics.update({f"comparison_{who}_{k}": float(v) for k, v in figures.items()})
     params = {
         **params, "seed": config.seed, "calibration": result.model.calibrator_.method,
         "best_iteration": result.model.best_iteration_, "n_features": len(result.model.spec_.names),
+        "blend_weight": result.model.blend_weight_,
+        "deployed_fit": "{from} to {to} ({rows} rows)".format(**result.model.metadata.get("deployed_fit", {})),
+        "metrics_from": result.model.metadata.get("metrics_from", ""),
     }
     with tempfile.TemporaryDirectory() as tmp:
         registered = registry.log_training(
             result.model, name, params, metrics,
             tables={"metrics": ev.metrics.reset_index(names="metric"), "reliability": ev.reliability,
-                    "lift": ev.lift, "grades": ev.grades, "slices": result.slices,
+                    "lift": ev.lift, "grades": ev.grades, "folds": result.slices,
+                    **({"fold_metrics": ev.folds} if ev.folds is not None else {}),
                     "importance": importance, "calibration_cv": pd.DataFrame([result.calibration_cv]),
                     **(tables or {})},
             figures={"reliability": plot_reliability(ev.reliability), "lift": plot_lift(ev.lift),
@@ -197,7 +259,7 @@ def _log_training(
 def train_step(
     data_path: str | Path,
     config: Config,
-    as_of: str | None = None,
+    as_of: str | pd.Timestamp | None = None,
     tune_trials: int | None = None,
     model_name: str | None = None,
     rejects: str | None = None,
@@ -220,22 +282,23 @@ def train_step(
                  f"({leakage.excluded[config.allocation.owner_column]})")
         result = train(data, config, as_of=as_of, tune_trials=tune_trials)
         result.model.metadata["leakage"] = leakage.to_dict()
+        grid = result.training_set.grid
+        if grid is not None:
+            echo(f"training snapshots: {grid.describe()}")
         hold = result.split.masks["holdout"]
         holdout = result.training_set.frame.loc[hold].reset_index(drop=True)
-        champion_metrics = None
+        champion_metrics, comparison = None, None
         if registry.champion_exists(name):
             champion, label = registry.load_model(f"models:/{name}@{registry.CHAMPION}")
-            from convert.features import build_features
-
-            fs = build_features(data.con, holdout[[Labeled.lead_id, Labeled.as_of]],
-                                champion.features_config(config.features), champion.spec_.event_types)
-            champion_metrics = _champion_on_holdout(label, holdout, champion.predict_proba(fs.frame)[:, 1], echo)
+            champion_metrics, comparison = champion_comparison(data, champion, label, result, config, echo)
     finally:
         data.close()
     params = {
         "model_name": name, "training_as_of": result.training_set.as_of.isoformat(),
-        "horizon_days": config.labels.horizon_days, "frequency": config.labels.frequency,
+        "horizon_days": config.labels.horizon_days,
+        "frequency": grid.frequency if grid is not None else config.labels.frequency,
         "lightgbm": result.params, **leakage.params(),
+        **({"comparison": comparison} if comparison else {}),
     }
     summary = _log_training(result, name, params, holdout, champion_metrics, leakage, config)
     summary.lines.extend(leakage.lines())
@@ -272,6 +335,7 @@ def train_flat_step(
     rejects: str | None = None,
     strict: bool | None = None,
     echo: Echo = _quiet,
+    tune_trials: int | None = None,
 ) -> TrainSummary:
     """Train on a flat table (``--data FILE --target COLUMN``): load, screen for leakage, fit,
     evaluate beside a logistic regression (and the champion), log and register under the flat
@@ -291,23 +355,23 @@ def train_flat_step(
         echo(f"warning: {warning}")
     for column, why in table.dropped.items():
         echo(f"not a feature: {column!r} ({why})")
-    result = flat.train_flat(table, config, mapping, split)  # type: ignore[arg-type]
+    result = flat.train_flat(table, config, mapping, split, tune_trials)  # type: ignore[arg-type]
     for line in result.leakage.lines():
         echo(line)
     holdout = result.training_set.frame.loc[result.split.masks["holdout"]].reset_index(drop=True)
-    champion_metrics = None
+    champion_metrics, comparison = None, None
     if registry.champion_exists(name):
         champion, label = registry.load_model(f"models:/{name}@{registry.CHAMPION}")
         columns = (champion.metadata.get("flat") or {}).get("columns", {})
         if flat.is_flat_model(champion) and all(c in table.frame.columns for c in columns):
             rows = flat.feature_frame(table, columns, result.training_set.as_of)
-            p = champion.predict_proba(rows.loc[result.split.masks["holdout"]])[:, 1]
-            champion_metrics = _champion_on_holdout(label, holdout, p, echo)
+            champion_metrics, comparison = recipe_on_outer_folds(rows, champion, label, result, config, echo)
     meta = result.model.metadata["flat"]
     params = {
         "model_name": name, "mode": "flat", "file": meta["file"], "target": meta["target"],
         "positive": ",".join(meta["positive"]), "id": meta["id"], "split": meta["split"],
         "mapping": mapping.label(), "lightgbm": result.params, **result.leakage.params(),
+        **({"comparison": comparison} if comparison else {}),
     }
     return _log_training(result, name, params, holdout, champion_metrics, result.leakage, config,
                          tables={"leakage": result.leakage.to_frame()})
@@ -324,18 +388,23 @@ def score_flat_step(
     echo: Echo = _quiet,
     mapping: Mapping | None = None,
     id_column: str | None = None,
-    as_of: str | None = None,
+    as_of: str | pd.Timestamp | None = None,
+    *,
+    allow_shrink: bool = False,
+    allow_older: bool = False,
+    replace: bool = False,
 ) -> tuple[Any, pd.DataFrame]:
     """Score every row of a flat file with a flat model and write the results.
 
     The as-of time written with each score is *as_of*, else today (midnight UTC), so a
-    re-run on the same day replaces its own history rows.
+    re-run on the same day replaces its own history rows. *allow_shrink*, *allow_older*
+    and *replace* lift the write-back guards (:class:`convert.writeback.WriteGuards`).
     """
     from convert import flat, registry
     from convert.exceptions import ModelNotFoundError
     from convert.labels import parse_as_of
     from convert.score import score_frame
-    from convert.writeback import write_scores
+    from convert.writeback import WriteGuards, write_scores
 
     target = resolve_target(out)
     uri = model_uri or f"models:/{config.flat.model_name}@{registry.CHAMPION}"
@@ -360,7 +429,10 @@ def score_flat_step(
     chunks = [score_frame(model, rows.iloc[i:i + size], config.scoring, label, scored_at)
               for i in range(0, len(rows), size)]
     scores = pd.concat(chunks, ignore_index=True) if chunks else rows.iloc[:0]
-    summary = write_scores(scores, target, table or config.scoring.table)
+    guards = WriteGuards.from_config(
+        config.writeback, allow_shrink=allow_shrink, allow_older=allow_older, replace=replace
+    )
+    summary = write_scores(scores, target, table or config.scoring.table, guards=guards)
     return summary, scores
 
 
@@ -371,13 +443,16 @@ def evaluate_flat_step(
     """Re-evaluate a flat model on its own hold-out (the same seeded split of the same file)."""
     from convert import flat, registry
     from convert.metrics import plot_lift, plot_reliability
-    from convert.train import TrainingSet
 
     model, label = registry.load_model(model_uri)
     echo(f"model {label}")
     meta = model.metadata.get("flat") or {}
+    fold_settings = meta.get("folds") or {}
     cfg = config.with_overrides(seed=model.metadata.get("seed", config.seed),
-                                train__split=meta.get("split_shares"))
+                                train__inner_folds=fold_settings.get("inner"),
+                                train__outer_folds=fold_settings.get("outer"),
+                                train__fold_share=fold_settings.get("fold_share"),
+                                train__min_positives=fold_settings.get("min_positives"))
     mapping = mapping or flat.model_mapping(model)
     table = flat.load_flat(data_path, cfg, mapping, target=meta.get("target"),
                            positive=meta.get("positive"), negative=meta.get("negative", ()),
@@ -386,9 +461,24 @@ def evaluate_flat_step(
     assert table.label is not None
     frame = flat.feature_frame(table, dict(meta.get("columns", {})), pd.Timestamp(model.metadata["trained_at"]))
     frame.insert(2, Labeled.label, table.label)
-    ts = TrainingSet(frame, model.catalog_, (), pd.Timestamp(model.metadata["trained_at"]), model.horizon_days)
     split = flat.split_rows(table.label, meta.get("split", "random"), cfg)
-    ev = flat.evaluate_flat(model, ts, split, cfg)
+    stored = model.outer_predictions_
+    held = frame.loc[split.masks["holdout"], [Labeled.lead_id, Labeled.label]].astype({Labeled.lead_id: str})
+    if stored is not None and len(stored) == len(held) and sorted(zip(stored[Labeled.lead_id].astype(str), stored["label"], strict=True)) == sorted(zip(held[Labeled.lead_id], held[Labeled.label], strict=True)):
+        from convert.train import evaluation_from_predictions
+
+        ev = evaluation_from_predictions(stored, model)
+        echo("outer folds of training: the stored out-of-fold predictions")
+    else:
+        from convert.baselines import LogisticBaseline
+        from convert.crossfit import Recipe, cross_fit
+        from convert.train import outer_evaluation
+
+        fit = cross_fit(frame[model.spec_.names], table.label, split, cfg, catalog=model.catalog_,
+                        baselines=lambda X, yy: {LogisticBaseline.name: LogisticBaseline(seed=cfg.seed).fit(X, yy)},
+                        recipe=Recipe.of(model))
+        ev = outer_evaluation(model, frame, table.label, fit, [Labeled.lead_id])
+        echo("this file's outer folds, the model's recipe refitted on its folds")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     metrics = {c: {k: float(v) for k, v in ev.metrics[c].items()} for c in ev.metrics.columns}
@@ -404,24 +494,89 @@ def evaluate_flat_step(
 
 def _own_holdout(
     data: CRMData, model: LeadScoringModel, cfg: Config, reuse_baselines: bool = False
-) -> tuple[TrainingSet, TimeSplit, Evaluation]:
-    """A model's training set rebuilt at its training as-of, its time split and hold-out evaluation.
+) -> tuple[TrainingSet, Folds, Evaluation]:
+    """A model's training set rebuilt at its training as-of, its folds and its outer-fold evaluation.
 
-    With *reuse_baselines*, the baselines' figures recorded at training time are used when the
-    model's own hold-out figures come out exactly as recorded (the same rows and labels, so
-    refitting the baselines would give the same numbers); otherwise they are refitted.
+    The deployed model learned from every labelled row, so it is never judged on them again:
+    the outer folds' out-of-fold predictions stored with the model are used when this data
+    yields the same outer rows and labels; otherwise the model's recipe (parameters, rounds,
+    blend weight, calibration method) is refitted on this data's folds and judged on its outer
+    folds, beside the baselines. (*reuse_baselines* is kept for callers; stored predictions
+    carry the baselines' figures.)
     """
+    from convert.crossfit import Recipe, cross_fit, time_folds
+    from convert.train import evaluation_from_predictions, outer_evaluation
+
+    del reuse_baselines
     ts = build_training_set(data, cfg, model.metadata.get("training_as_of"))
-    split = split_by_time(ts.frame[Labeled.as_of], cfg)
-    recorded = model.metadata.get("baseline_metrics") or {}
-    if reuse_baselines and recorded:
-        ev = evaluate_holdout(model, ts, split, cfg, baselines=False)
-        if _same_figures(ev.metrics["model"].to_dict(), model.metadata.get("holdout_metrics") or {}):
-            for name, values in recorded.items():
-                ev.metrics[name] = pd.Series(values, dtype="float64").reindex(ev.metrics.index)
-            ev.metrics.attrs["baselines_recorded"] = True
-            return ts, split, ev
-    return ts, split, evaluate_holdout(model, ts, split, cfg)
+    y = ts.frame[Labeled.label].to_numpy()
+    folds = time_folds(ts.frame[Labeled.as_of], y, ts.horizon_days, cfg)
+    stored = model.outer_predictions_
+    if stored is not None and _same_rows(stored, ts.frame.loc[folds.masks["holdout"]]):
+        ev = evaluation_from_predictions(stored, model)
+        ev.metrics.attrs["baselines_recorded"] = True
+        return ts, folds, ev
+    from convert.baselines import fit_baselines
+
+    frame = ts.frame
+    fit = cross_fit(frame[model.spec_.names], y, folds, cfg, catalog=model.catalog_,
+                    event_types=model.spec_.event_types,
+                    baselines=lambda X, yy: fit_baselines(X, yy, cfg.baselines, cfg.seed),
+                    as_of=pd.to_datetime(frame[Labeled.as_of]).to_numpy(), recipe=Recipe.of(model))
+    return ts, folds, outer_evaluation(model, frame, y, fit, [Labeled.lead_id, Labeled.as_of])
+
+
+def _newer_evaluation(data: CRMData, model: LeadScoringModel, cfg: Config, echo: Echo) -> Evaluation | None:
+    """The deployed model on labelled as-of times newer than its training cut-off, or ``None``."""
+    from convert.baselines import fit_baselines
+    from convert.features import KEY, build_features
+    from convert.labels import build_labels, grid_for
+    from convert.metrics import evaluate, grade_table, lift_table, reliability_table
+    from convert.model import score_from_probability
+    from convert.train import default_as_of
+
+    fit_to = (model.metadata.get("deployed_fit") or {}).get("to")
+    if not fit_to:
+        return None
+    horizon = model.horizon_days
+    grid = grid_for(cfg.labels.model_copy(update={"horizon_days": horizon}), data.earliest_created(),
+                    default_as_of(data)).times
+    newer = [t for t in grid if t > pd.Timestamp(fit_to)]
+    if not newer:
+        return None
+    fcfg = model.features_config(cfg.features)
+    labels = build_labels(data.con, newer, horizon)
+    rows = labels.merge(build_features(data.con, labels[KEY], fcfg, model.spec_.event_types).frame, on=KEY, how="left")
+    y = rows[Labeled.label].to_numpy()
+    p = model.predict_proba(rows)[:, 1]
+    probs = {"model": p}
+    ts = build_training_set(data, cfg, model.metadata.get("training_as_of"))
+    train_rows = ts.frame.merge(build_features(data.con, ts.frame[KEY], fcfg, model.spec_.event_types).frame,
+                                on=KEY, how="left", suffixes=("_x", "")) if fcfg != cfg.features else ts.frame
+    names = model.spec_.names
+    for name, b in fit_baselines(train_rows[names], train_rows[Labeled.label].to_numpy(), cfg.baselines, cfg.seed).items():
+        probs[name] = np.asarray(b.predict_proba(rows[names]), dtype="float64")
+    scores = score_from_probability(p)
+    grades = model.grades(scores)
+    echo(f"evaluated on {len(newer)} labelled as-of times newer than its training cut-off {fit_to} "
+         f"({newer[0]:%Y-%m-%d} to {newer[-1]:%Y-%m-%d}, {len(y):,} leads)")
+    return Evaluation(
+        metrics=pd.DataFrame({k: evaluate(y, v) for k, v in probs.items()}),
+        reliability=reliability_table(y, p), lift=lift_table(y, p), grades=grade_table(y, grades),
+        predictions=rows[KEY].assign(label=y, probability=p, score=scores, grade=grades).reset_index(drop=True),
+    )
+
+
+def _same_rows(stored: pd.DataFrame, rows: pd.DataFrame) -> bool:
+    """Whether stored predictions cover exactly *rows* (lead, as-of and label)."""
+    if len(stored) != len(rows) or not {Labeled.lead_id, Labeled.as_of, "label"} <= set(stored.columns):
+        return False
+    a = stored[[Labeled.lead_id, Labeled.as_of, "label"]].astype(str).sort_values([Labeled.lead_id, Labeled.as_of])
+    b = rows[[Labeled.lead_id, Labeled.as_of, Labeled.label]].rename(columns={Labeled.label: "label"})
+    b = b.assign(**{Labeled.as_of: pd.to_datetime(b[Labeled.as_of])})
+    a = a.assign(**{Labeled.as_of: pd.to_datetime(a[Labeled.as_of])}).astype({"label": "int64"})
+    b = b.astype({Labeled.lead_id: str, "label": "int64"}).sort_values([Labeled.lead_id, Labeled.as_of])
+    return bool((a.to_numpy() == b.to_numpy()).all())
 
 
 def _same_figures(now: dict[str, float], recorded: dict[str, Any]) -> bool:
@@ -443,7 +598,12 @@ def evaluate_step(
     data_path: str | Path, config: Config, model_uri: str, out: str | Path, rejects: str | None = None,
     echo: Echo = _quiet, mapping: Mapping | None = None,
 ) -> dict[str, Any]:
-    """Re-evaluate a model on its own hold-out and write metrics and plots (DVC ``evaluate``)."""
+    """Evaluate a model where it learned nothing and write metrics and plots (DVC ``evaluate``).
+
+    On labelled as-of times newer than its training cut-off when the data holds any (the
+    deployed model scored there, the baselines fitted on the rows it learned from); otherwise
+    on its outer folds (see :func:`_own_holdout`). Says which.
+    """
     from convert import registry
     from convert.metrics import plot_lift, plot_reliability
 
@@ -452,7 +612,11 @@ def evaluate_step(
     cfg = config.with_overrides(labels__horizon_days=model.horizon_days)
     data = load_data(data_path, cfg, rejects, echo=echo, mapping=mapping)
     try:
-        _, _, ev = _own_holdout(data, model, cfg)
+        ev = _newer_evaluation(data, model, cfg, echo)
+        if ev is None:
+            _, _, ev = _own_holdout(data, model, cfg)
+            echo("evaluated on the outer folds of its training design (no labelled as-of time is newer "
+                 "than its training cut-off)")
     finally:
         data.close()
     out = Path(out)
@@ -497,7 +661,7 @@ def resolve_target(out: str | None) -> str:
 def score_step(
     data_path: str | Path,
     config: Config,
-    as_of: str,
+    as_of: str | pd.Timestamp,
     out: str | None,
     model_uri: str | None = None,
     table: str | None = None,
@@ -507,37 +671,70 @@ def score_step(
     progress: bool = True,
     engine: str = "duckdb",
     mapping: Mapping | None = None,
+    *,
+    allow_shrink: bool = False,
+    allow_older: bool = False,
+    replace: bool = False,
 ) -> tuple[Any, pd.DataFrame]:
     """Score the population at *as_of* with a registered model and write the results.
 
     With ``engine="spark"``, *data_path* is a folder (any path Spark reads) of typed contract
     tables in Parquet (``convert-leads export``); features and scores are computed by Spark
-    and collected for the same write-back.
+    and collected for the same write-back. *allow_shrink*, *allow_older* and *replace* lift
+    the write-back guards (:class:`convert.writeback.WriteGuards`).
     """
     from convert import registry
     from convert.score import iter_scores
-    from convert.writeback import write_scores
+    from convert.writeback import WriteGuards, write_scores
 
+    guards = WriteGuards.from_config(
+        config.writeback, allow_shrink=allow_shrink, allow_older=allow_older, replace=replace
+    )
     target = resolve_target(out)
     uri = model_uri or f"models:/{config.train.model_name}@{registry.CHAMPION}"
     model, label = registry.load_model(uri)
     echo(f"model {label} (from {uri})")
     if engine == "spark":
         scores = _score_with_spark(str(data_path), model, label, as_of, config)
-        summary = write_scores(scores, target, table or config.scoring.table)
+        if scores.empty:
+            from convert.exceptions import InsufficientDataError
+
+            raise InsufficientDataError(
+                f"no lead is open at {as_of} in {data_path}: choose an --as-of inside the export's "
+                "history; nothing was written"
+            )
+        summary = write_scores(scores, target, table or config.scoring.table, guards=guards)
         return summary, scores
     data = load_data(data_path, config, rejects, strict, echo, mapping)
     try:
-        scores = pd.concat(
-            list(iter_scores(data, model, as_of, config, label, progress=progress)), ignore_index=True
-        )
+        chunks = list(iter_scores(data, model, as_of, config, label, progress=progress))
+        if not chunks:
+            raise _empty_population(data, as_of, data_path)
     finally:
         data.close()
-    summary = write_scores(scores, target, table or config.scoring.table)
+    scores = pd.concat(chunks, ignore_index=True)
+    summary = write_scores(scores, target, table or config.scoring.table, guards=guards)
     return summary, scores
 
 
-def _score_with_spark(path: str, model: LeadScoringModel, label: str, as_of: str, config: Config) -> pd.DataFrame:
+def _empty_population(data: CRMData, as_of: str | pd.Timestamp, data_path: str | Path) -> Exception:
+    """The error for an as-of time at which no lead is open (before the data, or all closed)."""
+    from convert.exceptions import InsufficientDataError
+    from convert.labels import parse_as_of
+
+    t = parse_as_of(as_of)
+    first = data.earliest_created()
+    span = (f"; its first lead was created on {first:%Y-%m-%d}, its latest timestamp is "
+            f"{data.latest_timestamp():%Y-%m-%d}" if not pd.isna(first) else "; it holds no valid lead")
+    return InsufficientDataError(
+        f"no lead is open at {t} in {data.source.display if data.source.url else data_path} (none created "
+        f"before it, or all converted or disqualified by then){span}. Choose an --as-of inside the "
+        "export's history; nothing was written"
+    )
+
+
+def _score_with_spark(path: str, model: LeadScoringModel, label: str, as_of: str | pd.Timestamp,
+                      config: Config) -> pd.DataFrame:
     from convert.labels import parse_as_of
     from convert.spark import (
         features_spark,
@@ -569,7 +766,7 @@ def export_step(data_path: str | Path, config: Config, out: str | Path, rejects:
 
 
 def explain_step(
-    data_path: str | Path, config: Config, as_of: str, lead_id: str, model_uri: str | None = None,
+    data_path: str | Path, config: Config, as_of: str | pd.Timestamp, lead_id: str, model_uri: str | None = None,
     plot: str | Path | None = None, rejects: str | None = None, echo: Echo = _quiet,
     mapping: Mapping | None = None,
 ) -> LeadExplanation:
@@ -668,7 +865,7 @@ class ReportSummary:
 
 
 def report_step(
-    data_path: str | Path, config: Config, as_of: str, out: str | Path, model_uri: str | None = None,
+    data_path: str | Path, config: Config, as_of: str | pd.Timestamp, out: str | Path, model_uri: str | None = None,
     backtest: str | Path | None = None, rejects: str | None = None, strict: bool | None = None,
     echo: Echo = _quiet, log_to_mlflow: bool = True, mapping: Mapping | None = None,
 ) -> ReportSummary:
@@ -737,7 +934,7 @@ def _read_backtest(path: str | Path) -> Any:
 
 
 def backtest_step(
-    data_path: str | Path, config: Config, start: str, end: str, every: str | None, retrain_every: str | None,
+    data_path: str | Path, config: Config, start: str | pd.Timestamp, end: str | pd.Timestamp, every: str | None, retrain_every: str | None,
     out: str | Path, rejects: str | None = None, strict: bool | None = None, echo: Echo = _quiet,
     mapping: Mapping | None = None,
 ) -> Any:
@@ -882,13 +1079,18 @@ def allocate_step(
     strict: bool | None = None,
     echo: Echo = _quiet,
     mapping: Mapping | None = None,
+    allow_older: bool = False,
+    replace: bool = False,
 ) -> AllocateSummary:
     """Allocate the scored leads to reps and write the assignments (``convert-leads allocate``).
 
     Reads the scores ``score`` wrote, the reps and the export (lead attributes and owners);
     learns rep effects from owned leads with known outcomes (the model that wrote the scores
     predicts them at their first snapshot); allocates; writes one row per scored lead with
-    the write-back of scores (atomic switch, lock, ``{table}_history``).
+    the write-back of scores (atomic switch, lock, ``{table}_history``) and its guards: an
+    as-of older than the table's newest is refused unless *allow_older*, another model's
+    assignments are replaced only with *replace*; the shrink guard does not apply
+    (assignments churn every day).
     """
     from convert import registry
     from convert.allocate import (
@@ -902,9 +1104,10 @@ def allocate_step(
     )
     from convert.exceptions import ConfigError, ContractError, WritebackError
     from convert.score import ROUTE
-    from convert.writeback import read_table, write_scores
+    from convert.writeback import WriteGuards, read_table, write_scores
 
     cfg = config.allocation
+    guards = WriteGuards.from_config(config.writeback, allow_older=allow_older, replace=replace)
     table = table or cfg.table
     if not str(data_path).startswith("env:") and "://" not in str(data_path) and Path(data_path).is_file():
         raise ConfigError(
@@ -998,7 +1201,7 @@ def allocate_step(
         AssignmentOutput.model_version: s["model_version"].astype(str).to_numpy(),
         AssignmentOutput.assigned_at: assigned_at,
     })[AssignmentOutput.names()]
-    written = write_scores(output, target, table, schema=AssignmentOutput, allow_empty=True)
+    written = write_scores(output, target, table, schema=AssignmentOutput, allow_empty=True, guards=guards)
     truth = None
     if compare_effects:
         t = _read_any(compare_effects, "rep_effects", "--compare-effects")
@@ -1008,3 +1211,18 @@ def allocate_step(
         t = t.assign(effect=pd.to_numeric(t["effect"]))
         truth = expected_under(allocation, frame, RepEffects(t), rep_table.ids)
     return AllocateSummary(allocation, effects, written, len(history), as_of, model_version, truth, history)
+
+
+# --- failures a user fixes -------------------------------------------------------------------
+
+
+def user_error(exc: BaseException) -> ConvertError | None:
+    """A failure of an engine underneath that the user fixes by a setting, as a
+    :class:`~convert.exceptions.ConvertError` with the fix; ``None`` for anything else (a bug).
+
+    DuckDB running out of memory (``features.duckdb_memory_limit`` too small for the
+    export) is the one known today; the CLI prints the message and exits with code 2.
+    """
+    from convert.io import out_of_memory
+
+    return out_of_memory(exc)

@@ -6,11 +6,19 @@ contract is one declared :class:`Rule` (column, SQL condition, reason); a row is
 quarantined for the first rule it breaks, and rows of a quarantined lead follow it.
 Errors stop with a :class:`~convert.exceptions.ContractError` naming file, row and
 column. Working in SQL keeps exports of a hundred million events within memory.
+
+Beyond the contract's table, input that would break what comes later is set aside here:
+an id holding a control character (a NUL byte fails every PostgreSQL write), a timestamp
+outside ``data.valid_from`` .. ``data.valid_to`` (``0001-01-01`` placeholders), and
+firmographics that are infinite, NaN or negative; control characters in other text are
+removed and counted, and a non-finite event value is emptied like a non-numeric one.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import duckdb
 import pandas as pd
@@ -29,6 +37,43 @@ from convert.schema import (
     Stages,
     TableSchema,
 )
+
+#: Control characters (RE2 class): C0 but tab and newline, DEL and C1. A NUL byte among
+#: them is refused by PostgreSQL in any text; the others garble files and screens.
+CONTROL = r"[\x00-\x08\x0B-\x1F\x7F-\x9F]"
+
+
+CONTROL_RE = re.compile(CONTROL)
+
+
+def control_warning(column: str) -> str:
+    """The summary's warning for a text column whose control characters were removed."""
+    return f"control characters removed from {column!r} (NUL and others but tab and newline)"
+
+
+def strip_control(frame: pd.DataFrame, skip: tuple[str | None, ...] = ()) -> dict[str, int]:
+    """Remove control characters from the text columns of *frame* (in place) but *skip*;
+    return the number of values changed per column (flat files, read with pandas)."""
+    changed: dict[str, int] = {}
+    for column in frame.columns:
+        if column in skip or not (pd.api.types.is_object_dtype(frame[column]) or pd.api.types.is_string_dtype(frame[column])):
+            continue
+        text = frame[column]
+        hit = text.map(lambda v: isinstance(v, str) and CONTROL_RE.search(v) is not None).astype(bool)
+        if hit.any():
+            frame.loc[hit, column] = text[hit].map(lambda v: CONTROL_RE.sub("", v))
+            changed[str(column)] = int(hit.sum())
+    return changed
+
+
+def has_control(sql: str) -> str:
+    """SQL: whether text *sql* holds a control character (NULL stays NULL)."""
+    return f"regexp_matches({sql}, '{CONTROL}')"
+
+
+def without_control(sql: str) -> str:
+    """SQL: text *sql* with its control characters removed."""
+    return f"regexp_replace({sql}, '{CONTROL}', '', 'g')"
 
 
 def quote(name: str) -> str:
@@ -100,8 +145,14 @@ def _text(col: str, raw_type: str) -> str:
     return f"CAST({quote(col)} AS VARCHAR)"
 
 
-def _typed(col: Column, raw_type: str) -> str:
-    """SQL casting a raw column to its contract type; NULL where it does not parse."""
+def _typed(col: Column, raw_type: str, dirty: bool = True) -> str:
+    """SQL casting a raw column to its contract type; NULL where it does not parse.
+
+    Numbers are finite or NULL (``inf``, ``1e400``, ``NaN`` do not parse as a number);
+    text that is not an id loses its control characters (an id keeps them: its row is
+    quarantined by a rule). *dirty*: whether the column holds any control character at all
+    (a clean column skips the regular expression).
+    """
     text = _text(col, raw_type)
     if col.dtype == "timestamp":
         source = text if raw_type == "VARCHAR" else quote(col)
@@ -110,25 +161,37 @@ def _typed(col: Column, raw_type: str) -> str:
     if col.dtype == "integer":
         return f"TRY_CAST(TRY_CAST({text} AS DOUBLE) AS BIGINT)"
     if col.dtype == "number":
-        return f"TRY_CAST({text} AS DOUBLE)"
-    return text
+        number = f"TRY_CAST({text} AS DOUBLE)"
+        return f"CASE WHEN isfinite({number}) THEN {number} END"
+    if col.identifier or not dirty:
+        return text
+    return f"NULLIF(trim({without_control(text)}), '')"
+
+
+def _finite(col: str) -> str:
+    """SQL: the raw text of *col* read as a double (``inf`` and ``NaN`` included)."""
+    return f"TRY_CAST({quote('raw__' + col)} AS DOUBLE)"
 
 
 def _parsed_select(
-    schema: type[TableSchema], raw: str, columns: dict[str, str]
+    schema: type[TableSchema], raw: str, columns: dict[str, str], dirty: frozenset[str] = frozenset()
 ) -> str:
     """SELECT of a raw table with each contract column typed (``c``) and as text (``raw__c``)."""
     parts = [f"rowid + 1 AS {ROW}"]
     for col in schema.columns():
         if col in columns:
-            parts.append(f"{_typed(col, columns[col])} AS {quote(col)}")
+            parts.append(f"{_typed(col, columns[col], col in dirty)} AS {quote(col)}")
             parts.append(f"{_text(col, columns[col])} AS {quote('raw__' + col)}")
         else:
             parts.append(f"CAST(NULL AS {DUCKDB_TYPES[col.dtype]}) AS {quote(col)}")
             parts.append(f"CAST(NULL AS VARCHAR) AS {quote('raw__' + col)}")
     for extra in columns:
         if extra not in schema.names():
-            parts.append(quote(extra))
+            if extra in dirty:  # extra attributes are text too: cleaned, and counted
+                parts.append(f"{without_control(quote(extra))} AS {quote(extra)}")
+                parts.append(f"{has_control(quote(extra))} AS {quote('ctl__' + extra)}")
+            else:
+                parts.append(quote(extra))
     return f"SELECT {', '.join(parts)} FROM {raw}"
 
 
@@ -141,57 +204,93 @@ def _case(rules: list[Rule], what: str) -> str:
 
 
 def _value_case(rules: list[Rule]) -> str:
+    """The offending raw value, its control characters shown as U+FFFD (the rejects file is text)."""
     arms = " ".join(f"WHEN {r.condition} THEN {quote('raw__' + r.column)}" for r in rules)
-    return f"CASE {arms} ELSE NULL END"
+    return f"regexp_replace(CASE {arms} ELSE NULL END, '{CONTROL}', '\ufffd', 'g')"
 
 
 # --- the contract's rules -------------------------------------------------------------------
 
 L, A, E, S = Leads, Accounts, Events, Stages
 
-LEAD_RULES = [
-    Rule(L.lead_id, f"{L.lead_id} IS NULL", "empty lead_id"),
-    Rule(L.created_at, f"{L.created_at} IS NULL", "created_at is empty or not an ISO 8601 timestamp"),
-    Rule(
-        L.converted_at,
-        f"raw__{L.converted_at} IS NOT NULL AND {L.converted_at} IS NULL",
-        "converted_at is not an ISO 8601 timestamp",
-    ),
-    Rule(L.converted_at, f"{L.converted_at} < {L.created_at}", "converted_at is earlier than created_at"),
-    Rule(
-        L.disqualified_at,
-        f"raw__{L.disqualified_at} IS NOT NULL AND {L.disqualified_at} IS NULL",
-        "disqualified_at is not an ISO 8601 timestamp",
-    ),
-    Rule(
-        L.disqualified_at,
-        f"{L.disqualified_at} < {L.created_at}",
-        "disqualified_at is earlier than created_at",
-    ),
-]
 
-ACCOUNT_RULES = [
-    Rule(A.account_id, f"{A.account_id} IS NULL", "empty account_id"),
-    Rule(
-        A.employees,
-        f"raw__{A.employees} IS NOT NULL AND {A.employees} IS NULL",
-        "employees is not a number",
-    ),
-    Rule(
-        A.annual_revenue,
-        f"raw__{A.annual_revenue} IS NOT NULL AND {A.annual_revenue} IS NULL",
-        "annual_revenue is not a number",
-    ),
-]
+def _ts(value: datetime) -> str:
+    return f"TIMESTAMP '{value:%Y-%m-%d %H:%M:%S.%f}'"
 
 
-def _child_rules(time_col: str, kind_col: str, table: str) -> list[Rule]:
+def _control_rule(col: str, dirty: frozenset[str]) -> Rule:
+    condition = has_control(quote("raw__" + col)) if col in dirty else "false"
+    return Rule(col, condition,
+                f"{col} contains a control character (a NUL byte or another non-printing one)")
+
+
+def _plausible_rule(col: str, valid: tuple[datetime, datetime]) -> Rule:
+    lo, hi = valid
+    return Rule(
+        col,
+        f"({quote(col)} < {_ts(lo)} OR {quote(col)} > {_ts(hi)})",
+        f"{col} is implausible: outside data.valid_from .. data.valid_to ({lo:%Y-%m-%d} .. {hi:%Y-%m-%d})",
+    )
+
+
+def lead_rules(valid: tuple[datetime, datetime], dirty: frozenset[str] = frozenset()) -> list[Rule]:
+    """The contract's rules for ``leads``, with timestamps plausible within *valid* (*dirty*:
+    the columns holding a control character somewhere)."""
+    return [
+        Rule(L.lead_id, f"{L.lead_id} IS NULL", "empty lead_id"),
+        _control_rule(L.lead_id, dirty),
+        _control_rule(L.account_id, dirty),
+        Rule(L.created_at, f"{L.created_at} IS NULL", "created_at is empty or not an ISO 8601 timestamp"),
+        _plausible_rule(L.created_at, valid),
+        Rule(
+            L.converted_at,
+            f"raw__{L.converted_at} IS NOT NULL AND {L.converted_at} IS NULL",
+            "converted_at is not an ISO 8601 timestamp",
+        ),
+        _plausible_rule(L.converted_at, valid),
+        Rule(L.converted_at, f"{L.converted_at} < {L.created_at}", "converted_at is earlier than created_at"),
+        Rule(
+            L.disqualified_at,
+            f"raw__{L.disqualified_at} IS NOT NULL AND {L.disqualified_at} IS NULL",
+            "disqualified_at is not an ISO 8601 timestamp",
+        ),
+        _plausible_rule(L.disqualified_at, valid),
+        Rule(
+            L.disqualified_at,
+            f"{L.disqualified_at} < {L.created_at}",
+            "disqualified_at is earlier than created_at",
+        ),
+    ]
+
+
+def _firmographic_rules(col: str) -> list[Rule]:
+    return [
+        Rule(col, f"NOT isfinite({_finite(col)})", f"{col} is not a finite number (inf or NaN)"),
+        Rule(col, f"raw__{col} IS NOT NULL AND {quote(col)} IS NULL", f"{col} is not a number"),
+        Rule(col, f"{_finite(col)} < 0", f"{col} is negative"),
+    ]
+
+
+def account_rules(dirty: frozenset[str] = frozenset()) -> list[Rule]:
+    return [
+        Rule(A.account_id, f"{A.account_id} IS NULL", "empty account_id"),
+        _control_rule(A.account_id, dirty),
+        *_firmographic_rules(A.employees),
+        *_firmographic_rules(A.annual_revenue),
+    ]
+
+
+def _child_rules(
+    time_col: str, kind_col: str, valid: tuple[datetime, datetime], dirty: frozenset[str]
+) -> list[Rule]:
     """Rules shared by events and stages: a row belongs to a valid lead and is dated after it."""
     return [
         Rule("lead_id", "lead_id IS NULL", "empty lead_id"),
+        _control_rule("lead_id", dirty),
         Rule("lead_id", "lead__exists AND lead__reason IS NOT NULL", "its lead is quarantined"),
         Rule("lead_id", "NOT lead__exists", "lead_id not found in leads"),
         Rule(time_col, f"{quote(time_col)} IS NULL", f"{time_col} is empty or not an ISO 8601 timestamp"),
+        _plausible_rule(time_col, valid),
         Rule(kind_col, f"{quote(kind_col)} IS NULL", f"empty {kind_col}"),
         Rule(
             time_col,
@@ -201,8 +300,12 @@ def _child_rules(time_col: str, kind_col: str, table: str) -> list[Rule]:
     ]
 
 
-EVENT_RULES = _child_rules(E.occurred_at, E.event_type, E.table)
-STAGE_RULES = _child_rules(S.entered_at, S.stage, S.table)
+def event_rules(valid: tuple[datetime, datetime], dirty: frozenset[str] = frozenset()) -> list[Rule]:
+    return _child_rules(E.occurred_at, E.event_type, valid, dirty)
+
+
+def stage_rules(valid: tuple[datetime, datetime], dirty: frozenset[str] = frozenset()) -> list[Rule]:
+    return _child_rules(S.entered_at, S.stage, valid, dirty)
 
 
 # --- validation -----------------------------------------------------------------------------
@@ -233,13 +336,19 @@ def validate(
             _require_columns(schema, raw_columns[table], source.label(table))
 
     reports = {t: TableReport(t, source.label(t) if t in raw_columns else None) for t in CONTRACT_TABLES}
+    valid = config.valid_range()
+    dirty = {table: _with_control(con, table, raw_types[table]) for table in raw_columns}
+    none: frozenset[str] = frozenset()
 
-    _check_table(con, Leads, LEAD_RULES, raw_types.get("leads", {}), source)
+    _check_table(con, Leads, lead_rules(valid, dirty.get("leads", none)), raw_types.get("leads", {}), source,
+                 dirty.get("leads", none))
     if "accounts" in raw_columns:
-        _check_table(con, Accounts, ACCOUNT_RULES, raw_types["accounts"], source)
-    for schema, rules in ((Events, EVENT_RULES), (Stages, STAGE_RULES)):
+        _check_table(con, Accounts, account_rules(dirty["accounts"]), raw_types["accounts"], source,
+                     dirty["accounts"])
+    for schema, rules in ((Events, event_rules), (Stages, stage_rules)):
         if schema.table in raw_columns:
-            _check_child(con, schema, rules, raw_types[schema.table])
+            found = dirty[schema.table]
+            _check_child(con, schema, rules(valid, found), raw_types[schema.table], found)
 
     rejects = []
     for table, schema in CONTRACT_TABLES.items():
@@ -256,6 +365,7 @@ def validate(
         )
         rep.quarantined = sum(rep.reasons.values())
         rep.rows_loaded = rep.rows_read - rep.quarantined
+        rep.warnings.update(_control_counts(con, schema, dirty[table]))
         rejects.append(
             con.execute(
                 f"SELECT '{table}' AS {quote(Rejects.table_name)}, {ROW} AS {quote(Rejects.row)}, "
@@ -274,7 +384,7 @@ def validate(
             f"AND {quote(E.value)} IS NULL",
         )[0]
         if n:
-            reports["events"].warnings["value is not a number; the event is kept with no value"] = n
+            reports["events"].warnings["value is not a finite number; the event is kept with no value"] = n
 
     frame = (
         pd.concat(rejects, ignore_index=True)
@@ -286,6 +396,43 @@ def validate(
     for table in raw_columns:
         con.execute(f"DROP TABLE IF EXISTS checked_{table}")
     return report
+
+
+def _with_control(con: duckdb.DuckDBPyConnection, table: str, raw_types: dict[str, str]) -> frozenset[str]:
+    """The text columns of ``raw_<table>`` holding a control character somewhere: one scan,
+    so that clean columns (the usual case) skip the cleaning and the id rules."""
+    text = [c for c, t in raw_types.items() if t == "VARCHAR"]
+    if not text:
+        return frozenset()
+    anywhere = f"regexp_matches(concat({', '.join(quote(c) for c in text)}), '{CONTROL}')"
+    if not fetch_row(con, f"SELECT coalesce(bool_or({anywhere}), false) FROM raw_{table}")[0]:
+        return frozenset()  # one pass over the row's text: the usual, clean case
+    found = fetch_row(con, "SELECT " + ", ".join(f"coalesce(bool_or({has_control(quote(c))}), false)" for c in text)
+                      + f" FROM raw_{table}")
+    return frozenset(c for c, hit in zip(text, found, strict=True) if hit)
+
+
+def _control_counts(con: duckdb.DuckDBPyConnection, schema: type[TableSchema], dirty: frozenset[str]) -> dict[str, int]:
+    """Loaded rows per text column whose control characters were removed (a warning each)."""
+    names = schema.names()
+    checks = {
+        str(c): has_control(quote("raw__" + c))
+        for c in schema.columns()
+        if c.dtype == "string" and not c.identifier and c in dirty
+    }
+    checks.update({c: quote("ctl__" + c) for c in sorted(dirty) if c not in names})
+    if not checks:
+        return {}
+    counts = fetch_row(
+        con,
+        "SELECT " + ", ".join(f"count(*) FILTER (WHERE {sql})" for sql in checks.values())
+        + f" FROM checked_{schema.table} WHERE reason IS NULL",
+    )
+    return {
+        control_warning(column): int(n)
+        for column, n in zip(checks, counts, strict=True)
+        if n
+    }
 
 
 def _require_columns(schema: type[TableSchema], present: list[str], file: str) -> None:
@@ -305,10 +452,11 @@ def _check_table(
     rules: list[Rule],
     raw_types: dict[str, str],
     source: Source,
+    dirty: frozenset[str] = frozenset(),
 ) -> None:
     table = schema.table
     key = schema.key[0]
-    parsed = _parsed_select(schema, f"raw_{table}", raw_types)
+    parsed = _parsed_select(schema, f"raw_{table}", raw_types, dirty)
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE checked_{table} AS SELECT *, {_case(rules, 'column')} AS bad_column, "
         f"{_value_case(rules)} AS bad_value, {_case(rules, 'reason')} AS reason FROM ({parsed})"
@@ -334,9 +482,10 @@ def _check_child(
     schema: type[TableSchema],
     rules: list[Rule],
     raw_types: dict[str, str],
+    dirty: frozenset[str] = frozenset(),
 ) -> None:
     table = schema.table
-    parsed = _parsed_select(schema, f"raw_{table}", raw_types)
+    parsed = _parsed_select(schema, f"raw_{table}", raw_types, dirty)
     joined = (
         f"SELECT c.*, l.{L.lead_id} IS NOT NULL AS lead__exists, l.reason AS lead__reason, "
         f"l.{L.created_at} AS lead__created_at FROM ({parsed}) c "

@@ -19,9 +19,10 @@ One database run:
 2. the rows are staged in chunks, in ``lead_id`` order, into a temporary table of the
    session (PostgreSQL: ``COPY ... FROM STDIN`` in the binary format; SQLite:
    ``executemany``); nothing visible changes;
-3. then ONE transaction creates the tables when absent, deletes from the current table the
-   leads missing from this run's batch (they left the population: converted or
-   disqualified), upserts the batch into the current table and into the history table.
+3. then ONE transaction takes the table's lock, creates the tables when absent, checks the
+   guards (below), deletes from the current table the leads missing from this run's batch
+   (they left the population: converted or disqualified), upserts the batch into the
+   current table and into the history table.
    The upserts only rewrite rows whose values changed, so a re-run is idempotent. SQLite
    runs ``INSERT ... ON CONFLICT (lead_id) DO UPDATE``; PostgreSQL gets the same result
    faster in bulk with one ``MERGE`` (before version 15: ``UPDATE ... FROM`` the staging
@@ -31,8 +32,36 @@ One database run:
 
 Killed at any moment, the previous tables stay as they were (the staging table dies with
 the session; the switch commits in full or not at all), and a re-run gives the same final
-tables as an uninterrupted run. Concurrent runs on the same PostgreSQL table are
-serialized by a transaction-level advisory lock (SQLite: ``BEGIN IMMEDIATE``).
+tables as an uninterrupted run.
+
+Guards (:class:`WriteGuards`, the ``writeback:`` section of ``params.yaml``) are checked
+inside the switch's transaction, under the lock, before anything changes; a refusal
+(:class:`~convert.exceptions.WriteRefusedError`, exit code 2) rolls the transaction back:
+
+* **shrink**: a run that would remove more than ``max_removed_share`` of the current rows
+  (a partial export) is refused unless ``allow_shrink`` (``--allow-shrink``);
+* **older as-of**: a run whose (oldest) as-of is strictly older than the newest as-of in
+  the current table is refused unless ``allow_older`` (``--allow-older``); a re-run at the
+  same as-of is fine, and an allowed older run appends its history like any run;
+* **one model per table**: the current table holds one model name's scores (the part of
+  ``model_version`` before ``/``); a run of another model is refused unless ``replace``
+  (``--replace``), which replaces them all (the shrink and as-of guards compare runs of
+  one model, so they do not apply then).
+
+Locks: concurrent runs on one table are serialized, whichever spelling names it (``t``,
+``public.t``: the lock is taken on the schema-qualified name). PostgreSQL takes a
+transaction-level advisory lock keyed on that name, under ``SET LOCAL lock_timeout``;
+SQLite takes ``BEGIN IMMEDIATE`` under a busy timeout, and its database is switched to WAL
+mode (existing files too) so an open reader never blocks the commit. A file target is
+guarded the same way under an exclusive lock file (``.NAME.lock`` beside it, removed
+after). Waiting longer than ``lock_timeout_s`` stops the run with
+:class:`~convert.exceptions.WriteLockedError` ("another run holds TABLE"), changing nothing.
+
+The guards are not tied to the scores' columns: :class:`TableState` reads any table with
+an as-of and a model-version column, and :func:`lock_table` / :func:`file_lock` take the
+same locks. ``allocate``'s assignments (``schema=AssignmentOutput``) go through the same
+lock, older-as-of and one-model-per-table guards and history table; the shrink guard does
+not apply to them (``SHRINK_GUARD = False``: assignments churn every day).
 
 Tables: ``lead_id`` TEXT, ``as_of``/``scored_at`` TIMESTAMP (naive UTC), ``probability``
 DOUBLE PRECISION (SQLite REAL), the points INTEGER, the rest TEXT (empty text is NULL).
@@ -45,6 +74,8 @@ SQLAlchemy, psycopg and pyarrow are imported lazily, inside the functions that n
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import logging
 import os
@@ -59,20 +90,34 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import quote, quote_plus
 
 import numpy as np
 import pandas as pd
 
-from convert.exceptions import WritebackError
+from convert.exceptions import WritebackError, WriteLockedError, WriteRefusedError
 from convert.schema import Column, ScoreOutput, TableSchema
+from convert.urls import engine_url as _sqlalchemy_url
+from convert.urls import is_database_url, redact_url, secrets_of
 
 if TYPE_CHECKING:
     import pyarrow as pa
     import sqlalchemy as sa
     from sqlalchemy.engine import URL, Connection, Engine
 
-__all__ = ["WriteSummary", "engine_url", "read_table", "write_scores"]
+    from convert.config import WritebackConfig
+
+__all__ = [
+    "TableState",
+    "WriteGuards",
+    "WriteSummary",
+    "engine_url",
+    "file_lock",
+    "lock_table",
+    "model_name",
+    "qualified_name",
+    "read_table",
+    "write_scores",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +130,6 @@ _DERIVED_ROOM = max(len(HISTORY_SUFFIX) + len(AS_OF_INDEX_SUFFIX), len(STAGE_SUF
 MAX_IDENTIFIER = 63
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
 _TABLE_RE = re.compile(rf"(?:(?P<schema>{_IDENT})\.)?(?P<name>{_IDENT})")
-_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
-_USERINFO_RE = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 #: Text form of timestamps in SQLite (the form SQLAlchemy's SQLite dialect reads and writes).
 _SQLITE_TIMESTAMP = "%Y-%m-%d %H:%M:%S.%f"
 _INT32 = (-(2**31), 2**31 - 1)
@@ -114,11 +157,14 @@ class _Layout:
     names: tuple[str, ...]
     current_key: tuple[str, ...]
     history_key: tuple[str, ...]
+    #: whether the shrink guard applies (not to assignments: they churn every day)
+    shrink_guard: bool = True
 
     @classmethod
     def of(cls, schema: type[TableSchema]) -> _Layout:
         history = tuple(getattr(schema, "HISTORY_KEY", (*schema.key, "as_of", "model_version")))
-        return cls(tuple(schema.columns()), tuple(schema.names()), tuple(schema.key), history)
+        return cls(tuple(schema.columns()), tuple(schema.names()), tuple(schema.key), history,
+                   bool(getattr(schema, "SHRINK_GUARD", True)))
 
 
 _SCORES = _Layout.of(ScoreOutput)
@@ -171,6 +217,7 @@ def write_scores(
     *,
     chunk_rows: int = 100_000,
     allow_empty: bool = False,
+    guards: WriteGuards | None = None,
     schema: type[TableSchema] = ScoreOutput,
 ) -> WriteSummary:
     """Write *scores* (the :class:`ScoreOutput` columns) to *target*; see the module docs.
@@ -188,13 +235,22 @@ def write_scores(
         Rows per staging chunk (bounds the memory of one chunk's encoded form).
     allow_empty:
         An empty batch would delete every current score (the whole population left), so it
-        is refused unless this is true.
+        is refused unless this is true (the shrink guard applies on top).
+    guards:
+        What the run may do to the scores it replaces, and how long it waits for a lock
+        (default: ``WriteGuards()``, the defaults of the ``writeback:`` section).
     schema:
         The table's schema (a :class:`~convert.schema.TableSchema` with ``key`` and
-        ``HISTORY_KEY``): ``ScoreOutput``, or ``AssignmentOutput`` for ``allocate``.
+        ``HISTORY_KEY``): ``ScoreOutput``, or ``AssignmentOutput`` for ``allocate``. A schema
+        whose ``SHRINK_GUARD`` is false (assignments, which churn every day) skips the shrink
+        guard; the lock, the model and the as-of guards apply to every schema.
 
     Raises
     ------
+    WriteRefusedError
+        A guard refused the run; nothing was changed (the message names the flag).
+    WriteLockedError
+        Another run held the target's lock past ``guards.lock_timeout_s``; nothing changed.
     WritebackError
         Invalid frame, table name or target, or the write failed; the previous scores are
         intact (the message says so, or says what to do in the rare case it cannot know).
@@ -202,12 +258,17 @@ def write_scores(
     started = time.perf_counter()
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
         raise WritebackError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+    guards = WriteGuards() if guards is None else guards
     name = _parse_table(table, suffix=_DERIVED_ROOM)
     dest = _parse_target(target)
     layout = _SCORES if schema is ScoreOutput else _Layout.of(schema)
+    if not layout.shrink_guard:
+        guards = dataclasses.replace(guards, allow_shrink=True)
     frame = _prepare(scores, allow_empty=allow_empty, layout=layout)
+    batch = TableState.of_frame(frame)
+    guards.check_batch(batch)
     if isinstance(dest, _FileTarget):
-        _write_file(frame, dest, layout)
+        _write_file(frame, dest, guards, batch, layout)
         summary = WriteSummary(
             target=dest.display,
             table=None,
@@ -217,7 +278,9 @@ def write_scores(
             seconds=time.perf_counter() - started,
         )
     else:
-        removed, added, updated = _write_database(frame, dest, name, chunk_rows, layout)
+        removed, added, updated = _write_database(
+            frame, dest, name, chunk_rows, guards, batch, layout
+        )
         summary = WriteSummary(
             target=dest.display,
             table=name.display,
@@ -324,11 +387,6 @@ class _DbTarget:
         return text
 
 
-def _redact(text: str) -> str:
-    """A URL-ish string without the password of its user info, for unparsable targets."""
-    return _USERINFO_RE.sub(r"\1***@", text)
-
-
 def _parse_target(target: object) -> _FileTarget | _DbTarget:
     try:
         text = os.fspath(target)  # type: ignore[call-overload]
@@ -338,7 +396,7 @@ def _parse_target(target: object) -> _FileTarget | _DbTarget:
         ) from None
     if isinstance(text, bytes):
         text = os.fsdecode(text)
-    if _URL_RE.match(text):
+    if is_database_url(text):
         return _parse_url(text)
     path = Path(text)
     suffix = path.suffix.lower()
@@ -346,20 +404,17 @@ def _parse_target(target: object) -> _FileTarget | _DbTarget:
         return _FileTarget(path, "parquet")
     if suffix == ".csv":
         return _FileTarget(path, "csv")
-    raise WritebackError(f"unsupported target {_redact(text)!r}: {_TARGET_HELP}")
+    raise WritebackError(f"unsupported target {redact_url(text)!r}: {_TARGET_HELP}")
 
 
 def _parse_url(text: str) -> _DbTarget:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
+    safe = redact_url(text)
     try:
-        url = make_url(text)
-    except (ArgumentError, ValueError):
+        url = _sqlalchemy_url(text)
+    except ValueError:
         raise WritebackError(
-            f"target {_redact(text)!r} is not a valid database URL: {_TARGET_HELP}"
+            f"target {safe!r} is not a valid database URL: {_TARGET_HELP}"
         ) from None
-    safe = url.render_as_string(hide_password=True)
     backend = url.get_backend_name()
     dialect: Literal["sqlite", "postgresql"]
     if backend in ("postgresql", "postgres"):
@@ -380,12 +435,10 @@ def _parse_url(text: str) -> _DbTarget:
         dialect = "sqlite"
     else:
         raise WritebackError(f"unsupported target scheme {backend!r} in {safe!r}: {_TARGET_HELP}")
-    password = url.password
-    secrets: tuple[str, ...] = ()
-    if password:
-        spellings = {str(password), quote_plus(str(password)), quote(str(password), safe="")}
-        secrets = tuple(sorted(spellings, key=len, reverse=True))
-    return _DbTarget(url, dialect, secrets, safe)
+    secrets = set(secrets_of(text))
+    if url.password:
+        secrets.add(str(url.password))
+    return _DbTarget(url, dialect, tuple(sorted(secrets, key=len, reverse=True)), safe)
 
 
 # --- the frame: columns, types, keys ------------------------------------------------------
@@ -548,15 +601,340 @@ def _to_arrow(frame: pd.DataFrame, layout: _Layout = _SCORES) -> pa.Table:
     return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
 
 
+# --- guards and locks -----------------------------------------------------------------------
+
+
+def model_name(version: object) -> str:
+    """The model name of a ``model_version``: the part before ``/`` (``lead-conversion/3``
+    -> ``lead-conversion``; a bundle folder's ``NAME/VERSION`` -> ``NAME``)."""
+    return str(version).split("/", 1)[0]
+
+
+def _stamp(value: object) -> pd.Timestamp | None:
+    if value is None:
+        return None
+    stamp = pd.Timestamp(value)  # type: ignore[arg-type]
+    return None if pd.isna(stamp) else stamp
+
+
+@dataclass(frozen=True)
+class TableState:
+    """What a table's rows hold, as the guards compare them: a current table, or a batch.
+
+    ``models`` are model names (:func:`model_name`), sorted.
+    """
+
+    rows: int
+    oldest_as_of: pd.Timestamp | None
+    newest_as_of: pd.Timestamp | None
+    models: tuple[str, ...]
+
+    @classmethod
+    def of_frame(
+        cls,
+        frame: pd.DataFrame,
+        as_of: str = ScoreOutput.as_of,
+        version: str = ScoreOutput.model_version,
+    ) -> TableState:
+        """The state of the rows of *frame* (columns *as_of* and *version*)."""
+        if frame.empty:
+            return cls(0, None, None, ())
+        stamps = pd.to_datetime(frame[as_of])
+        versions = frame[version].dropna().unique()
+        return cls(
+            len(frame),
+            _stamp(stamps.min()),
+            _stamp(stamps.max()),
+            tuple(sorted({model_name(v) for v in versions})),
+        )
+
+    @classmethod
+    def of_table(
+        cls,
+        conn: Connection,
+        table: sa.Table,
+        as_of: str = ScoreOutput.as_of,
+        version: str = ScoreOutput.model_version,
+    ) -> TableState:
+        """The state of a database table, in one scan (call it inside the locked transaction)."""
+        import sqlalchemy as sa
+
+        rows = conn.execute(
+            sa.select(
+                table.c[version],
+                sa.func.count(),
+                sa.func.min(table.c[as_of]),
+                sa.func.max(table.c[as_of]),
+            ).group_by(table.c[version])
+        ).all()
+        if not rows:
+            return cls(0, None, None, ())
+        olds = [s for s in (_stamp(r[2]) for r in rows) if s is not None]
+        news = [s for s in (_stamp(r[3]) for r in rows) if s is not None]
+        return cls(
+            sum(int(r[1]) for r in rows),
+            min(olds) if olds else None,
+            max(news) if news else None,
+            tuple(sorted({model_name(r[0]) for r in rows if r[0] is not None})),
+        )
+
+
+@dataclass(frozen=True)
+class WriteGuards:
+    """What one write may do to the rows it replaces, and how long it waits for a lock.
+
+    Built from the ``writeback:`` section and the command's flags with
+    :meth:`from_config`; see the module docs for the three guards. The checks take the
+    current table's :class:`TableState` read under the lock, so two runs cannot both pass
+    them on the same old state.
+    """
+
+    max_removed_share: float = 0.2
+    allow_shrink: bool = False
+    allow_older: bool = False
+    replace: bool = False
+    lock_timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_removed_share <= 1.0:
+            raise WritebackError(
+                f"max_removed_share must be between 0 and 1, got {self.max_removed_share!r}"
+            )
+        if not self.lock_timeout_s > 0:
+            raise WritebackError(f"lock_timeout_s must be positive, got {self.lock_timeout_s!r}")
+
+    @classmethod
+    def from_config(
+        cls,
+        config: WritebackConfig,
+        *,
+        allow_shrink: bool = False,
+        allow_older: bool = False,
+        replace: bool = False,
+    ) -> WriteGuards:
+        """The guards of the ``writeback:`` section with the command's flags."""
+        return cls(
+            max_removed_share=config.max_removed_share,
+            allow_shrink=allow_shrink,
+            allow_older=allow_older,
+            replace=replace,
+            lock_timeout_s=config.lock_timeout_s,
+        )
+
+    def check_batch(self, batch: TableState) -> None:
+        """A batch holds one model's rows (checked before anything is opened)."""
+        if len(batch.models) > 1:
+            raise WriteRefusedError(
+                f"refused: the rows to write come from {len(batch.models)} models "
+                f"({', '.join(map(repr, batch.models))}), but a table holds one model's rows; "
+                "write each model's rows to its own table (--table). Nothing was changed."
+            )
+
+    def check_switch(self, label: str, current: TableState, batch: TableState) -> bool:
+        """The model and as-of guards, before anything changes.
+
+        Returns whether the shrink guard then applies (not when ``replace`` swaps the rows of
+        another model for this batch's).
+        """
+        if not current.rows:
+            return False
+        other = [m for m in current.models if m not in batch.models]
+        if other and batch.models:
+            if not self.replace:
+                raise WriteRefusedError(
+                    f"refused: {label} holds scores of model {', '.join(map(repr, other))}; "
+                    f"this run's come from model {batch.models[0]!r}. Writing them would "
+                    f"replace all {current.rows:,} current rows of the other model. Nothing "
+                    "was changed. Pass --replace to replace them (their history is kept), or "
+                    "write this model's scores to another table (--table)."
+                )
+            return False
+        newest, oldest = current.newest_as_of, batch.oldest_as_of
+        if newest is not None and oldest is not None and oldest < newest and not self.allow_older:
+            raise WriteRefusedError(
+                f"refused: this run's as-of {oldest} is older than the newest as-of {newest} "
+                f"in {label}; writing it would put older scores over newer ones for up to "
+                f"{current.rows:,} leads. Nothing was changed. Pass --allow-older to write "
+                "them anyway (the history keeps both runs)."
+            )
+        return True
+
+    def check_removal(self, label: str, current_rows: int, removed: int) -> None:
+        """The shrink guard: *removed* of *current_rows* rows would leave the table."""
+        if not current_rows or self.allow_shrink:
+            return
+        share = removed / current_rows
+        if share > self.max_removed_share:
+            raise WriteRefusedError(
+                f"refused: this run would remove {removed:,} of the {current_rows:,} current "
+                f"rows of {label} ({share:.1%}; writeback.max_removed_share is "
+                f"{self.max_removed_share:.1%}): rows missing from the batch leave the table. "
+                "Nothing was changed. Check that the export is complete; pass --allow-shrink "
+                "if the population really shrank."
+            )
+
+
+def _lock_key(qualified: str) -> int:
+    """A 64-bit advisory-lock key for a schema-qualified table name."""
+    digest = hashlib.blake2b(f"convert.writeback:{qualified}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def qualified_name(conn: Connection, table: str) -> str:
+    """*table* (``t`` or ``schema.t``) as ``schema.t``, the schema the server resolves a bare
+    name to (PostgreSQL: ``current_schema()``; SQLite: ``main``): the name locks are keyed on."""
+    import sqlalchemy as sa
+
+    name = _parse_table(table, suffix=0)
+    if name.schema:
+        return f"{name.schema}.{name.name}"
+    if conn.dialect.name == "postgresql":
+        schema = conn.execute(sa.text("SELECT current_schema()")).scalar() or "public"
+    else:
+        schema = "main"
+    return f"{schema}.{name.name}"
+
+
+def lock_table(conn: Connection, qualified: str, timeout_s: float) -> None:
+    """Serialize writers of *qualified* for the rest of the current transaction.
+
+    PostgreSQL: ``lock_timeout`` for every lock of the transaction, then an advisory lock
+    keyed on the schema-qualified name (released at commit or rollback). SQLite: the
+    ``BEGIN IMMEDIATE`` that opened the transaction holds the database's write lock
+    already (waiting at most the busy timeout :func:`_engine` set); nothing more to take.
+    A wait past the timeout raises a driver error that :func:`_is_lock_timeout` recognizes.
+    """
+    import sqlalchemy as sa
+
+    if conn.dialect.name != "postgresql":
+        return
+    conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, round(timeout_s * 1000))}")
+    key = sa.bindparam("key", _lock_key(qualified), type_=sa.BigInteger())
+    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
+
+
+def _is_lock_timeout(exc: BaseException) -> bool:
+    """Whether *exc* (or the driver error it wraps) is a lock wait that timed out."""
+    original = getattr(exc, "orig", None) or exc
+    if getattr(original, "sqlstate", None) == "55P03":  # PostgreSQL lock_not_available
+        return True
+    code = getattr(original, "sqlite_errorcode", None)
+    if code is not None:
+        return int(code) & 0xFF in (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
+    return "database is locked" in str(original)
+
+
+def _lock_error(what: str, where: str, timeout_s: float) -> WriteLockedError:
+    return WriteLockedError(
+        f"another run holds {what} at {where}: waited {timeout_s:g} s for its lock "
+        "(writeback.lock_timeout_s). Nothing was changed: the previous scores are intact. "
+        "Let that run finish, or end the session holding the lock (PostgreSQL: see pg_locks "
+        "and pg_stat_activity), then run again."
+    )
+
+
+@contextmanager
+def file_lock(path: Path, timeout_s: float) -> Iterator[None]:
+    """Hold an exclusive lock on *path* (through ``.NAME.lock`` beside it) while inside.
+
+    The lock file is removed on the way out; a waiter that wakes on a removed lock file
+    opens the new one, so two holders never overlap. Raises :class:`WriteLockedError`
+    after *timeout_s* seconds.
+    """
+    import fcntl
+
+    lock = path.with_name(f".{path.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise _lock_error(str(path), f"lock file {lock}", timeout_s) from None
+                    time.sleep(0.05)
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(lock))
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            break
+        os.close(fd)  # the holder before us removed this lock file: take the new one
+    try:
+        yield
+    finally:
+        try:
+            lock.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+
 # --- files ----------------------------------------------------------------------------------
 
 
-def _write_file(frame: pd.DataFrame, dest: _FileTarget, layout: _Layout = _SCORES) -> None:
+def _write_file(
+    frame: pd.DataFrame,
+    dest: _FileTarget,
+    guards: WriteGuards,
+    batch: TableState,
+    layout: _Layout = _SCORES,
+) -> None:
+    """Under the file's lock: check the guards against the file there, then write a
+    temporary file next to it and move it over the target."""
+    path = dest.path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WritebackError(f"could not write {path}: {exc}. Nothing was written.") from exc
+    with file_lock(path, guards.lock_timeout_s):
+        if os.path.lexists(path):
+            _check_file(frame, dest, guards, batch)
+        _replace_file(frame, dest, layout)
+
+
+def _check_file(
+    frame: pd.DataFrame, dest: _FileTarget, guards: WriteGuards, batch: TableState
+) -> None:
+    """The guards, against the scores in the file the run would replace."""
+    keys = [ScoreOutput.lead_id, ScoreOutput.as_of, ScoreOutput.model_version]
+    try:
+        if dest.fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            old = pq.read_table(dest.path, columns=keys).to_pandas()
+        else:
+            old = pd.read_csv(
+                dest.path, usecols=keys, dtype=str, keep_default_na=False, na_values=[""]
+            )
+        old[ScoreOutput.as_of] = pd.to_datetime(old[ScoreOutput.as_of], format="ISO8601")
+    except Exception as exc:  # not a scores file this module wrote (or unreadable)
+        if guards.replace:
+            return
+        raise WriteRefusedError(
+            f"refused: {dest.path} exists but is not a scores file convert can read "
+            f"({_reason(exc)}). Nothing was changed: the previous file is intact. Pass "
+            "--replace to overwrite it, or "
+            "write to another file."
+        ) from None
+    label = str(dest.path)
+    current = TableState.of_frame(old)
+    if guards.check_switch(label, current, batch):
+        staying = old[ScoreOutput.lead_id].astype(str).isin(frame[ScoreOutput.lead_id])
+        guards.check_removal(label, current.rows, int((~staying).sum()))
+
+
+def _replace_file(frame: pd.DataFrame, dest: _FileTarget, layout: _Layout = _SCORES) -> None:
     """Write to a temporary file next to the target, then move it over the target."""
     path = dest.path
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         # O_EXCL: never follow or reuse an existing file; mode 0o666 lets the umask decide.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
@@ -617,20 +995,26 @@ def _read_file(dest: _FileTarget) -> pd.DataFrame:
 # --- databases ------------------------------------------------------------------------------
 
 
-def _engine(dest: _DbTarget) -> Engine:
+def _engine(dest: _DbTarget, lock_timeout_s: float = 600.0, *, wal: bool = False) -> Engine:
+    """An engine for one run. SQLite: busy timeout *lock_timeout_s*; with *wal*, the
+    database is switched to WAL mode (persistent: readers then never block a commit)."""
     import sqlalchemy as sa
     from sqlalchemy.pool import NullPool
 
     if dest.dialect == "sqlite":
         path = Path(dest.url.database or "")
         path.parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(dest.url, poolclass=NullPool, connect_args={"timeout": 60})
+        engine = sa.create_engine(
+            dest.url, poolclass=NullPool, connect_args={"timeout": lock_timeout_s}
+        )
 
         # pysqlite's own transaction handling does not cover DDL and cannot BEGIN IMMEDIATE:
         # turn it off and emit BEGIN ourselves (the recipe of SQLAlchemy's SQLite docs).
         @sa.event.listens_for(engine, "connect")
         def _no_implicit_begin(dbapi_connection: Any, _record: Any) -> None:
             dbapi_connection.isolation_level = None
+            if wal:
+                _use_wal(dbapi_connection, dest)
 
         @sa.event.listens_for(engine, "begin")
         def _begin(connection: Connection) -> None:
@@ -641,6 +1025,23 @@ def _engine(dest: _DbTarget) -> Engine:
     if "application_name" not in dest.url.query:
         connect_args["application_name"] = "convert-writeback"
     return sa.create_engine(dest.url, poolclass=NullPool, connect_args=connect_args)
+
+
+def _use_wal(dbapi_connection: Any, dest: _DbTarget) -> None:
+    """Switch the SQLite database to WAL mode (a no-op when it is already)."""
+    import sqlite3
+
+    try:
+        mode = dbapi_connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    except sqlite3.OperationalError as exc:  # locked by a reader of the old journal mode
+        mode = f"unchanged ({exc})"
+    if str(mode).lower() != "wal":
+        logger.warning(
+            "could not switch %s to WAL mode (journal mode %s): an open reader may block "
+            "this write until it ends",
+            dest.display,
+            mode,
+        )
 
 
 def _quoted(name: str) -> sa.sql.elements.quoted_name:
@@ -716,7 +1117,13 @@ class _Tables:
 
 
 def _write_database(
-    frame: pd.DataFrame, dest: _DbTarget, name: _TableName, chunk_rows: int, layout: _Layout = _SCORES
+    frame: pd.DataFrame,
+    dest: _DbTarget,
+    name: _TableName,
+    chunk_rows: int,
+    guards: WriteGuards,
+    batch: TableState,
+    layout: _Layout = _SCORES,
 ) -> tuple[int, int, int]:
     """Stage, then switch in one transaction; returns (removed, history added, updated)."""
     import sqlite3
@@ -734,12 +1141,14 @@ def _write_database(
         )
     tables = _Tables.build(dest.dialect, name, layout)
     phase = "connecting"
+    qualified = name.display
     try:
-        engine = _engine(dest)
+        engine = _engine(dest, guards.lock_timeout_s, wal=True)
         try:
             with engine.connect() as conn:
                 phase = "checking the existing tables"
                 _prepare_session(conn, dest)
+                qualified = qualified_name(conn, name.display)
                 _check_existing(conn, tables, name)
                 conn.rollback()
                 phase = "staging the scores"
@@ -749,7 +1158,9 @@ def _write_database(
                 conn.info["convert_begin"] = "BEGIN IMMEDIATE"
                 transaction = conn.begin()
                 try:
-                    counts = _switch(conn, dest.dialect, tables, name, _batch_keys(frame))
+                    counts = _switch(
+                        conn, dest.dialect, tables, qualified, _batch_keys(frame), guards, batch
+                    )
                     phase = "committing"
                     with _timed("commit"):
                         transaction.commit()
@@ -761,6 +1172,8 @@ def _write_database(
     except WritebackError:
         raise
     except errors as exc:
+        if phase != "committing" and _is_lock_timeout(exc):
+            raise _lock_error(qualified, dest.display, guards.lock_timeout_s) from None
         raise _database_error(exc, dest, phase) from _safe_cause(exc, dest)
     return counts
 
@@ -979,10 +1392,13 @@ def _switch(
     conn: Connection,
     dialect: Literal["sqlite", "postgresql"],
     tables: _Tables,
-    name: _TableName,
+    qualified: str,
     batch_keys: list[tuple[Any, str]],
+    guards: WriteGuards,
+    batch: TableState,
 ) -> tuple[int, int, int]:
-    """The one transaction: create, delete leavers, upsert current, upsert history.
+    """The one transaction: lock, create, check the guards, delete leavers, upsert current,
+    upsert history. A guard's refusal raises, and the caller rolls it all back.
 
     *batch_keys* are the distinct (as_of, model_version) pairs of the batch.
     Returns (leads removed, history rows added, history rows updated).
@@ -991,19 +1407,22 @@ def _switch(
 
     if dialect == "postgresql":
         conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
-        # serializes concurrent runs on the same table (released at commit or rollback)
-        conn.execute(
-            sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(f"convert:{name.display}")))
-        )
+    # serializes concurrent runs on the same table (released at commit or rollback)
+    lock_table(conn, qualified, guards.lock_timeout_s)
     current, history, stage = tables.current, tables.history, tables.stage
     current_key, history_key = tables.layout.current_key, tables.layout.history_key
     current.create(conn, checkfirst=True)
     history.create(conn, checkfirst=True)
     tables.history_as_of.create(conn, checkfirst=True)
 
+    with _timed("guards"):
+        state = TableState.of_table(conn, current)
+        shrink_guard = guards.check_switch(qualified, state, batch)
     leavers = sa.delete(current).where(~sa.exists().where(stage.c.lead_id == current.c.lead_id))
     with _timed("delete leavers"):
         removed = _rowcount(conn, leavers)
+    if shrink_guard:
+        guards.check_removal(qualified, state.rows, removed)
     if dialect == "postgresql":
         with _timed("update and insert current"):
             _merge_postgresql(conn, current, stage, tables.layout)
