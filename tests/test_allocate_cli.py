@@ -89,6 +89,41 @@ def test_allocate_writes_back_keeps_sticky_leads_and_learns_effects(crm_with_rep
     below = third["lead_id"].map(scores.set_index("lead_id")["score"]) < 20
     assert third.loc[below, "reason"].str.contains("below --min-score 20").any()
 
+    # the write-back guards: older scores are refused unless --allow-older; the shrink guard
+    # does not apply (assignments churn); another model's assignments only with --replace
+    def run(extra: list[str], scores_file: Path) -> tuple[int, str]:
+        try:
+            given = list(args)
+            given[args.index("--scores") + 1] = str(scores_file)
+            main([*given, "--min-score", "20", *extra])
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        return code, capsys.readouterr().err
+
+    older = tmp_path / "older.parquet"
+    write_scores(scores.assign(as_of=pd.Timestamp("2025-06-01")), older)
+    code, err = run([], older)
+    assert code == 2 and "older than the newest as-of 2025-07-01" in err and "--allow-older" in err
+    pd.testing.assert_frame_equal(read_table(db, "lead_assignments", schema=AssignmentOutput), third)
+    code, err = run(["--allow-older"], older)
+    assert code == 0, err
+    assert set(read_table(db, "lead_assignments", schema=AssignmentOutput)["as_of"]) == {pd.Timestamp("2025-06-01")}
+    few = tmp_path / "few.parquet"  # a tenth of the leads: the scores' shrink guard would refuse
+    write_scores(scores.head(max(1, len(scores) // 10)), few)
+    code, err = run([], few)
+    assert code == 0, err
+    assert len(read_table(db, "lead_assignments", schema=AssignmentOutput)) == max(1, len(scores) // 10)
+    assert len(read_table(db, "lead_assignments_history", schema=AssignmentOutput)) > len(scores)
+    other = tmp_path / "other.parquet"
+    write_scores(scores.assign(model_version="other-model/1"), other)
+    model = ["--model", f"models:/{scores['model_version'].iloc[0]}"]
+    code, err = run(model, other)
+    assert code == 2 and "holds scores of model 'lead-conversion'" in err and "--replace" in err
+    code, err = run([*model, "--replace"], other)
+    assert code == 0, err
+    assert set(read_table(db, "lead_assignments", schema=AssignmentOutput)["model_version"]) == {"other-model/1"}
+
 
 @pytest.mark.postgres
 def test_assignments_write_to_files_and_postgres(tmp_path):

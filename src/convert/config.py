@@ -299,8 +299,10 @@ class AllocationConfig(_Section):
     ``segment_by`` names the lead attributes whose combination is a segment of the rep
     effects; ``owner_column`` the leads' column holding each lead's current rep (the mapping
     can rename a CRM's own column to it); rep effects are learned from owned leads whose
-    outcome is known, each predicted at its first ``history_frequency`` snapshot after
-    creation.
+    outcome is known, each predicted at its first ``history_frequency`` snapshot at least a
+    day after creation (default daily: the day the lead is routed, before the rep's work shows
+    in its engagement; a later snapshot's engagement already carries the outcome the rep
+    caused, and the effect learned against it shrinks toward 1).
     """
 
     table: str = "lead_assignments"
@@ -309,7 +311,7 @@ class AllocationConfig(_Section):
     segment_by: tuple[str, ...] = ("lead_source", "employee_band")
     balance_tolerance: float = Field(0.10, gt=0.0, le=1.0)
     owner_column: str = "owner_id"
-    history_frequency: Literal["weekly", "biweekly", "monthly"] = "weekly"
+    history_frequency: Literal["daily", "weekly", "biweekly", "monthly"] = "daily"
     interval: float = Field(0.95, gt=0.5, lt=1.0)
     time_limit_seconds: float = Field(60.0, gt=0.0)
 
