@@ -228,3 +228,33 @@ def make_frame(
             frame[f.name] = frame[f.name].astype("object").where(frame[f.name].notna(), None)
     frame["lead_id"] = frame["lead_id"].astype("object")
     return frame[["lead_id", "as_of", "label", *catalog.names]]
+
+
+# --- the one output format of every bench ----------------------------------------------------
+
+
+def emit(figures: dict[str, Any]) -> None:
+    """Print the bench's figures as its LAST line: one JSON object (the shared output format).
+
+    Every bench ends with this line, so that a caller reads ``stdout.splitlines()[-1]`` and
+    gets the figures the issue asks for (ratios measured in the same run) without parsing the
+    human-readable table above it. Non-finite numbers become ``null`` (strict JSON).
+    """
+    import json
+    import math
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {str(k): clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        if isinstance(value, (np.integer,)):
+            return int(value)
+        if isinstance(value, (float, np.floating)):
+            return float(value) if math.isfinite(float(value)) else None
+        if isinstance(value, (str, int, bool)) or value is None:
+            return value
+        return str(value)
+
+    sys.stdout.flush()
+    print(json.dumps(clean(figures), sort_keys=False), flush=True)

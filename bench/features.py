@@ -64,6 +64,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import convert  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _common import emit  # noqa: E402
 from convert.config import Config  # noqa: E402
 from convert.features import _register_population, build_features, materialize_features  # noqa: E402
 from convert.labels import as_of_grid, build_labels  # noqa: E402
@@ -427,6 +431,14 @@ def main() -> None:
     with open(OUT / "features.jsonl", "a") as fh:
         fh.write(json.dumps({"time": time.time(), "args": vars(args) | {"workdir": str(workdir)},
                              **result}, default=str) + "\n")
+    figures = {"bench": "features", "mode": result.get("mode"), "events": result.get("events")}
+    if result.get("mode") == "default":
+        figures |= {"ratio_same_windows": result["ratio_vs_windows"], "ratio_count": result["ratio_vs_count"],
+                    "ratio_with_load": result["ratio_with_load"]}
+    else:
+        figures["total_s"] = result["total_seconds"]
+    figures["peak_rss_gib"] = result.get("peak_rss_run", result.get("peak_rss", 0)) / 2**30
+    emit(figures)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import convert  # noqa: E402
-from _common import GIB, Phases, gib  # noqa: E402
+from _common import GIB, Phases, emit, gib  # noqa: E402
 from convert.config import Config  # noqa: E402
 from convert.features import iter_feature_batches, materialize_features  # noqa: E402
 from convert.labels import population_sql, register_as_ofs  # noqa: E402
@@ -37,7 +37,7 @@ AS_OF = pd.Timestamp("2026-01-01")
 
 def run_size(events: int, workdir: Path, model: convert.LeadScoringModel, config: Config) -> list[dict]:
     leads = int(events / EVENTS_PER_LEAD)
-    folder = workdir / f"crm-{events // 1_000_000}M"
+    folder = workdir / f"crm-{events}"
     phases = Phases()
     print(f"\n{events:,} events target, {leads:,} leads -> {folder}", flush=True)
     if not (folder / "leads.parquet").exists():
@@ -110,6 +110,19 @@ def main() -> None:
     worst = table["peak_rss"].max()
     print(f"\npeak RSS over all steps: {worst / GIB:.2f} GiB (bound: 24 GiB): "
           f"{'PASS' if worst < 24 * GIB else 'FAIL'}")
+    steps = table[table["phase"] != "generate (Parquet)"]
+    emit({
+        "bench": "scale",
+        "sizes": [
+            {"events": int(events), "total_s": float(part["seconds"].sum()),
+             "peak_rss_gib": float(part["peak_rss"].max()) / GIB,
+             "steps": {r["phase"]: {"seconds": r["seconds"], "events_per_s": r["events/s"]}
+                       for r in part.to_dict("records")}}
+            for events, part in steps.groupby("events", sort=True)
+        ],
+        "total_s": float(steps["seconds"].sum()),
+        "peak_rss_gib": float(worst) / GIB,
+    })
 
 
 

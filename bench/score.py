@@ -35,7 +35,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from _common import OUT, Phases, gib, lead_catalog, make_frame
+from _common import OUT, Phases, emit, gib, lead_catalog, make_frame
 from convert.config import Config
 from convert.explain import contributions, family_points, model_score_fn, reasons, to_points
 from convert.model import score_from_probability
@@ -61,6 +61,14 @@ def score_explain(model: Any, parts: list[pd.DataFrame], config: Config, at: pd.
     return pd.concat(
         [score_frame(model, b, config.scoring, "bench/1", at) for b in parts], ignore_index=True
     )
+
+
+def treeshap_only(model: Any, matrices: list[Any]) -> int:
+    """TreeSHAP alone on already-built model matrices: with score-only, the floor of score+explain."""
+    n = 0
+    for m in matrices:
+        n += len(contributions(model, m))
+    return n
 
 
 def breakdown(model: Any, parts: list[pd.DataFrame], config: Config) -> dict[str, float]:
@@ -145,6 +153,9 @@ def main() -> None:
     ph.run("score-only: predict_proba + score + grade", lambda: score_only(model, parts))
     out = ph.run("score+explain: score_frame per chunk + concat",
                  lambda: score_explain(model, parts, config, at))
+    matrices = [model.matrix(b) for b in parts]
+    ph.run("TreeSHAP only: contributions on the model matrix", lambda: treeshap_only(model, matrices))
+    matrices.clear()
     filled = out["reason_1"].notna().mean() if "reason_1" in out else float("nan")
     example = out.iloc[int(np.argmax(out["score"].to_numpy()))].to_dict()
     del out
@@ -153,12 +164,14 @@ def main() -> None:
     n = len(leads)
     t_score = ph.best("score-only: predict_proba + score + grade")
     t_expl = ph.best("score+explain: score_frame per chunk + concat")
+    t_shap = ph.best("TreeSHAP only: contributions on the model matrix")
     print()
     header = f"{'run':<48} {'seconds':>9} {'leads/s':>11} {'peak RSS GiB':>13}"
     print(header)
     print("-" * len(header))
     for name in ("score-only: predict_proba + score + grade",
-                 "score+explain: score_frame per chunk + concat"):
+                 "score+explain: score_frame per chunk + concat",
+                 "TreeSHAP only: contributions on the model matrix"):
         sec = ph.best(name)
         print(f"{name:<48} {sec:>9.2f} {n / sec:>11,.0f} {gib(ph.peak(name)):>13}")
     print(f"(warm-up {ph.best('warm-up: score_frame on 1,000 rows (untimed)'):.2f} s; leads "
@@ -181,6 +194,12 @@ def main() -> None:
             "leads_per_s": {"score_only": n / t_score, "score_explain": n / t_expl},
             "peak_rss_run": ph.run_peak(),
         }, default=str) + "\n")
+    emit({
+        "bench": "score", "leads": n, "features": len(catalog), "trees": trees,
+        "score_leads_per_s": n / t_score, "explain_leads_per_s": n / t_expl,
+        "treeshap_leads_per_s": n / t_shap, "explain_vs_floor": t_expl / (t_score + t_shap),
+        "peak_rss_gib": ph.run_peak() / 2**30,
+    })
 
 
 if __name__ == "__main__":

@@ -39,6 +39,9 @@ import pandas as pd
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import emit  # noqa: E402
 from convert.schema import ScoreOutput  # noqa: E402
 from convert.writeback import write_scores  # noqa: E402
 
@@ -376,6 +379,12 @@ def main(argv: list[str] | None = None) -> int:
         f"load average {os.getloadavg()[0]:.1f} at the end (on {os.cpu_count()} CPUs); "
         f"total {time.perf_counter() - started_all:.0f} s"
     )
+    first_rate, update_rate = (r.rows / r.seconds for r in results[:2])
+    emit({
+        "bench": "writeback", "rows": n, "first_rows_per_s": first_rate,
+        "update_rows_per_s": update_rate, "copy_rows_per_s": copy_rate,
+        "first_vs_copy": first_rate / copy_rate, "update_vs_copy": update_rate / copy_rate,
+    })
     return 0
 
 

@@ -37,6 +37,7 @@ IdOpt = Annotated[str | None, typer.Option("--id", help="Flat file: the id colum
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="params.yaml (default: ./params.yaml if present).")]
 RejectsOpt = Annotated[Path | None, typer.Option("--rejects", help="Rejects file (default: rejects.csv).")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Turn every quarantine into an error.")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Read and validate the export again: neither read nor write the cache of validated tables (data.cache_dir).")]
 AsOfOpt = Annotated[str, typer.Option("--as-of", help="As-of time, ISO 8601 (a date means midnight UTC).")]
 ModelOpt = Annotated[str | None, typer.Option("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a bundle folder (default: the champion).")]
 
@@ -45,8 +46,9 @@ def echo(message: str) -> None:
     typer.echo(message)
 
 
-def _config(path: Path | None) -> Config:
-    return load_config(path)
+def _config(path: Path | None, no_cache: bool = False) -> Config:
+    cfg = load_config(path)
+    return cfg.with_overrides(data__cache=False) if no_cache else cfg
 
 
 def _as_of(value: str | None, flag: str = "--as-of") -> pd.Timestamp | None:
@@ -122,13 +124,13 @@ def generate(
 @app.command()
 def validate(
     data: DataOpt, config: ConfigOpt = None, rejects: RejectsOpt = None, strict: StrictOpt = False,
-    mapping: MappingOpt = None,
+    mapping: MappingOpt = None, no_cache: NoCacheOpt = False,
     target: Annotated[str | None, typer.Option("--target", help="Flat file: the outcome column.")] = None,
     positive: Annotated[str | None, typer.Option("--positive", help="Flat file: the outcome's positive value.")] = None,
     id_column: IdOpt = None,
 ) -> None:
     """Check an export against the data contract and print a per-table report."""
-    cfg = _config(config)
+    cfg = _config(config, no_cache)
     if _is_flat(data):
         table = steps.validate_flat_step(data, cfg, _mapping(mapping), target, positive, id_column,
                                          str(rejects) if rejects else None, strict or None)
@@ -151,14 +153,14 @@ def features(
     horizon_days: Annotated[int | None, typer.Option("--horizon-days")] = None,
     config: ConfigOpt = None, rejects: RejectsOpt = None, strict: StrictOpt = False,
     catalog: Annotated[Path | None, typer.Option("--catalog", help="Also write the feature catalog (CSV).")] = None,
-    mapping: MappingOpt = None,
+    mapping: MappingOpt = None, no_cache: NoCacheOpt = False,
 ) -> None:
     """Build the labelled multi-snapshot training set and write it."""
     from convert.io import write_frame
     from convert.train import build_training_set
 
     t = _as_of(as_of)
-    cfg = _config(config).with_overrides(labels__horizon_days=horizon_days)
+    cfg = _config(config, no_cache).with_overrides(labels__horizon_days=horizon_days)
     loaded = steps.load_data(data, cfg, rejects, strict or None, echo, _mapping(mapping))
     try:
         ts = build_training_set(loaded, cfg, t)
@@ -183,7 +185,7 @@ def train(
     model_name: Annotated[str | None, typer.Option("--model-name")] = None,
     save: Annotated[Path | None, typer.Option("--save", help="Also write the model bundle to this folder (e.g. models/lead-conversion).")] = None,
     rejects: RejectsOpt = None, strict: StrictOpt = False,
-    mapping: MappingOpt = None,
+    mapping: MappingOpt = None, no_cache: NoCacheOpt = False,
     target: Annotated[str | None, typer.Option("--target", help="Flat file: the outcome column.")] = None,
     positive: Annotated[str | None, typer.Option("--positive", help="Flat file: the outcome's positive value (default: 1, true, yes).")] = None,
     id_column: IdOpt = None,
@@ -198,7 +200,7 @@ def train(
     registers the model under flat.model_name (default lead-conversion-flat).
     """
     t = _as_of(as_of)
-    cfg = _config(config).with_overrides(labels__horizon_days=horizon_days)
+    cfg = _config(config, no_cache).with_overrides(labels__horizon_days=horizon_days)
     cfg = cfg.with_overrides(leakage__exclude=tuple(dict.fromkeys([*cfg.leakage.exclude, *(exclude or [])])),
                              leakage__allow=tuple(dict.fromkeys([*cfg.leakage.allow, *(allow or [])])))
     m = _mapping(mapping)
@@ -240,10 +242,10 @@ def evaluate(
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, tables and plots.")] = Path("reports/evaluation"),
     model: ModelOpt = None, config: ConfigOpt = None, rejects: RejectsOpt = None,
-    mapping: MappingOpt = None,
+    mapping: MappingOpt = None, no_cache: NoCacheOpt = False,
 ) -> None:
     """Evaluate a registered model where it learned nothing (newer labelled as-of times, else its outer folds)."""
-    cfg = _config(config)
+    cfg = _config(config, no_cache)
     if _is_flat(data):
         uri = model or f"models:/{cfg.flat.model_name}@challenger"
         steps.evaluate_flat_step(data, cfg, uri, out, str(rejects) if rejects else None, echo, _mapping(mapping))
@@ -272,7 +274,7 @@ def score(
     config: ConfigOpt = None, rejects: RejectsOpt = None, strict: StrictOpt = False,
     top: Annotated[int, typer.Option("--top", help="Print the N best leads.")] = 0,
     engine: Annotated[str, typer.Option("--engine", help="duckdb, or spark (--data: typed Parquet tables from `export`).")] = "duckdb",
-    mapping: MappingOpt = None,
+    mapping: MappingOpt = None, no_cache: NoCacheOpt = False,
     id_column: IdOpt = None,
     allow_shrink: Annotated[bool, typer.Option("--allow-shrink", help="Write even if more than writeback.max_removed_share of the current rows would leave the table.")] = False,
     allow_older: Annotated[bool, typer.Option("--allow-older", help="Write even if the as-of is older than the newest as-of in the table.")] = False,
@@ -283,7 +285,7 @@ def score(
     if engine not in ("duckdb", "spark"):
         raise ConvertError(f"--engine must be duckdb or spark, not {engine!r}")
     t = _as_of(as_of)
-    cfg = _config(config)
+    cfg = _config(config, no_cache)
     if _is_flat(data):
         summary, scores = steps.score_flat_step(data, cfg, out, model, table, str(rejects) if rejects else None,
                                                 strict or None, echo, _mapping(mapping), id_column, t,
@@ -361,10 +363,10 @@ def export(
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="Folder for the typed tables (Parquet).")],
     config: ConfigOpt = None, rejects: RejectsOpt = None, strict: StrictOpt = False,
-    mapping: MappingOpt = None,
+    mapping: MappingOpt = None, no_cache: NoCacheOpt = False,
 ) -> None:
     """Validate an export and write its typed contract tables as Parquet (input of --engine spark)."""
-    path = steps.export_step(data, _config(config), out, str(rejects) if rejects else None, strict or None, echo,
+    path = steps.export_step(data, _config(config, no_cache), out, str(rejects) if rejects else None, strict or None, echo,
                              _mapping(mapping))
     echo(f"typed tables written to {path}")
 
@@ -376,12 +378,12 @@ def explain(
     as_of: Annotated[str | None, typer.Option("--as-of", help="As-of time, ISO 8601 (required for an export).")] = None,
     model: ModelOpt = None, config: ConfigOpt = None, rejects: RejectsOpt = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Waterfall PNG (default: explain-LEAD.png).")] = None,
-    mapping: MappingOpt = None,
+    mapping: MappingOpt = None, no_cache: NoCacheOpt = False,
     id_column: IdOpt = None,
 ) -> None:
     """Print one lead's explanation and write a waterfall plot."""
     t = _as_of(as_of)
-    cfg = _config(config)
+    cfg = _config(config, no_cache)
     plot = plot or Path(f"explain-{lead_id}.png")
     if _is_flat(data):
         explanation = steps.explain_flat_step(data, cfg, lead_id, model, plot, echo, _mapping(mapping), id_column)
@@ -401,12 +403,12 @@ def report(
     model: ModelOpt = None,
     backtest: Annotated[Path | None, typer.Option("--backtest", help="Include a backtest: the folder `convert-leads backtest` wrote.")] = None,
     config: ConfigOpt = None, rejects: RejectsOpt = None, strict: StrictOpt = False,
-    mapping: MappingOpt = None,
+    mapping: MappingOpt = None, no_cache: NoCacheOpt = False,
 ) -> None:
     """Write the analyst report (one self-contained HTML file); log it to the model's MLflow run."""
     t = _as_of(as_of)
     assert t is not None
-    summary = steps.report_step(data, _config(config), t, out, model, backtest,
+    summary = steps.report_step(data, _config(config, no_cache), t, out, model, backtest,
                                 str(rejects) if rejects else None, strict or None, echo,
                                 mapping=_mapping(mapping))
     r = summary.report
@@ -428,12 +430,12 @@ def backtest(
     retrain_every: Annotated[str | None, typer.Option("--retrain-every", help="Also judge retraining this often, e.g. 3M.")] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for backtest.csv, summary.csv and backtest.png.")] = Path("reports/backtest"),
     config: ConfigOpt = None, rejects: RejectsOpt = None, strict: StrictOpt = False,
-    mapping: MappingOpt = None,
+    mapping: MappingOpt = None, no_cache: NoCacheOpt = False,
 ) -> None:
     """Rolling-origin evaluation: train at each origin on what was known, judge on what happened."""
     t0, t1 = _as_of(start, "--from"), _as_of(end, "--to")
     assert t0 is not None and t1 is not None
-    result = steps.backtest_step(data, _config(config), t0, t1, every, retrain_every, out,
+    result = steps.backtest_step(data, _config(config, no_cache), t0, t1, every, retrain_every, out,
                                  str(rejects) if rejects else None, strict or None, echo,
                                  mapping=_mapping(mapping))
     echo(result.text())

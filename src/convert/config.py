@@ -51,6 +51,15 @@ class DataConfig(_Section):
     #: ``valid_to`` unset means the current date plus one year.
     valid_from: str = "1970-01-01"
     valid_to: str | None = None
+    #: The cache of validated tables (folder and file exports; ``--no-cache`` turns it off):
+    #: a later load of an unchanged export copies the validated tables back instead of
+    #: reading and validating the files again (:mod:`convert.cache`).
+    cache: bool = True
+    #: Where the cache lives; unset: ``.convert-cache`` beside the export, or the user's cache
+    #: directory (``~/.cache/convert``) when the export's folder is read-only.
+    cache_dir: str | None = None
+    #: Exports kept in the cache; the least recently used beyond this are removed.
+    cache_keep: int = Field(3, ge=1)
 
     @field_validator("valid_from", "valid_to")
     @classmethod

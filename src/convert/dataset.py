@@ -14,6 +14,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from convert.cache import cache_dir, cache_key, entry, restore, store
 from convert.config import Config
 from convert.features import index_events
 from convert.io import (
@@ -29,7 +30,7 @@ from convert.io import (
 )
 from convert.mapping import MappedTable, Mapping, mapped_select
 from convert.schema import CONTRACT_TABLES, Accounts, Events, Leads, Stages
-from convert.validation import LoadReport, quote, validate
+from convert.validation import LoadReport, enforce_thresholds, quote, validate
 
 
 @dataclass
@@ -40,6 +41,8 @@ class CRMData:
     source: Source
     report: LoadReport
     mapped: dict[str, MappedTable] = field(default_factory=dict)
+    #: Whether the tables were copied from the cache of validated tables (:mod:`convert.cache`).
+    from_cache: bool = False
 
     def frame(self, table: str) -> pd.DataFrame:
         """A whole contract table as pandas (meant for small tables and tests)."""
@@ -117,6 +120,7 @@ def load(
     *,
     strict: bool | None = None,
     mapping: Mapping | None = None,
+    cache: bool | None = None,
 ) -> CRMData:
     """Load a CRM export by the data contract.
 
@@ -133,6 +137,10 @@ def load(
         Turn every quarantine into an error (overrides ``config.data.strict``).
     mapping:
         How the source differs from the contract (:func:`convert.mapping.load_mapping`).
+    cache:
+        Use the cache of validated tables for a folder or file export (default
+        ``config.data.cache``; :mod:`convert.cache`). A cached load gives the same tables,
+        report and rejects as an uncached one.
 
     Returns
     -------
@@ -150,7 +158,19 @@ def load(
     database = is_database_url(location)
     source = find_database_source(location, mapping) if database else find_source(location, mapping)
     con = connect(config.features)
+    use_cache = (config.data.cache if cache is None else cache) and not database and bool(source.files)
+    folder = key = None
     try:
+        if use_cache:
+            folder = cache_dir(source, config)
+            if folder is not None:
+                key = cache_key(source, config, mapping)
+                hit = entry(folder, key)
+                restored = restore(con, hit) if hit.exists() else None
+                if restored is not None:
+                    report, mapped = restored
+                    enforce_thresholds(report, source, config.data, strict)
+                    return CRMData(con=con, source=source, report=report, mapped=mapped, from_cache=True)
         if database:
             raw_columns = load_database(con, source, config.data.db_chunk_rows)
         else:
@@ -160,6 +180,8 @@ def load(
         for table in raw_columns:
             con.execute(f"DROP TABLE IF EXISTS raw_{table}")
         index_events(con)
+        if folder is not None and key is not None:
+            store(con, folder, key, report, mapped, config.data.cache_keep)
     except BaseException:
         con.close()
         raise

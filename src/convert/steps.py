@@ -61,6 +61,7 @@ def load_data(
         f"loaded {data.source.display}: {r.tables['leads'].rows_loaded:,} leads, "
         f"{r.tables['events'].rows_loaded:,} events; {r.quarantined:,} rows quarantined to "
         f"{rejects_path}, {r.warnings:,} warnings"
+        + (" (validated tables from the cache; --no-cache reads the files again)" if data.from_cache else "")
     )
     _echo_mapping(data.mapped, echo)
     return data

@@ -337,7 +337,12 @@ def validate(
 
     reports = {t: TableReport(t, source.label(t) if t in raw_columns else None) for t in CONTRACT_TABLES}
     valid = config.valid_range()
-    dirty = {table: _with_control(con, table, raw_types[table]) for table in raw_columns}
+    # Child tables (events: the big one) are checked optimistically as clean: their one pass
+    # also tells whether any text holds a control character, and only then is it redone.
+    dirty = {
+        table: frozenset() if table in (Events.table, Stages.table) else _with_control(con, table, raw_types[table])
+        for table in raw_columns
+    }
     none: frozenset[str] = frozenset()
 
     _check_table(con, Leads, lead_rules(valid, dirty.get("leads", none)), raw_types.get("leads", {}), source,
@@ -345,15 +350,26 @@ def validate(
     if "accounts" in raw_columns:
         _check_table(con, Accounts, account_rules(dirty["accounts"]), raw_types["accounts"], source,
                      dirty["accounts"])
+    children: dict[str, pd.DataFrame] = {}
     for schema, rules in ((Events, event_rules), (Stages, stage_rules)):
         if schema.table in raw_columns:
-            found = dirty[schema.table]
-            _check_child(con, schema, rules(valid, found), raw_types[schema.table], found)
+            table = schema.table
+            rejected = _check_child(con, schema, rules(valid, none), raw_types[table], raw_columns[table],
+                                    none, reports[table])
+            if rejected is None:  # a control character somewhere: find the columns, check again
+                dirty[table] = _with_control(con, table, raw_types[table])
+                rejected = _check_child(con, schema, rules(valid, dirty[table]), raw_types[table],
+                                        raw_columns[table], dirty[table], reports[table])
+            assert rejected is not None
+            children[table] = rejected
 
     rejects = []
     for table, schema in CONTRACT_TABLES.items():
         if table not in raw_columns:
             _create_empty(con, schema)
+            continue
+        if table in children:
+            rejects.append(children[table])
             continue
         rep = reports[table]
         rep.rows_read = fetch_row(con, f"SELECT count(*) FROM checked_{table}")[0]
@@ -377,14 +393,6 @@ def validate(
         _create_typed(con, schema, raw_columns[table])
 
     _lead_warnings(con, reports, has_accounts="accounts" in raw_columns)
-    if "events" in raw_columns and E.value in raw_columns["events"]:
-        n = fetch_row(
-            con,
-            f"SELECT count(*) FROM checked_events WHERE reason IS NULL AND raw__value IS NOT NULL "
-            f"AND {quote(E.value)} IS NULL",
-        )[0]
-        if n:
-            reports["events"].warnings["value is not a finite number; the event is kept with no value"] = n
 
     frame = (
         pd.concat(rejects, ignore_index=True)
@@ -392,7 +400,7 @@ def validate(
         else pd.DataFrame(columns=Rejects.names())
     )
     report = LoadReport(reports, frame)
-    _enforce_thresholds(report, source, config.max_quarantine_share, strict)
+    enforce_thresholds(report, source, config, strict)
     for table in raw_columns:
         con.execute(f"DROP TABLE IF EXISTS checked_{table}")
     return report
@@ -477,25 +485,125 @@ def _check_table(
         )
 
 
+VALUE_WARNING = "value is not a finite number; the event is kept with no value"
+
+
 def _check_child(
     con: duckdb.DuckDBPyConnection,
     schema: type[TableSchema],
     rules: list[Rule],
     raw_types: dict[str, str],
-    dirty: frozenset[str] = frozenset(),
-) -> None:
+    raw: list[str],
+    dirty: frozenset[str],
+    report: TableReport,
+) -> pd.DataFrame | None:
+    """Check a child table (``events``, ``stages``) in one set-based pass; return its rejects.
+
+    The typed table is written straight from one scan of ``raw_<table>`` joined with the
+    (small) checked leads: each row carries the index of the first rule it breaks (no text
+    copy of its columns), and the flags of the warnings. No global sort: the typed table's
+    row order is not the file's (nothing reads it in order; the rejects name file rows by
+    number). The rejected rows (few) are then deleted from it, and only for them is the
+    offending raw text read back (by row number) for the rejects file. Fills *report*
+    (rows read, reasons, warnings).
+
+    With *dirty* empty the pass also looks for a control character in any text column (one
+    regular expression over the row's text); when it finds one, the table is dropped and
+    None returned, for the caller to find the dirty columns and check again.
+    """
     table = schema.table
-    parsed = _parsed_select(schema, f"raw_{table}", raw_types, dirty)
-    joined = (
-        f"SELECT c.*, l.{L.lead_id} IS NOT NULL AS lead__exists, l.reason AS lead__reason, "
-        f"l.{L.created_at} AS lead__created_at FROM ({parsed}) c "
-        f"LEFT JOIN checked_leads l ON c.lead_id = l.{L.lead_id}"
-    )
+    contract = schema.names()
+    row = quote(ROW)
+    # Text of a raw column, only where a rule or a warning needs it (never for every column).
+    needed = {c for c in raw_types if f"raw__{c}" in " ".join(r.condition for r in rules)}
+    inner = [f"rowid + 1 AS {row}"]
+    flags: dict[str, str] = {}
+    for col in schema.columns():
+        if col in raw_types:
+            inner.append(f"{_typed(col, raw_types[col], col in dirty)} AS {quote(col)}")
+            if col in needed:
+                inner.append(f"{_text(col, raw_types[col])} AS {quote('raw__' + col)}")
+            if col.dtype == "string" and not col.identifier and col in dirty:
+                flags[control_warning(col)] = has_control(_text(col, raw_types[col]))
+        else:
+            inner.append(f"CAST(NULL AS {DUCKDB_TYPES[col.dtype]}) AS {quote(col)}")
+    extras = [c for c in raw if c not in contract]
+    for extra in extras:
+        inner.append(f"{without_control(quote(extra))} AS {quote(extra)}" if extra in dirty else quote(extra))
+    for extra in sorted(c for c in dirty if c in extras):
+        flags[control_warning(extra)] = has_control(quote(extra))
+    if table == Events.table and E.value in raw_types:
+        flags[VALUE_WARNING] = f"{_text(E.value, raw_types[E.value])} IS NOT NULL AND {_typed(E.value, raw_types[E.value])} IS NULL"
+    inner += [f"{sql} AS {quote(f'flag__{i}')}" for i, sql in enumerate(flags.values())]
+    text = [c for c, t in raw_types.items() if t == "VARCHAR"]
+    probe = not dirty and bool(text)
+    if probe:
+        inner.append(f"regexp_matches(concat({', '.join(quote(c) for c in text)}), '{CONTROL}') AS __ctl")
+    arms = " ".join(f"WHEN {r.condition} THEN {i}" for i, r in enumerate(rules))
+    columns = ", ".join(quote(c) for c in [*contract, *extras])
+    flag_cols = ", ".join(quote(f"flag__{i}") for i in range(len(flags)))
+    con.execute(f"DROP TABLE IF EXISTS {table}")
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE checked_{table} AS SELECT * EXCLUDE (lead__exists, lead__reason, "
-        f"lead__created_at), {_case(rules, 'column')} AS bad_column, {_value_case(rules)} AS bad_value, "
-        f"{_case(rules, 'reason')} AS reason FROM ({joined})"
+        f"CREATE TABLE {table} AS SELECT {columns}, CAST(CASE {arms} END AS SMALLINT) AS __rule, "
+        f"{row}{', ' + flag_cols if flags else ''}{', __ctl' if probe else ''} FROM (SELECT c.*, l.{L.lead_id} IS NOT NULL AS lead__exists, "
+        f"l.reason AS lead__reason, l.{L.created_at} AS lead__created_at FROM ({'SELECT ' + ', '.join(inner)} "
+        f"FROM raw_{table}) c LEFT JOIN (SELECT {L.lead_id}, reason, {L.created_at} FROM checked_leads) l "
+        f"ON c.lead_id = l.{L.lead_id})"
     )
+    if probe and fetch_row(con, f"SELECT coalesce(bool_or(__ctl), false) FROM {table}")[0]:
+        con.execute(f"DROP TABLE {table}")
+        return None
+    report.reasons, report.warnings = {}, {}
+    counts = fetch_row(
+        con,
+        "SELECT count(*)" + "".join(f", count(*) FILTER (WHERE __rule IS NULL AND flag__{i})" for i in range(len(flags)))
+        + f" FROM {table}",
+    )
+    report.rows_read = int(counts[0])
+    report.warnings.update({w: int(n) for w, n in zip(flags, counts[1:], strict=True) if n})
+    bad = con.execute(f"SELECT {row}, __rule FROM {table} WHERE __rule IS NOT NULL ORDER BY {row}").df()
+    for i, n in bad["__rule"].value_counts().items():
+        reason = rules[int(i)].reason
+        report.reasons[reason] = report.reasons.get(reason, 0) + int(n)
+    report.reasons = dict(sorted(report.reasons.items()))
+    report.quarantined = len(bad)
+    report.rows_loaded = report.rows_read - report.quarantined
+    rejects = _child_rejects(con, table, rules, raw_types, bad)
+    if len(bad):
+        con.execute(f"DELETE FROM {table} WHERE __rule IS NOT NULL")
+    drop: list[str] = ["__rule", str(ROW), *(f"flag__{i}" for i in range(len(flags))), *(["__ctl"] if probe else [])]
+    for name in drop:
+        con.execute(f"ALTER TABLE {table} DROP COLUMN {quote(name)}")
+    return rejects
+
+
+def _child_rejects(
+    con: duckdb.DuckDBPyConnection, table: str, rules: list[Rule], raw_types: dict[str, str], bad: pd.DataFrame
+) -> pd.DataFrame:
+    """The rejects file's rows for a child table: the offending raw text is read back only
+    for the rejected rows (by row number), with control characters shown as U+FFFD."""
+    names = Rejects
+    value_arms = " ".join(
+        f"WHEN {i} THEN {_text(r.column, raw_types[r.column]) if r.column in raw_types else 'NULL'}"
+        for i, r in enumerate(rules)
+    )
+    column_arms = " ".join(f"WHEN {i} THEN {_lit(r.column)}" for i, r in enumerate(rules))
+    reason_arms = " ".join(f"WHEN {i} THEN {_lit(r.reason)}" for i, r in enumerate(rules))
+    con.register("_child_bad", bad)
+    try:
+        return con.execute(
+            f"SELECT '{table}' AS {quote(names.table_name)}, b.{quote(ROW)} AS {quote(names.row)}, "
+            f"CASE b.__rule {column_arms} END AS {quote(names.column)}, "
+            f"regexp_replace(CASE b.__rule {value_arms} END, '{CONTROL}', '\ufffd', 'g') AS {quote(names.value)}, "
+            f"CASE b.__rule {reason_arms} END AS {quote(names.reason)} "
+            f"FROM _child_bad b JOIN raw_{table} r ON r.rowid + 1 = b.{quote(ROW)} ORDER BY b.{quote(ROW)}"
+        ).df()
+    finally:
+        con.unregister("_child_bad")
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 def _create_typed(con: duckdb.DuckDBPyConnection, schema: type[TableSchema], raw: list[str]) -> None:
@@ -533,6 +641,12 @@ def _lead_warnings(
         reports["leads"].warnings[
             "account quarantined; lead kept without firmographics"
         ] = quarantined
+
+
+def enforce_thresholds(report: LoadReport, source: Source, config: DataConfig, strict: bool | None = None) -> None:
+    """Stop on too large a quarantined share, or on any quarantine under *strict* (default
+    ``config.strict``); run on every load, a cached one included."""
+    _enforce_thresholds(report, source, config.max_quarantine_share, config.strict if strict is None else strict)
 
 
 def _enforce_thresholds(report: LoadReport, source: Source, max_share: float, strict: bool) -> None:

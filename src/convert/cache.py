@@ -1,0 +1,204 @@
+"""The cache of validated tables: a loaded export kept as a DuckDB file, keyed by what shaped it.
+
+Every data-reading command (``train``, ``score``, ``report``, ``explain``, ``backtest`` ...)
+loads and validates the same export again; at tens of millions of events that costs far more
+than the features. For folder and file sources, :func:`convert.load` therefore keeps the
+validated and indexed tables (and the load report with its rejects) of the last
+``data.cache_keep`` exports in ``data.cache_dir``, and a later load of an unchanged export
+copies them back instead of reading and validating the files.
+
+The key is a hash of each file's name, size, modification time and a content hash of its
+bytes (what was read), the configuration that shapes the tables (the ``data`` section but
+the thresholds, which are checked again on every load), the mapping, and this module's
+format version with convert's. Any change gives a new key, so a stale entry is never read;
+entries beyond ``data.cache_keep`` are removed, least recently used first. Database sources
+are never cached (no cheap, reliable change check). ``--no-cache`` (``data.cache: false``)
+bypasses the cache entirely: nothing read, nothing written.
+
+An entry is written to a temporary name and renamed into place, so a crash or a concurrent
+load never leaves a half-written entry where a reader would take it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from convert.config import Config
+from convert.io import Source
+from convert.mapping import MappedTable, Mapping
+from convert.validation import LoadReport
+
+#: Bumped when what an entry holds changes, so that old entries are never read.
+FORMAT = 1
+SUFFIX = ".duckdb"
+META = ".meta.pkl"
+_CHUNK = 8 * 2**20
+
+
+@dataclass
+class Entry:
+    """A cache entry's paths: the DuckDB file of the tables and the pickled report."""
+
+    tables: Path
+    meta: Path
+
+    def exists(self) -> bool:
+        return self.tables.is_file() and self.meta.is_file()
+
+
+def _segment_digest(path: Path, start: int, stop: int) -> bytes:
+    h = hashlib.sha256()  # SHA-NI makes SHA-256 the fastest hashlib digest on current CPUs
+    with open(path, "rb", buffering=0) as fh:
+        fh.seek(start)
+        left = stop - start
+        while left > 0:
+            chunk = fh.read(min(_CHUNK, left))
+            if not chunk:
+                break
+            h.update(chunk)
+            left -= len(chunk)
+    return h.digest()
+
+
+def _file_digest(path: Path, size: int) -> str:
+    """Content hash of a file: SHA-256 of fixed segments, hashed on two threads (hashlib
+    releases the GIL), combined in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = max(1, min(4, size // (64 * 2**20)))
+    bounds = [size * i // parts for i in range(parts + 1)]
+    with ThreadPoolExecutor(max_workers=min(parts, os.cpu_count() or 1)) as pool:
+        digests = list(pool.map(lambda i: _segment_digest(path, bounds[i], bounds[i + 1]), range(parts)))
+    return hashlib.sha256(b"".join(digests)).hexdigest()
+
+
+def cache_key(source: Source, config: Config, mapping: Mapping) -> str:
+    """The key of a folder or file export: files (size, mtime, content), config and mapping."""
+    from convert import __version__
+
+    files = []
+    for table, path in sorted(source.files.items()):
+        st = path.stat()
+        files.append([table, path.name, st.st_size, st.st_mtime_ns, _file_digest(path, st.st_size)])
+    data = config.data.model_dump(mode="json", exclude={"rejects", "strict", "max_quarantine_share",
+                                                        "cache", "cache_dir", "cache_keep"})
+    lo, hi = config.data.valid_range()  # valid_to unset: a year from today, as validation uses it
+    shaping = {
+        "format": FORMAT,
+        "convert": __version__,
+        "duckdb": duckdb.__version__,
+        "files": files,
+        "data": data,
+        "valid": [lo.isoformat(), hi.isoformat()],
+        "mapping": mapping.model_dump(mode="json"),
+    }
+    return hashlib.blake2b(json.dumps(shaping, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-", delete=True)
+        probe.close()
+        return True
+    except OSError:
+        return False
+
+
+def user_cache_dir() -> Path:
+    """The user's cache directory for convert (``$XDG_CACHE_HOME/convert`` or ``~/.cache/convert``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "convert"
+
+
+def cache_dir(source: Source, config: Config) -> Path | None:
+    """Where the entries live: ``data.cache_dir``, else ``.convert-cache`` beside the export,
+    else (read-only export) the user's cache directory; None when nothing is writable."""
+    if config.data.cache_dir:
+        folder = Path(config.data.cache_dir).expanduser()
+        return folder if _writable(folder) else None
+    files = list(source.files.values())
+    beside = files[0].parent / ".convert-cache"
+    if _writable(beside):
+        return beside
+    fallback = user_cache_dir()
+    return fallback if _writable(fallback) else None
+
+
+def entry(folder: Path, key: str) -> Entry:
+    return Entry(folder / f"{key}{SUFFIX}", folder / f"{key}{META}")
+
+
+def restore(
+    con: duckdb.DuckDBPyConnection, hit: Entry
+) -> tuple[LoadReport, dict[str, MappedTable]] | None:
+    """Copy a cached entry's tables into *con*; its report and mapping summary, or None when
+    the entry cannot be read (then the caller loads the export as usual)."""
+    try:
+        with open(hit.meta, "rb") as fh:
+            meta: dict[str, Any] = pickle.load(fh)  # noqa: S301  (our own file, in our cache folder)
+        if meta.get("format") != FORMAT:
+            return None
+        con.execute(f"ATTACH {_lit(str(hit.tables))} AS convert_cache (READ_ONLY)")
+        try:
+            con.execute("COPY FROM DATABASE convert_cache TO memory")
+        finally:
+            con.execute("DETACH convert_cache")
+    except (OSError, EOFError, pickle.UnpicklingError, duckdb.Error, AttributeError, KeyError):
+        return None
+    now = time.time()
+    for path in (hit.tables, hit.meta):
+        try:
+            os.utime(path, (now, now))  # least recently used goes first
+        except OSError:
+            pass
+    return meta["report"], meta["mapped"]
+
+
+def store(
+    con: duckdb.DuckDBPyConnection, folder: Path, key: str, report: LoadReport,
+    mapped: dict[str, MappedTable], keep: int,
+) -> None:
+    """Write the tables of *con* and the report as the entry *key*; keep the newest *keep*."""
+    target = entry(folder, key)
+    tmp = folder / f".{key}.{os.getpid()}.tmp"
+    tmp_db, tmp_meta = tmp.with_suffix(SUFFIX), tmp.with_suffix(".pkl")
+    try:
+        con.execute(f"ATTACH {_lit(str(tmp_db))} AS convert_cache_out")
+        try:
+            con.execute("COPY FROM DATABASE memory TO convert_cache_out")
+        finally:
+            con.execute("DETACH convert_cache_out")
+        with open(tmp_meta, "wb") as fh:
+            pickle.dump({"format": FORMAT, "report": report, "mapped": mapped}, fh)
+        os.replace(tmp_meta, target.meta)
+        os.replace(tmp_db, target.tables)
+    except (OSError, duckdb.Error):
+        pass  # a cache that cannot be written is no error: the load itself succeeded
+    finally:
+        for path in (tmp_db, tmp_meta, Path(str(tmp_db) + ".wal")):
+            path.unlink(missing_ok=True)
+    prune(folder, keep)
+
+
+def prune(folder: Path, keep: int) -> None:
+    """Remove all but the *keep* most recently used entries of *folder*."""
+    entries = sorted(folder.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[keep:]:
+        key = old.name[: -len(SUFFIX)]
+        for path in (old, folder / f"{key}{META}", folder / f"{key}{SUFFIX}.wal"):
+            path.unlink(missing_ok=True)
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
