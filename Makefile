@@ -9,6 +9,7 @@ DEMO_LEADS ?= 20000
 DEMO_AS_OF ?= 2026-01-01
 DEMO_CRM   ?= sqlite:///data/crm.db
 DEMO_REPORT ?= reports/demo-report.html
+DEMO_REPS ?= 8
 # LightGBM's OpenMP threads sleep instead of spinning between parallel regions: on a shared
 # or busy machine spinning makes small fits 10-100x slower; on an idle one sleeping costs little.
 export OMP_WAIT_POLICY ?= PASSIVE
@@ -31,7 +32,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 $(DEMO_DATA)/leads.csv: | $(VENV)/.installed
-	$(CLI) generate --out $(DEMO_DATA) --leads $(DEMO_LEADS) --seed 42
+	$(CLI) generate --out $(DEMO_DATA) --leads $(DEMO_LEADS) --seed 42 --reps $(DEMO_REPS)
 
 demo: $(VENV)/.installed $(DEMO_DATA)/leads.csv
 	$(CLI) validate --data $(DEMO_DATA)
@@ -39,6 +40,10 @@ demo: $(VENV)/.installed $(DEMO_DATA)/leads.csv
 	$(CLI) promote
 	$(CLI) score --data $(DEMO_DATA) --as-of $(DEMO_AS_OF) --out $(DEMO_CRM) --top 10
 	$(CLI) report --data $(DEMO_DATA) --as-of $(DEMO_AS_OF) --out $(DEMO_REPORT)
+	@if [ -f $(DEMO_DATA)/reps.csv ]; then \
+	  $(CLI) allocate --data $(DEMO_DATA) --scores $(DEMO_CRM) --reps $(DEMO_DATA)/reps.csv --out $(DEMO_CRM) \
+	    --compare-effects $(DEMO_DATA)/rep_effects.csv; \
+	else echo "no $(DEMO_DATA)/reps.csv (DEMO_REPS=0, or data generated before reps): allocation skipped; make clean && make demo"; fi
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests bench

@@ -361,3 +361,44 @@ def test_activity_scales_self_directed_engagement_only(tmp_path: Path) -> None:
     assert b["pricing_page_view"] > 2.5 * a["pricing_page_view"]
     for kept in ("invoice_paid", "email_open"):  # post-sale and nurturing keep their rates
         assert abs(b[kept] / a[kept] - 1) < 0.2, (kept, a[kept], b[kept])
+
+
+def test_reps_add_an_owner_column_and_change_nothing_else(tmp_path: Path) -> None:
+    """Owners are drawn after the outcome from a stream of their own: with reps, leads (but
+    for ``owner_id``), events, stages and accounts are those of the story without reps."""
+    generate_crm(tmp_path / "a", n_leads=1500, seed=5, end=END, chunk_leads=600)
+    generate_crm(tmp_path / "b", n_leads=1500, seed=5, end=END, chunk_leads=600, reps=6)
+    for table in ("events", "stages", "accounts"):
+        assert (tmp_path / "a" / f"{table}.csv").read_bytes() == (tmp_path / "b" / f"{table}.csv").read_bytes()
+    a = pd.read_csv(tmp_path / "a" / "leads.csv", dtype=str, keep_default_na=False)
+    b = pd.read_csv(tmp_path / "b" / "leads.csv", dtype=str, keep_default_na=False)
+    assert list(b.columns) == [*a.columns, "owner_id"]
+    pd.testing.assert_frame_equal(a, b.drop(columns="owner_id"))
+    assert b["owner_id"].str.match(r"^R0[1-6]$").mean() > 0.9
+
+
+def test_owner_after_the_outcome_has_the_joint_of_owner_first() -> None:
+    """P(r | converted) ~ pi_r q_r and P(r | lost) ~ pi_r (1 - q_r) give the joint of "owner
+    from the prior, then converting with q_r = p x effect": owners are uniform (round-robin)
+    and each rep converts its leads at the mean of its q_r; the cap keeps the mean at p."""
+    from convert.simulate import P_CAP, _draw_team, _owners, _rep_probabilities
+
+    team = _draw_team(np.random.SeedSequence(3), 4, 1000)
+    rng = np.random.default_rng(0)
+    n = 200_000
+    src = rng.integers(0, team.effect.shape[1], n)
+    band = rng.integers(-1, team.effect.shape[2] - 1, n)
+    p = np.where(rng.random(n) < 0.1, 0.97, rng.uniform(0.01, 0.6, n))  # some leads hit the cap
+    converts = rng.random(n) < p
+    owner = _owners(team, 0, src, band, p, converts)
+    q = _rep_probabilities(team, src, np.where(band < 0, team.effect.shape[2] - 1, band), p)
+    assert (q <= P_CAP + 1e-12).all() and np.allclose(q.mean(axis=1), p)
+    assert (q[p > 0.9] >= P_CAP - 1e-12).any()  # the cap binds somewhere
+    for r in range(team.n):
+        mine = owner == r
+        assert mine.mean() == pytest.approx(1 / team.n, abs=0.006)
+        se = np.sqrt(q[:, r].mean() * (1 - q[:, r].mean()) / mine.sum())
+        assert abs(converts[mine].mean() - q[:, r].mean()) < 4 * se
+    # against a fair share it is not: the effects show in the data
+    rates = [converts[owner == r].mean() for r in range(team.n)]
+    assert max(rates) - min(rates) > 0.01

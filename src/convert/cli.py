@@ -89,11 +89,14 @@ def generate(
         "--drift", help="Base-rate change in log-odds from --start to --end (overrides the preset).")] = None,
     attributes: Annotated[int | None, typer.Option(
         "--attributes", min=0, help="Extra lead attributes attr_NN, six of them relevant (overrides the preset).")] = None,
+    reps: Annotated[int, typer.Option(
+        "--reps", min=0, help="Sales reps: leads get owner_id (drawn after the outcome: other tables unchanged); writes reps.csv and rep_effects.csv."
+    )] = 0,
 ) -> None:
     """Write a seeded synthetic CRM export (leads, accounts, events, stages)."""
     import dataclasses
 
-    from convert.simulate import REGIMES, generate_crm
+    from convert.simulate import REGIMES, REP_EFFECTS_FILE, REPS_FILE, generate_crm
 
     if fmt not in ("csv", "parquet"):
         raise ConvertError(f"--format must be csv or parquet, not {fmt!r}")
@@ -107,8 +110,10 @@ def generate(
     if overrides:
         chosen = dataclasses.replace(chosen, name="custom" if regime == "default" else f"{regime} (modified)")
     summary = generate_crm(out, n_leads=leads, seed=seed, fmt=fmt, start=start, end=end,  # type: ignore[arg-type]
-                           bad_rows=not clean, activity=activity, regime=chosen)
+                           bad_rows=not clean, activity=activity, regime=chosen, reps=reps)
     echo(str(summary))
+    if reps:
+        echo(f"  {reps} sales reps: {out / REPS_FILE} (territories, capacity), {out / REP_EFFECTS_FILE} (true effects)")
     if summary.extra_attributes():
         echo("  to train on the extra attributes, add to params.yaml under features:")
         echo("    extra_attributes:")
@@ -305,6 +310,52 @@ def _top_table(frame) -> str:  # type: ignore[no-untyped-def]
             if reason:
                 lines.append(f"{'':>14}{reason}")
     return "\n".join(lines)
+
+
+@app.command()
+def allocate(
+    data: DataOpt,
+    scores: Annotated[str, typer.Option("--scores", help="The scores `score` wrote: a .parquet/.csv file or a database URL (with --scores-table).")],
+    reps: Annotated[str, typer.Option("--reps", help="Reps: a .csv/.parquet file or a database URL (with --reps-table): rep_id, capacity, optional max_open, active and territory columns.")],
+    out: Annotated[str | None, typer.Option("--out", help="Where to write the assignments: a .parquet/.csv file, a database URL, or env:VARIABLE (default: env CONVERT_OUT_URL).")] = None,
+    table: Annotated[str | None, typer.Option("--table", help="Assignments table (history: NAME_history; default lead_assignments).")] = None,
+    scores_table: Annotated[str | None, typer.Option("--scores-table", help="Scores table when --scores is a database (default lead_scores).")] = None,
+    reps_table: Annotated[str | None, typer.Option("--reps-table", help="Reps table when --reps is a database (default reps).")] = None,
+    min_score: Annotated[int | None, typer.Option("--min-score", min=0, max=100, help="Allocate leads with at least this score (default: the leads routed to sales).")] = None,
+    reassign: Annotated[bool, typer.Option("--reassign", help="Free the leads being allocated from their current rep.")] = False,
+    balance: Annotated[bool, typer.Option("--balance", help="First spread expected conversions across reps (allocation.balance_tolerance), then maximise.")] = False,
+    model: ModelOpt = None,
+    compare_effects: Annotated[str | None, typer.Option("--compare-effects", help="Also value the allocation under these rep effects (rep_id, segment, effect: e.g. the simulator's rep_effects.csv).")] = None,
+    effects_out: Annotated[Path | None, typer.Option("--effects-out", help="Also write the learned rep effects per segment (CSV/Parquet), with their intervals.")] = None,
+    config: ConfigOpt = None, rejects: RejectsOpt = None, strict: StrictOpt = False,
+    mapping: MappingOpt = None,
+    allow_older: Annotated[bool, typer.Option("--allow-older", help="Write even if the scores' as-of is older than the newest as-of in the assignments table.")] = False,
+    replace: Annotated[bool, typer.Option("--replace", help="Write even if the table holds another model's assignments (they are replaced; history kept).")] = False,
+) -> None:
+    """Allocate scored leads to sales reps (territory, capacity, sticky owners, rep effects) and write who calls each."""
+    result = steps.allocate_step(data, _config(config), scores, reps, out, table, scores_table, reps_table, min_score,
+                                 reassign, balance, model, compare_effects, str(rejects) if rejects else None,
+                                 strict or None, echo, _mapping(mapping), allow_older=allow_older, replace=replace)
+    w = result.written
+    where = f"table {w.table} at {w.target}" if w.table else w.target
+    assigned = int(result.allocation.assignments["rep_id"].notna().sum())
+    echo(f"wrote {w.rows_written:,} assignments ({assigned:,} with a rep) to {where} in {w.seconds:.1f} s"
+         + (f"; added {w.history_rows_added:,} rows to {w.table}_history" if w.table else ""))
+    fx = result.effects
+    if not fx.per_rep.empty:
+        echo(f"rep effects from {result.history_leads:,} past leads (overall effect, 95% interval): " + ", ".join(
+            f"{r.rep_id} {r.effect:.2f} ({r.low:.2f}-{r.high:.2f})" for r in fx.per_rep.itertuples()))
+    if effects_out:
+        from convert.io import write_frame
+
+        write_frame(fx.table, effects_out)
+        echo(f"rep effects per segment written to {effects_out}")
+    for line in result.allocation.lines():
+        echo(line)
+    if result.truth:
+        t = result.truth
+        echo(f"under the effects of {compare_effects}: this allocation {t['allocation']:.2f}, round-robin "
+             f"{t['round_robin']:.2f}, highest scores to whoever is free {t['greedy']:.2f}")
 
 
 @app.command()

@@ -295,6 +295,43 @@ class FlatConfig(_Section):
     max_category_share: float = Field(0.5, gt=0.0, le=1.0)
 
 
+#: Why the owner column never becomes a model feature (the leakage guard's exclusion reason).
+OWNER_EXCLUDED = (
+    "the lead's owner (sales rep): used by allocate to learn rep effects, never a model feature "
+    "(who works a lead is decided after scoring, and its fill rate follows the outcome)"
+)
+
+
+class AllocationConfig(_Section):
+    """``convert-leads allocate``: who should call each lead (see :mod:`convert.allocate`).
+
+    ``segment_by`` names the lead attributes whose combination is a segment of the rep
+    effects; ``owner_column`` the leads' column holding each lead's current rep (the mapping
+    can rename a CRM's own column to it); rep effects are learned from owned leads whose
+    outcome is known, each predicted at its first ``history_frequency`` snapshot at least a
+    day after creation (default daily: the day the lead is routed, before the rep's work shows
+    in its engagement; a later snapshot's engagement already carries the outcome the rep
+    caused, and the effect learned against it shrinks toward 1).
+    """
+
+    table: str = "lead_assignments"
+    scores_table: str = "lead_scores"
+    reps_table: str = "reps"
+    segment_by: tuple[str, ...] = ("lead_source", "employee_band")
+    balance_tolerance: float = Field(0.10, gt=0.0, le=1.0)
+    owner_column: str = "owner_id"
+    history_frequency: Literal["daily", "weekly", "biweekly", "monthly"] = "daily"
+    interval: float = Field(0.95, gt=0.5, lt=1.0)
+    time_limit_seconds: float = Field(60.0, gt=0.0)
+
+    @field_validator("owner_column")
+    @classmethod
+    def _owner_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", value):
+            raise ValueError(f"owner_column {value!r} must be a plain column name (letters, digits, _)")
+        return value
+
+
 class PromotionConfig(_Section):
     """When the challenger replaces the champion."""
 
@@ -373,6 +410,17 @@ class Config(_Section):
     flat: FlatConfig = FlatConfig()
     report: ReportConfig = ReportConfig()
     backtest: BacktestConfig = BacktestConfig()
+    allocation: AllocationConfig = AllocationConfig()
+
+    @model_validator(mode="after")
+    def _owner_is_no_feature(self) -> Config:
+        owner = self.allocation.owner_column
+        if any(e.column == owner for e in self.features.extra_attributes):
+            raise ValueError(
+                f"features.extra_attributes names {owner!r}, the owner column "
+                f"(allocation.owner_column): {OWNER_EXCLUDED}. Remove it from extra_attributes"
+            )
+        return self
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Config:

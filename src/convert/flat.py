@@ -26,7 +26,7 @@ import pandas as pd
 
 from convert.baselines import LogisticBaseline
 from convert.catalog import Catalog, FeatureDef
-from convert.config import Config
+from convert.config import OWNER_EXCLUDED, Config
 from convert.crossfit import Folds, cross_fit, ordered_folds, random_folds
 from convert.exceptions import (
     ConfigError,
@@ -227,6 +227,9 @@ def load_flat(
         name = flat.output_name(column)
         if name in columns and name not in (target, id_column):
             excluded[name] = reason
+    owner = config.allocation.owner_column
+    if owner in columns and owner not in (target, id_column) and owner not in excluded:
+        excluded[owner] = OWNER_EXCLUDED
     rows = np.arange(1, len(frame) + 1)
     reasons = pd.Series(None, index=frame.index, dtype=object)
     bad_column = pd.Series(None, index=frame.index, dtype=object)
@@ -472,7 +475,7 @@ def train_flat(
     screened = table.excluded | {c: "" for c in table.candidates}
     leakage = screen(
         table.frame[list(screened)], y, config.leakage,
-        kinds=table.kinds, excluded={c: f"mapping: {r}" for c, r in table.excluded.items()},
+        kinds=table.kinds, excluded={c: r if r == OWNER_EXCLUDED else f"mapping: {r}" for c, r in table.excluded.items()},
         allowed=mapping.allow, seed=config.seed,
     )
     leakage.check()

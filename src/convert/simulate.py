@@ -934,7 +934,186 @@ class _World:
     firms: _Firms
     campaigns: _Campaigns
     activity: float = 1.0  # multiplies the rate of self-directed pre-sale events
+    team: _Team | None = None  # sales reps and lead owners (``reps`` > 0), else none
     regime: Regime = field(default_factory=lambda: Regime())
+
+
+# =============================================================================================
+# sales reps and lead owners (``reps`` > 0): who works each lead, and how well
+# =============================================================================================
+
+OWNER_ID = "owner_id"
+#: employee bands of the rep effects (``features.employee_bands``' default cuts)
+REP_EMPLOYEE_BANDS = (10, 50, 200, 1000, 5000)
+#: log-normal spread of the true rep effects: per rep, per rep and source, per rep and size band
+REP_EFFECT_SD = (0.25, 0.20, 0.10)
+#: open leads created this many days before ``end`` have no owner yet (awaiting routing)
+UNROUTED_DAYS = 21
+#: a rep's effect never lifts a conversion probability above this
+P_CAP = 0.999
+REPS_FILE = "reps.csv"
+REP_EFFECTS_FILE = "rep_effects.csv"
+
+
+@dataclass
+class _Team:
+    """Sales reps: country territories, true effects per (rep, source, size band), capacity."""
+
+    ids: list[str]
+    countries: list[list[int]]  # indices into COUNTRIES each rep covers
+    effect: F64  # (reps, sources + missing, bands + missing), lead-weighted mean 1 per segment
+    capacity: I64
+    max_open: list[int | None]
+    active: np.ndarray
+    seed: np.random.SeedSequence
+    #: per segment, the leads' summed conversion probability without a rep, and with each rep
+    #: (after the cap): the effects as realised on expected conversions (``rep_effects.csv``)
+    base: F64 = field(default_factory=lambda: np.zeros(0))
+    realised: F64 = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    def realised_effects(self) -> F64:
+        """Each (rep, segment)'s effect on the segment's expected conversions, relative to the
+        segment's average rep (the parameter where the segment has no lead)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = self.realised / self.base[None, :, :]
+            ratio = ratio / ratio.mean(axis=0, keepdims=True)
+        return np.where(self.base[None, :, :] > 0, ratio, self.effect)
+
+
+def _band_index(employees: F64) -> I64:
+    return np.searchsorted(np.asarray(REP_EMPLOYEE_BANDS, dtype="float64"), employees, side="right")
+
+
+def _draw_team(seed: np.random.SeedSequence, n_reps: int, n_leads: int) -> _Team:
+    """Reps with overlapping country territories (every country has at least two reps when
+    there are two or more), true win-rate effects by segment, capacity and max_open."""
+    rng = np.random.default_rng(seed.spawn(1)[0])
+    n_c = len(COUNTRIES)
+    covers: list[list[int]] = [[] for _ in range(n_reps)]
+    for c in range(n_c):  # each country to two reps (one when alone), spread round the team
+        for k in range(min(2, n_reps)):
+            covers[(2 * c + k) % n_reps].append(c)
+    for r in range(n_reps):  # and a few more at random
+        extra = rng.choice(n_c, int(rng.integers(0, 3)), replace=False)
+        covers[r] = sorted(set(covers[r]) | {int(x) for x in extra})
+    n_src, n_band = len(LEAD_SOURCES) + 1, len(REP_EMPLOYEE_BANDS) + 2
+    sd_rep, sd_src, sd_band = REP_EFFECT_SD
+    log_e = (
+        rng.normal(0.0, sd_rep, (n_reps, 1, 1))
+        + rng.normal(0.0, sd_src, (n_reps, n_src, 1))
+        + rng.normal(0.0, sd_band, (n_reps, 1, n_band))
+    )
+    effect = np.exp(log_e)
+    effect /= effect.mean(axis=0, keepdims=True)  # past owners are uniform: a segment's average rep is 1
+    capacity = np.full(n_reps, max(2, n_leads // 4000), dtype=np.int64)
+    max_open: list[int | None] = [None] * n_reps
+    active = np.ones(n_reps, bool)
+    if n_reps >= 4:
+        max_open[1] = max(5, n_leads // 200)  # a rep close to full
+        active[-1] = False  # a rep who left: their open leads are released
+    ids = [f"R{r + 1:02d}" for r in range(n_reps)]
+    return _Team(ids, covers, effect, capacity, max_open, active, seed,
+                 base=np.zeros((n_src, n_band)), realised=np.zeros((n_reps, n_src, n_band)))
+
+
+def _rep_probabilities(team: _Team, src: I64, band_i: I64, p: F64) -> F64:
+    """Each lead's conversion probability with each rep, ``(leads, reps)``: ``p x effect``
+    with the effects normalised so that the prior-weighted mean over reps is ``p`` itself, and
+    capped below 1 (what a capped rep loses goes to the others in proportion, so the mean stays
+    ``p``). Assigning an owner from the prior and converting with these probabilities gives the
+    same joint of (owner, outcome) as :func:`_owners`' draw after the outcome."""
+    prior = _owner_prior(team, len(src))
+    e = team.effect[:, src, band_i].T  # (leads, reps)
+    e = e / (prior * e).sum(axis=1, keepdims=True)
+    q = p[:, None] * e
+    for _ in range(team.n):  # water-filling: at most one more rep reaches the cap per round
+        over = q > P_CAP
+        if not over.any():
+            break
+        excess = (prior * np.where(over, q - P_CAP, 0.0)).sum(axis=1, keepdims=True)
+        q = np.minimum(q, P_CAP)
+        room = np.where(q < P_CAP, q, 0.0)
+        mass = (prior * room).sum(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            q = np.where(q < P_CAP, q * (1.0 + np.where(mass > 0, excess / mass, 0.0)), q)
+    return q
+
+
+def _owner_prior(team: _Team, n: int) -> F64:
+    """``(leads, reps)``: who would have been given each lead before its outcome. Past leads
+    were routed round-robin over the whole team (most CRMs' default), so the prior is uniform
+    and independent of every lead attribute; ``reps.csv``'s territories are the rules from now
+    on. (Had owners followed country territories, a model using the country would absorb part
+    of a lone rep's effect, and no learner could tell the two apart.)"""
+    return np.full((n, team.n), 1.0 / team.n)
+
+
+def _owners(team: _Team, lo: int, src: I64, band: I64, p: F64, converts: np.ndarray) -> I64:
+    """Each lead's owner, drawn AFTER its outcome, by Bayes.
+
+    With ``pi_r`` the prior over reps and ``q_r = p x e_r`` the lead's conversion probability
+    with rep ``r`` (:func:`_rep_probabilities`: ``sum_r pi_r q_r = p``), a converted lead's
+    owner is ``r`` with probability ``pi_r q_r / p`` and a lost one's ``pi_r (1 - q_r) / (1 - p)``.
+    The joint of (owner, outcome) is then exactly "owner from the prior, conversion with
+    ``q_r``", so the rep effects hold in the data and can be learned, while the outcomes, and
+    so every other table, are those of the story without reps, draw for draw (the owner comes
+    from a stream of its own). The model never sees the owner: its figures do not move.
+    """
+    n = len(src)
+    rng = np.random.default_rng(np.random.SeedSequence(team.seed.entropy, spawn_key=(7, lo)))
+    band_i = np.where(band < 0, team.effect.shape[2] - 1, band)
+    q = _rep_probabilities(team, src, band_i, p)
+    np.add.at(team.base, (src, band_i), p)
+    for r in range(team.n):  # what each rep would have made of these leads
+        np.add.at(team.realised[r], (src, band_i), q[:, r])
+    w = _owner_prior(team, n) * np.where(converts[:, None], q, 1.0 - q)
+    cdf = np.cumsum(w, axis=1)
+    u = rng.random(n) * cdf[:, -1]
+    owner = (cdf < u[:, None]).sum(axis=1)
+    return np.minimum(owner, team.n - 1).astype(np.int64)
+
+
+def _owner_column(world: _World, c: _Cohort) -> pa.Array:
+    """``owner_id``: the owner's id, empty for open leads created in the last UNROUTED_DAYS."""
+    assert world.team is not None
+    still_open = ~c.conv_obs & ~c.dq_obs
+    waiting = still_open & (c.created > world.end - UNROUTED_DAYS * DAY)
+    return _take(world.team.ids, np.where(waiting, -1, c.owner))
+
+
+def _write_team(out: Path, team: _Team, fmt: Format) -> dict[str, int]:
+    """``reps.csv`` (the allocation's input) and ``rep_effects.csv`` (the truth, for tests)."""
+    import csv
+
+    del fmt  # both files are small CSV whatever the tables' format
+    with open(out / REPS_FILE, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["rep_id", "capacity", "max_open", "active", "country"])
+        for r, rep_id in enumerate(team.ids):
+            mo = team.max_open[r]
+            w.writerow([rep_id, int(team.capacity[r]), "" if mo is None else mo,
+                        "true" if team.active[r] else "false",
+                        "|".join(COUNTRIES[c][0] for c in team.countries[r])])
+    sources = [*_SOURCE_NAMES, None]
+    cuts = REP_EMPLOYEE_BANDS
+    bands = [f"<{cuts[0]}"] + [f"{a}-{b - 1}" for a, b in zip(cuts, cuts[1:], strict=False)] + [f"{cuts[-1]}+", None]
+    rows = 0
+    realised = team.realised_effects()
+    with open(out / REP_EFFECTS_FILE, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["rep_id", "lead_source", "employee_band", "segment", "effect", "multiplier"])
+        for r, rep_id in enumerate(team.ids):
+            for i, source in enumerate(sources):
+                for j, band in enumerate(bands):
+                    label = f"lead_source={source or '(none)'}, employee_band={band or '(none)'}"
+                    w.writerow([rep_id, source or "", band or "", label, f"{realised[r, i, j]:.6f}",
+                                f"{team.effect[r, i, j]:.6f}"])
+                    rows += 1
+    return {"reps": team.n, "rep_effects": rows}
 
 
 # =============================================================================================
@@ -979,6 +1158,7 @@ class _Cohort:
     fs_end: I64
     open_end: I64  # end of the open (pre-outcome) life, at most ``end``
     b2c: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, bool))
+    owner: I64 = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))  # -1: none
 
     @property
     def n(self) -> int:
@@ -1035,7 +1215,12 @@ def _draw_cohort(
     lead_need = rng.normal(0.0, LEAD_NEED_SD, n)
     z = INTERCEPT + fit + acc_need + lead_need + np.array(CONVERSION_BY_MONTH)[_month(created) - 1]
     z = z + _regime_logit(world, created, extra_logit)
-    converts = rng.random(n) < _sigmoid(z)
+    p_convert = _sigmoid(z)
+    converts = rng.random(n) < p_convert
+    owner = np.full(n, -1, dtype=np.int64)
+    if world.team is not None:  # after the outcome, from a stream of its own: nothing else moves
+        band = np.where(has_acc & ~firms.employees_missing[a0], _band_index(firms.employees[a0]), -1)
+        owner = _owners(world.team, lo, src, band, p_convert, converts)
 
     # conversion time: log-normal delay (faster for hot leads), late tail, December slip,
     # quarter-end pull
@@ -1110,6 +1295,7 @@ def _draw_cohort(
         fs_end=fs_end,
         open_end=open_end,
         b2c=b2c,
+        owner=owner,
     )
 
 
@@ -1563,6 +1749,8 @@ def _chunk(
         UTM_MEDIUM: _take([m[0] for m in MEDIUMS], np.where(c.medium == 0, -1, c.medium)),
         **extra_columns,
     }
+    if world.team is not None:
+        leads[OWNER_ID] = _owner_column(world, c)
 
     m = len(ev_kind)
     chan = np.where(rng.random(m) < 0.03, -1, _KIND_CHANNEL[ev_kind])
@@ -1885,6 +2073,7 @@ def generate_crm(
     chunk_leads: int = 50_000,
     activity: float = 1.0,
     regime: Regime | str | None = None,
+    reps: int = 0,
 ) -> GenerateSummary:
     """Write a synthetic CRM export (``leads``, ``accounts``, ``events``, ``stages``) to ``out_dir``.
 
@@ -1914,6 +2103,13 @@ def generate_crm(
     regime:
         A :class:`Regime` or the name of a preset in :data:`REGIMES` (``default``, ``short``,
         ``open``, ``drift``, ``additive``); ``None`` is the default story.
+    reps:
+        Sales reps (0: none, and the tables are exactly as without this option). With reps,
+        ``leads`` gains ``owner_id`` (empty for open leads created in the last
+        ``UNROUTED_DAYS`` days, awaiting routing), drawn after the outcome so that the owner's
+        true effect for the lead's segment (lead source x employee band) holds in the data
+        while every other column and table stays as without reps; ``reps.csv`` (territories by country, capacity, max_open, active) and
+        ``rep_effects.csv`` (the true effects) are written beside the tables.
 
     Returns
     -------
@@ -1923,6 +2119,8 @@ def generate_crm(
     began = time.perf_counter()
     if fmt not in ("csv", "parquet"):
         raise ConfigError(f"format must be 'csv' or 'parquet', not {fmt!r}")
+    if reps < 0:
+        raise ConfigError(f"reps must be 0 or more (got {reps})")
     if not activity > 0:
         raise ConfigError(f"activity must be positive (got {activity})")
     if n_leads < 1 or chunk_leads < 1:
@@ -1970,6 +2168,7 @@ def generate_crm(
         campaigns=_draw_campaigns(np.random.default_rng(s_campaigns), lo_s, hi_s),
         activity=float(activity),
         regime=reg,
+        team=_draw_team(root.spawn(1)[0], reps, n_leads) if reps else None,
     )
     lead_kinds = [b for b in BAD_ROW_KINDS if b[0] == "leads"]
     lead_total = (
@@ -2011,6 +2210,11 @@ def generate_crm(
             disqualified += part.disqualified
         for w in writers.values():
             w.commit()
+        if world.team is not None:
+            _write_team(out, world.team, fmt)
+        else:  # no reps: a previous run's reps files would describe owners that are not there
+            for name in (REPS_FILE, REP_EFFECTS_FILE):
+                (out / name).unlink(missing_ok=True)
     except BaseException:
         for w in writers.values():
             w.discard()

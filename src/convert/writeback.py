@@ -1,7 +1,8 @@
 """Write scores back: to a file, SQLite or PostgreSQL, staged and switched atomically.
 
 This edge module is the only place that writes scores. :func:`write_scores` takes a frame
-with exactly the :class:`~convert.schema.ScoreOutput` columns and a target:
+with exactly the :class:`~convert.schema.ScoreOutput` columns (or, with ``schema=``, another
+output schema's, e.g. the lead assignments of ``convert.allocate``) and a target:
 
 * a file path ending ``.parquet`` or ``.csv``: written to a temporary file in the same
   directory, then moved over the old file with :func:`os.replace` (readers see the old
@@ -58,7 +59,9 @@ after). Waiting longer than ``lock_timeout_s`` stops the run with
 
 The guards are not tied to the scores' columns: :class:`TableState` reads any table with
 an as-of and a model-version column, and :func:`lock_table` / :func:`file_lock` take the
-same locks, so a later command writing another table (assignments) reuses them.
+same locks. ``allocate``'s assignments (``schema=AssignmentOutput``) go through the same
+lock, older-as-of and one-model-per-table guards and history table; the shrink guard does
+not apply to them (``SHRINK_GUARD = False``: assignments churn every day).
 
 Tables: ``lead_id`` TEXT, ``as_of``/``scored_at`` TIMESTAMP (naive UTC), ``probability``
 DOUBLE PRECISION (SQLite REAL), the points INTEGER, the rest TEXT (empty text is NULL).
@@ -71,6 +74,7 @@ SQLAlchemy, psycopg and pyarrow are imported lazily, inside the functions that n
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -91,7 +95,7 @@ import numpy as np
 import pandas as pd
 
 from convert.exceptions import WritebackError, WriteLockedError, WriteRefusedError
-from convert.schema import Column, ScoreOutput
+from convert.schema import Column, ScoreOutput, TableSchema
 from convert.urls import engine_url as _sqlalchemy_url
 from convert.urls import is_database_url, redact_url, secrets_of
 
@@ -144,6 +148,28 @@ _CURRENT_KEY: tuple[str, ...] = tuple(ScoreOutput.key)
 _HISTORY_KEY: tuple[str, ...] = tuple(ScoreOutput.HISTORY_KEY)
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """The written table's schema (ScoreOutput by default; ``allocate`` writes AssignmentOutput):
+    its columns, the current table's key and the history's key (``HISTORY_KEY``)."""
+
+    columns: tuple[Column, ...]
+    names: tuple[str, ...]
+    current_key: tuple[str, ...]
+    history_key: tuple[str, ...]
+    #: whether the shrink guard applies (not to assignments: they churn every day)
+    shrink_guard: bool = True
+
+    @classmethod
+    def of(cls, schema: type[TableSchema]) -> _Layout:
+        history = tuple(getattr(schema, "HISTORY_KEY", (*schema.key, "as_of", "model_version")))
+        return cls(tuple(schema.columns()), tuple(schema.names()), tuple(schema.key), history,
+                   bool(getattr(schema, "SHRINK_GUARD", True)))
+
+
+_SCORES = _Layout.of(ScoreOutput)
+
+
 @contextmanager
 def _timed(step: str) -> Iterator[None]:
     """Log at DEBUG how long *step* took (the phases of a write, for tuning)."""
@@ -192,6 +218,7 @@ def write_scores(
     chunk_rows: int = 100_000,
     allow_empty: bool = False,
     guards: WriteGuards | None = None,
+    schema: type[TableSchema] = ScoreOutput,
 ) -> WriteSummary:
     """Write *scores* (the :class:`ScoreOutput` columns) to *target*; see the module docs.
 
@@ -212,6 +239,11 @@ def write_scores(
     guards:
         What the run may do to the scores it replaces, and how long it waits for a lock
         (default: ``WriteGuards()``, the defaults of the ``writeback:`` section).
+    schema:
+        The table's schema (a :class:`~convert.schema.TableSchema` with ``key`` and
+        ``HISTORY_KEY``): ``ScoreOutput``, or ``AssignmentOutput`` for ``allocate``. A schema
+        whose ``SHRINK_GUARD`` is false (assignments, which churn every day) skips the shrink
+        guard; the lock, the model and the as-of guards apply to every schema.
 
     Raises
     ------
@@ -229,11 +261,14 @@ def write_scores(
     guards = WriteGuards() if guards is None else guards
     name = _parse_table(table, suffix=_DERIVED_ROOM)
     dest = _parse_target(target)
-    frame = _prepare(scores, allow_empty=allow_empty)
+    layout = _SCORES if schema is ScoreOutput else _Layout.of(schema)
+    if not layout.shrink_guard:
+        guards = dataclasses.replace(guards, allow_shrink=True)
+    frame = _prepare(scores, allow_empty=allow_empty, layout=layout)
     batch = TableState.of_frame(frame)
     guards.check_batch(batch)
     if isinstance(dest, _FileTarget):
-        _write_file(frame, dest, guards, batch)
+        _write_file(frame, dest, guards, batch, layout)
         summary = WriteSummary(
             target=dest.display,
             table=None,
@@ -243,7 +278,9 @@ def write_scores(
             seconds=time.perf_counter() - started,
         )
     else:
-        removed, added, updated = _write_database(frame, dest, name, chunk_rows, guards, batch)
+        removed, added, updated = _write_database(
+            frame, dest, name, chunk_rows, guards, batch, layout
+        )
         summary = WriteSummary(
             target=dest.display,
             table=name.display,
@@ -257,7 +294,9 @@ def write_scores(
     return summary
 
 
-def read_table(target: str | os.PathLike[str], table: str = ScoreOutput.table) -> pd.DataFrame:
+def read_table(
+    target: str | os.PathLike[str], table: str = ScoreOutput.table, *, schema: type[TableSchema] = ScoreOutput
+) -> pd.DataFrame:
     """Read scores back from a file or a database table (e.g. ``lead_scores_history``).
 
     ``ScoreOutput`` columns get their contract types (as :func:`write_scores` writes them);
@@ -269,10 +308,11 @@ def read_table(target: str | os.PathLike[str], table: str = ScoreOutput.table) -
         frame = _read_file(dest)
     else:
         frame = _read_database(dest, _parse_table(table, suffix=0))
-    for column in ScoreOutput.columns():
+    layout = _Layout.of(schema)
+    for column in layout.columns:
         if column.name in frame.columns:
             frame[column.name] = _coerce(frame[column.name].reset_index(drop=True), column)
-    keys = [k for k in _HISTORY_KEY if k in frame.columns]
+    keys = [k for k in layout.history_key if k in frame.columns]
     if keys:
         frame = frame.sort_values(keys, kind="stable")
     return frame.reset_index(drop=True)
@@ -404,13 +444,13 @@ def _parse_url(text: str) -> _DbTarget:
 # --- the frame: columns, types, keys ------------------------------------------------------
 
 
-def _prepare(scores: object, *, allow_empty: bool) -> pd.DataFrame:
+def _prepare(scores: object, *, allow_empty: bool, layout: _Layout = _SCORES) -> pd.DataFrame:
     """*scores* with the ScoreOutput columns in order and their contract types; else raise."""
     if not isinstance(scores, pd.DataFrame):
         raise WritebackError(f"scores must be a pandas DataFrame, got {type(scores).__name__}")
     given = [str(c) for c in scores.columns]
-    missing = [c for c in _NAMES if c not in given]
-    extra = [c for c in given if c not in _NAMES]
+    missing = [c for c in layout.names if c not in given]
+    extra = [c for c in given if c not in layout.names]
     doubled = sorted({c for c in given if given.count(c) > 1})
     if missing or extra or doubled:
         problems = []
@@ -422,12 +462,12 @@ def _prepare(scores: object, *, allow_empty: bool) -> pd.DataFrame:
             problems.append(f"repeated column(s) {', '.join(map(repr, doubled))}")
         raise WritebackError(
             f"scores do not have the ScoreOutput columns: {'; '.join(problems)}. "
-            f"Expected exactly: {', '.join(_NAMES)}"
+            f"Expected exactly: {', '.join(layout.names)}"
         )
     frame = scores.copy(deep=False)
     frame.columns = pd.Index(given)
     data: dict[str, pd.Series] = {}
-    for column in ScoreOutput.columns():
+    for column in layout.columns:
         series = _coerce(frame[column.name].reset_index(drop=True), column)
         if not column.nullable:
             empty = series.isna().to_numpy()
@@ -545,7 +585,7 @@ def _as_int(series: pd.Series) -> pd.Series:
     return whole if bool(whole.isna().any()) else whole.astype("int64")
 
 
-def _to_arrow(frame: pd.DataFrame) -> pa.Table:
+def _to_arrow(frame: pd.DataFrame, layout: _Layout = _SCORES) -> pa.Table:
     """The prepared frame as an Arrow table with the contract types."""
     import pyarrow as pa
 
@@ -556,7 +596,7 @@ def _to_arrow(frame: pd.DataFrame) -> pa.Table:
         "integer": pa.int32(),
     }
     schema = pa.schema(
-        [pa.field(c.name, types[c.dtype], nullable=c.nullable) for c in ScoreOutput.columns()]
+        [pa.field(c.name, types[c.dtype], nullable=c.nullable) for c in layout.columns]
     )
     return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
 
@@ -840,7 +880,11 @@ def file_lock(path: Path, timeout_s: float) -> Iterator[None]:
 
 
 def _write_file(
-    frame: pd.DataFrame, dest: _FileTarget, guards: WriteGuards, batch: TableState
+    frame: pd.DataFrame,
+    dest: _FileTarget,
+    guards: WriteGuards,
+    batch: TableState,
+    layout: _Layout = _SCORES,
 ) -> None:
     """Under the file's lock: check the guards against the file there, then write a
     temporary file next to it and move it over the target."""
@@ -852,7 +896,7 @@ def _write_file(
     with file_lock(path, guards.lock_timeout_s):
         if os.path.lexists(path):
             _check_file(frame, dest, guards, batch)
-        _replace_file(frame, dest)
+        _replace_file(frame, dest, layout)
 
 
 def _check_file(
@@ -886,7 +930,7 @@ def _check_file(
         guards.check_removal(label, current.rows, int((~staying).sum()))
 
 
-def _replace_file(frame: pd.DataFrame, dest: _FileTarget) -> None:
+def _replace_file(frame: pd.DataFrame, dest: _FileTarget, layout: _Layout = _SCORES) -> None:
     """Write to a temporary file next to the target, then move it over the target."""
     path = dest.path
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
@@ -898,7 +942,7 @@ def _replace_file(frame: pd.DataFrame, dest: _FileTarget) -> None:
                 if dest.fmt == "parquet":
                     import pyarrow.parquet as pq
 
-                    pq.write_table(_to_arrow(frame), handle)
+                    pq.write_table(_to_arrow(frame, layout), handle)
                 else:
                     text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
                     frame.to_csv(text, index=False, lineterminator="\n")
@@ -1024,9 +1068,12 @@ class _Tables:
     history: sa.Table
     history_as_of: sa.Index
     stage: sa.Table
+    layout: _Layout = _SCORES
 
     @classmethod
-    def build(cls, dialect: Literal["sqlite", "postgresql"], name: _TableName) -> _Tables:
+    def build(
+        cls, dialect: Literal["sqlite", "postgresql"], name: _TableName, layout: _Layout = _SCORES
+    ) -> _Tables:
         import sqlalchemy as sa
 
         metadata = sa.MetaData()
@@ -1041,12 +1088,12 @@ class _Tables:
                     nullable=c.nullable and c.name not in key,
                     autoincrement=False,
                 )
-                for c in ScoreOutput.columns()
+                for c in layout.columns
             ]
             return sa.Table(_quoted(table_name), metadata, *columns, **kwargs)
 
         temp_schema = "temp" if dialect == "sqlite" else "pg_temp"
-        history = table(name.name + HISTORY_SUFFIX, _HISTORY_KEY, schema=schema)
+        history = table(name.name + HISTORY_SUFFIX, layout.history_key, schema=schema)
         # (as_of, model_version) repeat over a whole batch: with B-tree deduplication this
         # index stays tiny, finds a run's rows for monitoring, and tells a new batch apart.
         history_as_of = sa.Index(
@@ -1058,13 +1105,14 @@ class _Tables:
             # Every run rewrites most current rows (new as_of); half-empty pages let PostgreSQL
             # update them in place (HOT updates: no new index entries), about 3x faster.
             current=table(
-                name.name, _CURRENT_KEY, schema=schema, postgresql_with={"fillfactor": 50}
+                name.name, layout.current_key, schema=schema, postgresql_with={"fillfactor": 50}
             ),
             history=history,
             history_as_of=history_as_of,
             stage=table(
                 name.name + STAGE_SUFFIX, (), schema=_quoted(temp_schema), prefixes=["TEMPORARY"]
             ),
+            layout=layout,
         )
 
 
@@ -1075,6 +1123,7 @@ def _write_database(
     chunk_rows: int,
     guards: WriteGuards,
     batch: TableState,
+    layout: _Layout = _SCORES,
 ) -> tuple[int, int, int]:
     """Stage, then switch in one transaction; returns (removed, history added, updated)."""
     import sqlite3
@@ -1090,7 +1139,7 @@ def _write_database(
         raise WritebackError(
             f"SQLite {sqlite3.sqlite_version} is too old for upserts; convert needs 3.24 or later"
         )
-    tables = _Tables.build(dest.dialect, name)
+    tables = _Tables.build(dest.dialect, name, layout)
     phase = "connecting"
     qualified = name.display
     try:
@@ -1104,7 +1153,7 @@ def _write_database(
                 conn.rollback()
                 phase = "staging the scores"
                 with _timed("staging"), conn.begin():
-                    _stage(conn, dest.dialect, tables.stage, frame, chunk_rows)
+                    _stage(conn, dest.dialect, tables.stage, frame, chunk_rows, layout)
                 phase = "switching to the new scores"
                 conn.info["convert_begin"] = "BEGIN IMMEDIATE"
                 transaction = conn.begin()
@@ -1162,12 +1211,13 @@ def _check_existing(conn: Connection, tables: _Tables, name: _TableName) -> None
             f"schema {name.schema!r} does not exist in the database; create it first. "
             "Nothing was written."
         )
-    for table, key in ((tables.current, _CURRENT_KEY), (tables.history, _HISTORY_KEY)):
+    layout = tables.layout
+    for table, key in ((tables.current, layout.current_key), (tables.history, layout.history_key)):
         if not inspector.has_table(table.name, schema=table.schema):
             continue
         label = f"{table.schema}.{table.name}" if table.schema else str(table.name)
         present = {c["name"] for c in inspector.get_columns(table.name, schema=table.schema)}
-        missing = [c for c in _NAMES if c not in present]
+        missing = [c for c in layout.names if c not in present]
         if missing:
             raise WritebackError(
                 f"table {label} exists but lacks column(s) {', '.join(missing)}: it was not "
@@ -1200,6 +1250,7 @@ def _stage(
     stage: sa.Table,
     frame: pd.DataFrame,
     chunk_rows: int,
+    layout: _Layout = _SCORES,
 ) -> None:
     import sqlalchemy as sa
 
@@ -1207,7 +1258,7 @@ def _stage(
     stage.create(conn)
     if dialect == "postgresql":
         with _timed("COPY into staging"):
-            _copy_postgresql(conn, stage, frame, chunk_rows)
+            _copy_postgresql(conn, stage, frame, chunk_rows, layout)
         with _timed("ANALYZE staging"):
             preparer = conn.dialect.identifier_preparer
             conn.exec_driver_sql(
@@ -1219,14 +1270,14 @@ def _stage(
     insert = str(stage.insert().compile(dialect=conn.dialect))
     for start in range(0, len(frame), chunk_rows):
         chunk = frame.iloc[start : start + chunk_rows]
-        columns = [_python_values(chunk[c.name], c) for c in ScoreOutput.columns()]
+        columns = [_python_values(chunk[c.name], c) for c in layout.columns]
         conn.exec_driver_sql(insert, list(zip(*columns, strict=True)))
     # the anti-join of the switch looks leads up by lead_id
     sa.Index(_quoted(f"{stage.name}_lead_id"), stage.c.lead_id).create(conn)
 
 
 def _copy_postgresql(
-    conn: Connection, stage: sa.Table, frame: pd.DataFrame, chunk_rows: int
+    conn: Connection, stage: sa.Table, frame: pd.DataFrame, chunk_rows: int, layout: _Layout = _SCORES
 ) -> None:
     """Bulk-load the frame with ``COPY ... FROM STDIN (FORMAT binary)``, in chunks.
 
@@ -1241,11 +1292,11 @@ def _copy_postgresql(
     preparer = conn.dialect.identifier_preparer
     columns = ", ".join(preparer.quote(c.name) for c in stage.columns)
     statement = f"COPY {preparer.format_table(stage)} ({columns}) FROM STDIN (FORMAT binary)"
-    arrow = _to_arrow(frame)
+    arrow = _to_arrow(frame, layout)
     arrow = arrow.take(pc.sort_indices(arrow.column(ScoreOutput.lead_id)))
 
     def encode(start: int) -> memoryview:
-        return _copy_binary_rows(arrow.slice(start, chunk_rows))
+        return _copy_binary_rows(arrow.slice(start, chunk_rows), layout)
 
     raw = conn.connection.driver_connection
     assert raw is not None
@@ -1272,7 +1323,7 @@ _COPY_TRAILER = b"\xff\xff"
 _PG_EPOCH_US = 946_684_800_000_000
 
 
-def _copy_binary_rows(table: pa.Table) -> memoryview:
+def _copy_binary_rows(table: pa.Table, layout: _Layout = _SCORES) -> memoryview:
     """The rows of *table* (ScoreOutput types) in PostgreSQL's binary COPY tuple format.
 
     Each tuple is a 16-bit field count, then per field a 32-bit length (-1 for NULL) and
@@ -1299,7 +1350,7 @@ def _copy_binary_rows(table: pa.Table) -> memoryview:
         return array.cast(pa.large_binary())
 
     pieces = []
-    for column in ScoreOutput.columns():
+    for column in layout.columns:
         values = table.column(column.name).combine_chunks()
         if column.dtype == "string":
             data = values.cast(pa.large_binary()).fill_null(b"")
@@ -1359,6 +1410,7 @@ def _switch(
     # serializes concurrent runs on the same table (released at commit or rollback)
     lock_table(conn, qualified, guards.lock_timeout_s)
     current, history, stage = tables.current, tables.history, tables.stage
+    current_key, history_key = tables.layout.current_key, tables.layout.history_key
     current.create(conn, checkfirst=True)
     history.create(conn, checkfirst=True)
     tables.history_as_of.create(conn, checkfirst=True)
@@ -1373,10 +1425,10 @@ def _switch(
         guards.check_removal(qualified, state.rows, removed)
     if dialect == "postgresql":
         with _timed("update and insert current"):
-            _merge_postgresql(conn, current, stage)
+            _merge_postgresql(conn, current, stage, tables.layout)
     else:
         with _timed("upsert current"):
-            conn.execute(_insert_from_stage(dialect, current, stage, _CURRENT_KEY, upsert=True))
+            conn.execute(_insert_from_stage(dialect, current, stage, current_key, upsert=True))
 
     # Normally no history row shares this batch's (as_of, model_version): a plain INSERT
     # then does (ON CONFLICT's speculative insertion costs ~30% more). Re-runs upsert.
@@ -1392,9 +1444,9 @@ def _switch(
     )
     if not overlap:
         with _timed("insert history"):
-            insert = _insert_from_stage(dialect, history, stage, _HISTORY_KEY, upsert=False)
+            insert = _insert_from_stage(dialect, history, stage, history_key, upsert=False)
             return removed, _rowcount(conn, insert), 0
-    upsert = _insert_from_stage(dialect, history, stage, _HISTORY_KEY, upsert=True)
+    upsert = _insert_from_stage(dialect, history, stage, history_key, upsert=True)
     with _timed("upsert history"):
         if dialect == "postgresql":
             # xmax is 0 for a freshly inserted row and set for an updated one.
@@ -1408,7 +1460,7 @@ def _switch(
             ).one()
             added, changed = int(counts[0]), int(counts[1])
         else:
-            known = sa.exists().where(*(history.c[k] == stage.c[k] for k in _HISTORY_KEY))
+            known = sa.exists().where(*(history.c[k] == stage.c[k] for k in history_key))
             added = conn.execute(
                 sa.select(sa.func.count()).select_from(stage).where(~known)
             ).scalar_one()
@@ -1420,7 +1472,9 @@ def _switch(
 _PG_MERGE_VERSION = (15,)
 
 
-def _merge_postgresql(conn: Connection, current: sa.Table, stage: sa.Table) -> None:
+def _merge_postgresql(
+    conn: Connection, current: sa.Table, stage: sa.Table, layout: _Layout = _SCORES
+) -> None:
     """Upsert the staged rows into the current table, in bulk (the leavers are gone already).
 
     The same result as ``INSERT ... ON CONFLICT (lead_id) DO UPDATE ... WHERE changed``,
@@ -1433,7 +1487,7 @@ def _merge_postgresql(conn: Connection, current: sa.Table, stage: sa.Table) -> N
     """
     import sqlalchemy as sa
 
-    rest = [n for n in _NAMES if n not in _CURRENT_KEY]
+    rest = [n for n in layout.names if n not in layout.current_key]
     if (conn.dialect.server_version_info or (0,)) < _PG_MERGE_VERSION:
         changed_rows = (
             sa.update(current)
@@ -1442,15 +1496,17 @@ def _merge_postgresql(conn: Connection, current: sa.Table, stage: sa.Table) -> N
             .values({n: stage.c[n] for n in rest})
         )
         conn.execute(changed_rows)
-        conn.execute(_insert_from_stage("postgresql", current, stage, _CURRENT_KEY, upsert=False))
+        conn.execute(
+            _insert_from_stage("postgresql", current, stage, layout.current_key, upsert=False)
+        )
         return
     # SQLAlchemy has no MERGE construct: every identifier below is a validated name quoted
     # by the dialect's preparer, and no value is spliced in.
     quote = conn.dialect.identifier_preparer.quote
-    names = [quote(n) for n in _NAMES]
+    names = [quote(n) for n in layout.names]
     changed = " OR ".join(f"t.{quote(n)} IS DISTINCT FROM s.{quote(n)}" for n in rest)
     assignments = ", ".join(f"{quote(n)} = s.{quote(n)}" for n in rest)
-    key = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in _CURRENT_KEY)
+    key = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in layout.current_key)
     format_table = conn.dialect.identifier_preparer.format_table
     merge = (
         f"MERGE INTO {format_table(current)} AS t USING {format_table(stage)} AS s ON {key} "
