@@ -1170,7 +1170,7 @@ def _partial_export(source: Path, target: Path, share: float) -> Path:
     target.mkdir()
     leads = pd.read_csv(source / "leads.csv", dtype=str, keep_default_na=False)
     kept = set(leads["lead_id"].iloc[: int(len(leads) * share)])
-    for file in source.iterdir():
+    for file in source.glob("*.csv"):  # the tables, not the folder's cache of validated tables
         frame = pd.read_csv(file, dtype=str, keep_default_na=False)
         if "lead_id" in frame.columns:
             frame = frame[frame["lead_id"].isin(kept)]
