@@ -71,7 +71,7 @@ realdata: $(VENV)/.installed
 	  --split random --model-name realdata-bank-random --summary $(REALDATA)/uci_bank_marketing_random_split.json
 	$(REAL_TRAIN) --data "$(DATASETS)/uci_online_shoppers/online_shoppers_intention.csv" --mapping docs/mappings/uci_online_shoppers.yaml \
 	  --model-name realdata-online-shoppers --summary $(REALDATA)/uci_online_shoppers.json
-	$(BIN)/python -m convert.realdata $(REALDATA) > $(REALDATA)/results.md
+	$(BIN)/python -m convert.analysis.realdata $(REALDATA) > $(REALDATA)/results.md
 	cat $(REALDATA)/results.md
 
 clean:

@@ -22,9 +22,9 @@ OUT = ROOT / "bench" / "out"
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
-from convert.catalog import Catalog, FeatureDef  # noqa: E402
 from convert.config import STANDARD_EVENT_TYPES, FeaturesConfig  # noqa: E402
-from convert.features import feature_catalog  # noqa: E402
+from convert.features.catalog import Catalog, FeatureDef  # noqa: E402
+from convert.features.engine import feature_catalog  # noqa: E402
 
 GIB = 2**30
 

@@ -9,8 +9,8 @@ The instance is seeded: probabilities Beta(1, 6) (a routed population's shape), 
 4 lead sources x 6 employee bands; each rep covers one to three countries (some also a single
 lead source), capacity 20-80 (total about 10 % of the leads, so capacity binds), 5 % of reps
 inactive, a few with ``max_open`` and sticky leads (10 % of the leads already owned). Rep effects
-per (rep, segment) are log-normal (sd 0.3), as :func:`convert.allocate.estimate_effects` would
-give them. The clock covers :func:`convert.allocate.allocate` (eligibility, pairs, the solver,
+per (rep, segment) are log-normal (sd 0.3), as :func:`convert.scoring.allocate.estimate_effects` would
+give them. The clock covers :func:`convert.scoring.allocate.allocate` (eligibility, pairs, the solver,
 reasons, ranks, baselines); round-robin and greedy run inside it too.
 
     python bench/allocate.py                 # 100,000 leads x 200 reps
@@ -30,7 +30,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from convert.allocate import Lead, RepEffects, allocate, employee_band_labels, parse_reps  # noqa: E402
+from convert.scoring.allocate import Lead, RepEffects, allocate, employee_band_labels, parse_reps  # noqa: E402
 
 SOURCES = ["web_form", "referral", "paid_search", "webinar"]
 

@@ -1,6 +1,6 @@
 """Benchmark: exact SHAP explanations of LightGBM lead-scoring models.
 
-Compares ``convert.treeshap.TreeExplainerFast`` with LightGBM's ``pred_contrib=True``,
+Compares ``convert.model.treeshap.TreeExplainerFast`` with LightGBM's ``pred_contrib=True``,
 ``shap.TreeExplainer`` and, when it can be run, ``woodelf-explainer``, on synthetic lead-like data
 (counts with many zeros, recencies and firmographics with NaNs, five categorical columns) and
 models of several depths. For each engine it prints rows/s, the speed ratio to ``pred_contrib``
@@ -42,7 +42,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from convert.treeshap import TreeExplainerFast, lightgbm_matrix  # noqa: E402
+from convert.model.treeshap import TreeExplainerFast, lightgbm_matrix  # noqa: E402
 
 CATEGORICALS = {
     "industry": 25,

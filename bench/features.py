@@ -2,7 +2,7 @@
 
 Default mode (issue acceptance: 20M events / 200k leads, one as-of time; ours within 1.5x of
 the minimal DuckDB query). Generates a synthetic CRM as Parquet
-(``convert.simulate.generate_crm``) into ``--workdir`` (a temporary folder by default, removed
+(``convert.simulator.crm.generate_crm``) into ``--workdir`` (a temporary folder by default, removed
 at the end unless ``--keep``), then, in one process:
 
 1. **minimal DuckDB**: its own connection, no validation, no catalog, straight from the Parquet
@@ -69,9 +69,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from _common import emit  # noqa: E402
 from convert.config import Config  # noqa: E402
-from convert.features import _register_population, build_features, materialize_features  # noqa: E402
-from convert.labels import as_of_grid, build_labels  # noqa: E402
-from convert.simulate import generate_crm  # noqa: E402
+from convert.features.engine import _register_population, build_features, materialize_features  # noqa: E402
+from convert.features.labels import as_of_grid, build_labels  # noqa: E402
+from convert.simulator.crm import generate_crm  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 EVENTS_PER_LEAD = 30.5  # measured: generate_crm(n_leads=20_000, seed=42) writes 611,002 events

@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import convert  # noqa: E402
 from _common import Phases, emit, gib  # noqa: E402
 from convert.config import Config  # noqa: E402
-from convert.io import connect  # noqa: E402
-from convert.simulate import generate_crm  # noqa: E402
+from convert.simulator.crm import generate_crm  # noqa: E402
+from convert.sources.readers import connect  # noqa: E402
 
 EVENTS_PER_LEAD = 30.5  # generate_crm at activity 1.0
 TARGET_RATIO = 2.0

@@ -9,7 +9,7 @@ Baselines measured in the same run:
 * the report against ``convert-leads evaluate`` on the same model (``steps.evaluate_step``:
   load, rebuild the training set, hold-out evaluation beside the baselines), which the
   report does first, so the ratio is the report's own cost on top;
-* the backtest against one ``convert.train`` on all the data (the backtest trains once
+* the backtest against one ``convert.model.train`` on all the data (the backtest trains once
   per origin on less data, and builds the features of every snapshot once).
 
     make demo                        # generates data/demo (the bench trains its own model)
@@ -29,9 +29,9 @@ from pathlib import Path
 import convert
 from _common import OUT, ROOT
 from convert import steps
-from convert.backtest import backtest
-from convert.drift import SHIFTED, drift_table
-from convert.train import train
+from convert.analysis.backtest import backtest
+from convert.analysis.drift import SHIFTED, drift_table
+from convert.model.train import train
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Growth curve: load, features, score and score+explain at 10M, 30M and 100M events.
 
-DuckDB engine on generated Parquet exports (``convert.simulate``). A model is trained once on
+DuckDB engine on generated Parquet exports (``convert.simulator.crm``). A model is trained once on
 a small export of the same simulator, then each size is loaded (contract validation), its
 scoring population's features are materialized in DuckDB, and the features are streamed in
 ``scoring.chunk_size`` batches through score-only and score+explain. Each step prints its
@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import convert  # noqa: E402
 from _common import GIB, Phases, emit, gib  # noqa: E402
 from convert.config import Config  # noqa: E402
-from convert.features import iter_feature_batches, materialize_features  # noqa: E402
-from convert.labels import population_sql, register_as_ofs  # noqa: E402
-from convert.model import score_from_probability  # noqa: E402
-from convert.score import score_frame  # noqa: E402
-from convert.simulate import generate_crm  # noqa: E402
+from convert.features.engine import iter_feature_batches, materialize_features  # noqa: E402
+from convert.features.labels import population_sql, register_as_ofs  # noqa: E402
+from convert.model.bundle import score_from_probability  # noqa: E402
+from convert.scoring.score import score_frame  # noqa: E402
+from convert.simulator.crm import generate_crm  # noqa: E402
 
 EVENTS_PER_LEAD = 30.5
 AS_OF = pd.Timestamp("2026-01-01")
@@ -97,7 +97,7 @@ def main() -> None:
     if not (small / "leads.parquet").exists():
         generate_crm(small, n_leads=20_000, seed=42, fmt="parquet")
     data = convert.load(small, config)
-    model = convert.train(data, config).model
+    model = convert.model.train(data, config).model
     data.close()
     rows = []
     for events in sizes:

@@ -2,7 +2,7 @@
 
 Issue acceptance: print leads/s for score-only and for score+explain on 1M leads, and peak memory.
 
-A model is trained with ``convert.train.fit_deployed`` on a synthetic training set shaped like
+A model is trained with ``convert.model.train.fit_deployed`` on a synthetic training set shaped like
 convert's (``--train-rows`` lead-snapshots over 24 monthly as-of times, about 2 % positive, the
 feature catalog convert builds for the 14 standard event types: 98 features, 5 categorical; see
 ``bench/_common.py``). Then ``--leads`` feature rows for one as-of time are generated (as
@@ -11,8 +11,8 @@ of ``ScoringConfig.chunk_size`` rows (``--chunk-size`` overrides):
 
 * **score-only**: ``model.predict_proba`` (feature-spec check + booster + calibrator), then
   ``score_from_probability`` and ``model.grades``;
-* **score+explain**: ``convert.score.score_frame`` per chunk (TreeSHAP contributions, points that
-  add up, family points, reason sentences, actions) and the ``pd.concat`` that ``convert.score``
+* **score+explain**: ``convert.scoring.score.score_frame`` per chunk (TreeSHAP contributions, points that
+  add up, family points, reason sentences, actions) and the ``pd.concat`` that ``convert.scoring.score``
   does at the end.
 
 A warm-up call on a small chunk (explainer tables, numba compilation or cache load) runs before
@@ -37,11 +37,11 @@ import pandas as pd
 
 from _common import OUT, Phases, emit, gib, lead_catalog, make_frame
 from convert.config import Config
-from convert.explain import contributions, family_points, model_score_fn, reasons, to_points
-from convert.model import score_from_probability
+from convert.model.bundle import score_from_probability
+from convert.model.explain import contributions, family_points, model_score_fn, reasons, to_points
+from convert.model.train import TrainingSet, fit_deployed
 from convert.schema import Labeled
-from convert.score import actions, score_frame
-from convert.train import TrainingSet, fit_deployed
+from convert.scoring.score import actions, score_frame
 
 
 def chunks(frame: pd.DataFrame, size: int) -> list[pd.DataFrame]:

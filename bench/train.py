@@ -1,4 +1,4 @@
-"""Benchmark: our training (``convert.crossfit.cross_fit``) against plain ``lightgbm`` doing the same fits.
+"""Benchmark: our training (``convert.model.crossfit.cross_fit``) against plain ``lightgbm`` doing the same fits.
 
 Issue acceptance: 1M lead-snapshots x 100 features, our training (without tuning, feature
 building excluded) within 1.3x of plain LightGBM doing the same fits on the same in-memory
@@ -8,7 +8,7 @@ The training set is synthetic but has the shape of convert's training frame: ``l
 ``as_of`` (24 monthly as-of times, the open population growing), ``label`` (about 2 % positive,
 with signal) and convert's own feature catalog (14 standard event types: 98 features, padded to
 ``--features`` with numeric extras; 5 categorical text columns), wrapped as a
-``convert.train.TrainingSet`` and cut into the default folds (``convert.crossfit.time_folds``:
+``convert.model.train.TrainingSet`` and cut into the default folds (``convert.model.crossfit.time_folds``:
 3 inner, 2 outer, purged by the horizon).
 
 Timed, in one process, ``--repeat`` rounds, each running both sides back to back:
@@ -51,10 +51,10 @@ import pandas as pd
 
 from _common import OUT, Phases, gib, lead_catalog, make_frame
 from convert.config import Config
-from convert.crossfit import cross_fit, time_folds
-from convert.model import FeatureSpec, LeadScoringModel
+from convert.model.bundle import FeatureSpec, LeadScoringModel
+from convert.model.crossfit import cross_fit, time_folds
+from convert.model.treeshap import lightgbm_matrix
 from convert.schema import Labeled
-from convert.treeshap import lightgbm_matrix
 
 TARGET = 1.3
 

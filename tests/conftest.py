@@ -95,7 +95,7 @@ def require_postgres() -> str:
     url = postgres_url()
     import sqlalchemy as sa
 
-    from convert.writeback import engine_url
+    from convert.io.writeback import engine_url
 
     try:
         engine = sa.create_engine(engine_url(url))
@@ -129,7 +129,7 @@ def fast_config() -> Config:
 
 @pytest.fixture(scope="session")
 def sim_export(tmp_path_factory) -> Path:
-    from convert.simulate import generate_crm
+    from convert.simulator.crm import generate_crm
 
     folder = tmp_path_factory.mktemp("sim")
     generate_crm(folder, n_leads=2500, seed=5, start="2023-01-01", end="2025-06-30")
@@ -139,7 +139,8 @@ def sim_export(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained(sim_export, fast_config):
     """(TrainResult, CRMData) for the small simulated CRM."""
-    from convert import load, train
+    from convert import load
+    from convert.model import train
 
     data = load(sim_export, fast_config)
     return train(data, fast_config), data

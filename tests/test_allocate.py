@@ -8,7 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from convert.allocate import (
+from convert.exceptions import ContractError
+from convert.scoring.allocate import (
     AssignmentOutput,
     Lead,
     RepEffects,
@@ -18,7 +19,6 @@ from convert.allocate import (
     parse_reps,
     solve_assignment,
 )
-from convert.exceptions import ContractError
 
 
 def brute_force(weight: np.ndarray, capacity: np.ndarray) -> float:

@@ -11,12 +11,12 @@ import pytest
 import yaml
 from tests.conftest import FAST, require_postgres
 
-from convert.allocate import AssignmentOutput, expected_under
 from convert.cli import main
 from convert.config import Config
 from convert.exceptions import ConfigError
-from convert.simulate import generate_crm
-from convert.writeback import read_table, write_scores
+from convert.io.writeback import read_table, write_scores
+from convert.scoring.allocate import AssignmentOutput, expected_under
+from convert.simulator.crm import generate_crm
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,13 @@ import pytest
 
 from convert.config import Config
 from convert.exceptions import ConfigError
-from convert.labels import FREQUENCIES, as_of_grid, auto_min_history_days, choose_grid, grid_for
+from convert.features.labels import (
+    FREQUENCIES,
+    as_of_grid,
+    auto_min_history_days,
+    choose_grid,
+    grid_for,
+)
 
 FIRST = pd.Timestamp("2023-01-05 10:00")
 AS_OF = pd.Timestamp("2026-01-01")

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from convert.backtest import NEVER, backtest, cost_sentences, origin_times, parse_period
+from convert.analysis.backtest import NEVER, backtest, cost_sentences, origin_times, parse_period
 from convert.exceptions import ConfigError, InsufficientDataError
-from convert.train import train
+from convert.model.train import train
 
 
 def test_periods_and_origins():
@@ -50,9 +50,9 @@ def test_backtest_over_six_origins(trained, fast_config):
 
 
 def _auc_at(data, model, origin, config):
-    from convert.features import build_features
-    from convert.labels import build_labels
-    from convert.metrics import roc_auc
+    from convert.features.engine import build_features
+    from convert.features.labels import build_labels
+    from convert.model.metrics import roc_auc
 
     labels = build_labels(data.con, [origin], config.labels.horizon_days)
     fs = build_features(data.con, labels, model.features_config(config.features), model.spec_.event_types)

@@ -17,8 +17,8 @@ from tests.conftest import flat_table, small_tables, write_export
 from convert import load
 from convert.config import Config
 from convert.exceptions import ContractError, ConvertError
-from convert.flat import load_flat
-from convert.mapping import mapping_from_dict
+from convert.sources.flat import load_flat
+from convert.sources.mapping import mapping_from_dict
 
 HEADER = "lead_id,created_at,account_id,lead_source,country,job_title,converted_at,disqualified_at"
 LENIENT = Config.from_dict({"data": {"max_quarantine_share": 1.0}})

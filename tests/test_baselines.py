@@ -1,4 +1,4 @@
-"""Tests of convert.baselines: source rate, logistic regression and the points rule."""
+"""Tests of convert.model.baselines: source rate, logistic regression and the points rule."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import pytest
 from scipy.special import expit
 from sklearn.metrics import roc_auc_score
 
-from convert.baselines import (
+from convert.config import BaselinesConfig
+from convert.exceptions import FeatureMismatchError, InsufficientDataError
+from convert.model.baselines import (
     Baseline,
     LogisticBaseline,
     PointsRuleBaseline,
     SourceRateBaseline,
     fit_baselines,
 )
-from convert.config import BaselinesConfig
-from convert.exceptions import FeatureMismatchError, InsufficientDataError
 
 SOURCES = ["web", "referral", "event", "paid_search"]
 INDUSTRIES = ["software", "retail", "healthcare", "education"]

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from convert.exceptions import BundleError, ConvertWarning
-from convert.model import MANIFEST, LeadScoringModel, bundle_version
-from convert.registry import load_model
+from convert.model.bundle import MANIFEST, LeadScoringModel, bundle_version
+from convert.registry.store import load_model
 
 
 @pytest.fixture(scope="module")

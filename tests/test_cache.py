@@ -10,8 +10,8 @@ import pytest
 
 from convert import load
 from convert.config import Config
-from convert.mapping import Mapping
-from convert.simulate import generate_crm
+from convert.simulator.crm import generate_crm
+from convert.sources.mapping import Mapping
 
 TABLES = ("leads", "accounts", "events", "stages")
 

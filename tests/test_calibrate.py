@@ -1,4 +1,4 @@
-"""Tests of convert.calibrate: calibrators from raw score to probability, and their selection."""
+"""Tests of convert.model.calibrate: calibrators from raw score to probability, and their selection."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 from scipy.special import expit
 from sklearn.model_selection import StratifiedKFold
 
-from convert.calibrate import (
+from convert.exceptions import ConfigError, ConvertError, InsufficientDataError
+from convert.model.calibrate import (
     PROBABILITY_EPSILON,
     Calibrator,
     IsotonicCalibrator,
@@ -17,7 +18,6 @@ from convert.calibrate import (
     calibrator_from_dict,
     select_calibrator,
 )
-from convert.exceptions import ConfigError, ConvertError, InsufficientDataError
 
 CALIBRATORS = [IsotonicCalibrator, SigmoidCalibrator]
 

@@ -67,7 +67,7 @@ def test_an_unusable_as_of_is_a_clear_error(sim_export, bundle, tmp_path, as_of,
 
 def test_parse_as_of_is_the_one_parser():
     from convert.exceptions import ConfigError
-    from convert.labels import parse_as_of
+    from convert.features.labels import parse_as_of
 
     assert parse_as_of("2025-07-01T08:00:00+02:00") == pd.Timestamp("2025-07-01 06:00")
     assert parse_as_of("2025-07-01T08:00Z") == pd.Timestamp("2025-07-01 08:00")

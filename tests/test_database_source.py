@@ -15,8 +15,8 @@ from convert import load
 from convert.cli import main
 from convert.config import Config
 from convert.exceptions import ContractError
-from convert.io import database_url
-from convert.mapping import mapping_from_dict
+from convert.sources.mapping import mapping_from_dict
+from convert.sources.readers import database_url
 
 TABLES = ("leads", "accounts", "events", "stages")
 CHUNKED = Config.from_dict({"data": {"db_chunk_rows": 100}})
@@ -24,7 +24,7 @@ CHUNKED = Config.from_dict({"data": {"db_chunk_rows": 100}})
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory) -> Path:
-    from convert.simulate import generate_crm
+    from convert.simulator.crm import generate_crm
 
     folder = tmp_path_factory.mktemp("db_export")
     generate_crm(folder, n_leads=300, seed=4, start="2023-01-01", end="2024-12-31")

@@ -6,8 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from convert.config import Config, DriftConfig
-from convert.drift import (
+from convert.analysis.drift import (
     SHIFTED,
     STABLE,
     drift_table,
@@ -16,6 +15,7 @@ from convert.drift import (
     psi_numeric,
     score_drift,
 )
+from convert.config import Config, DriftConfig
 from convert.exceptions import ConfigError
 
 SHIFTED_FEATURE = "days_since_last_touch"
@@ -78,7 +78,7 @@ def test_a_shifted_feature_is_flagged_and_only_it(window, fast_config):
 
 
 def test_the_report_drift_section_flags_the_shifted_feature(trained, window, fast_config):
-    from convert.report import ReportInputs, build_report
+    from convert.analysis.report import ReportInputs, build_report
 
     result, data = trained
     _, _, resample = window

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from convert.catalog import Catalog, FeatureDef
-from convert.explain import Points, reasons
+from convert.features.catalog import Catalog, FeatureDef
+from convert.model.explain import Points, reasons
 
 
 def _reference(points: Points, values: pd.DataFrame, catalog: Catalog, names: list[str], top: int):

@@ -15,9 +15,9 @@ from tests.conftest import FAST, flat_table
 from convert.cli import main
 from convert.config import Config
 from convert.exceptions import ConfigError, ContractError, LeakageError
-from convert.flat import load_flat, split_rows, train_flat
-from convert.mapping import mapping_from_dict
-from convert.writeback import read_table
+from convert.io.writeback import read_table
+from convert.sources.flat import load_flat, split_rows, train_flat
+from convert.sources.mapping import mapping_from_dict
 
 SELECT = mapping_from_dict({"missing_values": ["Select"], "flat": {"categorical": ["Region"]}})
 
@@ -256,7 +256,7 @@ def test_flat_mode_end_to_end_on_the_command_line(tmp_path, mlflow_store, capsys
     with pytest.raises(SystemExit):
         main(["score", "--data", str(other), "--config", str(config), "--out", str(tmp_path / "o.parquet")])
     assert "lacks column 'Visits'" in capsys.readouterr().err
-    from convert import registry
+    from convert.registry import store as registry
 
     assert not registry.champion_exists("lead-conversion")  # the event model's name is untouched
 

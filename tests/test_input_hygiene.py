@@ -185,7 +185,7 @@ def test_the_plausible_range_is_configurable(tmp_path):
 def test_flat_file_ids_and_text(tmp_path):
     from tests.conftest import flat_table
 
-    from convert import flat
+    from convert.sources import flat
 
     frame = flat_table(n=400)
     frame.loc[5, "Lead Id"] = "P\x00005"
@@ -204,8 +204,8 @@ def test_flat_file_ids_and_text(tmp_path):
 def test_a_nul_lead_id_no_longer_breaks_the_postgresql_write(trained, sim_export, fast_config, tmp_path):
     """Before: `invalid byte sequence for encoding "UTF8": 0x00` on every write."""
     url = require_postgres()
+    from convert.io.writeback import read_table
     from convert.steps import score_step
-    from convert.writeback import read_table
 
     result, _ = trained
     bundle = result.model.save(tmp_path / "bundle")
@@ -227,7 +227,7 @@ def test_a_nul_lead_id_no_longer_breaks_the_postgresql_write(trained, sim_export
     assert "L\ufffdNUL" in set(rejects["value"])
     import sqlalchemy as sa
 
-    from convert.writeback import engine_url
+    from convert.io.writeback import engine_url
 
     engine = sa.create_engine(engine_url(url))
     with engine.begin() as conn:

@@ -13,7 +13,7 @@ from convert import load
 from convert.cli import main
 from convert.config import Config, LeakageConfig
 from convert.exceptions import InsufficientDataError, LeakageError
-from convert.leakage import detect_kind, screen, single_column_auc
+from convert.model.leakage import detect_kind, screen, single_column_auc
 from convert.steps import screen_attributes
 
 

@@ -12,8 +12,8 @@ import html
 import pandas as pd
 import pytest
 
-from convert.catalog import FeatureDef, escape, event_words, render
 from convert.cli import main
+from convert.features.catalog import FeatureDef, escape, event_words, render
 
 ODD_TYPES = {
     "chat_started": "Meeting {owner.name}",
@@ -92,8 +92,8 @@ def test_braces_percent_quotes_and_newlines_score_explain_and_report_literally(
 
 def test_plots_draw_data_text_without_reading_it_as_mathtext(tmp_path):
     """A ``$`` pair in an event type or a segment value is not a matplotlib formula."""
-    from convert.explain import LeadExplanation, plot_waterfall
-    from convert.metrics import plot_rates
+    from convert.model.explain import LeadExplanation, plot_waterfall
+    from convert.model.metrics import plot_rates
 
     odd = "Paid $5 \\frac{ $x"
     table = pd.DataFrame({"feature": ["a", "b"], "family": ["fit", "engagement"], "value": [1, 2],

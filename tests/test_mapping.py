@@ -13,7 +13,7 @@ from tests.conftest import write_export
 from convert import load
 from convert.config import Config
 from convert.exceptions import ConfigError, ContractError
-from convert.mapping import Mapping, load_mapping, mapping_from_dict
+from convert.sources.mapping import Mapping, load_mapping, mapping_from_dict
 
 MAPPINGS = Path(__file__).resolve().parents[1] / "docs" / "mappings"
 CONTRACT_COLUMNS = {
@@ -111,7 +111,7 @@ def to_source_shape(export: Path, mapping: Mapping, out: Path, flavour: str) -> 
 
 @pytest.fixture(scope="module")
 def sim_small(tmp_path_factory) -> Path:
-    from convert.simulate import generate_crm
+    from convert.simulator.crm import generate_crm
 
     folder = tmp_path_factory.mktemp("sim_small")
     generate_crm(folder, n_leads=400, seed=11, start="2023-01-01", end="2024-12-31")

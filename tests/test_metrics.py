@@ -1,4 +1,4 @@
-"""Tests of convert.metrics: scalar metrics, tables and plots."""
+"""Tests of convert.model.metrics: scalar metrics, tables and plots."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from convert.exceptions import ConvertError
-from convert.metrics import (
+from convert.model.metrics import (
     brier,
     evaluate,
     expected_calibration_error,

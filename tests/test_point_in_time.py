@@ -10,14 +10,14 @@ from tests.conftest import write_export
 
 from convert import build_features, build_labels, load
 from convert.config import Config
-from convert.features import (
+from convert.features.engine import (
     _register_population,
     discover_event_types,
     feature_catalog,
     iter_feature_batches,
     materialize_features,
 )
-from convert.simulate import generate_crm
+from convert.simulator.crm import generate_crm
 
 AS_OFS = [pd.Timestamp("2024-03-01"), pd.Timestamp("2024-06-01"), pd.Timestamp("2024-09-15 12:00")]
 CFG = Config()

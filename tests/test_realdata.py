@@ -11,9 +11,9 @@ from tests.conftest import SHARED_DATASETS
 
 from convert.config import Config
 from convert.exceptions import LeakageError
-from convert.flat import load_flat, train_flat
-from convert.leakage import screen
-from convert.mapping import load_mapping
+from convert.model.leakage import screen
+from convert.sources.flat import load_flat, train_flat
+from convert.sources.mapping import load_mapping
 
 ROOT = Path(__file__).resolve().parents[1]
 MAPPINGS = ROOT / "docs" / "mappings"

@@ -16,10 +16,10 @@ import pytest
 
 from convert import load
 from convert.config import Config
-from convert.labels import build_labels
-from convert.score import score
-from convert.simulate import generate_crm
-from convert.train import default_as_of, train
+from convert.features.labels import build_labels
+from convert.model.train import default_as_of, train
+from convert.scoring.score import score
+from convert.simulator.crm import generate_crm
 
 pytestmark = pytest.mark.slow
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from convert import registry
 from convert.exceptions import ModelNotFoundError
+from convert.registry import store as registry
 
 
 def _log(result, name: str, metrics: dict[str, float]):

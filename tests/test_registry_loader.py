@@ -1,7 +1,7 @@
 """Issue 14, finding 9: a registered model is loaded by installed code, never by code in the
 artifact store.
 
-Models are logged with ``loader_module="convert.mlflow_model"``: MLflow imports the module
+Models are logged with ``loader_module="convert.registry.pyfunc"``: MLflow imports the module
 from the installed package and hands it the bundle. Whoever can write to the artifact store
 can damage a model (an exit-2 error) but cannot make a machine that loads it run code.
 Versions registered before (*models from code*, whose stored ``mlflow_model.py`` MLflow
@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import yaml
 
-from convert import registry
 from convert.exceptions import ConvertError, ConvertWarning
-from convert.model import MANIFEST
+from convert.model.bundle import MANIFEST
+from convert.registry import store as registry
 
 
 class _Payload:
@@ -57,7 +57,7 @@ def test_the_registered_model_names_the_installed_loader_and_stores_no_code(trai
     _log(result, "lead-safe")
     folder = _model_dir(tmp_path)
     flavor = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["python_function"]
-    assert flavor["loader_module"] == "convert.mlflow_model"
+    assert flavor["loader_module"] == "convert.registry.pyfunc"
     assert not flavor.get("python_model") and not flavor.get("code")
     assert not [p for p in folder.rglob("*") if p.suffix in (".py", ".pkl", ".pyc", ".cloudpickle")]
     # MLflow's own loader goes through the installed module and gives the model's numbers
@@ -127,7 +127,7 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
-from convert.model import LeadScoringModel, score_from_probability
+from convert.model.bundle import LeadScoringModel, score_from_probability
 
 
 class LeadScoringPyfunc(PythonModel):

@@ -11,8 +11,8 @@ import yaml
 from tests.cdp import Browser, find_chromium
 from tests.conftest import FAST
 
+from convert.analysis.report import SECTION_IDS
 from convert.cli import main
-from convert.report import SECTION_IDS
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 AS_OF = "2025-07-01"

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from convert.explain import family_importance, importance_table, point_contributions
-from convert.metrics import segment_table
-from convert.report import table_html
+from convert.analysis.report import table_html
+from convert.model.explain import family_importance, importance_table, point_contributions
+from convert.model.metrics import segment_table
 
 
 def test_segment_table_pools_small_values_and_marks_uncertain_ones():

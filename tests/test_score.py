@@ -9,13 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from convert import load, score
+from convert import load
 from convert.config import Config
 from convert.exceptions import FeatureMismatchError
-from convert.explain import contributions, explain_lead, plot_waterfall, round_preserving_sum
+from convert.model.explain import contributions, explain_lead, plot_waterfall, round_preserving_sum
+from convert.model.train import train
 from convert.schema import ScoreOutput
-from convert.score import feature_rows
-from convert.train import train
+from convert.scoring import score
+from convert.scoring.score import feature_rows
 
 AS_OF = "2025-07-01"
 
@@ -74,7 +75,7 @@ def test_contributions_equal_lightgbm_pred_contrib(trained, fast_config):
     reference = result.model.booster_.predict(matrix, pred_contrib=True)
     model = result.model
     if model.linear_ is not None:  # a log-odds blend: the weighted sum of both models' contributions
-        from convert.treeshap import lightgbm_matrix
+        from convert.model.treeshap import lightgbm_matrix
 
         w = model.blend_weight_
         reference = (1 - w) * reference + w * model.linear_.contributions(lightgbm_matrix(matrix))

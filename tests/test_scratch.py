@@ -24,10 +24,10 @@ from tests.conftest import small_tables, write_export
 HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from convert import scratch
+    from convert.io import scratch
     from convert.config import FeaturesConfig
-    from convert.io import _as_utf8, connect
-    from convert.mapping import CsvFormat
+    from convert.sources.readers import _as_utf8, connect
+    from convert.sources.mapping import CsvFormat
 
     con = connect(FeaturesConfig(duckdb_memory_limit="100MB", duckdb_threads=1))
     spill = con.execute("SELECT current_setting('temp_directory')").fetchone()[0]
@@ -87,7 +87,7 @@ def test_a_killed_runs_folder_is_removed_by_the_next_run_and_a_live_ones_is_kept
 
 
 def test_a_folder_is_kept_while_its_process_lives_even_if_the_pid_is_reused(tmp_path):
-    from convert import scratch
+    from convert.io import scratch
 
     parent = tmp_path / "convert-runs"
     me = os.getpid()
@@ -107,7 +107,7 @@ def test_a_folder_is_kept_while_its_process_lives_even_if_the_pid_is_reused(tmp_
 def test_a_run_removes_its_folder_at_exit(tmp_path):
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    code = "from convert.io import connect; c = connect(); c.execute('SELECT 1'); print('ok')"
+    code = "from convert.sources.readers import connect; c = connect(); c.execute('SELECT 1'); print('ok')"
     started = time.time()
     out = subprocess.run([sys.executable, "-c", code], env=_env(tmp), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -14,7 +14,7 @@ import pytest
 
 from convert.exceptions import ConfigError
 from convert.schema import CONTRACT_TABLES, Accounts, Events, Leads, Stages
-from convert.simulate import BAD_ROW_KINDS, UTM_MEDIUM, GenerateSummary, generate_crm
+from convert.simulator.crm import BAD_ROW_KINDS, UTM_MEDIUM, GenerateSummary, generate_crm
 
 TABLES = tuple(CONTRACT_TABLES)
 END = "2025-06-30"
@@ -381,7 +381,7 @@ def test_owner_after_the_outcome_has_the_joint_of_owner_first() -> None:
     """P(r | converted) ~ pi_r q_r and P(r | lost) ~ pi_r (1 - q_r) give the joint of "owner
     from the prior, then converting with q_r = p x effect": owners are uniform (round-robin)
     and each rep converts its leads at the mean of its q_r; the cap keeps the mean at p."""
-    from convert.simulate import P_CAP, _draw_team, _owners, _rep_probabilities
+    from convert.simulator.crm import P_CAP, _draw_team, _owners, _rep_probabilities
 
     team = _draw_team(np.random.SeedSequence(3), 4, 1000)
     rng = np.random.default_rng(0)

@@ -13,10 +13,10 @@ from convert import load
 from convert.cli import main
 from convert.config import Config
 from convert.exceptions import ConfigError
-from convert.features import build_features
-from convert.labels import build_labels
+from convert.features.engine import build_features
+from convert.features.labels import build_labels
 from convert.schema import Leads, Stages
-from convert.simulate import ATTRIBUTE_EFFECTS, REGIMES, Regime, generate_crm
+from convert.simulator.crm import ATTRIBUTE_EFFECTS, REGIMES, Regime, generate_crm
 
 TABLES = ("leads", "accounts", "events", "stages")
 

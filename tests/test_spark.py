@@ -13,10 +13,12 @@ import pandas as pd
 import pytest
 from tests.conftest import FAST
 
-from convert import build_features, load, score, train
+from convert import build_features, load
 from convert.config import Config
-from convert.features import SPARK, discover_event_types, feature_sql
-from convert.labels import build_population
+from convert.features.engine import SPARK, discover_event_types, feature_sql
+from convert.features.labels import build_population
+from convert.model import train
+from convert.scoring import score
 
 AS_OFS = [pd.Timestamp("2024-03-01"), pd.Timestamp("2024-09-15 12:00"), pd.Timestamp("2025-03-01")]
 SCORE_AS_OF = pd.Timestamp("2025-06-01")
@@ -38,7 +40,7 @@ def _require_spark() -> None:
 @pytest.fixture(scope="module")
 def spark():
     _require_spark()
-    from convert.spark import spark_session
+    from convert.features.spark import spark_session
 
     session = spark_session(
         "convert-tests", "local[2]",
@@ -53,8 +55,8 @@ def spark():
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, spark):
     """(config, CRMData, TrainResult, parquet folder) for a small simulated CRM."""
-    from convert.simulate import generate_crm
-    from convert.spark import export_typed, load_tables
+    from convert.features.spark import export_typed, load_tables
+    from convert.simulator.crm import generate_crm
 
     folder = tmp_path_factory.mktemp("spark_crm")
     generate_crm(folder, n_leads=800, seed=3, start="2023-01-01", end="2025-06-30", bad_rows=False)
@@ -78,7 +80,7 @@ def test_spark_dialect_spellings():
 def test_seniority_regex_in_spark(spark):
     import duckdb
 
-    from convert.features import DUCKDB, _seniority
+    from convert.features.engine import DUCKDB, _seniority
 
     titles = ["Vice President of Sales", "CEO", "Sr. Director", "Engineering Manager", "Intern",
               "Data Analyst", "Janitor", "President", "vpn admin", "Co-Founder", "lead\\b dev", None]
@@ -96,7 +98,7 @@ def test_seniority_regex_in_spark(spark):
 
 
 def test_population_matches_duckdb(spark, world):
-    from convert.spark import population_spark
+    from convert.features.spark import population_spark
 
     _, data, _, _ = world
     want = build_population(data.con, AS_OFS)
@@ -108,7 +110,7 @@ def test_population_matches_duckdb(spark, world):
 
 def test_features_match_duckdb(spark, world):
     """The discovered vocabulary (scoring, below, covers the model's)."""
-    from convert.spark import build_features_spark
+    from convert.features.spark import build_features_spark
 
     cfg, data, _, _ = world
     features_config = cfg.features
@@ -125,8 +127,8 @@ def test_features_match_duckdb(spark, world):
 
 
 def test_scores_match_duckdb(spark, world, tmp_path):
-    """mapInPandas over Spark features == convert.score over DuckDB, from a model or a bundle folder."""
-    from convert.spark import features_spark, population_spark, score_spark
+    """mapInPandas over Spark features == convert.scoring.score over DuckDB, from a model or a bundle folder."""
+    from convert.features.spark import features_spark, population_spark, score_spark
 
     cfg, data, result, _ = world
     model = result.model
@@ -160,7 +162,7 @@ def test_scores_match_duckdb(spark, world, tmp_path):
 
 def test_score_command_with_the_spark_engine(spark, world, tmp_path):
     from convert.cli import main
-    from convert.score import score
+    from convert.scoring.score import score
 
     cfg, data, result, _ = world
     bundle = result.model.save(tmp_path / "bundle")

@@ -8,11 +8,11 @@ import os
 import numpy as np
 import pandas as pd
 
-import convert.explain as explain
+import convert.model.explain as explain
 from convert.config import Config
-from convert.model import predict_threads
-from convert.score import feature_rows, score_frame
-from convert.treeshap import lightgbm_matrix
+from convert.model.bundle import predict_threads
+from convert.model.treeshap import lightgbm_matrix
+from convert.scoring.score import feature_rows, score_frame
 
 AS_OF = "2025-07-01"
 SCORED_AT = pd.Timestamp("2025-07-01 06:00")

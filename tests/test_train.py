@@ -7,21 +7,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from convert import load, train
-from convert.calibrate import select_calibrator
-from convert.catalog import Catalog, FeatureDef
+from convert import load
 from convert.config import Config
-from convert.crossfit import cross_fit, time_folds
 from convert.exceptions import FeatureMismatchError, InsufficientDataError
-from convert.model import (
+from convert.features.catalog import Catalog, FeatureDef
+from convert.model import train
+from convert.model.bundle import (
     FeatureMatrix,
     FeatureSpec,
     LeadScoringModel,
     grade_from_score,
     score_from_probability,
 )
-from convert.train import build_training_set
-from convert.treeshap import lightgbm_matrix
+from convert.model.calibrate import select_calibrator
+from convert.model.crossfit import cross_fit, time_folds
+from convert.model.train import build_training_set
+from convert.model.treeshap import lightgbm_matrix
 
 
 def test_folds_never_train_on_a_label_decided_inside_the_fold_they_predict(trained, fast_config):
@@ -240,9 +241,9 @@ def test_feature_matrix_encodes_as_lightgbm_reads_the_transformed_frame():
 
 def test_blend_contributions_add_up_and_survive_a_round_trip(trained, tmp_path):
     """A log-odds blend's contributions are the weighted sum of both models': exact, per lead."""
-    from convert.explain import contributions
-    from convert.linear import LinearScorer
-    from convert.score import score_frame
+    from convert.model.explain import contributions
+    from convert.model.linear import LinearScorer
+    from convert.scoring.score import score_frame
 
     result, _ = trained
     ts = result.training_set

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from convert import treeshap
 from convert.exceptions import ConvertError
-from convert.treeshap import TreeExplainerFast, UnsupportedModelError, lightgbm_matrix
+from convert.model import treeshap
+from convert.model.treeshap import TreeExplainerFast, UnsupportedModelError, lightgbm_matrix
 
 TOL = 1e-6
 N_TRAIN = 2500

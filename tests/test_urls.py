@@ -1,4 +1,4 @@
-"""convert.urls: one reading of database URLs, env: locations and redaction, used by io and
+"""convert.io.urls: one reading of database URLs, env: locations and redaction, used by io and
 writeback (finding 7 of issue 14: a password with a raw ``@`` was partly printed)."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from tests.conftest import require_postgres
 
 from convert.config import Config
 from convert.exceptions import ConfigError, ContractError, WritebackError
-from convert.io import redact_url as io_redact_url
-from convert.io import resolve_data
-from convert.urls import engine_url, is_database_url, redact_url, resolve_env, secrets_of
+from convert.io.urls import engine_url, is_database_url, redact_url, resolve_env, secrets_of
+from convert.sources.readers import redact_url as io_redact_url
+from convert.sources.readers import resolve_data
 
 
 @pytest.mark.parametrize(
@@ -84,8 +84,8 @@ def test_no_part_of_the_password_is_shown_by_writeback_or_io(
 ) -> None:
     from tests.test_writeback import make_scores
 
-    from convert.dataset import load
-    from convert.writeback import write_scores
+    from convert.io.writeback import write_scores
+    from convert.sources.export import load
 
     caplog.set_level(logging.DEBUG)
     with pytest.raises(WritebackError) as written:
@@ -104,7 +104,7 @@ def test_a_password_with_a_raw_at_sign_works_against_the_server() -> None:
     from sqlalchemy.engine import make_url
     from tests.test_writeback import _pg_execute, make_scores
 
-    from convert.writeback import read_table, write_scores
+    from convert.io.writeback import read_table, write_scores
 
     base = make_url(require_postgres())
     host = f"{base.host}:{base.port or 5432}"

@@ -5,8 +5,8 @@ The public API (the CLI is a thin layer over it)::
     import convert
     data = convert.load("data/demo")                      # typed, checked CRM export
     ts = convert.build_training_set(data, config)         # labels + point-in-time features
-    result = convert.train(data, config)                  # LightGBM + calibrator + evaluation
-    scores = convert.score(data, result.model, "2026-01-01", config)
+    result = convert.model.train(data, config)                  # LightGBM + calibrator + evaluation
+    scores = convert.scoring.score(data, result.model, "2026-01-01", config)
 
     mapping = convert.load_mapping("docs/mappings/hubspot.yaml")   # a CRM's own export
     data = convert.load("hubspot_export/", config, mapping=mapping)  # or a database URL
@@ -18,16 +18,16 @@ only by the modules at the edges that need them.
 """
 
 from convert.config import Config, load_config
-from convert.dataset import CRMData, load
 from convert.exceptions import ConvertError
-from convert.features import build_features
-from convert.flat import load_flat, train_flat
-from convert.labels import build_labels, build_population
-from convert.leakage import screen
-from convert.mapping import load_mapping
-from convert.model import LeadScoringModel
-from convert.score import score
-from convert.train import build_training_set, train
+from convert.features.engine import build_features
+from convert.features.labels import build_labels, build_population
+from convert.model.bundle import LeadScoringModel
+from convert.model.leakage import screen
+from convert.model.train import build_training_set, train
+from convert.scoring.score import score
+from convert.sources.export import CRMData, load
+from convert.sources.flat import load_flat, train_flat
+from convert.sources.mapping import load_mapping
 
 __all__ = [
     "CRMData",

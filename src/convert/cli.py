@@ -19,9 +19,9 @@ import typer
 from convert import steps
 from convert.config import Config, load_config
 from convert.exceptions import ConfigError, ConvertError, ConvertWarning
-from convert.io import is_database_url
-from convert.labels import parse_as_of
-from convert.mapping import Mapping, load_mapping
+from convert.features.labels import parse_as_of
+from convert.sources.mapping import Mapping, load_mapping
+from convert.sources.readers import is_database_url
 
 app = typer.Typer(
     name="convert-leads",
@@ -96,7 +96,7 @@ def generate(
     """Write a seeded synthetic CRM export (leads, accounts, events, stages)."""
     import dataclasses
 
-    from convert.simulate import REGIMES, REP_EFFECTS_FILE, REPS_FILE, generate_crm
+    from convert.simulator.crm import REGIMES, REP_EFFECTS_FILE, REPS_FILE, generate_crm
 
     if fmt not in ("csv", "parquet"):
         raise ConvertError(f"--format must be csv or parquet, not {fmt!r}")
@@ -156,8 +156,8 @@ def features(
     mapping: MappingOpt = None, no_cache: NoCacheOpt = False,
 ) -> None:
     """Build the labelled multi-snapshot training set and write it."""
-    from convert.io import write_frame
-    from convert.train import build_training_set
+    from convert.model.train import build_training_set
+    from convert.sources.readers import write_frame
 
     t = _as_of(as_of)
     cfg = _config(config, no_cache).with_overrides(labels__horizon_days=horizon_days)
@@ -257,7 +257,7 @@ def evaluate(
 @app.command()
 def promote(model_name: Annotated[str | None, typer.Option("--model-name")] = None, config: ConfigOpt = None) -> None:
     """Move the champion alias to the challenger when it beats the champion."""
-    from convert import registry
+    from convert.registry import store as registry
 
     cfg = _config(config)
     decision = registry.promote(model_name or cfg.train.model_name, cfg.promotion.metric, cfg.promotion.min_improvement)
@@ -346,7 +346,7 @@ def allocate(
         echo(f"rep effects from {result.history_leads:,} past leads (overall effect, 95% interval): " + ", ".join(
             f"{r.rep_id} {r.effect:.2f} ({r.low:.2f}-{r.high:.2f})" for r in fx.per_rep.itertuples()))
     if effects_out:
-        from convert.io import write_frame
+        from convert.sources.readers import write_frame
 
         write_frame(fx.table, effects_out)
         echo(f"rep effects per segment written to {effects_out}")

@@ -53,7 +53,7 @@ class DataConfig(_Section):
     valid_to: str | None = None
     #: The cache of validated tables (folder and file exports; ``--no-cache`` turns it off):
     #: a later load of an unchanged export copies the validated tables back instead of
-    #: reading and validating the files again (:mod:`convert.cache`).
+    #: reading and validating the files again (:mod:`convert.sources.cache`).
     cache: bool = True
     #: Where the cache lives; unset: ``.convert-cache`` beside the export, or the user's cache
     #: directory (``~/.cache/convert``) when the export's folder is read-only.
@@ -97,7 +97,7 @@ class LabelsConfig(_Section):
 
     horizon_days: int = Field(90, gt=0)
     #: Snapshot spacing; ``auto``: the coarsest giving at least ``min_as_of_times`` labelled
-    #: snapshots (see :func:`convert.labels.choose_grid`).
+    #: snapshots (see :func:`convert.features.labels.choose_grid`).
     frequency: Literal["auto", "daily", "weekly", "biweekly", "monthly", "quarterly"] = "auto"
     min_as_of_times: int = Field(24, ge=1)
     #: Days from the first lead to the first snapshot; ``None``: a tenth of the labelled span,
@@ -147,7 +147,7 @@ class FeaturesConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """LightGBM training by time-series cross-fitting (see :mod:`convert.crossfit`)."""
+    """LightGBM training by time-series cross-fitting (see :mod:`convert.model.crossfit`)."""
 
     model_name: str = "lead-conversion"
     #: Every fold's test block and every fold's fit hold at least this many conversions.
@@ -260,7 +260,7 @@ class BaselinesConfig(_Section):
 
 
 class LeakageConfig(_Section):
-    """The leakage guard: raw attributes screened before training (see :mod:`convert.leakage`).
+    """The leakage guard: raw attributes screened before training (see :mod:`convert.model.leakage`).
 
     A column is suspect when its out-of-fold single-column ROC AUC reaches ``max_auc``, or
     when its fill rate differs by ``max_fill_gap`` or more between converted and unconverted
@@ -303,7 +303,7 @@ OWNER_EXCLUDED = (
 
 
 class AllocationConfig(_Section):
-    """``convert-leads allocate``: who should call each lead (see :mod:`convert.allocate`).
+    """``convert-leads allocate``: who should call each lead (see :mod:`convert.scoring.allocate`).
 
     ``segment_by`` names the lead attributes whose combination is a segment of the rep
     effects; ``owner_column`` the leads' column holding each lead's current rep (the mapping

@@ -95,7 +95,7 @@ class ResourceError(ConvertError):
 class LeakageError(ConvertError):
     """An input attribute looks like it was filled after the outcome.
 
-    ``report`` carries the leakage guard's figures (a :class:`convert.leakage.LeakageReport`).
+    ``report`` carries the leakage guard's figures (a :class:`convert.model.leakage.LeakageReport`).
     """
 
     def __init__(self, message: str, *, report: object | None = None) -> None:

@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 
 from convert.config import Config
-from convert.crossfit import Folds
-from convert.dataset import CRMData, load
 from convert.exceptions import ConvertError
-from convert.explain import (
+from convert.model.bundle import LeadScoringModel
+from convert.model.crossfit import Folds
+from convert.model.explain import (
     LeadExplanation,
     contributions,
     explain_lead,
@@ -29,17 +29,17 @@ from convert.explain import (
     plot_waterfall,
     to_points,
 )
-from convert.io import write_frame
-from convert.mapping import Mapping
-from convert.model import LeadScoringModel
-from convert.schema import Labeled
-from convert.train import (
+from convert.model.train import (
     Evaluation,
     TrainingSet,
     TrainResult,
     build_training_set,
     train,
 )
+from convert.schema import Labeled
+from convert.sources.export import CRMData, load
+from convert.sources.mapping import Mapping
+from convert.sources.readers import write_frame
 
 Echo = Callable[[str], None]
 
@@ -81,7 +81,7 @@ def screen_attributes(data: CRMData, config: Config, mapping: Mapping | None = N
     """The leakage guard in event mode: the leads' and accounts' extra attributes against
     whether each lead converted. Stops (``LeakageError``) on an unsettled suspect; excluded
     columns leave the data and the configured features. Returns the report and the config."""
-    from convert.leakage import screen
+    from convert.model.leakage import screen
 
     frame, label = data.attributes()
     kinds = {e.column: e.kind for e in config.features.extra_attributes}
@@ -151,10 +151,10 @@ def champion_comparison(
     challenger's outer folds, the champion's recipe (parameters, rounds, blend weight,
     calibration method) refitted there.
     """
-    from convert.features import build_features
-    from convert.labels import build_labels, grid_for
-    from convert.metrics import evaluate
-    from convert.train import default_as_of
+    from convert.features.engine import build_features
+    from convert.features.labels import build_labels, grid_for
+    from convert.model.metrics import evaluate
+    from convert.model.train import default_as_of
 
     ts, folds = result.training_set, result.split
     horizon = ts.horizon_days
@@ -195,8 +195,8 @@ def recipe_on_outer_folds(
     as_of: Any = None,
 ) -> tuple[dict[str, dict[str, float]], str]:
     """The champion's recipe refitted on the challenger's folds, both judged on its outer folds."""
-    from convert.crossfit import Recipe, cross_fit
-    from convert.metrics import evaluate
+    from convert.model.crossfit import Recipe, cross_fit
+    from convert.model.metrics import evaluate
 
     y = result.training_set.frame[Labeled.label].to_numpy()
     fit = cross_fit(frame[champion.spec_.names], y, result.split, config, catalog=champion.catalog_,
@@ -222,8 +222,8 @@ def _log_training(
     and figures, global importance and the leakage screen."""
     import tempfile
 
-    from convert import registry
-    from convert.metrics import plot_lift, plot_reliability
+    from convert.model.metrics import plot_lift, plot_reliability
+    from convert.registry import store as registry
 
     ev = result.evaluation
     importance = global_importance(result.model, holdout, seed=config.seed)
@@ -270,7 +270,7 @@ def train_step(
 ) -> TrainSummary:
     """Load, screen for leakage, train, evaluate against the baselines and the champion, log
     and register."""
-    from convert import registry
+    from convert.registry import store as registry
 
     name = model_name or config.train.model_name
     data = load_data(data_path, config, rejects, strict, echo, mapping)
@@ -315,7 +315,7 @@ def validate_flat_step(
     strict: bool | None = None,
 ) -> Any:
     """Load a flat file (its outcome checked when named), write the rejects file, return the table."""
-    from convert import flat
+    from convert.sources import flat
 
     mapping = mapping or Mapping()
     table = flat.load_flat(data_path, config, mapping, target=target, positive=positive, id_column=id_column,
@@ -341,7 +341,8 @@ def train_flat_step(
     """Train on a flat table (``--data FILE --target COLUMN``): load, screen for leakage, fit,
     evaluate beside a logistic regression (and the champion), log and register under the flat
     model name."""
-    from convert import flat, registry
+    from convert.registry import store as registry
+    from convert.sources import flat
 
     name = model_name or config.flat.model_name
     mapping = mapping or Mapping()
@@ -399,13 +400,14 @@ def score_flat_step(
 
     The as-of time written with each score is *as_of*, else today (midnight UTC), so a
     re-run on the same day replaces its own history rows. *allow_shrink*, *allow_older*
-    and *replace* lift the write-back guards (:class:`convert.writeback.WriteGuards`).
+    and *replace* lift the write-back guards (:class:`convert.io.writeback.WriteGuards`).
     """
-    from convert import flat, registry
     from convert.exceptions import ModelNotFoundError
-    from convert.labels import parse_as_of
-    from convert.score import score_frame
-    from convert.writeback import WriteGuards, write_scores
+    from convert.features.labels import parse_as_of
+    from convert.io.writeback import WriteGuards, write_scores
+    from convert.registry import store as registry
+    from convert.scoring.score import score_frame
+    from convert.sources import flat
 
     target = resolve_target(out)
     uri = model_uri or f"models:/{config.flat.model_name}@{registry.CHAMPION}"
@@ -442,8 +444,9 @@ def evaluate_flat_step(
     rejects: str | None = None, echo: Echo = _quiet, mapping: Mapping | None = None,
 ) -> dict[str, Any]:
     """Re-evaluate a flat model on its own hold-out (the same seeded split of the same file)."""
-    from convert import flat, registry
-    from convert.metrics import plot_lift, plot_reliability
+    from convert.model.metrics import plot_lift, plot_reliability
+    from convert.registry import store as registry
+    from convert.sources import flat
 
     model, label = registry.load_model(model_uri)
     echo(f"model {label}")
@@ -466,14 +469,14 @@ def evaluate_flat_step(
     stored = model.outer_predictions_
     held = frame.loc[split.masks["holdout"], [Labeled.lead_id, Labeled.label]].astype({Labeled.lead_id: str})
     if stored is not None and len(stored) == len(held) and sorted(zip(stored[Labeled.lead_id].astype(str), stored["label"], strict=True)) == sorted(zip(held[Labeled.lead_id], held[Labeled.label], strict=True)):
-        from convert.train import evaluation_from_predictions
+        from convert.model.train import evaluation_from_predictions
 
         ev = evaluation_from_predictions(stored, model)
         echo("outer folds of training: the stored out-of-fold predictions")
     else:
-        from convert.baselines import LogisticBaseline
-        from convert.crossfit import Recipe, cross_fit
-        from convert.train import outer_evaluation
+        from convert.model.baselines import LogisticBaseline
+        from convert.model.crossfit import Recipe, cross_fit
+        from convert.model.train import outer_evaluation
 
         fit = cross_fit(frame[model.spec_.names], table.label, split, cfg, catalog=model.catalog_,
                         baselines=lambda X, yy: {LogisticBaseline.name: LogisticBaseline(seed=cfg.seed).fit(X, yy)},
@@ -505,8 +508,8 @@ def _own_holdout(
     folds, beside the baselines. (*reuse_baselines* is kept for callers; stored predictions
     carry the baselines' figures.)
     """
-    from convert.crossfit import Recipe, cross_fit, time_folds
-    from convert.train import evaluation_from_predictions, outer_evaluation
+    from convert.model.crossfit import Recipe, cross_fit, time_folds
+    from convert.model.train import evaluation_from_predictions, outer_evaluation
 
     del reuse_baselines
     ts = build_training_set(data, cfg, model.metadata.get("training_as_of"))
@@ -517,7 +520,7 @@ def _own_holdout(
         ev = evaluation_from_predictions(stored, model)
         ev.metrics.attrs["baselines_recorded"] = True
         return ts, folds, ev
-    from convert.baselines import fit_baselines
+    from convert.model.baselines import fit_baselines
 
     frame = ts.frame
     fit = cross_fit(frame[model.spec_.names], y, folds, cfg, catalog=model.catalog_,
@@ -529,12 +532,12 @@ def _own_holdout(
 
 def _newer_evaluation(data: CRMData, model: LeadScoringModel, cfg: Config, echo: Echo) -> Evaluation | None:
     """The deployed model on labelled as-of times newer than its training cut-off, or ``None``."""
-    from convert.baselines import fit_baselines
-    from convert.features import KEY, build_features
-    from convert.labels import build_labels, grid_for
-    from convert.metrics import evaluate, grade_table, lift_table, reliability_table
-    from convert.model import score_from_probability
-    from convert.train import default_as_of
+    from convert.features.engine import KEY, build_features
+    from convert.features.labels import build_labels, grid_for
+    from convert.model.baselines import fit_baselines
+    from convert.model.bundle import score_from_probability
+    from convert.model.metrics import evaluate, grade_table, lift_table, reliability_table
+    from convert.model.train import default_as_of
 
     fit_to = (model.metadata.get("deployed_fit") or {}).get("to")
     if not fit_to:
@@ -605,8 +608,8 @@ def evaluate_step(
     deployed model scored there, the baselines fitted on the rows it learned from); otherwise
     on its outer folds (see :func:`_own_holdout`). Says which.
     """
-    from convert import registry
-    from convert.metrics import plot_lift, plot_reliability
+    from convert.model.metrics import plot_lift, plot_reliability
+    from convert.registry import store as registry
 
     model, label = registry.load_model(model_uri)
     echo(f"model {label}")
@@ -682,11 +685,11 @@ def score_step(
     With ``engine="spark"``, *data_path* is a folder (any path Spark reads) of typed contract
     tables in Parquet (``convert-leads export``); features and scores are computed by Spark
     and collected for the same write-back. *allow_shrink*, *allow_older* and *replace* lift
-    the write-back guards (:class:`convert.writeback.WriteGuards`).
+    the write-back guards (:class:`convert.io.writeback.WriteGuards`).
     """
-    from convert import registry
-    from convert.score import iter_scores
-    from convert.writeback import WriteGuards, write_scores
+    from convert.io.writeback import WriteGuards, write_scores
+    from convert.registry import store as registry
+    from convert.scoring.score import iter_scores
 
     guards = WriteGuards.from_config(
         config.writeback, allow_shrink=allow_shrink, allow_older=allow_older, replace=replace
@@ -721,7 +724,7 @@ def score_step(
 def _empty_population(data: CRMData, as_of: str | pd.Timestamp, data_path: str | Path) -> Exception:
     """The error for an as-of time at which no lead is open (before the data, or all closed)."""
     from convert.exceptions import InsufficientDataError
-    from convert.labels import parse_as_of
+    from convert.features.labels import parse_as_of
 
     t = parse_as_of(as_of)
     first = data.earliest_created()
@@ -736,8 +739,8 @@ def _empty_population(data: CRMData, as_of: str | pd.Timestamp, data_path: str |
 
 def _score_with_spark(path: str, model: LeadScoringModel, label: str, as_of: str | pd.Timestamp,
                       config: Config) -> pd.DataFrame:
-    from convert.labels import parse_as_of
-    from convert.spark import (
+    from convert.features.labels import parse_as_of
+    from convert.features.spark import (
         features_spark,
         load_tables,
         population_spark,
@@ -757,7 +760,7 @@ def _score_with_spark(path: str, model: LeadScoringModel, label: str, as_of: str
 def export_step(data_path: str | Path, config: Config, out: str | Path, rejects: str | None = None,
                 strict: bool | None = None, echo: Echo = _quiet, mapping: Mapping | None = None) -> Path:
     """Validate an export and write its typed contract tables as Parquet (for Spark)."""
-    from convert.spark import export_typed
+    from convert.features.spark import export_typed
 
     data = load_data(data_path, config, rejects, strict, echo, mapping)
     try:
@@ -772,9 +775,9 @@ def explain_step(
     mapping: Mapping | None = None,
 ) -> LeadExplanation:
     """Explain one lead's score at *as_of* and write a waterfall plot."""
-    from convert import registry
     from convert.exceptions import ContractError
-    from convert.score import feature_rows
+    from convert.registry import store as registry
+    from convert.scoring.score import feature_rows
 
     uri = model_uri or f"models:/{config.train.model_name}@{registry.CHAMPION}"
     model, label = registry.load_model(uri)
@@ -804,8 +807,9 @@ def explain_flat_step(
     id_column: str | None = None,
 ) -> LeadExplanation:
     """Explain one row of a flat file (by its id) and write a waterfall plot."""
-    from convert import flat, registry
     from convert.exceptions import ContractError
+    from convert.registry import store as registry
+    from convert.sources import flat
 
     uri = model_uri or f"models:/{config.flat.model_name}@{registry.CHAMPION}"
     model, label = registry.load_model(uri)
@@ -877,10 +881,10 @@ def report_step(
     """
     import time
 
-    from convert import registry
-    from convert.labels import parse_as_of
-    from convert.report import ReportInputs, build_report
-    from convert.score import feature_rows
+    from convert.analysis.report import ReportInputs, build_report
+    from convert.features.labels import parse_as_of
+    from convert.registry import store as registry
+    from convert.scoring.score import feature_rows
 
     clock = time.perf_counter()
     uri = model_uri or f"models:/{config.train.model_name}@{registry.CHAMPION}"
@@ -923,7 +927,7 @@ def _segments_frame(segments: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def _read_backtest(path: str | Path) -> Any:
-    from convert.backtest import BacktestResult, summarize
+    from convert.analysis.backtest import BacktestResult, summarize
     from convert.exceptions import ConfigError
 
     path = Path(path)
@@ -940,7 +944,7 @@ def backtest_step(
     mapping: Mapping | None = None,
 ) -> Any:
     """Rolling-origin backtest; writes backtest.csv, summary.csv, trainings.csv and backtest.png to *out*."""
-    from convert.backtest import backtest, plot_backtest
+    from convert.analysis.backtest import backtest, plot_backtest
 
     data = load_data(data_path, config, rejects, strict, echo, mapping)
     try:
@@ -976,7 +980,7 @@ class AllocateSummary:
 def _read_any(source: str, table: str, what: str) -> pd.DataFrame:
     """A .csv/.parquet file (every column as text for CSV) or a database table, for *what*."""
     from convert.exceptions import ConfigError
-    from convert.writeback import read_table
+    from convert.io.writeback import read_table
 
     location = resolve_target(source) if source.startswith("env:") else source
     path = Path(location)
@@ -996,8 +1000,8 @@ _SCORE_COLUMNS = ("lead_id", "as_of", "probability", "score", "action", "model_v
 
 def _lead_attributes(data: CRMData, owner: str, extra: list[str], cuts: Any) -> pd.DataFrame:
     """Per lead: attributes territories and segments use, the owner, the outcome's dates."""
-    from convert.allocate import employee_band
-    from convert.validation import quote
+    from convert.scoring.allocate import employee_band
+    from convert.sources.validation import quote
 
     present = [r[0] for r in data.con.execute("DESCRIBE leads").fetchall()]
     account_cols = [r[0] for r in data.con.execute("DESCRIBE accounts").fetchall()]
@@ -1024,9 +1028,9 @@ def _effect_history(data: CRMData, attrs: pd.DataFrame, model: Any, t: pd.Timest
     """Owned leads whose outcome is known at *t*: each at its first snapshot after creation
     (``allocation.history_frequency``), the model's prediction there and whether it converted
     within the horizon."""
-    from convert.allocate import segment_labels
-    from convert.features import build_features
-    from convert.labels import _FREQUENCIES
+    from convert.features.engine import build_features
+    from convert.features.labels import _FREQUENCIES
+    from convert.scoring.allocate import segment_labels
 
     horizon = pd.Timedelta(days=int(model.horizon_days))
     owned = attrs[attrs["__owner"].notna()].copy()
@@ -1093,8 +1097,10 @@ def allocate_step(
     assignments are replaced only with *replace*; the shrink guard does not apply
     (assignments churn every day).
     """
-    from convert import registry
-    from convert.allocate import (
+    from convert.exceptions import ConfigError, ContractError, WritebackError
+    from convert.io.writeback import WriteGuards, read_table, write_scores
+    from convert.registry import store as registry
+    from convert.scoring.allocate import (
         AssignmentOutput,
         Lead,
         RepEffects,
@@ -1103,9 +1109,7 @@ def allocate_step(
         expected_under,
         parse_reps,
     )
-    from convert.exceptions import ConfigError, ContractError, WritebackError
-    from convert.score import ROUTE
-    from convert.writeback import WriteGuards, read_table, write_scores
+    from convert.scoring.score import ROUTE
 
     cfg = config.allocation
     guards = WriteGuards.from_config(config.writeback, allow_older=allow_older, replace=replace)
@@ -1224,6 +1228,6 @@ def user_error(exc: BaseException) -> ConvertError | None:
     DuckDB running out of memory (``features.duckdb_memory_limit`` too small for the
     export) is the one known today; the CLI prints the message and exits with code 2.
     """
-    from convert.io import out_of_memory
+    from convert.sources.readers import out_of_memory
 
     return out_of_memory(exc)

@@ -2,7 +2,7 @@
 
 ``make realdata`` trains each dataset of ``../shared/datasets`` in flat mode through the
 command line (with its committed mapping in ``docs/mappings/``), writing one summary JSON
-per run; ``python -m convert.realdata FOLDER`` turns those files into the markdown table
+per run; ``python -m convert.analysis.realdata FOLDER`` turns those files into the markdown table
 pasted in the README: rows, positive rate, the hold-out's ROC AUC, PR AUC, Brier score and
 ECE of the model beside the logistic-regression baseline, and what the leakage guard found.
 """
@@ -71,7 +71,7 @@ def table(folder: str | Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        raise SystemExit("usage: python -m convert.realdata FOLDER_OF_SUMMARIES")
+        raise SystemExit("usage: python -m convert.analysis.realdata FOLDER_OF_SUMMARIES")
     print(table(args[0]))
 
 

@@ -20,7 +20,7 @@ loss after a per-fold shift of the level -- a drifting base rate is the calibrat
 boosters run in lockstep, so one drifting slice cannot stop training after two rounds),
 the parameters (``--tune``: the configured parameters are always candidate 0, so tuning can
 only win on the inner folds), the log-odds blend weight with the logistic model
-(:mod:`convert.linear`), and the calibrator (isotonic or sigmoid by cross-validated log loss
+(:mod:`convert.model.linear`), and the calibrator (isotonic or sigmoid by cross-validated log loss
 on the inner folds' out-of-fold scores). The outer folds are then fitted with exactly these
 settings and scored through the inner calibrator.
 
@@ -40,13 +40,13 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from convert.baselines import Baseline
-from convert.calibrate import Calibrator, SigmoidCalibrator, select_calibrator
 from convert.config import Config
 from convert.exceptions import InsufficientDataError
-from convert.linear import LinearScorer
-from convert.metrics import evaluate
-from convert.model import FeatureMatrix, FeatureSpec, LeadScoringModel
+from convert.model.baselines import Baseline
+from convert.model.bundle import FeatureMatrix, FeatureSpec, LeadScoringModel
+from convert.model.calibrate import Calibrator, SigmoidCalibrator, select_calibrator
+from convert.model.linear import LinearScorer
+from convert.model.metrics import evaluate
 
 __all__ = ["CrossFit", "Fold", "Folds", "cross_fit", "ordered_folds", "random_folds", "time_folds"]
 

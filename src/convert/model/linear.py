@@ -1,7 +1,7 @@
 """The linear half of a blended model: a regularised logistic regression on the model matrix,
 with exact per-feature contributions and a JSON form.
 
-The training design (:mod:`convert.crossfit`) blends LightGBM with this model in log-odds when
+The training design (:mod:`convert.model.crossfit`) blends LightGBM with this model in log-odds when
 the blend wins on the inner folds: ``raw = (1 - w) * tree + w * linear``. Explanations must
 still add up, so the linear model is kept in a form whose contributions are exact per feature:
 
@@ -11,7 +11,7 @@ Each design column belongs to one feature (a numeric feature's standardised valu
 missing indicator; a categorical feature's one-hot columns), so with ``zbar`` the training
 mean of the design, feature ``f``'s contribution ``sum_{c in f} beta_c (z_c(x) - zbar_c)``
 and the base value ``b + beta . zbar`` sum to ``linear(x)`` exactly, as TreeSHAP's do for the
-booster. The preprocessing is the logistic baseline's (:class:`convert.baselines.LogisticBaseline`):
+booster. The preprocessing is the logistic baseline's (:class:`convert.model.baselines.LogisticBaseline`):
 ``log1p`` for features never negative in training, median imputation with a missing
 indicator, standardisation, one-hot categories with rare ones pooled. It reads the matrix
 LightGBM reads (numeric values, categorical codes of the spec's category lists, NaN when

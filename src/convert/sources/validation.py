@@ -1,6 +1,6 @@
 """The data contract's bad-rows table, applied in DuckDB SQL.
 
-Raw tables (from :mod:`convert.io`) become typed contract tables ``leads``,
+Raw tables (from :mod:`convert.sources.readers`) become typed contract tables ``leads``,
 ``accounts``, ``events`` and ``stages`` in the same connection. Each rule of the
 contract is one declared :class:`Rule` (column, SQL condition, reason); a row is
 quarantined for the first rule it breaks, and rows of a quarantined lead follow it.
@@ -25,7 +25,6 @@ import pandas as pd
 
 from convert.config import DataConfig
 from convert.exceptions import ContractError
-from convert.io import ROW, Source, fetch_row
 from convert.schema import (
     CONTRACT_TABLES,
     DUCKDB_TYPES,
@@ -37,6 +36,7 @@ from convert.schema import (
     Stages,
     TableSchema,
 )
+from convert.sources.readers import ROW, Source, fetch_row
 
 #: Control characters (RE2 class): C0 but tab and newline, DEL and C1. A NUL byte among
 #: them is refused by PostgreSQL in any text; the others garble files and screens.

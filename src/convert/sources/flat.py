@@ -9,7 +9,7 @@ outcome, or in file order with ``--split ordered`` when the rows are in time ord
 :func:`load_flat` reads and types the file (mapping applied, every column typed numeric or
 categorical by detection unless configured), quarantines rows whose id or outcome is
 unusable, and keeps every column for the leakage guard. :func:`train_flat` screens the
-columns, fits the same cross-fitted booster and calibrator as the event mode (:mod:`convert.crossfit`)
+columns, fits the same cross-fitted booster and calibrator as the event mode (:mod:`convert.model.crossfit`)
 and evaluates it beside a logistic regression on the hold-out; the model then scores,
 grades, explains and writes back exactly as an event-mode model does.
 """
@@ -24,24 +24,24 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from convert.baselines import LogisticBaseline
-from convert.catalog import Catalog, FeatureDef
 from convert.config import OWNER_EXCLUDED, Config
-from convert.crossfit import Folds, cross_fit, ordered_folds, random_folds
 from convert.exceptions import (
     ConfigError,
     ContractError,
     FeatureMismatchError,
     InsufficientDataError,
 )
-from convert.features import unique_slugs
-from convert.io import Source, connect, read_frame
-from convert.leakage import LeakageReport, screen
-from convert.mapping import CsvFormat, FlatMapping, Mapping, mapped_select
-from convert.model import LeadScoringModel
+from convert.features.catalog import Catalog, FeatureDef
+from convert.features.engine import unique_slugs
+from convert.model.baselines import LogisticBaseline
+from convert.model.bundle import LeadScoringModel
+from convert.model.crossfit import Folds, cross_fit, ordered_folds, random_folds
+from convert.model.leakage import LeakageReport, screen
+from convert.model.train import TrainingSet, TrainResult, outer_evaluation, training_metadata
 from convert.schema import Labeled, Rejects
-from convert.train import TrainingSet, TrainResult, outer_evaluation, training_metadata
-from convert.validation import (
+from convert.sources.mapping import CsvFormat, FlatMapping, Mapping, mapped_select
+from convert.sources.readers import Source, connect, read_frame
+from convert.sources.validation import (
     CONTROL_RE,
     LoadReport,
     TableReport,
@@ -394,7 +394,7 @@ def _type_columns(
 
 def split_rows(y: np.ndarray, mode: Split, config: Config) -> Folds:
     """The folds of a flat table: stratified and seeded (``random``) or forward-chaining in
-    file order (``ordered``, rows in time order); see :mod:`convert.crossfit`."""
+    file order (``ordered``, rows in time order); see :mod:`convert.model.crossfit`."""
     if mode == "ordered":
         return ordered_folds(y, config)
     if mode == "random":
@@ -444,7 +444,7 @@ def feature_frame(table: FlatTable, columns: dict[str, str], as_of: pd.Timestamp
 
 @dataclass(kw_only=True)
 class FlatTrainResult(TrainResult):
-    """What :func:`train_flat` returns: the event mode's :class:`~convert.train.TrainResult`,
+    """What :func:`train_flat` returns: the event mode's :class:`~convert.model.train.TrainResult`,
     the leakage screen and the table trained on."""
 
     leakage: LeakageReport

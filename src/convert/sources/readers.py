@@ -3,7 +3,7 @@
 This is an edge module: it is the only place (with ``writeback`` and ``registry``)
 that opens files and databases. It finds each contract table as ``NAME.csv`` or
 ``NAME.parquet`` (or the file or database table a mapping names), loads it as raw text
-columns in file order, and hands the connection to :mod:`convert.validation`, which types
+columns in file order, and hands the connection to :mod:`convert.sources.validation`, which types
 and checks it by the contract; a row's 1-based data row number is its ``rowid + 1``.
 
 CSV files are read with the header taken from the file itself (DuckDB does no sniffing):
@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pandas as pd
 
-from convert import scratch
 from convert.config import FeaturesConfig
 from convert.exceptions import ConfigError, ContractError, ResourceError
-from convert.mapping import CsvFormat, Mapping, split_table_name
+from convert.io import scratch
+from convert.io.urls import engine_url, redact_url, resolve_env, secrets_of
+from convert.io.urls import is_database_url as is_database_url  # re-exported (cli, dataset)
 from convert.schema import CONTRACT_TABLES, REQUIRED_TABLES
-from convert.urls import engine_url, redact_url, resolve_env, secrets_of
-from convert.urls import is_database_url as is_database_url  # re-exported (cli, dataset)
+from convert.sources.mapping import CsvFormat, Mapping, split_table_name
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -137,7 +137,7 @@ def find_source(path: str | Path, mapping: Mapping | None = None) -> Source:
 def connect(config: FeaturesConfig | None = None, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
     """A DuckDB connection in UTC with the configured memory limit and threads.
 
-    Spilling goes to this run's temporary folder (:func:`convert.scratch.run_dir`, removed
+    Spilling goes to this run's temporary folder (:func:`convert.io.scratch.run_dir`, removed
     at exit) so that large exports stay within the limit.
     """
     config = config or FeaturesConfig()

@@ -34,9 +34,9 @@ from typing import Any
 import duckdb
 
 from convert.config import Config
-from convert.io import Source
-from convert.mapping import MappedTable, Mapping
-from convert.validation import LoadReport
+from convert.sources.mapping import MappedTable, Mapping
+from convert.sources.readers import Source
+from convert.sources.validation import LoadReport
 
 #: Bumped when what an entry holds changes, so that old entries are never read.
 FORMAT = 1

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from convert.catalog import Catalog
 from convert.config import DriftConfig
+from convert.features.catalog import Catalog
 from convert.schema import Leads
 
 STABLE, WATCH, SHIFTED = "stable", "watch", "shifted"

@@ -33,11 +33,11 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from convert.calibrate import Calibrator, calibrator_from_dict
-from convert.catalog import Catalog
 from convert.config import FeaturesConfig
 from convert.exceptions import BundleError, ConvertWarning, FeatureMismatchError, ModelNotFoundError
-from convert.linear import LinearScorer
+from convert.features.catalog import Catalog
+from convert.model.calibrate import Calibrator, calibrator_from_dict
+from convert.model.linear import LinearScorer
 
 BUNDLE_VERSION = 1
 MANIFEST = "manifest.json"
@@ -486,7 +486,7 @@ class LeadScoringModel:
         )
         if self.linear_ is None:
             return tree
-        from convert.treeshap import lightgbm_matrix
+        from convert.model.treeshap import lightgbm_matrix
 
         return self.blend_raw(tree, lightgbm_matrix(matrix))
 
@@ -668,7 +668,7 @@ def _verify(path: Path) -> str:
         warnings.warn(
             f"the model bundle {path} has no {MANIFEST} (it was written before convert checked "
             "bundles), so its files cannot be verified. Re-save it once to add one: python -c "
-            f"\"from convert.model import LeadScoringModel as M; M.load('{path}').save('{path}')\"",
+            f"\"from convert.model.bundle import LeadScoringModel as M; M.load('{path}').save('{path}')\"",
             ConvertWarning,
             stacklevel=3,
         )

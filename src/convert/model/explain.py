@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from convert.catalog import Catalog
-from convert.metrics import literal_text
-from convert.model import LeadScoringModel, predict_threads, score_from_probability
+from convert.features.catalog import Catalog
+from convert.model.bundle import LeadScoringModel, predict_threads, score_from_probability
+from convert.model.metrics import literal_text
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 
@@ -34,9 +34,9 @@ ScoreFn = Callable[[np.ndarray], np.ndarray]
 def contributions(model: LeadScoringModel, matrix: pd.DataFrame, num_threads: int = 0) -> np.ndarray:
     """TreeSHAP contributions on the raw score, shape (n, p + 1), base value last.
 
-    Uses the fast exact engine (:mod:`convert.treeshap`) when available and LightGBM's
+    Uses the fast exact engine (:mod:`convert.model.treeshap`) when available and LightGBM's
     ``pred_contrib`` otherwise; both give the same numbers, whatever *num_threads*
-    (0: every core, see :func:`convert.model.predict_threads`).
+    (0: every core, see :func:`convert.model.bundle.predict_threads`).
     """
     threads = predict_threads(num_threads)
     engine = _engine(model)
@@ -49,7 +49,7 @@ def contributions(model: LeadScoringModel, matrix: pd.DataFrame, num_threads: in
     if model.linear_ is None:
         return phi
     # a log-odds blend: the weighted sum of both models' exact contributions (and base values)
-    from convert.treeshap import lightgbm_matrix
+    from convert.model.treeshap import lightgbm_matrix
 
     w = model.blend_weight_
     linear = model.linear_.contributions(lightgbm_matrix(matrix))
@@ -61,7 +61,7 @@ def _engine(model: LeadScoringModel):  # type: ignore[no-untyped-def]
     if cached is not None:
         return cached
     try:
-        from convert.treeshap import TreeExplainerFast
+        from convert.model.treeshap import TreeExplainerFast
     except ImportError:
         return None
     explainer = TreeExplainerFast(model.booster_)

@@ -1,7 +1,7 @@
 """Training: the multi-snapshot training set, time-series cross-fitting, the deployed refit
 and an honest evaluation against three baselines on outer folds no choice saw.
 
-The design lives in :mod:`convert.crossfit`: forward-chaining folds over as-of times (a fold
+The design lives in :mod:`convert.model.crossfit`: forward-chaining folds over as-of times (a fold
 fits only on snapshots whose horizon ended before its first as-of time); rounds, parameters,
 blend weight and calibrator chosen on the inner folds; figures from the outer folds; the
 deployed booster refitted on every labelled snapshot up to ``as_of - horizon``. Class
@@ -18,17 +18,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from convert.baselines import fit_baselines
-from convert.catalog import Catalog
 from convert.config import Config
-from convert.crossfit import CrossFit, Folds, cross_fit, time_folds
-from convert.dataset import CRMData
 from convert.exceptions import InsufficientDataError
-from convert.features import KEY, build_features
-from convert.labels import AsOfGrid, build_labels, grid_for, parse_as_of
-from convert.metrics import evaluate, grade_table, lift_table, reliability_table
-from convert.model import LeadScoringModel, score_from_probability
+from convert.features.catalog import Catalog
+from convert.features.engine import KEY, build_features
+from convert.features.labels import AsOfGrid, build_labels, grid_for, parse_as_of
+from convert.model.baselines import fit_baselines
+from convert.model.bundle import LeadScoringModel, score_from_probability
+from convert.model.crossfit import CrossFit, Folds, cross_fit, time_folds
+from convert.model.metrics import evaluate, grade_table, lift_table, reliability_table
 from convert.schema import Labeled
+from convert.sources.export import CRMData
 
 
 @dataclass

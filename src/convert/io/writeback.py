@@ -2,7 +2,7 @@
 
 This edge module is the only place that writes scores. :func:`write_scores` takes a frame
 with exactly the :class:`~convert.schema.ScoreOutput` columns (or, with ``schema=``, another
-output schema's, e.g. the lead assignments of ``convert.allocate``) and a target:
+output schema's, e.g. the lead assignments of ``convert.scoring.allocate``) and a target:
 
 * a file path ending ``.parquet`` or ``.csv``: written to a temporary file in the same
   directory, then moved over the old file with :func:`os.replace` (readers see the old
@@ -69,7 +69,7 @@ On PostgreSQL the current table has ``fillfactor = 50`` (each run rewrites most 
 free space makes those HOT updates) and the history an index on (as_of, model_version).
 
 SQLAlchemy, psycopg and pyarrow are imported lazily, inside the functions that need them:
-``import convert.writeback`` stays light and does not import a database driver.
+``import convert.io.writeback`` stays light and does not import a database driver.
 """
 
 from __future__ import annotations
@@ -95,9 +95,9 @@ import numpy as np
 import pandas as pd
 
 from convert.exceptions import WritebackError, WriteLockedError, WriteRefusedError
+from convert.io.urls import engine_url as _sqlalchemy_url
+from convert.io.urls import is_database_url, redact_url, secrets_of
 from convert.schema import Column, ScoreOutput, TableSchema
-from convert.urls import engine_url as _sqlalchemy_url
-from convert.urls import is_database_url, redact_url, secrets_of
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -776,7 +776,7 @@ class WriteGuards:
 
 def _lock_key(qualified: str) -> int:
     """A 64-bit advisory-lock key for a schema-qualified table name."""
-    digest = hashlib.blake2b(f"convert.writeback:{qualified}".encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(f"convert.io.writeback:{qualified}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
 
 

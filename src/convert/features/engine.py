@@ -16,7 +16,7 @@ Families (each a CTE of one query, see :func:`feature_sql`):
 - ``lead``: source, seniority normalised from the free-text job title;
 - ``extra``: extra attributes the configuration names.
 
-The catalog (:mod:`convert.catalog`) describes every column produced here; both are
+The catalog (:mod:`convert.features.catalog`) describes every column produced here; both are
 built by the same functions so they cannot drift apart.
 """
 
@@ -34,12 +34,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from convert.catalog import Catalog, Family, FeatureDef, escape, event_words, window_phrase
 from convert.config import STANDARD_EVENT_TYPES, FeaturesConfig
 from convert.exceptions import FeatureMismatchError
-from convert.io import fetch_row
+from convert.features.catalog import Catalog, Family, FeatureDef, escape, event_words, window_phrase
 from convert.schema import Accounts, Events, Leads, Snapshot, Stages
-from convert.validation import quote
+from convert.sources.readers import fetch_row
+from convert.sources.validation import quote
 
 KEY = [Snapshot.lead_id, Snapshot.as_of]
 

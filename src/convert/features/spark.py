@@ -11,11 +11,11 @@ and no scoring rule of its own:
   must already be validated and typed by the contract (that is what ``export_typed``
   writes);
 - :func:`population_spark`: the contract's population at some as-of times
-  (:func:`convert.labels.population_sql`, unchanged);
-- :func:`features_spark` / :func:`build_features_spark`: :func:`convert.features.feature_sql`
-  with the Spark :class:`~convert.features.SparkDialect` (one definition, two engines);
+  (:func:`convert.features.labels.population_sql`, unchanged);
+- :func:`features_spark` / :func:`build_features_spark`: :func:`convert.features.engine.feature_sql`
+  with the Spark :class:`~convert.features.engine.SparkDialect` (one definition, two engines);
 - :func:`score_spark`: the saved model bundle broadcast to executors as bytes and each
-  partition scored by :func:`convert.score.score_frame` in ``mapInPandas``.
+  partition scored by :func:`convert.scoring.score.score_frame` in ``mapInPandas``.
 
 ``pyspark`` is imported lazily inside functions, so the rest of convert never needs it
 (install it with the ``spark`` extra).
@@ -35,16 +35,16 @@ import pandas as pd
 
 from convert.config import FeaturesConfig, ScoringConfig
 from convert.exceptions import FeatureMismatchError
-from convert.features import KEY, SPARK, feature_sql, finish_frame, slug
-from convert.labels import population_sql
-from convert.model import LeadScoringModel
+from convert.features.engine import KEY, SPARK, feature_sql, finish_frame, slug
+from convert.features.labels import population_sql
+from convert.model.bundle import LeadScoringModel
 from convert.schema import ScoreOutput
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.types import StructType
 
-    from convert.dataset import CRMData
+    from convert.sources.export import CRMData
 
 TABLES = ("leads", "accounts", "events", "stages")
 
@@ -165,7 +165,7 @@ def build_features_spark(
     event_types: Sequence[str],
 ) -> pd.DataFrame:
     """:func:`features_spark` collected to pandas, shaped like :func:`convert.build_features`."""
-    from convert.features import feature_catalog
+    from convert.features.engine import feature_catalog
 
     catalog = feature_catalog(event_types, config)
     frame = features_spark(spark, population_df, config, event_types).toPandas()
@@ -223,7 +223,7 @@ def _score_batches(
     model_version: str,
     scored_at: pd.Timestamp,
 ) -> Iterator[pd.DataFrame]:
-    from convert.score import score_frame
+    from convert.scoring.score import score_frame
 
     model = _model_from_bytes(files)
     for batch in batches:
@@ -248,7 +248,7 @@ def score_spark(
     ``model.spec_.event_types``). *model* (fitted, or a bundle folder on the driver) is
     broadcast once as the bundle's bytes; each partition is scored in Arrow batches
     (``spark.sql.execution.arrow.maxRecordsPerBatch``) by
-    :func:`convert.score.score_frame`.
+    :func:`convert.scoring.score.score_frame`.
     """
     if scored_at is None:
         scored_at = pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s")

@@ -28,14 +28,14 @@ import numpy as np
 import pandas as pd
 
 from convert.config import STANDARD_EVENT_TYPES, Config
-from convert.dataset import CRMData
 from convert.exceptions import ConfigError, ConvertError, InsufficientDataError
-from convert.features import KEY, build_features, discover_event_types, feature_catalog
-from convert.labels import build_labels, grid_for, parse_as_of
-from convert.metrics import _new_figure, evaluate
-from convert.model import LeadScoringModel
+from convert.features.engine import KEY, build_features, discover_event_types, feature_catalog
+from convert.features.labels import build_labels, grid_for, parse_as_of
+from convert.model.bundle import LeadScoringModel
+from convert.model.metrics import _new_figure, evaluate
+from convert.model.train import TrainingSet, default_as_of, fit_deployed
 from convert.schema import Labeled
-from convert.train import TrainingSet, default_as_of, fit_deployed
+from convert.sources.export import CRMData
 
 _UNITS = {"D": "days", "W": "weeks", "M": "months", "Q": "months", "Y": "years"}
 METRICS = ("roc_auc", "pr_auc", "log_loss", "brier", "ece")

@@ -16,13 +16,13 @@ import numpy as np
 import pandas as pd
 
 from convert.config import Config, ScoringConfig
-from convert.dataset import CRMData
-from convert.explain import contributions, family_points, model_score_fn, reasons, to_points
-from convert.features import finish_frame, iter_feature_batches, materialize_features
-from convert.io import fetch_row
-from convert.labels import parse_as_of, population_sql, register_as_ofs
-from convert.model import LeadScoringModel
+from convert.features.engine import finish_frame, iter_feature_batches, materialize_features
+from convert.features.labels import parse_as_of, population_sql, register_as_ofs
+from convert.model.bundle import LeadScoringModel
+from convert.model.explain import contributions, family_points, model_score_fn, reasons, to_points
 from convert.schema import ScoreOutput as O
+from convert.sources.export import CRMData
+from convert.sources.readers import fetch_row
 
 ROUTE, NURTURE, REVIEW = "route_to_sales", "nurture", "review_disqualify"
 
@@ -127,7 +127,7 @@ def score(
     scored_at: pd.Timestamp | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """Score, grade, explain and action every lead open at *as_of* (``convert.score``).
+    """Score, grade, explain and action every lead open at *as_of* (``convert.scoring.score``).
 
     Returns one row per lead with the :class:`~convert.schema.ScoreOutput` columns.
     """

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 
 from convert.config import Config
-from convert.dataset import CRMData
 from convert.exceptions import ConfigError
-from convert.metrics import _new_figure, _wilson, literal_text, plot_rates
+from convert.model.metrics import _new_figure, _wilson, literal_text, plot_rates
 from convert.schema import Accounts, Leads, Stages
+from convert.sources.export import CRMData
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from convert.exceptions import ConvertWarning, ModelNotFoundError
-from convert.model import LeadScoringModel, bundle_version
+from convert.model.bundle import LeadScoringModel, bundle_version
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 _LOWER_IS_BETTER = {"log_loss", "brier", "ece"}
@@ -110,7 +110,7 @@ def log_training(
         bundle = model.save(Path(tmp) / "bundle")
         example = input_example[model.spec_.names].head(5)
         output = _pyfunc_output(model, example)
-        from convert.mlflow_model import LOADER_MODULE
+        from convert.registry.pyfunc import LOADER_MODULE
 
         info = mlflow.pyfunc.log_model(
             name="model",
@@ -130,7 +130,7 @@ def log_training(
 
 
 def _pyfunc_output(model: LeadScoringModel, example: pd.DataFrame) -> pd.DataFrame:
-    from convert.model import score_from_probability
+    from convert.model.bundle import score_from_probability
 
     p = model.predict_proba(example)[:, 1]
     score = score_from_probability(p)
@@ -257,14 +257,14 @@ def load_pyfunc(uri: str):  # type: ignore[no-untyped-def]
     """The MLflow pyfunc of a registered model (plain strings and numbers in).
 
     The model's ``MLmodel`` is checked first: its pyfunc must be loaded by
-    ``convert.mlflow_model`` (installed code) with no code paths and no stored Python
+    ``convert.registry.pyfunc`` (installed code) with no code paths and no stored Python
     model, or the load is refused. A version registered before convert used the loader
     module (*models from code*) is refused here; :func:`load_model` (the CLI's way)
     still reads its bundle.
     """
     import yaml
 
-    from convert.mlflow_model import LOADER_MODULE
+    from convert.registry.pyfunc import LEGACY_LOADER_MODULES, LOADER_MODULE
 
     reg = resolve(uri)
     local = Path(_mlflow().artifacts.download_artifacts(artifact_uri=f"{reg.uri}"))
@@ -274,12 +274,12 @@ def load_pyfunc(uri: str):  # type: ignore[no-untyped-def]
         raise ModelNotFoundError(f"{reg.label}: its MLmodel file cannot be read ({exc})") from None
     runs_code = [k for k in ("python_model", "code", "model_code_path", "cloudpickle_version")
                  if flavor.get(k)]
-    if flavor.get("loader_module") != LOADER_MODULE or runs_code:
+    if flavor.get("loader_module") not in (LOADER_MODULE, *LEGACY_LOADER_MODULES) or runs_code:
         raise ModelNotFoundError(
             f"{reg.label} is not loaded by convert's installed code (its MLmodel names loader "
             f"{flavor.get('loader_module')!r}" + (f" and {', '.join(runs_code)}" if runs_code else "")
             + "), so MLflow would run code stored with the model: refused. Versions registered "
-            "as models from code are read with convert.registry.load_model (the CLI's way); retrain "
+            "as models from code are read with convert.registry.store.load_model (the CLI's way); retrain "
             "to register one MLflow can load"
         )
     return _mlflow().pyfunc.load_model(str(local))

@@ -61,7 +61,7 @@ from the demo: a 4-month history (``short``), nobody ever disqualified (``open``
 drifting with time (``drift``), and fit acting smoothly and additively through a few of many
 extra attributes (``additive``). The default regime draws exactly what the story always drew.
 
-On a 90-day horizon, ``convert.train`` (default configuration, 20,000 leads) reaches a
+On a 90-day horizon, ``convert.model.train`` (default configuration, 20,000 leads) reaches a
 hold-out ROC AUC of about 0.89 (logistic regression 0.86); fit and lead age alone give
 about 0.73. See ``docs/simulator.md``.
 

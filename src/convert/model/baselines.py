@@ -11,7 +11,7 @@ the same hold-out:
 * :class:`PointsRuleBaseline` -- the hand-built points rule of a marketing-automation
   tool ("demo request +30, C-level +15"), from :class:`convert.config.BaselinesConfig`.
 
-Each works on the features frame built by ``convert.features`` (column names as in
+Each works on the features frame built by ``convert.features.engine`` (column names as in
 ``docs/architecture.md``; categorical columns as pandas ``category`` or strings), fits
 with ``fit(X, y)`` and returns the probability of conversion, one value per row, from
 ``predict_proba(X)``. The frame should hold features only: no keys, no label.

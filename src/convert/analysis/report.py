@@ -26,12 +26,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from convert.backtest import BacktestResult, cost_sentences, plot_backtest
+from convert.analysis.backtest import BacktestResult, cost_sentences, plot_backtest
+from convert.analysis.drift import LabelDelay, ScoreDrift, drift_table, label_delay, score_drift
 from convert.config import Config
-from convert.crossfit import Folds
-from convert.drift import LabelDelay, ScoreDrift, drift_table, label_delay, score_drift
-from convert.explain import family_importance, importance_table, point_contributions
-from convert.metrics import (
+from convert.model.bundle import LeadScoringModel, score_from_probability
+from convert.model.crossfit import Folds
+from convert.model.explain import family_importance, importance_table, point_contributions
+from convert.model.metrics import (
     _new_figure,
     _wilson,
     literal_text,
@@ -40,9 +41,8 @@ from convert.metrics import (
     plot_reliability,
     segment_table,
 )
-from convert.model import LeadScoringModel, score_from_probability
+from convert.model.train import Evaluation, TrainingSet
 from convert.schema import Labeled
-from convert.train import Evaluation, TrainingSet
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -14,10 +14,12 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from convert.cache import cache_dir, cache_key, entry, restore, store
 from convert.config import Config
-from convert.features import index_events
-from convert.io import (
+from convert.features.engine import index_events
+from convert.schema import CONTRACT_TABLES, Accounts, Events, Leads, Stages
+from convert.sources.cache import cache_dir, cache_key, entry, restore, store
+from convert.sources.mapping import MappedTable, Mapping, mapped_select
+from convert.sources.readers import (
     Source,
     connect,
     fetch_row,
@@ -28,9 +30,7 @@ from convert.io import (
     load_raw,
     resolve_data,
 )
-from convert.mapping import MappedTable, Mapping, mapped_select
-from convert.schema import CONTRACT_TABLES, Accounts, Events, Leads, Stages
-from convert.validation import LoadReport, enforce_thresholds, quote, validate
+from convert.sources.validation import LoadReport, enforce_thresholds, quote, validate
 
 
 @dataclass
@@ -41,7 +41,7 @@ class CRMData:
     source: Source
     report: LoadReport
     mapped: dict[str, MappedTable] = field(default_factory=dict)
-    #: Whether the tables were copied from the cache of validated tables (:mod:`convert.cache`).
+    #: Whether the tables were copied from the cache of validated tables (:mod:`convert.sources.cache`).
     from_cache: bool = False
 
     def frame(self, table: str) -> pd.DataFrame:
@@ -136,10 +136,10 @@ def load(
     strict:
         Turn every quarantine into an error (overrides ``config.data.strict``).
     mapping:
-        How the source differs from the contract (:func:`convert.mapping.load_mapping`).
+        How the source differs from the contract (:func:`convert.sources.mapping.load_mapping`).
     cache:
         Use the cache of validated tables for a folder or file export (default
-        ``config.data.cache``; :mod:`convert.cache`). A cached load gives the same tables,
+        ``config.data.cache``; :mod:`convert.sources.cache`). A cached load gives the same tables,
         report and rejects as an uncached one.
 
     Returns
