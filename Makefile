@@ -48,6 +48,7 @@ demo: $(VENV)/.installed $(DEMO_DATA)/leads.csv
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: $(VENV)/.installed-dev lint
 	bash tests/setup-services.sh

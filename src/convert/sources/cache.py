@@ -84,8 +84,12 @@ def _file_digest(path: Path, size: int) -> str:
 
 def cache_key(source: Source, config: Config, mapping: Mapping) -> str:
     """The key of a folder or file export: files (size, mtime, content), config and mapping."""
-    from convert import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:  # the installed distribution's version (not ``convert.__version__``: sources sit below the API)
+        convert_version = version("convert-leads")
+    except PackageNotFoundError:
+        convert_version = "unknown"
     files = []
     for table, path in sorted(source.files.items()):
         st = path.stat()
@@ -95,7 +99,7 @@ def cache_key(source: Source, config: Config, mapping: Mapping) -> str:
     lo, hi = config.data.valid_range()  # valid_to unset: a year from today, as validation uses it
     shaping = {
         "format": FORMAT,
-        "convert": __version__,
+        "convert": convert_version,
         "duckdb": duckdb.__version__,
         "files": files,
         "data": data,
