@@ -90,6 +90,29 @@ NORMALISE: list[tuple[str, str, str]] = [
 ]
 
 
+# Progress bars (DuckDB's on stdout, tqdm's on stderr) depend on timing: their lines, and the
+# blank lines they bring, are dropped before the patterns above are applied.
+PROGRESS_BAR = re.compile(r"^\s*\d+%\s*(?:\u2595|\|)")
+
+
+def drop_progress(text: str) -> str:
+    """*text* without progress-bar lines and the blank lines next to them."""
+    lines = text.splitlines()
+    bar = [bool(PROGRESS_BAR.match(line)) for line in lines]
+    keep = []
+    for i, line in enumerate(lines):
+        if bar[i]:
+            continue
+        if not line.strip():
+            j = i + 1
+            while j < len(lines) and not lines[j].strip() and not bar[j]:
+                j += 1
+            if (j < len(lines) and bar[j]) or (i > 0 and bar[i - 1]):
+                continue
+        keep.append(line)
+    return "\n".join(keep) + ("\n" if keep else "")
+
+
 # ---------------------------------------------------------------------------------------------
 # canonical tables
 
@@ -307,7 +330,7 @@ class Runner:
         n = sum(1 for r in self.records if r["mode"] == mode) + 1
         folder = self.out / mode / "stdout"
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{n:02d}_{name}.txt").write_text(self.norm.text(stdout))
+        (folder / f"{n:02d}_{name}.txt").write_text(self.norm.text(drop_progress(stdout)))
         (folder / f"{n:02d}_{name}.stderr.txt").write_text(self._stderr(stderr))
         self.records.append({"mode": mode, "step": f"{n:02d}_{name}", "exit_code": str(code),
                              "command": self.norm.text(" ".join(["python -m convert", *args]))})
@@ -318,8 +341,7 @@ class Runner:
 
     def _stderr(self, text: str) -> str:
         """stderr without the noise of libraries (progress bars, their deprecation warnings)."""
-        keep = [line for line in text.splitlines() if not re.search(r"\d+%\s*(?:\||\u2595)", line)]
-        return self.norm.text("\n".join(keep) + ("\n" if keep else ""))
+        return self.norm.text(drop_progress(text))
 
 
 def _save(out: Path, mode: str, name: str, frame: pd.DataFrame, norm: Normaliser, counts: dict[str, int]) -> None:
@@ -479,6 +501,7 @@ def run_snapshot(out: Path, leads: int, seed: int, config: Path | None, flat_dat
         "Behaviour snapshot written by scripts/behaviour_snapshot.py (compare two with its `compare`).\n"
         "Normalised in stdout/stderr (regex -> replacement):\n"
         + "".join(f"  {what}: {pattern!r} -> {repl}\n" for what, pattern, repl in NORMALISE)
+        + "Progress-bar lines (and blank lines beside them) are dropped from stdout and stderr.\n"
         + "In tables: a timestamp on a date of the run -> <RUN_TIME>; the work folder -> <WORK>.\n")
     # Timings and the environment vary from run to run: kept outside the compared files.
     meta = {"leads": leads, "seed": seed, "as_of": AS_OF, "python": sys.version.split()[0],
