@@ -70,6 +70,9 @@ FLAT_MAPPING = REPO / "docs" / "mappings" / "x_education_leads.yaml"
 KEY_COLUMNS = ("lead_id", "Prospect ID", "id", "rep_id", "schedule", "origin", "as_of", "table", "section",
                "feature", "segment", "key")
 
+# Table columns that hold a duration of the run (backtest's trainings.csv): "<DURATION>".
+VOLATILE_COLUMNS = ("seconds",)
+
 # Stdout/stderr normalisation, applied in this order. Each pattern names what it hides.
 # {work} is the temporary work folder; {run_days} the dates of the run (today, +-1 day).
 NORMALISE: list[tuple[str, str, str]] = [
@@ -178,7 +181,8 @@ def write_table(frame: pd.DataFrame, path: Path, norm: Normaliser) -> int:
     if frame.columns.duplicated().any():
         frame.columns = [f"{c}#{i}" if frame.columns.duplicated()[i] else c for i, c in enumerate(frame.columns)]
     cols = _ordered_columns(frame.columns)
-    text = {c: [norm.cell(_cell(v)) for v in frame[c].tolist()] for c in cols}
+    text = {c: ["<DURATION>" if c in VOLATILE_COLUMNS else norm.cell(_cell(v)) for v in frame[c].tolist()]
+            for c in cols}
     rows = sorted(zip(*(text[c] for c in cols), strict=True)) if cols else []
     path.parent.mkdir(parents=True, exist_ok=True)
     if len(frame) * max(len(cols), 1) > MAX_CELLS:
@@ -502,7 +506,8 @@ def run_snapshot(out: Path, leads: int, seed: int, config: Path | None, flat_dat
         "Normalised in stdout/stderr (regex -> replacement):\n"
         + "".join(f"  {what}: {pattern!r} -> {repl}\n" for what, pattern, repl in NORMALISE)
         + "Progress-bar lines (and blank lines beside them) are dropped from stdout and stderr.\n"
-        + "In tables: a timestamp on a date of the run -> <RUN_TIME>; the work folder -> <WORK>.\n")
+        + "In tables: a timestamp on a date of the run -> <RUN_TIME>; the work folder -> <WORK>;\n"
+        + f"  the columns {', '.join(VOLATILE_COLUMNS)} (durations) -> <DURATION>.\n")
     # Timings and the environment vary from run to run: kept outside the compared files.
     meta = {"leads": leads, "seed": seed, "as_of": AS_OF, "python": sys.version.split()[0],
             "started": started.isoformat(timespec="seconds"), "seconds": round(seconds, 1),
