@@ -121,6 +121,7 @@ def problems(draw: st.DrawFn) -> tuple[pd.DataFrame, pd.DataFrame]:
 @settings(max_examples=120, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(problems(), st.booleans(), st.sampled_from([None, 0.1, 0.5]))
+@pytest.mark.slow
 def test_constraints_hold_and_sticky_leads_stay(examples, problem: tuple[pd.DataFrame, pd.DataFrame],
                                                  reassign: bool, balance: float | None) -> None:
     examples.ran()

@@ -29,6 +29,7 @@ def test_python_m_convert_is_the_same_command():
         assert command in out.stdout
 
 
+@pytest.mark.slow
 def test_train_score_explain_end_to_end(sim_export, config_file, mlflow_store, tmp_path, capsys):
     main(["train", "--data", str(sim_export), "--config", str(config_file)])
     out = capsys.readouterr().out
@@ -64,6 +65,7 @@ def test_train_score_explain_end_to_end(sim_export, config_file, mlflow_store, t
     assert "already the champion" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bundle_evaluate_and_score_to_a_parquet_file(sim_export, config_file, mlflow_store, tmp_path, capsys):
     bundle = tmp_path / "models" / "lead-conversion"
     main(["train", "--data", str(sim_export), "--config", str(config_file), "--save", str(bundle)])

@@ -15,6 +15,8 @@ from convert.flat import load_flat, train_flat
 from convert.leakage import screen
 from convert.mapping import load_mapping
 
+pytestmark = pytest.mark.slow  # loads and trains on the real public datasets (40,000+ rows)
+
 ROOT = Path(__file__).resolve().parents[1]
 MAPPINGS = ROOT / "docs" / "mappings"
 X_EDUCATION = SHARED_DATASETS / "x_education_leads" / "Leads.csv"

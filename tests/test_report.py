@@ -13,6 +13,8 @@ from tests.conftest import FAST, missing
 from convert.cli import main
 from convert.report import SECTION_IDS
 
+pytestmark = pytest.mark.slow  # one train, backtest and report through the CLI, then chromium
+
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 AS_OF = "2025-07-01"
 

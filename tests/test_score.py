@@ -115,6 +115,7 @@ def test_explain_one_lead_table_and_waterfall(trained, fast_config, scored, tmp_
     assert (tmp_path / "w.png").stat().st_size > 5_000
 
 
+@pytest.mark.slow  # trains a second model (with an extra attribute)
 def test_scoring_refuses_data_without_a_feature_the_model_needs(sim_export, fast_config, tmp_path):
     cfg = fast_config.with_overrides(
         features__extra_attributes=[{"table": "leads", "column": "utm_medium", "kind": "categorical"}]

@@ -73,6 +73,7 @@ def test_spark_dialect_spellings():
     assert SPARK.quote("we`ird") == "`we``ird`"
 
 
+@pytest.mark.slow
 def test_seniority_regex_in_spark(spark):
     import duckdb
 
@@ -93,6 +94,7 @@ def test_seniority_regex_in_spark(spark):
     assert want[:5] == ["vp", "c_level", "director", "manager", "student"] and want[-1] is None
 
 
+@pytest.mark.slow
 def test_population_matches_duckdb(spark, world):
     from convert.spark import population_spark
 
@@ -104,6 +106,7 @@ def test_population_matches_duckdb(spark, world):
     assert (pd.to_datetime(got["as_of"]).to_numpy() == pd.to_datetime(want["as_of"]).to_numpy()).all()
 
 
+@pytest.mark.slow
 def test_features_match_duckdb(spark, world):
     """The discovered vocabulary (scoring, below, covers the model's)."""
     from convert.spark import build_features_spark
@@ -122,6 +125,7 @@ def test_features_match_duckdb(spark, world):
     pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-12, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_scores_match_duckdb(spark, world, tmp_path):
     """mapInPandas over Spark features == convert.score over DuckDB, from a model or a bundle folder."""
     from convert.spark import features_spark, population_spark, score_spark
@@ -156,6 +160,7 @@ def test_scores_match_duckdb(spark, world, tmp_path):
     feats.unpersist()
 
 
+@pytest.mark.slow
 def test_score_command_with_the_spark_engine(spark, world, tmp_path):
     from convert.cli import main
     from convert.score import score

@@ -113,6 +113,7 @@ def test_evaluation_reports_model_and_three_baselines(trained):
     assert len(hold) == sum(len(f.test) for f in result.split.outer)
 
 
+@pytest.mark.slow
 def test_same_seed_same_data_gives_identical_probabilities(sim_export, fast_config, trained):
     result, data = trained
     again = train(load(sim_export, fast_config), fast_config)
@@ -194,6 +195,7 @@ def test_unseen_category_becomes_missing_not_an_error(trained):
     assert np.isfinite(p).all()
 
 
+@pytest.mark.slow
 def test_monotone_constraint_is_applied(sim_export, fast_config):
     cfg = fast_config.with_overrides(train__monotone_constraints={"n_demo_request_90d": 1})
     result = train(load(sim_export, cfg), cfg)
