@@ -40,6 +40,7 @@ def test_folds_never_train_on_a_label_decided_inside_the_fold_they_predict(train
     assert starts == sorted(starts)  # forward chaining: later folds later
 
 
+@pytest.mark.slow  # a second cross-fit of the whole training set
 def test_choices_never_see_the_outer_folds(trained, fast_config):
     """Scrambling the outer folds' labels changes no choice (rounds, blend, calibrator)."""
     result, _ = trained
@@ -85,6 +86,7 @@ def test_calibrator_is_fitted_on_out_of_fold_scores(trained, fast_config):
     assert again.to_dict() == result.model.calibrator_.to_dict()
 
 
+@pytest.mark.slow  # a second cross-fit of the whole training set
 def test_tuning_is_never_worse_than_untuned_on_the_inner_folds(trained, fast_config):
     result, _ = trained
     ts = result.training_set
