@@ -238,6 +238,7 @@ def test_flat_loader_succeeds_or_raises_convert_errors(tmp_path_factory, example
 @pytest.mark.min_reached(0.3, "half the examples damage values only and mostly load, the others are "
                          "mostly refused whole (measured about 50 % in all); 30 % is three standard "
                          "deviations below that at 60 examples")
+@pytest.mark.slow  # 60 loads of an export; the flat loader's twin above stays in the fast lane
 @PROPERTY
 @given(raw=mutated(_leads_bytes()))
 def test_export_loader_succeeds_or_raises_convert_errors(tmp_path_factory, examples, raw):

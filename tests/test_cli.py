@@ -23,6 +23,7 @@ def config_file(tmp_path):
     return path
 
 
+@pytest.mark.slow  # a subprocess; test_cli_errors runs `python -m convert` in the fast lane
 def test_python_m_convert_is_the_same_command():
     out = subprocess.run([sys.executable, "-m", "convert", "--help"], capture_output=True, text=True, check=True)
     for command in ("generate", "validate", "train", "promote", "score", "explain"):

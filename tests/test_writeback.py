@@ -184,6 +184,7 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Db:
 # --- the module itself ----------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a fresh interpreter importing convert
 def test_import_does_not_load_database_drivers() -> None:
     code = (
         "import sys, convert.writeback\n"
