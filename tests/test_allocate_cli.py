@@ -39,6 +39,7 @@ def test_generate_with_reps_writes_owners_reps_and_true_effects(crm_with_reps: P
     assert len(truth) == 5 * 11 * 7 and (truth["effect"] > 0).all()
 
 
+@pytest.mark.slow
 def test_allocate_writes_back_keeps_sticky_leads_and_learns_effects(crm_with_reps, mlflow_store, tmp_path, capsys):
     config = tmp_path / "params.yaml"
     config.write_text(yaml.safe_dump(FAST))

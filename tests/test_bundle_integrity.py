@@ -124,6 +124,7 @@ def test_a_damaged_bundle_from_before_manifests_is_an_error_too(bundle, damage, 
 
 
 @pytest.mark.parametrize("manifest", [True, False], ids=["manifest", "legacy"])
+@pytest.mark.slow
 def test_score_with_a_truncated_booster_exits_2_instead_of_aborting(bundle, sim_export, tmp_path, manifest):
     """Before: SIGABRT (rc 134) or a segmentation fault inside LightGBM's parser."""
     folder = bundle if manifest else _legacy(bundle)
@@ -135,6 +136,7 @@ def test_score_with_a_truncated_booster_exits_2_instead_of_aborting(bundle, sim_
     assert not (tmp_path / "s.parquet").exists()
 
 
+@pytest.mark.slow
 def test_score_without_the_calibrator_refuses_instead_of_scoring_uncalibrated(bundle, sim_export, tmp_path):
     (bundle / "calibrator.json").unlink()
     result = score_cli(bundle, sim_export, tmp_path)

@@ -173,6 +173,7 @@ def test_train_flat_calibrates_and_beats_the_baseline_or_matches_it(report_csv, 
     assert set(result.model.catalog_.family_of(result.model.spec_.names)) == {"fit"}
 
 
+@pytest.mark.slow
 def test_planted_leaks_stop_training_and_can_be_excluded(tmp_path, fast):
     path = tmp_path / "leaky.csv"
     flat_table(leaks=True).to_csv(path, index=False)
@@ -193,6 +194,7 @@ def test_planted_leaks_stop_training_and_can_be_excluded(tmp_path, fast):
     assert "status_note" not in result.model.spec_.names and "sales_rating" in result.model.spec_.names
 
 
+@pytest.mark.slow
 def test_flat_mode_end_to_end_on_the_command_line(tmp_path, mlflow_store, capsys, sim_export):
     path = tmp_path / "report.csv"
     flat_table(leaks=True).to_csv(path, index=False)

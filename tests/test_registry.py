@@ -18,6 +18,7 @@ def _log(result, name: str, metrics: dict[str, float]):
     )
 
 
+@pytest.mark.slow  # logs a pyfunc model to MLflow and loads it back
 def test_pyfunc_round_trip_by_alias(trained, mlflow_store):
     result, _ = trained
     reg = _log(result, "lead-test", {"holdout_log_loss": 0.1})
@@ -35,6 +36,7 @@ def test_pyfunc_round_trip_by_alias(trained, mlflow_store):
     assert np.array_equal(model.predict_proba(hold)[:, 1], expected)
 
 
+@pytest.mark.slow
 def test_first_version_is_champion_and_challenger_then_promotion_rules(trained, mlflow_store):
     result, _ = trained
     _log(result, "lead-promo", {"holdout_log_loss": 0.20})

@@ -11,7 +11,7 @@ import shutil
 
 import pandas as pd
 import pytest
-from tests.conftest import FAST
+from tests.conftest import FAST, missing
 
 from convert import build_features, load, score, train
 from convert.config import Config
@@ -30,9 +30,7 @@ def _require_spark() -> None:
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         problems.append("no Java runtime (java on PATH or JAVA_HOME)")
     if problems:
-        if os.environ.get("CI") == "true":
-            pytest.fail("Spark tests cannot run under CI=true: " + "; ".join(problems))
-        pytest.skip("; ".join(problems))
+        missing("Spark tests cannot run: " + "; ".join(problems))
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +73,7 @@ def test_spark_dialect_spellings():
     assert SPARK.quote("we`ird") == "`we``ird`"
 
 
+@pytest.mark.slow
 def test_seniority_regex_in_spark(spark):
     import duckdb
 
@@ -95,6 +94,7 @@ def test_seniority_regex_in_spark(spark):
     assert want[:5] == ["vp", "c_level", "director", "manager", "student"] and want[-1] is None
 
 
+@pytest.mark.slow
 def test_population_matches_duckdb(spark, world):
     from convert.features.spark import population_spark
 
@@ -106,6 +106,7 @@ def test_population_matches_duckdb(spark, world):
     assert (pd.to_datetime(got["as_of"]).to_numpy() == pd.to_datetime(want["as_of"]).to_numpy()).all()
 
 
+@pytest.mark.slow
 def test_features_match_duckdb(spark, world):
     """The discovered vocabulary (scoring, below, covers the model's)."""
     from convert.features.spark import build_features_spark
@@ -124,6 +125,7 @@ def test_features_match_duckdb(spark, world):
     pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-12, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_scores_match_duckdb(spark, world, tmp_path):
     """mapInPandas over Spark features == convert.scoring.score over DuckDB, from a model or a bundle folder."""
     from convert.features.spark import features_spark, population_spark, score_spark
@@ -158,6 +160,7 @@ def test_scores_match_duckdb(spark, world, tmp_path):
     feats.unpersist()
 
 
+@pytest.mark.slow
 def test_score_command_with_the_spark_engine(spark, world, tmp_path):
     from convert.cli import main
     from convert.scoring.score import score
