@@ -38,8 +38,7 @@ from convert.config import STANDARD_EVENT_TYPES, FeaturesConfig
 from convert.exceptions import FeatureMismatchError
 from convert.features.catalog import Catalog, Family, FeatureDef, escape, event_words, window_phrase
 from convert.schema import Accounts, Events, Leads, Snapshot, Stages
-from convert.sources.readers import fetch_row
-from convert.sources.validation import quote
+from convert.sql import fetch_row, lit, quote
 
 KEY = [Snapshot.lead_id, Snapshot.as_of]
 
@@ -95,7 +94,7 @@ class Dialect:
 
     def lit(self, value: str) -> str:
         """A string literal."""
-        return _lit(value)
+        return lit(value)
 
     def event_type(self, value: str) -> str:
         """An event type literal to compare with the events' (or the rollup's) ``event_type``;
@@ -169,10 +168,6 @@ def slug(name: str) -> str:
     if s[0].isdigit():
         s = "t_" + s
     return s
-
-
-def _lit(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def discover_event_types(
@@ -607,7 +602,7 @@ def index_events(con: duckdb.DuckDBPyConnection) -> None:
     types = [r[0] for r in con.execute(
         f"SELECT DISTINCT {E.event_type} FROM events WHERE {E.event_type} IS NOT NULL ORDER BY 1"
     ).fetchall()]
-    con.execute(f"CREATE TYPE {DUCKDB.event_type_enum} AS ENUM ({', '.join(_lit(t) for t in types) or _lit('')})")
+    con.execute(f"CREATE TYPE {DUCKDB.event_type_enum} AS ENUM ({', '.join(lit(t) for t in types) or lit('')})")
     con.execute(
         "CREATE OR REPLACE TABLE _leads_indexed AS SELECT *, "
         f"CAST(row_number() OVER (ORDER BY {L.lead_id}) AS INTEGER) AS lead_key, "
