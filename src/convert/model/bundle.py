@@ -38,6 +38,7 @@ from convert.exceptions import BundleError, ConvertWarning, FeatureMismatchError
 from convert.features.catalog import Catalog
 from convert.model.calibrate import Calibrator, calibrator_from_dict
 from convert.model.linear import LinearScorer
+from convert.model.metadata import BundleMetadata
 
 BUNDLE_VERSION = 1
 MANIFEST = "manifest.json"
@@ -330,7 +331,17 @@ class LeadScoringModel:
         self.seed = seed
         self.horizon_days = horizon_days
         self.grade_cutoffs = dict(grade_cutoffs or {"A": 50, "B": 25, "C": 10})
-        self.metadata: dict[str, Any] = {}
+        self.metadata = BundleMetadata()
+
+    @property
+    def metadata(self) -> BundleMetadata:
+        """The training record (:class:`~convert.model.metadata.BundleMetadata`), saved in the bundle."""
+        return self._metadata
+
+    @metadata.setter
+    def metadata(self, value: BundleMetadata | Mapping[str, Any] | None) -> None:
+        # a trainer may hand over a plain dictionary: it is validated into the typed record
+        self._metadata = BundleMetadata.of(value)
 
     # --- fitting --------------------------------------------------------------------------
 
@@ -516,7 +527,7 @@ class LeadScoringModel:
     def features_config(self, default: FeaturesConfig) -> FeaturesConfig:
         """The feature settings the model was trained with (windows, bands, extra attributes):
         scoring must build the same features, whatever today's params.yaml says."""
-        stored = self.metadata.get("features_config")
+        stored = self.metadata.features_config
         return FeaturesConfig.model_validate(stored) if stored else default
 
     @property
@@ -554,7 +565,7 @@ class LeadScoringModel:
             "linear": self.linear_.to_dict() if self.linear_ is not None else None,
             "spec": self.spec_.to_dict(),
             "catalog": self.catalog_.to_records(),
-            "metadata": _jsonable(self.metadata),
+            "metadata": _jsonable(self.metadata.to_dict()),
         }
         (path / BUNDLE).write_text(json.dumps(bundle, indent=1))
         files = [BOOSTER, BUNDLE] + ([CALIBRATOR] if calibrated else [])
@@ -625,7 +636,7 @@ class LeadScoringModel:
             model.blend_weight_ = blend_weight
         model.spec_ = spec
         model.catalog_ = catalog
-        model.metadata = data.get("metadata", {}) or {}
+        model.metadata = _metadata(data.get("metadata"), path)
         model.bundle_hash_ = digest
         if calibrated:
             try:
@@ -767,6 +778,20 @@ def _booster_is_whole(text: bytes) -> bool:
 def _trimmed(booster: lgb.Booster, iterations: int) -> lgb.Booster:
     """A booster holding only the first *iterations* trees (what early stopping chose)."""
     return lgb.Booster(model_str=booster.model_to_string(num_iteration=iterations))
+
+
+def _metadata(value: Any, path: Path) -> BundleMetadata:
+    """A saved bundle's ``metadata`` as the typed record; a malformed one is a damaged bundle."""
+    from pydantic import ValidationError
+
+    try:
+        return BundleMetadata.of(value if isinstance(value, dict) else None)
+    except ValidationError as exc:
+        raise BundleError(
+            f"{path / BUNDLE} has malformed metadata ({exc.error_count()} problem(s), first: "
+            f"{'.'.join(str(x) for x in exc.errors()[0]['loc'])}: {exc.errors()[0]['msg']}); "
+            "re-save the bundle from training (convert-leads train --save)"
+        ) from None
 
 
 def _jsonable(value: Any) -> Any:
