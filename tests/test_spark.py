@@ -19,8 +19,8 @@ from convert.features.dialect import SPARK
 from convert.features.engine import discover_event_types
 from convert.features.labels import build_population
 from convert.features.query import feature_sql
-from convert.model import train
-from convert.scoring import score
+from convert.model.train import train
+from convert.scoring.score import score
 
 AS_OFS = [pd.Timestamp("2024-03-01"), pd.Timestamp("2024-09-15 12:00"), pd.Timestamp("2025-03-01")]
 SCORE_AS_OF = pd.Timestamp("2025-06-01")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import warnings
@@ -565,7 +564,7 @@ class LeadScoringModel:
             "linear": self.linear_.to_dict() if self.linear_ is not None else None,
             "spec": self.spec_.to_dict(),
             "catalog": self.catalog_.to_records(),
-            "metadata": _jsonable(self.metadata.to_dict()),
+            "metadata": self.metadata.to_json(),
         }
         (path / BUNDLE).write_text(json.dumps(bundle, indent=1))
         files = [BOOSTER, BUNDLE] + ([CALIBRATOR] if calibrated else [])
@@ -636,7 +635,7 @@ class LeadScoringModel:
             model.blend_weight_ = blend_weight
         model.spec_ = spec
         model.catalog_ = catalog
-        model.metadata = _metadata(data.get("metadata"), path)
+        model.metadata = BundleMetadata.from_saved(data.get("metadata"), path / BUNDLE)
         model.bundle_hash_ = digest
         if calibrated:
             try:
@@ -778,31 +777,3 @@ def _booster_is_whole(text: bytes) -> bool:
 def _trimmed(booster: lgb.Booster, iterations: int) -> lgb.Booster:
     """A booster holding only the first *iterations* trees (what early stopping chose)."""
     return lgb.Booster(model_str=booster.model_to_string(num_iteration=iterations))
-
-
-def _metadata(value: Any, path: Path) -> BundleMetadata:
-    """A saved bundle's ``metadata`` as the typed record; a malformed one is a damaged bundle."""
-    from pydantic import ValidationError
-
-    try:
-        return BundleMetadata.of(value if isinstance(value, dict) else None)
-    except ValidationError as exc:
-        raise BundleError(
-            f"{path / BUNDLE} has malformed metadata ({exc.error_count()} problem(s), first: "
-            f"{'.'.join(str(x) for x in exc.errors()[0]['loc'])}: {exc.errors()[0]['msg']}); "
-            "re-save the bundle from training (convert-leads train --save)"
-        ) from None
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        return None if math.isnan(float(value)) else float(value)
-    if isinstance(value, (pd.Timestamp,)):
-        return value.isoformat()
-    return value

@@ -14,11 +14,16 @@ records what its trainer knew.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from convert.exceptions import BundleError
 
 
 class _Record(BaseModel):
@@ -162,6 +167,23 @@ class BundleMetadata(_Record):
             return value
         return cls.model_validate(_plain(dict(value or {})))
 
+    @classmethod
+    def from_saved(cls, value: Any, where: Path) -> BundleMetadata:
+        """A saved bundle's ``metadata`` (from *where*); a malformed one is a damaged bundle."""
+        try:
+            return cls.of(value if isinstance(value, Mapping) else None)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise BundleError(
+                f"{where} has malformed metadata ({exc.error_count()} problem(s), first: "
+                f"{'.'.join(str(x) for x in first['loc'])}: {first['msg']}); "
+                "re-save the bundle from training (convert-leads train --save)"
+            ) from None
+
+    def to_json(self) -> dict[str, Any]:
+        """:meth:`to_dict` as JSON data: numpy numbers as Python's, NaN as null, times as ISO text."""
+        return _jsonable(self.to_dict())
+
     @property
     def is_flat(self) -> bool:
         return self.mode == "flat"
@@ -179,4 +201,19 @@ def _plain(value: Any) -> Any:
         return float(value)
     if isinstance(value, np.bool_):
         return bool(value)
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    """*value* as JSON data: numpy numbers as Python's, NaN as null, timestamps as ISO text."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return None if math.isnan(float(value)) else float(value)
+    if isinstance(value, (pd.Timestamp,)):
+        return value.isoformat()
     return value
