@@ -744,9 +744,9 @@ def _score_with_spark(path: str, model: LeadScoringModel, label: str, as_of: str
         features_spark,
         load_tables,
         population_spark,
-        score_spark,
         spark_session,
     )
+    from convert.scoring.spark import score_spark
 
     t = parse_as_of(as_of)
     spark = spark_session(master=None)
@@ -1001,7 +1001,7 @@ _SCORE_COLUMNS = ("lead_id", "as_of", "probability", "score", "action", "model_v
 def _lead_attributes(data: CRMData, owner: str, extra: list[str], cuts: Any) -> pd.DataFrame:
     """Per lead: attributes territories and segments use, the owner, the outcome's dates."""
     from convert.scoring.allocate import employee_band
-    from convert.sources.validation import quote
+    from convert.sql import quote
 
     present = [r[0] for r in data.con.execute("DESCRIBE leads").fetchall()]
     account_cols = [r[0] for r in data.con.execute("DESCRIBE accounts").fetchall()]

@@ -399,14 +399,14 @@ def _model_card(inp: ReportInputs, config: Config) -> str:
     y = inp.training.frame[Labeled.label].to_numpy()
     slices = inp.split.summary(y)
     horizon = m.horizon_days
-    cal = meta.get("calibration", {})
-    cv = cal.get("cv_log_loss", {}) or {}
+    cal = meta.calibration
+    cv = (cal.cv_log_loss if cal else None) or {}
     fams = pd.Series(m.catalog_.family_of(m.spec_.names)).value_counts()
     items = [
         ("model", inp.model_label),
-        ("trained as of", str(meta.get("training_as_of", inp.training.as_of))[:10]),
+        ("trained as of", str(meta.training_as_of or inp.training.as_of)[:10]),
         ("training window", f"{slices['fits_from'].iloc[-1]} to {slices['fits_to'].iloc[-1]} "
-                            f"({meta.get('frequency', config.labels.frequency)} snapshots): the deployed booster "
+                            f"({meta.frequency or config.labels.frequency} snapshots): the deployed booster "
                             "was refitted on every labelled snapshot of it, with the settings chosen on the inner folds"),
         ("horizon", f"{horizon} days"),
         ("population", "every lead created before the as-of time t that had neither converted nor been "
@@ -414,7 +414,7 @@ def _model_card(inp: ReportInputs, config: Config) -> str:
         ("label", f"1 when the lead converts within {horizon} days of t (t <= converted_at < t + {horizon} days), else 0"),
         ("rows and conversions", f"{len(y):,} lead-snapshots, {int(y.sum()):,} conversions "
                                  f"({y.mean():.2%})"),
-        ("figures", str(meta.get("metrics_from", "outer folds"))
+        ("figures", str(meta.metrics_from or "outer folds")
                     + "; each fold fits only on snapshots whose horizon ended before its first as-of time"),
         ("features", f"{len(m.spec_.names)}: {int(fams.get('fit', 0))} fit (who the lead is), "
                      f"{int(fams.get('engagement', 0))} engagement (what the lead did, where it stands)"),
@@ -422,7 +422,7 @@ def _model_card(inp: ReportInputs, config: Config) -> str:
                   + (f", blended in log-odds with a logistic regression (weight {m.blend_weight_:.1f}, chosen on "
                      "the inner folds)" if m.linear_ is not None else "")
                   + f"; unweighted log loss; seed {m.seed}"),
-        ("calibration", f"{cal.get('method', getattr(getattr(m, 'calibrator_', None), 'method', '-'))}, chosen by "
+        ("calibration", f"{cal.method if cal else getattr(getattr(m, 'calibrator_', None), 'method', '-')}, chosen by "
                         "cross-validated log loss on the inner folds' out-of-fold scores, fitted on every "
                         "fold's out-of-fold scores"
                         + (" (" + ", ".join(f"{k} {v:.4f}" for k, v in cv.items()) + ")" if cv else "")),
@@ -433,7 +433,7 @@ def _model_card(inp: ReportInputs, config: Config) -> str:
         ("limits", "judged only on the past: check the drift section before trusting it on today's leads"),
     ]
     card = "<dl class=\"card\">" + "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in items) + "</dl>"
-    params = meta.get("params") or m.params
+    params = meta.params or m.params
     params_tbl = pd.DataFrame({"parameter": list(params), "value": [str(v) for v in params.values()]})
     features = pd.DataFrame(
         {"feature": m.spec_.names, "family": m.catalog_.family_of(m.spec_.names),

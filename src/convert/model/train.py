@@ -26,6 +26,7 @@ from convert.features.labels import AsOfGrid, build_labels, grid_for, parse_as_o
 from convert.model.baselines import fit_baselines
 from convert.model.bundle import LeadScoringModel, score_from_probability
 from convert.model.crossfit import CrossFit, Folds, cross_fit, time_folds
+from convert.model.metadata import BundleMetadata
 from convert.model.metrics import evaluate, grade_table, lift_table, reliability_table
 from convert.schema import Labeled
 from convert.sources.export import CRMData
@@ -143,7 +144,7 @@ def evaluation_from_predictions(predictions: pd.DataFrame, model: LeadScoringMod
     probs = {"model": predictions["probability"].to_numpy(dtype="float64"),
              **{c[2:]: predictions[c].to_numpy(dtype="float64") for c in predictions.columns if c.startswith("p_")}}
     p_model = probs["model"]
-    folds = model.metadata.get("fold_metrics")
+    folds = model.metadata.fold_metrics
     return Evaluation(
         metrics=pd.DataFrame({name: evaluate(y, p) for name, p in probs.items()}),
         reliability=reliability_table(y, p_model),
@@ -228,7 +229,7 @@ def train_on(ts: TrainingSet, config: Config, tune_trials: int | None = None) ->
     model = fit.model
     evaluation = outer_evaluation(model, ts.frame, y, fit, KEY)
     model.outer_predictions_ = evaluation.predictions
-    model.metadata = {
+    model.metadata = BundleMetadata.of({
         "training_as_of": ts.as_of.isoformat(),
         "horizon_days": ts.horizon_days,
         "frequency": ts.grid.frequency if ts.grid else config.labels.frequency,
@@ -236,7 +237,7 @@ def train_on(ts: TrainingSet, config: Config, tune_trials: int | None = None) ->
         **training_metadata(fit, folds, y, evaluation),
         "seed": config.seed,
         "features_config": config.features.model_dump(mode="json"),
-    }
+    })
     return TrainResult(model, evaluation, folds.summary(y), fit.calibration_cv, ts, folds, fit.tuning,
                        fit.params, fit)
 

@@ -104,7 +104,7 @@ def log_training(
         catalog_path = Path(tmp) / "features.csv"
         catalog.to_csv(catalog_path, index=False)
         mlflow.log_artifact(str(catalog_path))
-        mlflow.log_dict(model.metadata, "model_card.json")
+        mlflow.log_dict(model.metadata.to_dict(), "model_card.json")
         for label, path in (extra_artifacts or {}).items():
             mlflow.log_artifact(str(path), artifact_path=label)
         bundle = model.save(Path(tmp) / "bundle")

@@ -22,7 +22,7 @@ from convert.model.bundle import LeadScoringModel
 from convert.model.explain import contributions, family_points, model_score_fn, reasons, to_points
 from convert.schema import ScoreOutput as O
 from convert.sources.export import CRMData
-from convert.sources.readers import fetch_row
+from convert.sql import fetch_row
 
 ROUTE, NURTURE, REVIEW = "route_to_sales", "nurture", "review_disqualify"
 

@@ -37,6 +37,7 @@ from convert.config import Config
 from convert.sources.mapping import MappedTable, Mapping
 from convert.sources.readers import Source
 from convert.sources.validation import LoadReport
+from convert.sql import lit
 
 #: Bumped when what an entry holds changes, so that old entries are never read.
 FORMAT = 1
@@ -153,7 +154,7 @@ def restore(
             meta: dict[str, Any] = pickle.load(fh)  # noqa: S301  (our own file, in our cache folder)
         if meta.get("format") != FORMAT:
             return None
-        con.execute(f"ATTACH {_lit(str(hit.tables))} AS convert_cache (READ_ONLY)")
+        con.execute(f"ATTACH {lit(str(hit.tables))} AS convert_cache (READ_ONLY)")
         try:
             con.execute("COPY FROM DATABASE convert_cache TO memory")
         finally:
@@ -178,7 +179,7 @@ def store(
     tmp = folder / f".{key}.{os.getpid()}.tmp"
     tmp_db, tmp_meta = tmp.with_suffix(SUFFIX), tmp.with_suffix(".pkl")
     try:
-        con.execute(f"ATTACH {_lit(str(tmp_db))} AS convert_cache_out")
+        con.execute(f"ATTACH {lit(str(tmp_db))} AS convert_cache_out")
         try:
             con.execute("COPY FROM DATABASE memory TO convert_cache_out")
         finally:
@@ -202,7 +203,3 @@ def prune(folder: Path, keep: int) -> None:
         key = old.name[: -len(SUFFIX)]
         for path in (old, folder / f"{key}{META}", folder / f"{key}{SUFFIX}.wal"):
             path.unlink(missing_ok=True)
-
-
-def _lit(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"

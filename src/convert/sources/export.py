@@ -22,7 +22,6 @@ from convert.sources.mapping import MappedTable, Mapping, mapped_select
 from convert.sources.readers import (
     Source,
     connect,
-    fetch_row,
     find_database_source,
     find_source,
     is_database_url,
@@ -30,7 +29,8 @@ from convert.sources.readers import (
     load_raw,
     resolve_data,
 )
-from convert.sources.validation import LoadReport, enforce_thresholds, quote, validate
+from convert.sources.validation import LoadReport, enforce_thresholds, validate
+from convert.sql import fetch_row, quote
 
 
 @dataclass
