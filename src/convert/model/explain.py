@@ -13,6 +13,8 @@ in raw score is never mapped to zero points. When ``raw == base_raw`` the ratio 
 replaced by the slope ``S'(raw)``. Integer points come from a largest-remainder rounding
 that hits ``score - base_score`` exactly and never turns a feature's sign around, so
 ``base_score + fit_points + engagement_points = score`` holds for every lead.
+
+The waterfall figure of one lead's explanation is :func:`convert.analysis.plots.plot_waterfall`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import pandas as pd
 
 from convert.features.catalog import Catalog
 from convert.model.bundle import LeadScoringModel, predict_threads, score_from_probability
-from convert.model.metrics import literal_text
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 
@@ -314,36 +315,3 @@ def explain_lead(model: LeadScoringModel, row: pd.DataFrame) -> LeadExplanation:
         base_score=pts.base_score,
         table=table.reset_index(drop=True),
     )
-
-
-@literal_text
-def plot_waterfall(explanation: LeadExplanation, max_features: int = 12):  # type: ignore[no-untyped-def]
-    """A waterfall of score points from the base score to the lead's score (matplotlib Figure)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    t = explanation.table
-    top = t.head(max_features)
-    rest = int(t["points"].sum() - top["points"].sum())
-    labels = ["base score"] + [str(s)[:70] for s in top["sentence"].str.replace(r"^[+-]\d+ ", "", regex=True)]
-    steps = [explanation.base_score] + top["points"].astype(int).tolist()
-    if rest:
-        labels.append(f"{len(t) - len(top)} other features")
-        steps.append(rest)
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(steps) + 1.5))
-    level = 0
-    for i, step in enumerate(steps):
-        start = 0 if i == 0 else level
-        color = "#777777" if i == 0 else ("#2a9d55" if step >= 0 else "#c0392b")
-        ax.barh(i, step, left=start, color=color)
-        ax.text(start + step, i, f" {step:+d}" if i else f" {step}", va="center", fontsize=8)
-        level = start + step
-    ax.set_yticks(range(len(labels)), labels, fontsize=8)
-    ax.invert_yaxis()
-    ax.axvline(explanation.score, color="black", lw=0.8, ls="--")
-    ax.set_xlabel("score points (0-100)")
-    ax.set_title(f"Lead {explanation.lead_id}: score {explanation.score}")
-    fig.tight_layout()
-    return fig
