@@ -253,7 +253,10 @@ def reason_columns(
     # each integer within one of its unrounded value, so the scaled difference cannot
     # reorder different integers
     ints = points.points
-    key = ints + np.clip(points.continuous - ints, -0.999, 0.999) * 1e-3
+    key = points.continuous - ints  # in place: ints + clip(continuous - ints) * 1e-3, one array
+    np.clip(key, -0.999, 0.999, out=key)
+    key *= 1e-3
+    key += ints
     n_rows, n_features = key.shape
     width = max(top, 0)
     k = min(width, n_features)
@@ -261,7 +264,8 @@ def reason_columns(
     if n_rows == 0 or k == 0:
         return cells[: n_rows * width].reshape(n_rows, width), cells[n_rows * width :].reshape(n_rows, width)
     feats, rows, pts, dest = [], [], [], []
-    for order, positive, offset in ((_top_columns(-key, k), True, 0), (_top_columns(key, k), False, n_rows * width)):
+    for order, positive, offset in ((_top_columns(key, k, largest=True), True, 0),
+                                   (_top_columns(key, k), False, n_rows * width)):
         chosen_pts = np.take_along_axis(ints, order, axis=1)
         row, slot = np.nonzero(chosen_pts > 0 if positive else chosen_pts < 0)
         feats.append(order[row, slot])
@@ -339,27 +343,38 @@ def _cell_texts(feature: FeatureDef, column: pd.Series, rows: np.ndarray) -> tup
     return np.where(codes < 0, len(uniques), codes), described
 
 
-def _top_columns(key: np.ndarray, k: int) -> np.ndarray:
-    """Per row, the column indices of the *k* smallest keys in order, ties to the lower index.
+def _top_columns(key: np.ndarray, k: int, largest: bool = False) -> np.ndarray:
+    """Per row, the column indices of the *k* smallest keys (*largest*: the *k* largest) in
+    order, ties to the lower index.
 
-    The same as a stable full sort's first *k*, found by partitioning: only rows with a
-    tie across the k-th place fall back to the full sort.
+    The same as a stable full sort's first *k* (of ``key``, or of ``-key`` for *largest*),
+    found by partitioning: only rows with a tie across the k-th place fall back to the full sort.
     """
     n, p = key.shape
     if k <= 0:
         return np.empty((n, 0), dtype=np.intp)
     if k >= p:
-        return np.argsort(key, axis=1, kind="stable")
-    kth = np.partition(key, k - 1, axis=1)[:, k - 1 : k]
-    chosen = key <= kth
+        return np.argsort(-key if largest else key, axis=1, kind="stable")
+    if largest:
+        kth = np.partition(key, p - k, axis=1)[:, p - k : p - k + 1]
+        chosen = key >= kth
+    else:
+        kth = np.partition(key, k - 1, axis=1)[:, k - 1 : k]
+        chosen = key <= kth
     exact = chosen.sum(axis=1) == k
     out = np.empty((n, k), dtype=np.intp)
-    if exact.any():
-        cols = np.nonzero(chosen[exact])[1].reshape(-1, k)  # ascending column order per row
-        order = np.lexsort((cols, np.take_along_axis(key[exact], cols, axis=1)), axis=1)
-        out[exact] = np.take_along_axis(cols, order, axis=1)
-    if not exact.all():
-        out[~exact] = np.argsort(key[~exact], axis=1, kind="stable")[:, :k]
+    if exact.all():
+        rows, cols = np.arange(n), np.nonzero(chosen)[1].reshape(n, k)  # ascending columns per row
+    else:
+        rows = np.flatnonzero(exact)
+        cols = np.nonzero(chosen[rows])[1].reshape(-1, k)
+    if rows.size:
+        values = key[rows[:, None], cols]
+        order = np.lexsort((cols, -values if largest else values), axis=1)
+        out[rows] = np.take_along_axis(cols, order, axis=1)
+    if rows.size < n:
+        rest = ~exact
+        out[rest] = np.argsort(-key[rest] if largest else key[rest], axis=1, kind="stable")[:, :k]
     return out
 
 
