@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from convert import load, score
+from convert.analysis.plots import plot_waterfall
 from convert.config import Config
 from convert.exceptions import FeatureMismatchError
-from convert.model.explain import contributions, explain_lead, plot_waterfall, round_preserving_sum
+from convert.model.explain import contributions, explain_lead, round_preserving_sum
 from convert.model.train import train
 from convert.schema import ScoreOutput
 from convert.scoring.score import feature_rows

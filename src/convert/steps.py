@@ -26,7 +26,6 @@ from convert.model.explain import (
     explain_lead,
     importance_table,
     model_score_fn,
-    plot_waterfall,
     to_points,
 )
 from convert.model.train import (
@@ -113,22 +112,6 @@ def global_importance(model: LeadScoringModel, frame: pd.DataFrame, max_rows: in
     phi = contributions(model, model.matrix(sample))
     pts = to_points(phi.sum(axis=1), phi[:, :-1], model.base_raw_, model_score_fn(model))
     return importance_table(model, pts.continuous, phi[:, :-1])
-
-
-def plot_importance(table: pd.DataFrame, top: int = 20):  # type: ignore[no-untyped-def]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    t = table.head(top).iloc[::-1]
-    fig, ax = plt.subplots(figsize=(8, 0.32 * len(t) + 1.2))
-    colors = ["#1f77b4" if f == "fit" else "#ff7f0e" for f in t["family"]]
-    ax.barh(t["feature"], t["mean_abs_points"], color=colors)
-    ax.set_xlabel("mean |score points| (blue: fit, orange: engagement)")
-    ax.set_title("Global importance")
-    fig.tight_layout()
-    return fig
 
 
 @dataclass
@@ -222,7 +205,7 @@ def _log_training(
     and figures, global importance and the leakage screen."""
     import tempfile
 
-    from convert.model.metrics import plot_lift, plot_reliability
+    from convert.analysis.plots import plot_importance, plot_lift, plot_reliability
     from convert.registry import store as registry
 
     ev = result.evaluation
@@ -444,7 +427,7 @@ def evaluate_flat_step(
     rejects: str | None = None, echo: Echo = _quiet, mapping: Mapping | None = None,
 ) -> dict[str, Any]:
     """Re-evaluate a flat model on its own hold-out (the same seeded split of the same file)."""
-    from convert.model.metrics import plot_lift, plot_reliability
+    from convert.analysis.plots import plot_lift, plot_reliability
     from convert.registry import store as registry
     from convert.sources import flat
 
@@ -608,7 +591,7 @@ def evaluate_step(
     deployed model scored there, the baselines fitted on the rows it learned from); otherwise
     on its outer folds (see :func:`_own_holdout`). Says which.
     """
-    from convert.model.metrics import plot_lift, plot_reliability
+    from convert.analysis.plots import plot_lift, plot_reliability
     from convert.registry import store as registry
 
     model, label = registry.load_model(model_uri)
@@ -795,6 +778,8 @@ def explain_step(
         )
     explanation = explain_lead(model, rows)
     if plot:
+        from convert.analysis.plots import plot_waterfall
+
         fig = plot_waterfall(explanation)
         Path(plot).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(plot, dpi=110)
@@ -822,6 +807,8 @@ def explain_flat_step(
                             column=(model.metadata.get("flat") or {}).get("id") or "(row number)")
     explanation = explain_lead(model, row.reset_index(drop=True))
     if plot:
+        from convert.analysis.plots import plot_waterfall
+
         fig = plot_waterfall(explanation)
         Path(plot).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(plot, dpi=110)
@@ -944,7 +931,8 @@ def backtest_step(
     mapping: Mapping | None = None,
 ) -> Any:
     """Rolling-origin backtest; writes backtest.csv, summary.csv, trainings.csv and backtest.png to *out*."""
-    from convert.analysis.backtest import backtest, plot_backtest
+    from convert.analysis.backtest import backtest
+    from convert.analysis.plots import plot_backtest
 
     data = load_data(data_path, config, rejects, strict, echo, mapping)
     try:

@@ -19,7 +19,13 @@ from convert.config import Config, ScoringConfig
 from convert.features.engine import finish_frame, iter_feature_batches, materialize_features
 from convert.features.labels import parse_as_of, population_sql, register_as_ofs
 from convert.model.bundle import LeadScoringModel
-from convert.model.explain import contributions, family_points, model_score_fn, reasons, to_points
+from convert.model.explain import (
+    contributions,
+    family_points,
+    model_score_fn,
+    reason_columns,
+    to_points,
+)
 from convert.schema import ScoreOutput as O
 from convert.sources.export import CRMData
 from convert.sql import fetch_row
@@ -55,7 +61,7 @@ def score_frame(
     pts = to_points(raw, phi[:, :-1], model.base_raw_, model_score_fn(model))
     prob = model.probability_from_raw(raw)
     fams = family_points(pts.points, model.catalog_, names)
-    pos, neg = reasons(pts, features, model.catalog_, names, top=config.reasons)
+    pos, neg = reason_columns(pts, features, model.catalog_, names, top=config.reasons)
     idle = _idle_days(features)
     out = pd.DataFrame(
         {
@@ -69,10 +75,9 @@ def score_frame(
             O.engagement_points: fams["engagement"],
         }
     )
-    for i, col in enumerate(O.REASONS):
-        out[col] = [r[i] if i < len(r) else None for r in pos]
-    for i, col in enumerate(O.RISKS):
-        out[col] = [r[i] if i < len(r) else None for r in neg]
+    for cols, sentences in ((O.REASONS, pos), (O.RISKS, neg)):
+        for i, col in enumerate(cols):
+            out[col] = sentences[:, i] if i < sentences.shape[1] else np.full(len(out), None, dtype=object)
     out[O.action] = actions(pts.score, idle, config)
     out[O.model_version] = model_version
     out[O.scored_at] = scored_at
