@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import emit  # noqa: E402
-from convert.io.writeback import write_scores  # noqa: E402
+from convert.io.writers import write_scores  # noqa: E402
 from convert.schema import ScoreOutput  # noqa: E402
 
 DEFAULT_URL = os.environ.get("CONVERT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -108,7 +108,7 @@ def make_rows(ids: np.ndarray, as_of: str, seed: int, version: str) -> pd.DataFr
 
 
 class PhaseLog(logging.Handler):
-    """Collects the DEBUG phase timings of convert.io.writeback."""
+    """Collects the DEBUG phase timings of convert.io.writers."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     ours, em_table, copy_table = f"bench_wb_{suffix}", f"bench_em_{suffix}", f"bench_copy_{suffix}"
 
     phases = PhaseLog()
-    log = logging.getLogger("convert.io.writeback")
+    log = logging.getLogger("convert.io.writers")
     log.addHandler(phases)
     log.setLevel(logging.DEBUG)
 

@@ -1,4 +1,4 @@
-"""convert.io.writeback against real files, a real SQLite file and a real PostgreSQL server.
+"""convert.io.writers against real files, a real SQLite file and a real PostgreSQL server.
 
 No mocks. PostgreSQL tests use ``CONVERT_TEST_PG_URL`` (default
 ``postgresql://postgres@127.0.0.1:5432/test``); they skip with the reason when the server
@@ -28,7 +28,7 @@ import pandas as pd
 import pytest
 
 from convert.exceptions import WritebackError, WriteLockedError, WriteRefusedError
-from convert.io.writeback import WriteGuards, WriteSummary, engine_url, read_table, write_scores
+from convert.io.writers import WriteGuards, WriteSummary, engine_url, read_table, write_scores
 from convert.schema import ScoreOutput
 
 PG_URL = os.environ.get("CONVERT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -188,7 +188,7 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Db:
 
 def test_import_does_not_load_database_drivers() -> None:
     code = (
-        "import sys, convert.io.writeback\n"
+        "import sys, convert.io.writers\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'sqlalchemy', 'psycopg'}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -464,7 +464,7 @@ def test_postgresql_before_merge_gives_the_same_tables(
     pg_url: str, pg_tables: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Servers before 15 (no MERGE) take UPDATE ... FROM + INSERT: the same final tables."""
-    import convert.io.writeback as writeback
+    import convert.io.writers.postgres as writeback
 
     first = make_scores(400, seed=14)
     second = make_scores(350, as_of="2025-02-28", seed=15, ids=range(80, 430))
@@ -553,7 +553,7 @@ WRITER = textwrap.dedent(
             sys.stdin.readline()  # the test resumes the run by writing a line
 
     from convert.exceptions import ConvertError
-    from convert.io.writeback import WriteGuards, write_scores
+    from convert.io.writers import WriteGuards, write_scores
 
     frame = pd.read_parquet(sys.argv[1])
     guards = WriteGuards(**json.loads(sys.argv[4])) if len(sys.argv) > 4 else None
@@ -891,7 +891,7 @@ def test_file_targets_are_guarded_too(tmp_path: Path, suffix: str) -> None:
 
 
 def test_file_lock_times_out_while_another_run_holds_it(tmp_path: Path) -> None:
-    from convert.io.writeback import file_lock
+    from convert.io.writers import file_lock
 
     path = tmp_path / "scores.csv"
     write_scores(make_scores(10), path)
