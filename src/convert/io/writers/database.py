@@ -77,7 +77,8 @@ class Tables:
 
     current: sa.Table
     history: sa.Table
-    history_as_of: sa.Index
+    #: None when the history's key starts with (as_of, model_version) and serves as that index
+    history_as_of: sa.Index | None
     stage: sa.Table
     layout: Layout
 
@@ -105,11 +106,13 @@ class Tables:
         history = table(name.name + HISTORY_SUFFIX, history_key, schema=schema)
         # (as_of, model_version) repeat over a whole batch: with B-tree deduplication this
         # index stays tiny, finds a run's rows for monitoring, and tells a new batch apart.
-        history_as_of = sa.Index(
-            _quoted(name.name + HISTORY_SUFFIX + AS_OF_INDEX_SUFFIX),
-            history.c.as_of,
-            history.c.model_version,
-        )
+        history_as_of = None
+        if tuple(history_key[:2]) != ("as_of", "model_version"):
+            history_as_of = sa.Index(
+                _quoted(name.name + HISTORY_SUFFIX + AS_OF_INDEX_SUFFIX),
+                history.c.as_of,
+                history.c.model_version,
+            )
         return cls(
             # Every run rewrites most current rows (new as_of); half-empty pages let PostgreSQL
             # update them in place (HOT updates: no new index entries), about 3x faster.
@@ -243,7 +246,7 @@ class DatabaseWriter(Writer):
                 raise lock_error(self.qualified, self.display, guards.lock_timeout_s) from None
             raise self._database_error(exc) from self._safe_cause(exc)
 
-    def stage(self, frame: pd.DataFrame, chunk_rows: int) -> sa.Table:
+    def stage(self, frame: pd.DataFrame, chunk_rows: int) -> Any:
         self.phase = "staging the scores"
         stage = self.tables.stage
         with timed("staging"), self.conn.begin():
@@ -263,7 +266,8 @@ class DatabaseWriter(Writer):
             self.lock(conn, guards.lock_timeout_s)
             self.tables.current.create(conn, checkfirst=True)
             self.tables.history.create(conn, checkfirst=True)
-            self.tables.history_as_of.create(conn, checkfirst=True)
+            if self.tables.history_as_of is not None:
+                self.tables.history_as_of.create(conn, checkfirst=True)
             yield
             self.phase = "committing"
             with timed("commit"):
