@@ -168,10 +168,9 @@ class PostgresWriter(DatabaseWriter):
         if not self.history_overlaps(frame):
             with timed("COPY into history"):
                 self.copy_into(history, stage)
-            with timed("ANALYZE history"):
-                # the planner must know the new rows are many (hash joins, not index loops)
-                preparer = conn.dialect.identifier_preparer
-                conn.exec_driver_sql(f"ANALYZE {preparer.format_table(history)}")
+            # The statistics do not know the new rows yet (an ANALYZE of the whole history
+            # would cost more as it grows): the switch's joins must not be index loops.
+            conn.exec_driver_sql("SET LOCAL enable_nestloop = off")
             pairs = sa.tuple_(history.c.as_of, history.c.model_version).in_(stage.pairs)
             stage.source = sa.select(history).where(pairs).subquery("s")
             return len(stage.arrow), 0
