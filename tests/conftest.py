@@ -121,7 +121,7 @@ def require_postgres() -> str:
     url = postgres_url()
     import sqlalchemy as sa
 
-    from convert.io.writeback import engine_url
+    from convert.io.writers import engine_url
 
     try:
         engine = sa.create_engine(engine_url(url))

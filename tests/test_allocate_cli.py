@@ -14,7 +14,7 @@ from tests.conftest import FAST, require_postgres
 from convert.cli import main
 from convert.config import Config
 from convert.exceptions import ConfigError
-from convert.io.writeback import read_table, write_scores
+from convert.io.writers import read_table, write_scores
 from convert.scoring.allocate import AssignmentOutput, expected_under
 from convert.simulator.crm import generate_crm
 

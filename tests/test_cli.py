@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import FAST
 
 from convert.cli import main
-from convert.io.writeback import read_table
+from convert.io.writers import read_table
 
 
 @pytest.fixture

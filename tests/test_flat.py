@@ -15,7 +15,7 @@ from tests.conftest import FAST, flat_table
 from convert.cli import main
 from convert.config import Config
 from convert.exceptions import ConfigError, ContractError, LeakageError
-from convert.io.writeback import read_table
+from convert.io.writers import read_table
 from convert.sources.flat import load_flat, split_rows, train_flat
 from convert.sources.mapping import mapping_from_dict
 

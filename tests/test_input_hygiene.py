@@ -204,7 +204,7 @@ def test_flat_file_ids_and_text(tmp_path):
 def test_a_nul_lead_id_no_longer_breaks_the_postgresql_write(trained, sim_export, fast_config, tmp_path):
     """Before: `invalid byte sequence for encoding "UTF8": 0x00` on every write."""
     url = require_postgres()
-    from convert.io.writeback import read_table
+    from convert.io.writers import read_table
     from convert.steps import score_step
 
     result, _ = trained
@@ -227,7 +227,7 @@ def test_a_nul_lead_id_no_longer_breaks_the_postgresql_write(trained, sim_export
     assert "L\ufffdNUL" in set(rejects["value"])
     import sqlalchemy as sa
 
-    from convert.io.writeback import engine_url
+    from convert.io.writers import engine_url
 
     engine = sa.create_engine(engine_url(url))
     with engine.begin() as conn:

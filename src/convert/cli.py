@@ -156,8 +156,8 @@ def features(
     mapping: MappingOpt = None, no_cache: NoCacheOpt = False,
 ) -> None:
     """Build the labelled multi-snapshot training set and write it."""
+    from convert.io.artifacts import write_frame
     from convert.model.train import build_training_set
-    from convert.sources.readers import write_frame
 
     t = _as_of(as_of)
     cfg = _config(config, no_cache).with_overrides(labels__horizon_days=horizon_days)
@@ -346,7 +346,7 @@ def allocate(
         echo(f"rep effects from {result.history_leads:,} past leads (overall effect, 95% interval): " + ", ".join(
             f"{r.rep_id} {r.effect:.2f} ({r.low:.2f}-{r.high:.2f})" for r in fx.per_rep.itertuples()))
     if effects_out:
-        from convert.sources.readers import write_frame
+        from convert.io.artifacts import write_frame
 
         write_frame(fx.table, effects_out)
         echo(f"rep effects per segment written to {effects_out}")

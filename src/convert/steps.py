@@ -18,6 +18,7 @@ import pandas as pd
 
 from convert.config import Config
 from convert.exceptions import ConvertError
+from convert.io.artifacts import write_frame, write_results
 from convert.model.bundle import LeadScoringModel
 from convert.model.crossfit import Folds
 from convert.model.explain import (
@@ -38,7 +39,6 @@ from convert.model.train import (
 from convert.schema import Labeled
 from convert.sources.export import CRMData, load
 from convert.sources.mapping import Mapping
-from convert.sources.readers import write_frame
 
 Echo = Callable[[str], None]
 
@@ -466,15 +466,9 @@ def evaluate_flat_step(
                         recipe=Recipe.of(model))
         ev = outer_evaluation(model, frame, table.label, fit, [Labeled.lead_id])
         echo("this file's outer folds, the model's recipe refitted on its folds")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     metrics = {c: {k: float(v) for k, v in ev.metrics[c].items()} for c in ev.metrics.columns}
-    (out / "metrics.json").write_text(json.dumps({"model": label, **metrics}, indent=1))
-    ev.reliability.to_csv(out / "reliability.csv", index=False)
-    ev.lift.to_csv(out / "lift.csv", index=False)
-    ev.grades.to_csv(out / "grades.csv", index=False)
-    plot_reliability(ev.reliability).savefig(out / "reliability.png", dpi=110)
-    plot_lift(ev.lift).savefig(out / "lift.png", dpi=110)
+    write_results(out, {"metrics.json": {"model": label, **metrics}, "reliability.csv": ev.reliability, "lift.csv": ev.lift,
+                        "grades.csv": ev.grades, "reliability.png": plot_reliability(ev.reliability), "lift.png": plot_lift(ev.lift)})
     echo(ev.table())
     return metrics
 
@@ -606,15 +600,9 @@ def evaluate_step(
                  "than its training cut-off)")
     finally:
         data.close()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     metrics = {c: {k: float(v) for k, v in ev.metrics[c].items()} for c in ev.metrics.columns}
-    (out / "metrics.json").write_text(json.dumps({"model": label, **metrics}, indent=1))
-    ev.reliability.to_csv(out / "reliability.csv", index=False)
-    ev.lift.to_csv(out / "lift.csv", index=False)
-    ev.grades.to_csv(out / "grades.csv", index=False)
-    plot_reliability(ev.reliability).savefig(out / "reliability.png", dpi=110)
-    plot_lift(ev.lift).savefig(out / "lift.png", dpi=110)
+    write_results(out, {"metrics.json": {"model": label, **metrics}, "reliability.csv": ev.reliability, "lift.csv": ev.lift,
+                        "grades.csv": ev.grades, "reliability.png": plot_reliability(ev.reliability), "lift.png": plot_lift(ev.lift)})
     echo(ev.table())
     return metrics
 
@@ -939,12 +927,8 @@ def backtest_step(
         result = backtest(data, config, start, end, every, retrain_every, echo)
     finally:
         data.close()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    result.table.to_csv(out / "backtest.csv", index=False)
-    result.summary.to_csv(out / "summary.csv", index=False)
-    result.trainings.to_csv(out / "trainings.csv", index=False)
-    plot_backtest(result.table).savefig(out / "backtest.png", dpi=100)
+    write_results(out, {"backtest.csv": result.table, "summary.csv": result.summary, "trainings.csv": result.trainings})
+    write_results(out, {"backtest.png": plot_backtest(result.table)}, dpi=100)
     return result
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from convert.exceptions import ConvertWarning, ModelNotFoundError
+from convert.io.urls import redact_url
 from convert.model.bundle import LeadScoringModel, bundle_version
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -47,7 +48,7 @@ def _client():  # type: ignore[no-untyped-def]
 def tracking_uri_for_display() -> str:
     """The tracking URI with any password masked."""
     uri = _mlflow().get_tracking_uri()
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", uri)
+    return redact_url(uri)
 
 
 @dataclass(frozen=True)

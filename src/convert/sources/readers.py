@@ -29,12 +29,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
-import pandas as pd
 
 from convert.config import FeaturesConfig
 from convert.exceptions import ConfigError, ContractError, ResourceError
 from convert.io import scratch
-from convert.io.urls import engine_url, redact_url, resolve_env, secrets_of
+from convert.io.urls import engine_url, redact_url, resolve_env, scrub, secrets_of
 from convert.io.urls import is_database_url as is_database_url  # re-exported (cli, dataset)
 from convert.schema import CONTRACT_TABLES, REQUIRED_TABLES
 from convert.sources.mapping import CsvFormat, Mapping, split_table_name
@@ -514,9 +513,7 @@ def _engine(url: str):  # type: ignore[no-untyped-def]
 
 
 def _database_error(exc: Exception, url: str) -> ContractError:
-    reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-    for secret in secrets_of(url):
-        reason = reason.replace(secret, "***")
+    reason = scrub(str(getattr(exc, "orig", None) or exc).splitlines()[0], secrets_of(url))
     return ContractError(f"cannot read the database: {reason}", file=redact_url(url))
 
 
@@ -601,19 +598,3 @@ def _as_text(value: Any) -> str:
     return str(value)
 
 
-def write_frame(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write a small table to CSV or Parquet (by suffix) atomically: temp file, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        if path.suffix == ".parquet":
-            frame.to_parquet(tmp, index=False)
-        else:
-            frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
