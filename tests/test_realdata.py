@@ -12,7 +12,8 @@ from tests.conftest import SHARED_DATASETS
 from convert.config import Config
 from convert.exceptions import LeakageError
 from convert.model.leakage import screen
-from convert.sources.flat import load_flat, train_flat
+from convert.model.train import train_flat
+from convert.sources.flat import load_flat
 from convert.sources.mapping import load_mapping
 
 ROOT = Path(__file__).resolve().parents[1]
