@@ -140,7 +140,7 @@ def sim_export(tmp_path_factory) -> Path:
 def trained(sim_export, fast_config):
     """(TrainResult, CRMData) for the small simulated CRM."""
     from convert import load
-    from convert.model import train
+    from convert.model.train import train
 
     data = load(sim_export, fast_config)
     return train(data, fast_config), data

@@ -17,7 +17,7 @@ from convert import build_features, load
 from convert.config import Config
 from convert.features.engine import SPARK, discover_event_types, feature_sql
 from convert.features.labels import build_population
-from convert.model import train
+from convert.model.train import train
 from convert.scoring import score
 
 AS_OFS = [pd.Timestamp("2024-03-01"), pd.Timestamp("2024-09-15 12:00"), pd.Timestamp("2025-03-01")]

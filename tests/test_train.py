@@ -11,7 +11,7 @@ from convert import load
 from convert.config import Config
 from convert.exceptions import FeatureMismatchError, InsufficientDataError
 from convert.features.catalog import Catalog, FeatureDef
-from convert.model import train
+from convert.model.train import train
 from convert.model.bundle import (
     FeatureMatrix,
     FeatureSpec,
