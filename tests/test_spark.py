@@ -18,7 +18,7 @@ from convert.config import Config
 from convert.features.engine import SPARK, discover_event_types, feature_sql
 from convert.features.labels import build_population
 from convert.model.train import train
-from convert.scoring import score
+from convert.scoring.score import score
 
 AS_OFS = [pd.Timestamp("2024-03-01"), pd.Timestamp("2024-09-15 12:00"), pd.Timestamp("2025-03-01")]
 SCORE_AS_OF = pd.Timestamp("2025-06-01")
