@@ -15,8 +15,7 @@ from convert.exceptions import FeatureMismatchError
 from convert.model.explain import contributions, explain_lead, plot_waterfall, round_preserving_sum
 from convert.model.train import train
 from convert.schema import ScoreOutput
-from convert.scoring.score import score
-from convert.scoring.score import feature_rows
+from convert.scoring.score import feature_rows, score
 
 AS_OF = pd.Timestamp("2025-07-01")
 

@@ -11,7 +11,6 @@ from convert import load
 from convert.config import Config
 from convert.exceptions import FeatureMismatchError, InsufficientDataError
 from convert.features.catalog import Catalog, FeatureDef
-from convert.model.train import train
 from convert.model.bundle import (
     FeatureMatrix,
     FeatureSpec,
@@ -21,7 +20,7 @@ from convert.model.bundle import (
 )
 from convert.model.calibrate import select_calibrator
 from convert.model.crossfit import cross_fit, time_folds
-from convert.model.train import build_training_set
+from convert.model.train import build_training_set, train
 from convert.model.treeshap import lightgbm_matrix
 
 

@@ -172,7 +172,7 @@ def screen_source(
     report = screen(attrs.frame, attrs.label, config.leakage, kinds=attrs.kinds, excluded=attrs.excluded,
                     allowed=(mapping or Mapping()).allow, seed=config.seed)
     report.check()
-    return report, data.exclude_attributes(sorted(report.excluded), config)
+    return report, data.exclude_attributes(dict(report.excluded), config)
 
 
 def folds_for(ts: TrainingSet, config: Config) -> Folds:

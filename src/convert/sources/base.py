@@ -167,9 +167,10 @@ class LeadSource(ABC):
         """The raw attributes the leakage guard screens, one row per lead."""
 
     @abstractmethod
-    def exclude_attributes(self, columns: list[str], config: Config) -> Config:
-        """Leave *columns* (the guard's exclusions) out of every feature; return the config
-        the training uses (event mode also removes them from the configured attributes)."""
+    def exclude_attributes(self, excluded: Mapping[str, str], config: Config) -> Config:
+        """Leave the *excluded* columns (the guard's exclusions, with the reason) out of every
+        feature; return the config the training uses (event mode also removes them from the
+        configured attributes)."""
 
     # --- training and evaluation ---------------------------------------------------------
 

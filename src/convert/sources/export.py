@@ -136,8 +136,8 @@ class CRMData(LeadSource):
         owner = config.allocation.owner_column
         return Attributes(frame, label, kinds, {owner: OWNER_EXCLUDED} if owner in frame else {})
 
-    def exclude_attributes(self, columns: list[str], config: Config) -> Config:
-        gone = set(columns)
+    def exclude_attributes(self, excluded: MappingOf[str, str], config: Config) -> Config:
+        gone = set(excluded)
         self.drop_attributes(sorted(gone))
         extras = [e.model_dump() for e in config.features.extra_attributes
                   if e.column not in gone and f"{e.table}.{e.column}" not in gone]

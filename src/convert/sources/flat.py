@@ -530,8 +530,8 @@ class FlatSource(LeadSource):
         excluded = {c: r if r == OWNER_EXCLUDED else f"mapping: {r}" for c, r in t.excluded.items()}
         return Attributes(t.frame[list(screened)], t.label, dict(t.kinds), excluded)
 
-    def exclude_attributes(self, columns: list[str], config: Config) -> Config:
-        self.excluded.update({c: "" for c in columns})
+    def exclude_attributes(self, excluded: MappingOf[str, str], config: Config) -> Config:
+        self.excluded.update(excluded)
         return config
 
     # --- training and evaluation ---------------------------------------------------------
