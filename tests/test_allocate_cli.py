@@ -161,7 +161,7 @@ def test_demo_allocation_beats_baselines_under_the_true_effects(tmp_path, mlflow
     config = Config()
     steps.train_step(data, config)
     db = f"sqlite:///{tmp_path / 'crm.db'}"
-    steps.score_step(data, config, "2026-01-01", db, progress=False)
+    steps.score_step(data, config, pd.Timestamp("2026-01-01"), db, progress=False)
     result = steps.allocate_step(data, config, db, str(data / "reps.csv"), db,
                                  compare_effects=str(data / "rep_effects.csv"))
     truth = result.truth

@@ -16,7 +16,9 @@ from convert.cli import main
 from convert.config import Config
 from convert.exceptions import ConfigError, ContractError, LeakageError
 from convert.io.writers import read_table
-from convert.sources.flat import load_flat, split_rows, train_flat
+from convert.model.crossfit import ordered_folds, random_folds
+from convert.model.train import train_flat
+from convert.sources.flat import load_flat
 from convert.sources.mapping import mapping_from_dict
 
 SELECT = mapping_from_dict({"missing_values": ["Select"], "flat": {"categorical": ["Region"]}})
@@ -142,20 +144,20 @@ def test_missing_target_and_id_columns_name_the_file_and_column(report_csv):
 def test_random_folds_are_stratified_and_ordered_folds_chain_forward_in_file_order():
     y = (np.arange(1000) % 5 == 0).astype(int)
     cfg = Config.from_dict({"train": {"min_positives": 20}})
-    split = split_rows(y, "random", cfg)
+    split = random_folds(y, cfg)
     rates = [y[f.test].mean() for f in split.folds]
     assert max(rates) - min(rates) < 0.01
     assert sorted(np.concatenate([f.test for f in split.folds]).tolist()) == list(range(1000))
     outer = np.concatenate([f.test for f in split.outer])
     for f in split.inner:  # inner folds never fit on (or predict) an outer row
         assert not np.isin(f.train, outer).any() and not np.isin(f.train, f.test).any()
-    ordered = split_rows(y, "ordered", cfg)
+    ordered = ordered_folds(y, cfg)
     for f in ordered.folds:  # trained on earlier rows only, judged on the next block
         assert f.train.max() < f.test.min() and f.train.tolist() == list(range(f.test.min()))
     # the outer folds are the latest rows: at least 20% of the conversions, whole rows in file order
     held = np.flatnonzero(ordered.masks["holdout"])
     assert held.tolist() == list(range(held.min(), 1000)) and y[held].sum() >= 0.2 * y.sum()
-    again = split_rows(y, "random", cfg)
+    again = random_folds(y, cfg)
     assert all((a.test == b.test).all() for a, b in zip(again.folds, split.folds, strict=True))  # seeded
 
 

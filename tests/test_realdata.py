@@ -12,7 +12,8 @@ from tests.conftest import SHARED_DATASETS, require_dataset
 from convert.config import Config
 from convert.exceptions import LeakageError
 from convert.model.leakage import screen
-from convert.sources.flat import load_flat, train_flat
+from convert.model.train import train_flat
+from convert.sources.flat import load_flat
 from convert.sources.mapping import load_mapping
 
 pytestmark = pytest.mark.slow  # loads and trains on the real public datasets (40,000+ rows)

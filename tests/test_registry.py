@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from convert.exceptions import ModelNotFoundError
@@ -69,9 +70,9 @@ def test_promotion_after_a_refit_compares_where_neither_model_learned(sim_export
 
     cfg = fast_config.with_overrides(train__min_positives=10)
     lines: list[str] = []
-    steps.train_step(sim_export, cfg, as_of="2024-11-01", model_name="lead-refit", echo=lines.append)
+    steps.train_step(sim_export, cfg, as_of=pd.Timestamp("2024-11-01"), model_name="lead-refit", echo=lines.append)
     # an earlier cut-off than the data's end: labelled as-of times newer than both exist
-    summary = steps.train_step(sim_export, cfg, as_of="2025-01-01", model_name="lead-refit", echo=lines.append)
+    summary = steps.train_step(sim_export, cfg, as_of=pd.Timestamp("2025-01-01"), model_name="lead-refit", echo=lines.append)
     run = registry._client().get_run(summary.registered.run_id)
     assert run.data.params["comparison"].startswith("newer as-of times")
     decision = registry.promote("lead-refit", "log_loss")

@@ -18,7 +18,7 @@ from convert.model.train import train
 from convert.schema import ScoreOutput
 from convert.scoring.score import feature_rows
 
-AS_OF = "2025-07-01"
+AS_OF = pd.Timestamp("2025-07-01")
 
 
 @pytest.fixture(scope="module")

@@ -1184,7 +1184,8 @@ def score_models(trained: Any, tmp_path_factory: pytest.TempPathFactory) -> dict
     from tests.conftest import FAST, flat_table
 
     from convert.config import Config
-    from convert.sources.flat import load_flat, train_flat
+    from convert.model.train import train_flat
+    from convert.sources.flat import load_flat
     from convert.sources.mapping import mapping_from_dict
 
     folder = tmp_path_factory.mktemp("models")

@@ -12,6 +12,7 @@ The public API (the CLI is a thin layer over it)::
     data = convert.load("hubspot_export/", config, mapping=mapping)  # or a database URL
     table = convert.load_flat("report.csv", config, target="Converted")  # a flat table
     result = convert.train_flat(table, config)                      # leakage guard first
+    source = convert.open_source("data/demo", config)     # an export or a flat file, as a LeadSource
 
 Heavy or optional dependencies (MLflow, SQLAlchemy, PostgreSQL drivers) are imported
 only by the modules at the edges that need them.
@@ -23,10 +24,11 @@ from convert.features.engine import build_features
 from convert.features.labels import build_labels, build_population
 from convert.model.bundle import LeadScoringModel
 from convert.model.leakage import screen
-from convert.model.train import build_training_set, train
+from convert.model.train import build_training_set, train, train_flat
 from convert.scoring.score import score
+from convert.sources.base import LeadSource, open_source
 from convert.sources.export import CRMData, load
-from convert.sources.flat import load_flat, train_flat
+from convert.sources.flat import load_flat
 from convert.sources.mapping import load_mapping
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "Config",
     "ConvertError",
     "LeadScoringModel",
+    "LeadSource",
     "build_features",
     "build_labels",
     "build_population",
@@ -42,6 +45,7 @@ __all__ = [
     "load_config",
     "load_flat",
     "load_mapping",
+    "open_source",
     "score",
     "screen",
     "train",

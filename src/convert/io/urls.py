@@ -1,6 +1,6 @@
 """Database URLs and ``env:`` locations: recognised, resolved, parsed and redacted in one place.
 
-Both edges that open databases (:mod:`convert.sources.readers` reads a CRM, :mod:`convert.io.writeback`
+Both edges that open databases (:mod:`convert.sources.readers` reads a CRM, :mod:`convert.io.writers`
 writes scores) take their URLs through this module, so a URL means the same thing, and a
 password is hidden the same way, wherever it appears.
 

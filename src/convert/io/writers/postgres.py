@@ -63,7 +63,8 @@ _PG_MERGE_VERSION = (15,)
 
 def lock_key(qualified: str) -> int:
     """A 64-bit advisory-lock key for a schema-qualified table name."""
-    digest = hashlib.blake2b(f"convert.io.writeback:{qualified}".encode(), digest_size=8).digest()
+    # the key string predates the writers package: runs of older versions must take the same lock
+    digest = hashlib.blake2b(f"convert.writeback:{qualified}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
 
 
