@@ -77,6 +77,7 @@ VOLATILE_COLUMNS = ("seconds",)
 # {work} is the temporary work folder; {run_days} the dates of the run (today, +-1 day).
 NORMALISE: list[tuple[str, str, str]] = [
     ("temporary work folder", r"{work}", "<WORK>"),
+    ("the checkout the script runs from (its params.yaml and mappings)", r"{repo}", "<REPO>"),
     ("other temporary paths", r"/tmp/[^\s'\",)]+", "<TMP>"),
     ("timestamps of the run itself (date of the run, with a time)",
      r"(?:{run_days})[ T]\d\d:\d\d(?::\d\d(?:\.\d+)?)?(?:[+-]\d\d:?\d\d|Z| ?UTC)?", "<RUN_TIME>"),
@@ -95,7 +96,7 @@ NORMALISE: list[tuple[str, str, str]] = [
 
 # Progress bars (DuckDB's on stdout, tqdm's on stderr) depend on timing: their lines, and the
 # blank lines they bring, are dropped before the patterns above are applied.
-PROGRESS_BAR = re.compile(r"^\s*\d+%\s*(?:\u2595|\|)")
+PROGRESS_BAR = re.compile(r"^[^|\n]*?\d+%\s*(?:\u2595|\|)")
 
 
 def drop_progress(text: str) -> str:
@@ -148,7 +149,7 @@ class Normaliser:
     def __init__(self, work: Path, started: dt.datetime) -> None:
         days = {started.date() + dt.timedelta(days=d) for d in (-1, 0, 1, 2)}
         self.run_days = {d.isoformat() for d in days}
-        subs = {"{work}": re.escape(str(work)), "{run_days}": "|".join(sorted(self.run_days)),
+        subs = {"{work}": re.escape(str(work)), "{repo}": re.escape(str(REPO)), "{run_days}": "|".join(sorted(self.run_days)),
                 "{run_days_slash}": "|".join(sorted(d.replace("-", "/") for d in self.run_days))}
         self.patterns = []
         for _, pattern, repl in NORMALISE:
@@ -162,10 +163,12 @@ class Normaliser:
         return text
 
     def cell(self, value: str) -> str:
-        """A table cell: only a run timestamp or the work path is volatile."""
+        """A table cell: only a run timestamp, the work path or the checkout's path is volatile."""
         if value[:10] in self.run_days and len(value) > 10:
             return "<RUN_TIME>"
-        return self.patterns[0][0].sub("<WORK>", value) if "/" in value else value
+        if "/" not in value:
+            return value
+        return self.patterns[1][0].sub("<REPO>", self.patterns[0][0].sub("<WORK>", value))
 
 
 def _ordered_columns(columns: Iterable[str]) -> list[str]:

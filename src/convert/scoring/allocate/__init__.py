@@ -4,28 +4,9 @@ This package owns the allocation core; it is pure (frames in, frames out) and kn
 of files, databases, MLflow or the command line (``convert.steps.allocate_step`` does the
 input and output).
 
-The problem
------------
-Each lead ``i`` to allocate has a calibrated probability ``p_i`` and a *segment* ``s(i)``
-(the combination of the lead attributes in ``allocation.segment_by``). Each rep ``r`` has a
-``capacity`` (new leads this run), an optional ``max_open`` (open leads in total, sticky ones
-included), an ``active`` flag and territory columns. Assigning ``i`` to ``r`` earns
-``p_i * effect(r, s(i))`` expected conversions; the allocation maximises their sum under
-capacity, ``max_open`` and territory. This is a bipartite b-matching (a transportation
-problem): its constraint matrix is totally unimodular, so the linear programme has an
-integral optimal vertex and HiGHS (through :func:`scipy.optimize.linprog`) solves it exactly.
-
-At 100,000 leads x 200 reps the full programme has millions of (lead, rep) columns.
-:func:`solve_assignment` solves it by *column generation*: it starts from every rep's best
-candidate leads, solves the restricted programme, prices every other (lead, rep) pair with the
-duals (a pair can only improve the optimum when ``w_ir > u_i + lambda_r``) and adds the pairs
-that would, until none does. The final restricted optimum is then optimal for the full
-problem (LP duality), which the tests check against brute force.
-
-``balance`` first spreads expected conversions across the reps with room, within a
-tolerance of their mean (phase 1: least total excess over the band), then maximises
-expected conversions keeping that spread (phase 2): two small mixed-integer programmes
-(HiGHS through :func:`scipy.optimize.milp`) over the pairs column generation found useful.
+The problem and how it is solved (a transportation problem, exact by column generation with
+HiGHS; ``balance`` as two small mixed-integer programmes) are described in
+:mod:`convert.scoring.allocate.solver`.
 
 Sticky leads
 ------------
