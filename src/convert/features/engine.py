@@ -36,7 +36,15 @@ import pyarrow as pa
 
 from convert.config import STANDARD_EVENT_TYPES, FeaturesConfig
 from convert.exceptions import FeatureMismatchError
-from convert.features.catalog import Catalog, Family, FeatureDef, escape, event_words, window_phrase
+from convert.features.catalog import (
+    Catalog,
+    Family,
+    FeatureDef,
+    band_labels,
+    escape,
+    event_words,
+    window_phrase,
+)
 from convert.schema import Accounts, Events, Leads, Snapshot, Stages
 from convert.sources.readers import fetch_row
 from convert.sources.validation import quote
@@ -57,6 +65,20 @@ SENIORITY_PATTERNS: tuple[tuple[str, str], ...] = (
         r"representative|designer|scientist|administrator|accountant|assistant|officer)\b",
     ),
 )
+
+#: How a reason says each seniority level. ``other`` (a title no pattern matches) is said as
+#: the fact it is and kept as a reason: its points are real (the model learned how leads
+#: with such titles convert), and hiding them would leave fit points and score movements
+#: that no sentence accounts for.
+SENIORITY_WORDS: dict[str, str] = {
+    "vp": "VP-level job title",
+    "c_level": "C-level job title",
+    "director": "Director-level job title",
+    "manager": "Manager-level job title",
+    "student": "Student or intern",
+    "individual": "Individual-contributor job title",
+    "other": "Job title not matched to a seniority level",
+}
 
 
 @dataclass(frozen=True)
@@ -318,13 +340,14 @@ def feature_catalog(event_types: Sequence[str], config: FeaturesConfig) -> Catal
     cat.add(FeatureDef("employee_band", fit, "firmographic", "numeric", "band",
                        f"Company size band (0: under {config.employee_bands[0]} employees, "
                        f"{len(config.employee_bands)}: {config.employee_bands[-1]} or more)",
-                       "Company size band {value}", None, "Company size unknown"))
+                       "Company has {value} employees", None, "Company size unknown",
+                       labels=band_labels(config.employee_bands)))
     cat.add(FeatureDef("annual_revenue", fit, "firmographic", "numeric", "currency",
                        "Annual revenue of the lead's company", "Company revenue {value}", None,
                        "Company revenue unknown"))
     cat.add(FeatureDef("revenue_band", fit, "firmographic", "numeric", "band",
-                       "Company revenue band (0: smallest)", "Company revenue band {value}", None,
-                       "Company revenue unknown"))
+                       "Company revenue band (0: smallest)", "Company revenue {value}", None,
+                       "Company revenue unknown", labels=band_labels(config.revenue_bands, money=True)))
     cat.add(FeatureDef("country", fit, "firmographic", "categorical", "category",
                        "Country of the lead (else of the company)", "Based in {value}", None,
                        "Country unknown"))
@@ -332,7 +355,9 @@ def feature_catalog(event_types: Sequence[str], config: FeaturesConfig) -> Catal
     cat.add(FeatureDef("lead_source", fit, "lead", "categorical", "category",
                        "Channel that produced the lead", "Came from {value}", None, "Source unknown"))
     cat.add(FeatureDef("seniority", fit, "lead", "categorical", "category",
-                       "Seniority read from the job title", "Seniority: {value}", None, "No job title"))
+                       "Seniority read from the job title", "{value}", None, "No job title",
+                       labels=tuple((level, SENIORITY_WORDS.get(level, f"Seniority: {level}"))
+                                    for level in (*(lv for lv, _ in SENIORITY_PATTERNS), "other"))))
     for extra in config.extra_attributes:
         cat.add(FeatureDef(f"x_{slug(extra.column)}", fit, "extra", extra.kind,
                            "category" if extra.kind == "categorical" else "value",
