@@ -139,8 +139,7 @@ def sim_export(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained(sim_export, fast_config):
     """(TrainResult, CRMData) for the small simulated CRM."""
-    from convert import load
-    from convert.model import train
+    from convert import load, train
 
     data = load(sim_export, fast_config)
     return train(data, fast_config), data

@@ -9,13 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from convert import load
+from convert import load, score
 from convert.config import Config
 from convert.exceptions import FeatureMismatchError
 from convert.model.explain import contributions, explain_lead, plot_waterfall, round_preserving_sum
 from convert.model.train import train
 from convert.schema import ScoreOutput
-from convert.scoring import score
 from convert.scoring.score import feature_rows
 
 AS_OF = "2025-07-01"

@@ -13,12 +13,10 @@ import pandas as pd
 import pytest
 from tests.conftest import FAST
 
-from convert import build_features, load
+from convert import build_features, load, score, train
 from convert.config import Config
 from convert.features.engine import SPARK, discover_event_types, feature_sql
 from convert.features.labels import build_population
-from convert.model import train
-from convert.scoring import score
 
 AS_OFS = [pd.Timestamp("2024-03-01"), pd.Timestamp("2024-09-15 12:00"), pd.Timestamp("2025-03-01")]
 SCORE_AS_OF = pd.Timestamp("2025-06-01")

@@ -7,11 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from convert import load
+from convert import load, train
 from convert.config import Config
 from convert.exceptions import FeatureMismatchError, InsufficientDataError
 from convert.features.catalog import Catalog, FeatureDef
-from convert.model import train
 from convert.model.bundle import (
     FeatureMatrix,
     FeatureSpec,

@@ -5,8 +5,8 @@ The public API (the CLI is a thin layer over it)::
     import convert
     data = convert.load("data/demo")                      # typed, checked CRM export
     ts = convert.build_training_set(data, config)         # labels + point-in-time features
-    result = convert.model.train(data, config)                  # LightGBM + calibrator + evaluation
-    scores = convert.scoring.score(data, result.model, "2026-01-01", config)
+    result = convert.train(data, config)                  # LightGBM + calibrator + evaluation
+    scores = convert.score(data, result.model, "2026-01-01", config)
 
     mapping = convert.load_mapping("docs/mappings/hubspot.yaml")   # a CRM's own export
     data = convert.load("hubspot_export/", config, mapping=mapping)  # or a database URL
