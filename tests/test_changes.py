@@ -95,10 +95,12 @@ def test_movements_add_up_exactly_with_the_same_model(runs):
     assert set(second.loc[returning, ScoreChanges.trend]) <= {IMPROVING, STEADY, DECLINING}
     assert (second.loc[~returning, ScoreChanges.trend] == NEW).all()
     assert (pd.to_datetime(second.loc[returning, ScoreChanges.previous_as_of]) == T1).all()
+    changed = returning & (second[ScoreChanges.score_change].fillna(0) != 0).to_numpy()
+    assert changed.sum() > 50
+    assert second.loc[changed, ScoreChanges.change_1].notna().all()  # every change is said
     moved = second[ScoreChanges.change_1].dropna()
-    assert len(moved) > 0.5 * returning.sum()
     assert moved.str.match(r"^[+-]\d+ \S").all()
-    assert moved.str.contains(r" \((was .+|value unchanged)\)$").all()
+    assert moved.str.contains(r" \((?:was .+|value unchanged)\)$").all()
     assert not moved.str.contains("model updated").any()
 
 
@@ -187,7 +189,7 @@ def test_unknown_when_the_export_was_rewritten(trained, fast_config, runs, sim_e
               if (sim_export / f"{name}.csv").exists()}
     assert "events" in tables
     events = tables["events"]
-    before = pd.to_datetime(events["occurred_at"]) < T1
+    before = pd.to_datetime(events["occurred_at"], format="ISO8601", utc=True).dt.tz_convert(None) < T1
     with_events = events.loc[before, "lead_id"].astype(str)
     returning = first[ScoreOutput.lead_id][first[ScoreOutput.lead_id].isin(with_events)]
     edited, deleted = list(returning.iloc[:5]), list(returning.iloc[5:8])
