@@ -189,7 +189,7 @@ def test_unknown_when_the_export_was_rewritten(trained, fast_config, runs, sim_e
               if (sim_export / f"{name}.csv").exists()}
     assert "events" in tables
     events = tables["events"]
-    before = pd.to_datetime(events["occurred_at"], format="ISO8601", utc=True).dt.tz_convert(None) < T1
+    before = pd.to_datetime(events["occurred_at"], format="ISO8601", utc=True, errors="coerce").dt.tz_convert(None) < T1
     with_events = events.loc[before, "lead_id"].astype(str)
     returning = first[ScoreOutput.lead_id][first[ScoreOutput.lead_id].isin(with_events)]
     edited, deleted = list(returning.iloc[:5]), list(returning.iloc[5:8])
