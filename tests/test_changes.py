@@ -323,6 +323,12 @@ def test_band_and_day_wording():
     size = FeatureDef("employee_band", "fit", "firmographic", "numeric", "band", "d",
                       "Company has {value} employees", None, "unknown", labels=band_labels((10, 50)))
     assert size.describe(1.0) == "Company has 10\u201349 employees"
+    # one representative per sentence: building sentences from it changes none
+    rng = np.random.default_rng(0)
+    days = np.concatenate([rng.exponential(5.0, 300), [0.0, 1e-9, 1.0, 2.0, np.nan]])
+    for feature, values in ((last, days), (size, rng.integers(0, 3, 50).astype(float))):
+        canon = feature.canonical(values)
+        assert [feature.describe(v) for v in canon] == [feature.describe(v) for v in values]
     # a catalog read back from a bundle's JSON keeps its labels
     again = FeatureDef(**{**size.__dict__, "labels": [list(p) for p in size.labels]})
     assert again == size

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 
 Family = Literal["fit", "engagement"]
@@ -79,6 +80,17 @@ class FeatureDef:
             return f"{round(number):,}"
         return f"{number:,.2f}"
 
+    def canonical(self, values: np.ndarray) -> np.ndarray:
+        """*values* mapped to one representative per sentence, vectorised: ``describe`` of the
+        result equals ``describe`` of the value, so sentences are built once per distinct
+        result (days rounded up to whole days, counts to whole numbers; missing stays NaN)."""
+        if self.kind != "numeric" or self.unit not in ("days", "count", "employees", "band"):
+            return values
+        x = np.asarray(values, dtype="float64")
+        if self.unit == "days":
+            return np.where(x > 0, np.maximum(1.0, np.ceil(x - 1e-6)), x)
+        return np.where(np.isnan(x) | (x == 0), x, np.round(x))
+
     def _label(self, code: str) -> str | None:
         for key, words in self.labels:
             if key == code:
@@ -122,7 +134,7 @@ def render(template: str, value: str) -> str:
 def whole_days(days: float) -> int:
     """Days as a rep counts them back from the as-of day: a started day counts (0.4 -> 1,
     1.4 -> 2), with a micro-day of slack for float noise at whole days."""
-    return max(0, math.ceil(days - 1e-6))
+    return 0 if days <= 0 else max(1, math.ceil(days - 1e-6))
 
 
 def band_labels(cuts: Iterable[float], money: bool = False) -> tuple[tuple[str, str], ...]:

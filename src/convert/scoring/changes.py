@@ -369,8 +369,8 @@ def _model_words(prev_version: np.ndarray, model_version: str) -> np.ndarray:
 
 def _value_change_words(feature: FeatureDef, now: np.ndarray, then: np.ndarray) -> np.ndarray:
     """``<the value now in words> (was <value then>)`` for each lead, from the distinct values."""
-    now_codes, now_uniques = pd.factorize(pd.Series(now, dtype=object), use_na_sentinel=True)
-    then_codes, then_uniques = pd.factorize(pd.Series(then, dtype=object), use_na_sentinel=True)
+    now_codes, now_uniques = pd.factorize(pd.Series(feature.canonical(now), dtype=object), use_na_sentinel=True)
+    then_codes, then_uniques = pd.factorize(pd.Series(feature.canonical(then), dtype=object), use_na_sentinel=True)
     # code -1 (missing) is the last entry of each table
     now_said = np.array([feature.describe(v) for v in now_uniques] + [feature.describe(None)], dtype=object)
     now_value = np.array([feature.format_value(v) for v in now_uniques] + [None], dtype=object)
