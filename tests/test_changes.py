@@ -214,8 +214,12 @@ def test_unknown_when_the_export_was_rewritten(trained, fast_config, runs, sim_e
     assert (by_id.loc[still_open, ScoreChanges.trend] == UNKNOWN).all()
     assert by_id.loc[still_open, ScoreChanges.change_1].str.contains("same model now gives").all()
     assert not set(deleted) & set(by_id.index)  # deleted leads are not scored today
+    # colleagues of edited or deleted leads saw other account features then: the same-model
+    # check finds them (their recomputed score differs) where the score moved; the rest is exact
     others = ~out[ScoreOutput.lead_id].isin(edited + still_open) & out[ScoreChanges.previous_score].notna()
-    assert (out.loc[others, ScoreChanges.trend] != UNKNOWN).all()
+    flagged = others & (out[ScoreChanges.trend] == UNKNOWN)
+    assert out.loc[flagged, ScoreChanges.change_1].str.contains("same model now gives").all()
+    assert flagged.sum() < 0.1 * others.sum()
     assert_exact(out, changes)
 
 
