@@ -188,6 +188,29 @@ def points_of(model: LeadScoringModel, features: pd.DataFrame, num_threads: int 
     return to_points(phi.sum(axis=1), phi[:, :-1], model.base_raw_, model_score_fn(model))
 
 
+def _scores_and_points(model: LeadScoringModel, features: pd.DataFrame, num_threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integer scores and unrounded points (n, p) of feature rows, as :func:`points_of` gives
+    them, without the integer points (the previous as-of needs none: the movements are
+    rounded instead). ``to_points`` is handed two columns, the raw-score change and ones, so
+    that its second column of points is its slope: the points are ``phi * slope``, the same
+    product ``to_points`` computes for the full matrix."""
+    phi = contributions(model, model.matrix(features), num_threads)
+    raw = phi.sum(axis=1)
+    probe = np.column_stack([raw - model.base_raw_, np.ones(len(raw))])
+    pts = to_points(raw, probe, model.base_raw_, model_score_fn(model))
+    return pts.score, phi[:, :-1] * pts.continuous[:, 1][:, None]
+
+
+def _round_movements(values: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Largest-remainder integers of the movements (signs kept, exact row sums), over the
+    columns that moved at all: a feature no tree uses moves by exactly zero and stays zero."""
+    out = np.zeros(values.shape, dtype="int64")
+    moved = np.flatnonzero((values != 0).any(axis=0))
+    if len(moved):
+        out[:, moved] = round_preserving_sum(values[:, moved], targets)
+    return out
+
+
 def compare(
     model: LeadScoringModel,
     now: pd.DataFrame,
@@ -241,34 +264,35 @@ def compare(
     found = has_prev & (ti >= 0)
     rows = np.flatnonzero(found)
     then_rows = then.iloc[ti[rows]]
-    then_points = points_of(model, then_rows, config.num_threads) if len(rows) else None
+    then_score, then_continuous = (
+        _scores_and_points(model, then_rows, config.num_threads) if len(rows) else (None, None)
+    )
 
     # consistency: the fingerprint, and the same model's score at the same time
     reason = np.full(n, None, dtype=object)
     reason[has_prev & ~found] = "absent"
     recomputed = np.zeros(n, dtype="int64")
-    if then_points is not None:
-        recomputed[rows] = then_points.score
+    if then_score is not None:
+        recomputed[rows] = then_score
         if EVENTS_FEATURE in then_rows:
             seen_now = then_rows[EVENTS_FEATURE].to_numpy(dtype="float64")
             stored = prev_events[rows]
             differs = ~np.isnan(stored) & (np.nan_to_num(seen_now, nan=0.0) != stored)
             reason[rows[differs]] = "events"
         same_model = prev_version[rows] == model_version
-        rescored = same_model & (then_points.score != prev_score[rows]) & (reason[rows] == None)  # noqa: E711
+        rescored = same_model & (then_score != prev_score[rows]) & (reason[rows] == None)  # noqa: E711
         reason[rows[rescored]] = "rescored"
     exact = found & (reason == None)  # noqa: E711
 
     movements = np.zeros((n, p + 1), dtype="int64")
     continuous = np.zeros((n, p + 1), dtype="float64")
-    if then_points is not None:
+    if then_score is not None and then_continuous is not None:
         ok = exact[rows]
         r = rows[ok]
-        m = now_points.continuous[r] - then_points.continuous[ok]
-        ints = round_preserving_sum(m, now_points.score[r] - then_points.score[ok])
-        movements[r, :p] = ints
+        m = now_points.continuous[r] - then_continuous[ok]
+        movements[r, :p] = _round_movements(m, now_points.score[r] - then_score[ok])
         continuous[r, :p] = m
-        movements[r, p] = then_points.score[ok] - prev_score[r]
+        movements[r, p] = then_score[ok] - prev_score[r]
         continuous[r, p] = movements[r, p]
 
     change = np.where(has_prev, now_points.score - prev_score, 0)
@@ -354,8 +378,8 @@ def _sentences(
             name = names[j]
             words = _value_change_words(
                 model.catalog_[name],
-                now[name].to_numpy(dtype=object)[leads],
-                then_rows[name].to_numpy(dtype=object)[then_pos[leads]],
+                now[name].to_numpy()[leads],
+                then_rows[name].to_numpy()[then_pos[leads]],
             )
         out[leads, slot[group]] = signed[group] + " " + words
     return out
