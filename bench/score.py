@@ -15,6 +15,17 @@ of ``ScoringConfig.chunk_size`` rows (``--chunk-size`` overrides):
   add up, family points, reason sentences, actions) and the ``pd.concat`` that ``convert.scoring.score``
   does at the end.
 
+* **score+explain+movements** (issue 17): the same ``score_frame`` per chunk, handing its points
+  to ``convert.scoring.changes.compare``, which scores every lead's feature row at its previous
+  as-of under the same model (TreeSHAP again), rounds the movements so that they add up to the
+  change exactly, ranks them and says the top three; then the concat of both. The previous
+  rows are a second synthetic frame for the same leads (every value differs, the worst case
+  for the sentences), previous scores are the model's scores of that frame (so every lead is
+  exact, none ``unknown``: the full cost), 10 % of leads have none (``new``). Building the
+  features at the previous as-of is not timed, as building today's is not (both come from
+  the one feature engine; see ``bench/features.py``). ``changes_vs_explain`` in the last line
+  is its time over score+explain's, measured in the same run (issue 17: at most 2.2 at 1M).
+
 A warm-up call on a small chunk (explainer tables, numba compilation or cache load) runs before
 the clock and is reported apart. Then the steps of ``score_frame`` are timed one by one (a replica
 of its sequence on the same chunks), so the share of the reasons/sentences part is visible.
@@ -47,6 +58,15 @@ from convert.model.explain import (
 )
 from convert.model.train import TrainingSet, fit_deployed
 from convert.schema import Labeled
+from convert.scoring.changes import (
+    PREVIOUS_AS_OF,
+    PREVIOUS_COLUMNS,
+    PREVIOUS_EVENTS_SEEN,
+    PREVIOUS_MODEL_VERSION,
+    PREVIOUS_SCORE,
+    compare,
+    points_of,
+)
 from convert.scoring.score import actions, score_frame
 
 
@@ -67,6 +87,37 @@ def score_explain(model: Any, parts: list[pd.DataFrame], config: Config, at: pd.
     return pd.concat(
         [score_frame(model, b, config.scoring, "bench/1", at) for b in parts], ignore_index=True
     )
+
+
+def previous_rows(model: Any, leads: pd.DataFrame, catalog: Any, seed: int, chunk: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The same leads a month earlier (another synthetic frame) and their previous scores under
+    the same model, 10 % of leads without one (untimed set-up of the movements mode)."""
+    then = make_frame(len(leads), catalog, 1, seed, first_as_of="2025-12-01").drop(columns=[Labeled.label])
+    then["lead_id"] = leads["lead_id"].to_numpy()
+    scores = np.concatenate([points_of(model, b).score for b in chunks(then, chunk)])
+    has = np.random.default_rng(seed).random(len(leads)) >= 0.1
+    events = then["n_events_total"].to_numpy() if "n_events_total" in then else np.full(len(then), np.nan)
+    previous = pd.DataFrame({
+        PREVIOUS_COLUMNS[0]: leads["lead_id"].to_numpy()[has], PREVIOUS_SCORE: scores[has],
+        PREVIOUS_AS_OF: then["as_of"].to_numpy()[has], PREVIOUS_MODEL_VERSION: "bench/1",
+        PREVIOUS_EVENTS_SEEN: events[has],
+    })
+    return then, previous
+
+
+def score_explain_changes(model: Any, parts: list[pd.DataFrame], then_parts: list[pd.DataFrame],
+                          previous: pd.DataFrame, config: Config, at: pd.Timestamp) -> tuple[pd.DataFrame, int]:
+    """score+explain with the movements of every lead since its previous score (issue 17)."""
+    out, exact = [], 0
+    prev_by_lead = previous.set_index(PREVIOUS_COLUMNS[0], drop=False)
+    for b, t in zip(parts, then_parts, strict=True):
+        pts: list[Any] = []
+        scored = score_frame(model, b, config.scoring, "bench/1", at, points=pts)
+        prev = prev_by_lead.reindex(b["lead_id"].to_numpy()).dropna(subset=[PREVIOUS_SCORE])
+        changes = compare(model, b, prev, t, config.scoring, "bench/1", now_points=pts[0])
+        exact += int(changes.exact.sum())
+        out.append(pd.concat([scored, changes.frame.drop(columns=["lead_id"])], axis=1))
+    return pd.concat(out, ignore_index=True), exact
 
 
 def treeshap_only(model: Any, matrices: list[Any]) -> int:
@@ -128,6 +179,7 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=None, help="default ScoringConfig.chunk_size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-breakdown", action="store_true")
+    parser.add_argument("--no-changes", action="store_true", help="skip the movements mode (issue 17)")
     parser.add_argument("--quick", action="store_true", help="smoke size (50k leads, 50k train)")
     args = parser.parse_args()
     if args.quick:
@@ -159,6 +211,17 @@ def main() -> None:
     ph.run("score-only: predict_proba + score + grade", lambda: score_only(model, parts))
     out = ph.run("score+explain: score_frame per chunk + concat",
                  lambda: score_explain(model, parts, config, at))
+    changes_note = ""
+    if not args.no_changes:
+        then, previous = ph.run("set up previous rows and scores (untimed)",
+                                lambda: previous_rows(model, leads, catalog, args.seed + 2, chunk), quiet=True)
+        then_parts = chunks(then, chunk)
+        moved, exact = ph.run("score+explain+movements: + compare per chunk",
+                              lambda: score_explain_changes(model, parts, then_parts, previous, config, at))
+        row = moved.iloc[int(np.argmax(moved["score_change"].abs().fillna(0).to_numpy()))]
+        changes_note = (f"; movements exact for {exact:,} leads; largest change {row['score_change']}: "
+                        f"{row['change_1']!r}")
+        del moved, then, then_parts, previous
     matrices = [model.matrix(b) for b in parts]
     ph.run("TreeSHAP only: contributions on the model matrix", lambda: treeshap_only(model, matrices))
     matrices.clear()
@@ -175,8 +238,10 @@ def main() -> None:
     header = f"{'run':<48} {'seconds':>9} {'leads/s':>11} {'peak RSS GiB':>13}"
     print(header)
     print("-" * len(header))
+    t_changes = float("nan") if args.no_changes else ph.best("score+explain+movements: + compare per chunk")
     for name in ("score-only: predict_proba + score + grade",
                  "score+explain: score_frame per chunk + concat",
+                 *(() if args.no_changes else ("score+explain+movements: + compare per chunk",)),
                  "TreeSHAP only: contributions on the model matrix"):
         sec = ph.best(name)
         print(f"{name:<48} {sec:>9.2f} {n / sec:>11,.0f} {gib(ph.peak(name)):>13}")
@@ -191,19 +256,23 @@ def main() -> None:
             print(f"  {name:<44} {sec:>8.2f} s {sec / total:>7.1%}  {n / sec:>12,.0f} leads/s")
     print(f"\nexplain costs {t_expl / t_score:.1f}x score-only; reason_1 filled for {filled:.1%} "
           f"of leads; top lead: score {example.get('score')}, {example.get('reason_1')!r}")
+    if not args.no_changes:
+        print(f"movements cost {t_changes / t_expl:.2f}x score+explain (issue 17: at most 2.2x){changes_note}")
 
     OUT.mkdir(parents=True, exist_ok=True)
     with open(OUT / "score.jsonl", "a") as fh:
         fh.write(json.dumps({
             "time": time.time(), "args": vars(args), "leads": n, "features": len(catalog),
             "trees": trees, "phases": ph.rows, "steps": steps,
-            "leads_per_s": {"score_only": n / t_score, "score_explain": n / t_expl},
+            "leads_per_s": {"score_only": n / t_score, "score_explain": n / t_expl,
+                            "score_explain_changes": n / t_changes},
             "peak_rss_run": ph.run_peak(),
         }, default=str) + "\n")
     emit({
         "bench": "score", "leads": n, "features": len(catalog), "trees": trees,
         "score_leads_per_s": n / t_score, "explain_leads_per_s": n / t_expl,
         "treeshap_leads_per_s": n / t_shap, "explain_vs_floor": t_expl / (t_score + t_shap),
+        "changes_leads_per_s": n / t_changes, "changes_vs_explain": t_changes / t_expl,
         "peak_rss_gib": ph.run_peak() / 2**30,
     })
 

@@ -48,6 +48,24 @@ def test_reasons_match_a_full_sort_with_ties_and_missing_values(n_features: int,
     assert any(s is not None and "unknown" in s for row in got[0] for s in row)
 
 
+def test_reasons_say_days_as_counted_back_from_the_as_of_even_when_grouped() -> None:
+    # 0.6 and 1.4 days round to the same integer but are said differently (a started day
+    # counts: "in the last day", "2 days ago"): the sentences built once per shown value
+    # must key days by the day a rep counts, not by the rounded number
+    days = np.array([0.4, 0.6, 1.0, 1.4, 1.6, 2.0, 2.2, 0.0, np.nan])
+    n = len(days)
+    catalog = Catalog([FeatureDef("days_since_x", "engagement", "recency", "numeric", "days", "Days",
+                                  "Did x {value} days ago", None, "Never did x")])
+    pts = Points(score=np.zeros(n, dtype=int), base_score=0, points=np.full((n, 1), 5),
+                 continuous=np.full((n, 1), 5.0))
+    got = reasons(pts, pd.DataFrame({"days_since_x": days}), catalog, ["days_since_x"], top=1)[0]
+    assert [row[0] for row in got] == [
+        "+5 Did x in the last day", "+5 Did x in the last day", "+5 Did x in the last day",
+        "+5 Did x 2 days ago", "+5 Did x 2 days ago", "+5 Did x 2 days ago", "+5 Did x 3 days ago",
+        "+5 Did x in the last day", "+5 Never did x",
+    ]
+
+
 # --- the vectorised reasons, points and rounding against the per-lead implementation they replaced ---
 
 

@@ -210,6 +210,9 @@ class ScoringConfig(_Section):
     #: Threads of scoring (explanations and LightGBM predictions); 0: every core this process
     #: may use. Scores are the same whatever the count (each lead is computed on its own).
     num_threads: int = Field(0, ge=0)
+    #: A lead whose score moved by less than this many points since its previous score is
+    #: ``steady``; by this much or more, ``improving`` or ``declining`` (issue 17).
+    trend_min_change: int = Field(5, ge=1, le=100)
 
     @field_validator("grade_cutoffs")
     @classmethod

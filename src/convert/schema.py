@@ -188,3 +188,33 @@ class ScoreOutput(TableSchema):
     REASONS: ClassVar[tuple[str, ...]] = ("reason_1", "reason_2", "reason_3")
     RISKS: ClassVar[tuple[str, ...]] = ("risk_1", "risk_2", "risk_3")
     HISTORY_KEY: ClassVar[tuple[str, ...]] = ("lead_id", "as_of", "model_version")
+
+
+class ScoreChanges(TableSchema):
+    """What ``convert-leads score`` writes about each lead's previous score (issue 17).
+
+    Written after the :class:`ScoreOutput` columns (:meth:`output_names`), in files and
+    database tables alike. Every column is nullable: a table or history written before
+    these columns existed gains them empty (``ALTER TABLE ... ADD COLUMN``, no default), and
+    a lead without a previous score has them empty but for ``trend`` (``new``) and
+    ``events_seen``. ``events_seen`` is the fingerprint the next run checks: the lead's
+    events before this row's as-of, as the export held them when it was scored.
+    """
+
+    table = "lead_scores"
+    previous_score = Column("previous_score", "integer")
+    previous_as_of = Column("previous_as_of", "timestamp")
+    score_change = Column("score_change", "integer")
+    trend = Column("trend")
+    change_1 = Column("change_1")
+    change_2 = Column("change_2")
+    change_3 = Column("change_3")
+    events_seen = Column("events_seen", "integer")
+
+    CHANGES: ClassVar[tuple[str, ...]] = ("change_1", "change_2", "change_3")
+    TRENDS: ClassVar[tuple[str, ...]] = ("new", "unknown", "improving", "steady", "declining")
+
+    @classmethod
+    def output_names(cls) -> list[str]:
+        """Every column of a score table with changes: :class:`ScoreOutput`'s, then these."""
+        return ScoreOutput.names() + cls.names()

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 
 Family = Literal["fit", "engagement"]
@@ -34,6 +35,13 @@ class FeatureDef:
     format strings: :func:`render` replaces ``{value}`` (and ``{{``/``}}``, which
     :func:`escape` writes for a literal brace) and leaves every other brace, ``%`` or
     quote as written. ``zero_template`` and ``missing_template`` are plain text.
+
+    ``labels`` turns a code into words before it fills ``{value}``: a band's number into
+    its range (``3`` -> ``200–999``), a seniority code into what it means (``other`` ->
+    ``Job title not matched to a seniority level``), so that no sentence shows a code a
+    rep cannot read. Days are said as a rep counts them on the as-of day: a fraction of a
+    day rounds up (an as-of at midnight and an event yesterday afternoon: 0.4 days, "in
+    the last day"; the day before: 1.4 days, "2 days ago"), never "0 days".
     """
 
     name: str
@@ -45,20 +53,49 @@ class FeatureDef:
     template: str
     zero_template: str | None = None
     missing_template: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        # bundles store the catalog as JSON, where the pairs come back as lists
+        object.__setattr__(self, "labels", tuple((str(k), str(v)) for k, v in self.labels))
 
     def format_value(self, value: Any) -> str:
         if _is_missing(value):
             return "unknown"
         if self.kind == "categorical":
-            return str(value).replace("_", " ")
+            text = str(value)
+            return self._label(text) or text.replace("_", " ")
         number = float(value)
         if self.unit == "ratio":
             return f"{number:.0%}"
         if self.unit == "currency":
             return _human_money(number)
-        if self.unit in ("count", "days", "employees", "band") or number.is_integer():
+        if self.unit == "days":
+            return f"{whole_days(number):,}"
+        if self.unit == "band" and number.is_integer():
+            label = self._label(str(int(number)))
+            if label is not None:
+                return label
+        if self.unit in ("count", "employees", "band") or number.is_integer():
             return f"{round(number):,}"
         return f"{number:,.2f}"
+
+    def canonical(self, values: np.ndarray) -> np.ndarray:
+        """*values* mapped to one representative per sentence, vectorised: ``describe`` of the
+        result equals ``describe`` of the value, so sentences are built once per distinct
+        result (days rounded up to whole days, counts to whole numbers; missing stays NaN)."""
+        if self.kind != "numeric" or self.unit not in ("days", "count", "employees", "band"):
+            return values
+        x = np.asarray(values, dtype="float64")
+        if self.unit == "days":
+            return np.where(x > 0, np.maximum(1.0, np.ceil(x - 1e-6)), x)
+        return np.where(np.isnan(x) | (x == 0), x, np.round(x))
+
+    def _label(self, code: str) -> str | None:
+        for key, words in self.labels:
+            if key == code:
+                return words
+        return None
 
     def describe(self, value: Any) -> str:
         """The lead's value in a plain sentence (without points)."""
@@ -66,6 +103,8 @@ class FeatureDef:
             return self.missing_template or f"{self.description}: unknown"
         if self.kind == "numeric" and self.zero_template is not None and float(value) == 0:
             return self.zero_template
+        if self.unit == "days" and whole_days(float(value)) <= 1 and "{value} days ago" in self.template:
+            return render(self.template.replace("{value} days ago", "in the last day"), "")
         text = render(self.template, self.format_value(value))
         return text.replace(" 1 days", " 1 day").replace(" 1 times", " once")
 
@@ -90,6 +129,36 @@ def render(template: str, value: str) -> str:
     doubled brace) is kept as written instead of being read as a field.
     """
     return _PLACEHOLDER.sub(lambda m: value if m.group() == "{value}" else m.group()[0], template)
+
+
+def whole_days(days: float) -> int:
+    """Days as a rep counts them back from the as-of day: a started day counts (0.4 -> 1,
+    1.4 -> 2), with a micro-day of slack for float noise at whole days."""
+    return 0 if days <= 0 else max(1, math.ceil(days - 1e-6))
+
+
+def band_labels(cuts: Iterable[float], money: bool = False) -> tuple[tuple[str, str], ...]:
+    """Each band code of :func:`convert.features.dialect.band_sql` (``i``: below ``cuts[i]``, at or above
+    ``cuts[i-1]``) as the range it stands for: ``fewer than 10``, ``10–49``, ``5,000 or more``
+    (employees, whole numbers), ``under 1M``, ``1M–10M``, ``1B or more`` (money)."""
+    cuts = [float(c) for c in cuts]
+
+    def say(x: float) -> str:
+        return _short_money(x) if money else f"{round(x):,}"
+
+    out = [("0", f"under {say(cuts[0])}" if money else f"fewer than {say(cuts[0])}")]
+    for i in range(1, len(cuts)):
+        hi = say(cuts[i]) if money else f"{round(cuts[i]) - 1:,}"
+        out.append((str(i), f"{say(cuts[i - 1])}\u2013{hi}"))
+    out.append((str(len(cuts)), f"{say(cuts[-1])} or more"))
+    return tuple(out)
+
+
+def _short_money(value: float) -> str:
+    for cut, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= cut:
+            return f"{value / cut:,.1f}".removesuffix(".0") + suffix
+    return f"{value:,.0f}"
 
 
 def _is_missing(value: Any) -> bool:

@@ -31,6 +31,20 @@ SENIORITY_PATTERNS: tuple[tuple[str, str], ...] = (
     ),
 )
 
+#: How a reason says each seniority level. ``other`` (a title no pattern matches) is said as
+#: the fact it is and kept as a reason: its points are real (the model learned how leads
+#: with such titles convert), and hiding them would leave fit points and score movements
+#: that no sentence accounts for.
+SENIORITY_WORDS: dict[str, str] = {
+    "vp": "VP-level job title",
+    "c_level": "C-level job title",
+    "director": "Director-level job title",
+    "manager": "Manager-level job title",
+    "student": "Student or intern",
+    "individual": "Individual-contributor job title",
+    "other": "Job title not matched to a seniority level",
+}
+
 
 @dataclass(frozen=True)
 class Dialect:

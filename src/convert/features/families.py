@@ -35,8 +35,18 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from convert.config import FeaturesConfig
-from convert.features.catalog import Catalog, Family, FeatureDef, escape, event_words, window_phrase
+from convert.features.catalog import (
+    Catalog,
+    Family,
+    FeatureDef,
+    band_labels,
+    escape,
+    event_words,
+    window_phrase,
+)
 from convert.features.dialect import (
+    SENIORITY_PATTERNS,
+    SENIORITY_WORDS,
     Dialect,
     band_sql,
     seniority_sql,
@@ -409,13 +419,14 @@ class Firmographic(FeatureFamily):
         yield FeatureDef("employee_band", fit, "firmographic", "numeric", "band",
                          f"Company size band (0: under {config.employee_bands[0]} employees, "
                          f"{len(config.employee_bands)}: {config.employee_bands[-1]} or more)",
-                         "Company size band {value}", None, "Company size unknown")
+                         "Company has {value} employees", None, "Company size unknown",
+                         labels=band_labels(config.employee_bands))
         yield FeatureDef("annual_revenue", fit, "firmographic", "numeric", "currency",
                          "Annual revenue of the lead's company", "Company revenue {value}", None,
                          "Company revenue unknown")
         yield FeatureDef("revenue_band", fit, "firmographic", "numeric", "band",
-                         "Company revenue band (0: smallest)", "Company revenue band {value}", None,
-                         "Company revenue unknown")
+                         "Company revenue band (0: smallest)", "Company revenue {value}", None,
+                         "Company revenue unknown", labels=band_labels(config.revenue_bands, money=True))
         yield FeatureDef("country", fit, "firmographic", "categorical", "category",
                          "Country of the lead (else of the company)", "Based in {value}", None,
                          "Country unknown")
@@ -442,7 +453,9 @@ class Lead(FeatureFamily):
         yield FeatureDef("lead_source", fit, "lead", "categorical", "category",
                          "Channel that produced the lead", "Came from {value}", None, "Source unknown")
         yield FeatureDef("seniority", fit, "lead", "categorical", "category",
-                         "Seniority read from the job title", "Seniority: {value}", None, "No job title")
+                         "Seniority read from the job title", "{value}", None, "No job title",
+                         labels=tuple((level, SENIORITY_WORDS.get(level, f"Seniority: {level}"))
+                                      for level in (*(lv for lv, _ in SENIORITY_PATTERNS), "other")))
 
     def columns(self, q: Query) -> list[str]:
         d = q.dialect

@@ -229,7 +229,7 @@ def reasons(
     return pos.tolist(), neg.tolist()
 
 
-#: Units whose values are shown rounded to a whole number (``FeatureDef.format_value``).
+#: Units whose values are shown as a whole number (``FeatureDef.format_value``, ``FeatureDef.canonical``).
 _WHOLE_UNITS = frozenset({"count", "days", "employees", "band"})
 #: Keys no value takes (NaN bit patterns; NaN cells are keyed as missing).
 _MISSING_KEY, _ZERO_KEY = np.int64(0x7FF8000000000001), np.int64(0x7FF8000000000002)
@@ -301,7 +301,7 @@ def _cell_texts(feature: FeatureDef, column: pd.Series, rows: np.ndarray) -> tup
     """``feature.describe(value)`` of the column's cells at *rows*: a code per cell and the texts.
 
     A numeric feature in a NumPy column is keyed by what its sentence shows (missing, zero,
-    the rounded number for whole units, the rounded percentage for ratios, else the exact
+    the whole number for whole units (:meth:`FeatureDef.canonical`), the rounded percentage for ratios, else the exact
     value), so each key's texts are equal and one cell renders it. Zero is one key whose
     text is the lowest row's (0.0 and -0.0 are equal values but print ``0%`` and ``-0%``):
     the text a cache keyed by value, filled lead by lead, keeps. Other columns are keyed by
@@ -312,7 +312,9 @@ def _cell_texts(feature: FeatureDef, column: pd.Series, rows: np.ndarray) -> tup
         raw = column.to_numpy()[rows]
         x = raw.astype("float64", copy=False)
         if feature.unit in _WHOLE_UNITS:
-            shown = np.rint(x) + 0.0  # round() to an int: -0.0 prints as 0
+            # the whole number the sentence shows (days: a started day counts, 0.4 -> 1,
+            # 1.4 -> 2; counts: rounded), so that values keyed alike describe alike
+            shown = feature.canonical(x) + 0.0  # -0.0 prints as 0
         elif feature.unit == "ratio":
             shown = np.rint(x * 100.0)  # '{:.0%}' is '{:.0f}' of x * 100: its integer and sign
         else:

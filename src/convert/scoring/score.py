@@ -19,6 +19,7 @@ from convert.config import Config, ScoringConfig
 from convert.features.labels import parse_as_of
 from convert.model.bundle import LeadScoringModel
 from convert.model.explain import (
+    Points,
     contributions,
     family_points,
     model_score_fn,
@@ -50,13 +51,20 @@ def score_frame(
     config: ScoringConfig,
     model_version: str,
     scored_at: pd.Timestamp,
+    points: list[Points] | None = None,
 ) -> pd.DataFrame:
-    """Score and explain one batch of feature rows (``lead_id``, ``as_of`` + features)."""
+    """Score and explain one batch of feature rows (``lead_id``, ``as_of`` + features).
+
+    *points*, when given, receives the batch's :class:`~convert.model.explain.Points`, so
+    that score movements (:mod:`convert.scoring.changes`) reuse them instead of recomputing.
+    """
     names = model.spec_.names
     matrix = model.matrix(features)
     phi = contributions(model, matrix, config.num_threads)
     raw = phi.sum(axis=1)
     pts = to_points(raw, phi[:, :-1], model.base_raw_, model_score_fn(model))
+    if points is not None:
+        points.append(pts)
     prob = model.probability_from_raw(raw)
     fams = family_points(pts.points, model.catalog_, names)
     pos, neg = reason_columns(pts, features, model.catalog_, names, top=config.reasons)
