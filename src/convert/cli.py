@@ -155,18 +155,12 @@ def features(
     catalog: Annotated[Path | None, typer.Option("--catalog", help="Also write the feature catalog (CSV).")] = None,
     mapping: MappingOpt = None, no_cache: NoCacheOpt = False,
 ) -> None:
-    """Build the labelled multi-snapshot training set and write it."""
-    from convert.model.train import build_training_set
+    """Run the leakage guard and build the labelled multi-snapshot training set (for train --training-set)."""
     from convert.sources.readers import write_frame
 
     t = _as_of(as_of)
     cfg = _config(config, no_cache).with_overrides(labels__horizon_days=horizon_days)
-    loaded = steps.load_data(data, cfg, rejects, strict or None, echo, _mapping(mapping))
-    try:
-        ts = build_training_set(loaded, cfg, t)
-    finally:
-        loaded.close()
-    write_frame(ts.frame, out)
+    ts = steps.features_step(data, cfg, out, t, str(rejects) if rejects else None, strict or None, echo, _mapping(mapping))
     if catalog:
         write_frame(ts.catalog.to_frame(), catalog)
     y = ts.frame["label"]
@@ -177,7 +171,8 @@ def features(
 
 @app.command()
 def train(
-    data: DataOpt,
+    data: Annotated[str | None, typer.Option("--data", help="CRM export folder, database URL or flat file (as other commands); with --training-set only for the champion comparison.")] = None,
+    training_set: Annotated[Path | None, typer.Option("--training-set", help="Train from this Parquet file of `convert-leads features` (same config: same model); --data is then read only to compare with a champion that needs it.")] = None,
     as_of: Annotated[str | None, typer.Option("--as-of", help="Training as-of (default: day after the latest timestamp).")] = None,
     horizon_days: Annotated[int | None, typer.Option("--horizon-days")] = None,
     config: ConfigOpt = None,
@@ -204,14 +199,22 @@ def train(
     cfg = cfg.with_overrides(leakage__exclude=tuple(dict.fromkeys([*cfg.leakage.exclude, *(exclude or [])])),
                              leakage__allow=tuple(dict.fromkeys([*cfg.leakage.allow, *(allow or [])])))
     m = _mapping(mapping)
-    flat = _is_flat(data)
+    if data is None and training_set is None:
+        raise ConfigError("train needs --data (an export, database or flat file) or --training-set (from `convert-leads features`)")
+    flat = data is not None and _is_flat(data)
     if not flat and (target or positive or id_column or split):
         raise ConfigError("--target, --positive, --id and --split are for a flat file (--data FILE); "
                           f"{data} is an export folder or a database")
-    if flat:
+    if flat and data is not None:
         summary = steps.train_flat_step(data, cfg, m, target, positive, id_column, split, model_name,
                                         str(rejects) if rejects else None, strict or None, echo, tune)
+    elif training_set is not None:
+        if t is not None:
+            raise ConfigError("--as-of is the training set's (convert-leads features --as-of); drop it with --training-set")
+        summary = steps.train_from_set_step(training_set, cfg, tune, model_name, echo, data,
+                                            str(rejects) if rejects else None, strict or None, m)
     else:
+        assert data is not None
         summary = steps.train_step(data, cfg, t, tune, model_name, str(rejects) if rejects else None,
                                    strict or None, echo, m)
     if save:

@@ -286,14 +286,20 @@ def train_step(
         grid = result.training_set.grid
         if grid is not None:
             echo(f"training snapshots: {grid.describe()}")
-        hold = result.split.masks["holdout"]
-        holdout = result.training_set.frame.loc[hold].reset_index(drop=True)
         champion_metrics, comparison = None, None
         if registry.champion_exists(name):
             champion, label = registry.load_model(f"models:/{name}@{registry.CHAMPION}")
             champion_metrics, comparison = champion_comparison(data, champion, label, result, config, echo)
     finally:
         data.close()
+    return _register(result, name, leakage, champion_metrics, comparison, config)
+
+
+def _register(result: TrainResult, name: str, leakage: Any, champion_metrics: dict[str, dict[str, float]] | None,
+              comparison: str | None, config: Config) -> TrainSummary:
+    """Log an event-mode training run to MLflow and register it as the challenger."""
+    grid = result.training_set.grid
+    holdout = result.training_set.frame.loc[result.split.masks["holdout"]].reset_index(drop=True)
     params = {
         "model_name": name, "training_as_of": result.training_set.as_of.isoformat(),
         "horizon_days": config.labels.horizon_days,
@@ -304,6 +310,79 @@ def train_step(
     summary = _log_training(result, name, params, holdout, champion_metrics, leakage, config)
     summary.lines.extend(leakage.lines())
     return summary
+
+
+def features_step(
+    data_path: str | Path, config: Config, out: str | Path, as_of: pd.Timestamp | None = None,
+    rejects: str | None = None, strict: bool | None = None, echo: Echo = _quiet, mapping: Mapping | None = None,
+) -> TrainingSet:
+    """Load, run the leakage guard and build the training set, written to *out* with what
+    ``train --training-set`` needs to give the model training from the export gives."""
+    from convert.model.train import default_as_of
+    from convert.model.training_set import write_training_set
+
+    data = load_data(data_path, config, rejects, strict, echo, mapping)
+    try:
+        leakage, screened = screen_attributes(data, config, mapping)
+        for line in leakage.lines():
+            echo(line)
+        ts = build_training_set(data, screened, as_of)
+        write_training_set(ts, out, leakage, config, screened, data.earliest_created(), default_as_of(data))
+    finally:
+        data.close()
+    return ts
+
+
+def train_from_set_step(
+    path: str | Path, config: Config, tune_trials: int | None = None, model_name: str | None = None,
+    echo: Echo = _quiet, data_path: str | Path | None = None, rejects: str | None = None,
+    strict: bool | None = None, mapping: Mapping | None = None,
+) -> TrainSummary:
+    """:func:`train_step` from a training set written by :func:`features_step` (a pipeline
+    builds features once): the same model. The export (*data_path*) is read only to compare
+    with a champion whose features the set lacks or that newer labelled as-of times can judge."""
+    from convert.features.labels import grid_for
+    from convert.model.train import train_on
+    from convert.model.training_set import read_training_set
+    from convert.registry import store as registry
+
+    name = model_name or config.train.model_name
+    stored = read_training_set(path)
+    config = stored.config_for(config)
+    leakage = stored.leakage
+    for line in leakage.lines():
+        echo(line)
+    result = train_on(stored.training_set, config, tune_trials)
+    result.model.metadata["leakage"] = leakage.to_dict()
+    if result.training_set.grid is not None:
+        echo(f"training snapshots: {result.training_set.grid.describe()}")
+    champion_metrics, comparison = None, None
+    if registry.champion_exists(name):
+        champion, label = registry.load_model(f"models:/{name}@{registry.CHAMPION}")
+        if data_path is not None:
+            data = load_data(data_path, config, rejects, strict, echo, mapping)
+            try:
+                data.drop_attributes(sorted(leakage.excluded))
+                champion_metrics, comparison = champion_comparison(data, champion, label, result, config, echo)
+            finally:
+                data.close()
+        else:
+            ts = result.training_set
+            champ_fit = (champion.metadata.get("deployed_fit") or {}).get("to")
+            newest = max(pd.Timestamp(result.split.deploy_span[1]), pd.Timestamp(champ_fit) if champ_fit else
+                         pd.Timestamp(champion.metadata.get("training_as_of", ts.as_of))
+                         - pd.Timedelta(days=ts.horizon_days))
+            labels = config.labels.model_copy(update={"horizon_days": ts.horizon_days})
+            newer = [t for t in grid_for(labels, stored.earliest_created, stored.data_as_of).times if t > newest]
+            if newer or champion.spec_.names != ts.features \
+                    or champion.features_config(config.features) != config.features:
+                raise ConvertError(
+                    f"comparing with champion {label} needs the export ("
+                    + ("newer labelled as-of times" if newer else "its features differ from the training set's")
+                    + f"): add --data to `convert-leads train --training-set {path}`")
+            champion_metrics, comparison = recipe_on_outer_folds(
+                ts.frame, champion, label, result, config, echo, as_of=pd.to_datetime(ts.frame[Labeled.as_of]).to_numpy())
+    return _register(result, name, leakage, champion_metrics, comparison, config)
 
 
 # --- flat tables ---------------------------------------------------------------------------
