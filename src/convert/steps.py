@@ -352,6 +352,9 @@ def train_from_set_step(
     leakage = stored.leakage
     for line in leakage.lines():
         echo(line)
+    if config.allocation.owner_column in leakage.excluded:
+        echo(f"not a feature: {config.allocation.owner_column!r} "
+             f"({leakage.excluded[config.allocation.owner_column]})")
     result = train_on(stored.training_set, config, tune_trials)
     result.model.metadata["leakage"] = leakage.to_dict()
     if result.training_set.grid is not None:
