@@ -134,6 +134,7 @@ def test_training_from_the_features_file_gives_the_model_of_the_export(
     pd.testing.assert_frame_equal(scores["from_set"], scores["from_export"])
 
     # with a champion (export/1): compared on the outer folds from the set as from the export
+    capsys.readouterr()
     main(["train", "--data", str(sim_export), "--model-name", "export", *common])
     again_export = capsys.readouterr().out
     main(["train", "--training-set", str(ts), "--model-name", "export", *common])
