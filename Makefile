@@ -43,6 +43,7 @@ demo: $(VENV)/.installed-pipeline
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: $(VENV)/.installed-dev lint
 	bash tests/setup-services.sh

@@ -24,7 +24,7 @@ if str(ROOT / "src") not in sys.path:
 
 from convert.config import STANDARD_EVENT_TYPES, FeaturesConfig  # noqa: E402
 from convert.features.catalog import Catalog, FeatureDef  # noqa: E402
-from convert.features.engine import feature_catalog  # noqa: E402
+from convert.features.families import feature_catalog  # noqa: E402
 
 GIB = 2**30
 

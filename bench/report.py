@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
+
 import convert
 from _common import OUT, ROOT
 from convert import steps
@@ -75,7 +77,7 @@ def main() -> None:
         clock = time.perf_counter()
         steps.evaluate_step(args.data, config, str(bundle), Path(tmp) / "evaluation")
         t_eval = time.perf_counter() - clock
-        summary = steps.report_step(args.data, config, args.as_of, Path(tmp) / "report.html", str(bundle),
+        summary = steps.report_step(args.data, config, pd.Timestamp(args.as_of), Path(tmp) / "report.html", str(bundle),
                                     log_to_mlflow=False)
         print(f"evaluate (baseline): {t_eval:.1f} s")
         print(f"report: {summary.seconds:.1f} s, {summary.bytes / 1e6:.2f} MB, {summary.report.figures} images "

@@ -97,7 +97,7 @@ def main() -> None:
     if not (small / "leads.parquet").exists():
         generate_crm(small, n_leads=20_000, seed=42, fmt="parquet")
     data = convert.load(small, config)
-    model = convert.model.train(data, config).model
+    model = convert.train(data, config).model
     data.close()
     rows = []
     for events in sizes:

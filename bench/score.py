@@ -38,7 +38,13 @@ import pandas as pd
 from _common import OUT, Phases, emit, gib, lead_catalog, make_frame
 from convert.config import Config
 from convert.model.bundle import score_from_probability
-from convert.model.explain import contributions, family_points, model_score_fn, reasons, to_points
+from convert.model.explain import (
+    contributions,
+    family_points,
+    model_score_fn,
+    reason_columns,
+    to_points,
+)
 from convert.model.train import TrainingSet, fit_deployed
 from convert.schema import Labeled
 from convert.scoring.score import actions, score_frame
@@ -90,7 +96,7 @@ def breakdown(model: Any, parts: list[pd.DataFrame], config: Config) -> dict[str
             r, p[:, :-1], model.base_raw_, model_score_fn(model)))
         clock("probability_from_raw", lambda r=raw: model.probability_from_raw(r))
         clock("family_points", lambda p=pts: family_points(p.points, model.catalog_, names))
-        pos, neg = clock("reasons (top-3 sentences x2)", lambda p=pts, b=b: reasons(
+        pos, neg = clock("reasons (top-3 sentences x2)", lambda p=pts, b=b: reason_columns(
             p, b, model.catalog_, names, top=config.scoring.reasons))
 
         def assemble(b: pd.DataFrame = b, pts: Any = pts, pos: Any = pos, neg: Any = neg) -> None:
@@ -98,8 +104,8 @@ def breakdown(model: Any, parts: list[pd.DataFrame], config: Config) -> dict[str
             out = pd.DataFrame({"lead_id": b["lead_id"].astype(str).to_numpy(),
                                 "grade": model.grades(pts.score)})
             for i in range(3):
-                out[f"r{i}"] = [r[i] if i < len(r) else None for r in pos]
-                out[f"k{i}"] = [r[i] if i < len(r) else None for r in neg]
+                out[f"r{i}"] = pos[:, i] if i < pos.shape[1] else None
+                out[f"k{i}"] = neg[:, i] if i < neg.shape[1] else None
             out["action"] = actions(pts.score, idle, config.scoring)
 
         clock("output frame (columns, grades, actions)", assemble)

@@ -4,15 +4,16 @@
 
 Measures, on the same N seeded rows in ScoreOutput shape (shuffled, realistic text):
 
-1. ``write_scores`` into empty tables (stage with COPY, then one transaction: upsert into
-   the current table + history), then again as an update run over the existing tables
-   (next as_of, 5% of the leads left, 5% new);
+1. ``write_scores`` into empty tables (one transaction: binary COPY into the history, then
+   the current table merged from those rows), then again as an update run over the
+   existing tables (next as_of, 5% of the leads left, 5% new, history kept);
 2. a plain psycopg ``executemany`` INSERT into a plain table (no key), on the first
    ``--executemany-rows`` rows only (row by row is slow), extrapolated to rows/s;
 3. a raw ``COPY ... FROM STDIN`` (CSV encoded by Arrow) into an empty plain table.
 
 Prints rows/s and the ratio to raw COPY, and the phases of each write_scores run. The
-target is >= 50k rows/s for write_scores at 1M rows. The tables are dropped at the end.
+targets (issue 16) are an update run >= 0.5x and a first run >= 0.6x the raw COPY, measured
+in the same run. The tables (``wbh_*`` names unless ``--prefix``) are dropped at the end.
 
 Wall-clock rates depend on what else runs on the machine, so the CPU seconds of the
 client (this process) and of the server (the PostgreSQL backends, read from /proc when the
@@ -42,11 +43,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import emit  # noqa: E402
-from convert.io.writeback import write_scores  # noqa: E402
+from convert.io.writers import write_scores  # noqa: E402
 from convert.schema import ScoreOutput  # noqa: E402
 
 DEFAULT_URL = os.environ.get("CONVERT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-TARGET_ROWS_PER_S = 50_000
+#: issue 16's targets: ratios to the raw COPY of the same rows, measured in the same run
+UPDATE_VS_COPY, FIRST_VS_COPY = 0.5, 0.6
 
 REASONS = np.array(
     [
@@ -108,7 +110,7 @@ def make_rows(ids: np.ndarray, as_of: str, seed: int, version: str) -> pd.DataFr
 
 
 class PhaseLog(logging.Handler):
-    """Collects the DEBUG phase timings of convert.io.writeback."""
+    """Collects the DEBUG phase timings of convert.io.writers."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -228,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         "--no-checkpoint", action="store_true", help="do not CHECKPOINT between runs"
     )
     parser.add_argument("--keep", action="store_true", help="keep the benchmark tables")
+    parser.add_argument("--prefix", default="wbh", help="prefix of the benchmark's table names")
     args = parser.parse_args(argv)
 
     import psycopg
@@ -240,15 +243,16 @@ def main(argv: list[str] | None = None) -> int:
     shown = url.render_as_string(hide_password=True)
     n = args.rows
     suffix = uuid.uuid4().hex[:8]
-    ours, em_table, copy_table = f"bench_wb_{suffix}", f"bench_em_{suffix}", f"bench_copy_{suffix}"
+    ours, em_table, copy_table = (f"{args.prefix}_{kind}_{suffix}" for kind in ("wb", "em", "copy"))
 
     phases = PhaseLog()
-    log = logging.getLogger("convert.io.writeback")
+    log = logging.getLogger("convert.io.writers")
     log.addHandler(phases)
     log.setLevel(logging.DEBUG)
 
     print(f"write-back benchmark: {n:,} rows, PostgreSQL at {shown}")
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+    load_start = os.getloadavg()[0]
+    print(f"machine: {os.cpu_count()} CPUs, load average {load_start:.1f} at start")
     started_all = time.perf_counter()
     t = time.perf_counter()
     first = make_rows(np.arange(n), "2025-01-31", args.seed, "7")
@@ -369,21 +373,26 @@ def main(argv: list[str] | None = None) -> int:
             f"{r.label:<34} {r.rows:>9,} {r.seconds:>7.1f} {rate:>8,.0f} {rate / copy_rate:>6.2f}x "
             f"{server_cpu} {r.client_cpu:7.1f}{idle}" + (f"  ({r.note})" if r.note else "")
         )
-    ours_rates = [r.rows / r.seconds for r in results[:2]]
-    verdict = "meets" if min(ours_rates) >= TARGET_ROWS_PER_S else "misses"
+    first_rate, update_rate = (r.rows / r.seconds for r in results[:2])
+    for label, rate, target in (
+        ("first run", first_rate, FIRST_VS_COPY),
+        ("update run", update_rate, UPDATE_VS_COPY),
+    ):
+        verdict = "meets" if rate / copy_rate >= target else "misses"
+        print(
+            f"write_scores {label}: {rate / copy_rate:.2f}x raw COPY: {verdict} the target of "
+            f"{target}x at {n:,} rows"
+        )
+    load_end = os.getloadavg()[0]
     print(
-        f"\nwrite_scores: {min(ours_rates):,.0f}-{max(ours_rates):,.0f} rows/s wall-clock: "
-        f"{verdict} the target of {TARGET_ROWS_PER_S:,} rows/s at {n:,} rows"
-    )
-    print(
-        f"load average {os.getloadavg()[0]:.1f} at the end (on {os.cpu_count()} CPUs); "
+        f"load average {load_end:.1f} at the end (on {os.cpu_count()} CPUs); "
         f"total {time.perf_counter() - started_all:.0f} s"
     )
-    first_rate, update_rate = (r.rows / r.seconds for r in results[:2])
     emit({
         "bench": "writeback", "rows": n, "first_rows_per_s": first_rate,
         "update_rows_per_s": update_rate, "copy_rows_per_s": copy_rate,
         "first_vs_copy": first_rate / copy_rate, "update_vs_copy": update_rate / copy_rate,
+        "load_start": load_start, "load_end": load_end,
     })
     return 0
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pandas as pd
@@ -90,12 +92,36 @@ def postgres_url() -> str:
     return os.environ.get("CONVERT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+# --- what a test needs from the machine: skip where it is absent, fail under CI=true --------------
+
+
+def missing(reason: str) -> NoReturn:
+    """Skip the calling test for an absent service, tool or dataset; under ``CI=true`` fail it.
+
+    Why: on a developer's machine a missing PostgreSQL, Java, chromium or ../shared/datasets is
+    ordinary, but CI is set up to have them all, so a skip there would hide a broken set-up as
+    a green run. Every such check goes through here, so the rule is the same everywhere.
+    """
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: this test must run there, not skip)")
+    pytest.skip(reason)
+
+
+def require_dataset(path: Path) -> Path:
+    """``path`` under ../shared/datasets, which the real-data tests read; skip or fail if absent."""
+    if not path.exists():
+        where = "the folder itself is absent" if not SHARED_DATASETS.is_dir() else "that file is absent"
+        missing(f"{path} is missing ({where}): the shared real datasets of {SHARED_DATASETS} "
+                "are not on this machine")
+    return path
+
+
 def require_postgres() -> str:
     """The test PostgreSQL URL; skip when no server answers, but fail under CI=true."""
     url = postgres_url()
     import sqlalchemy as sa
 
-    from convert.io.writeback import engine_url
+    from convert.io.writers import engine_url
 
     try:
         engine = sa.create_engine(engine_url(url))
@@ -103,10 +129,81 @@ def require_postgres() -> str:
             conn.execute(sa.text("SELECT 1"))
         engine.dispose()
     except Exception as exc:  # noqa: BLE001 - any failure to connect means "no server"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL at {url} does not answer under CI=true: {exc}")
-        pytest.skip(f"no PostgreSQL server answers at {url}: {exc}")
+        missing(f"no PostgreSQL server answers at {url}: {exc}")
     return url
+
+
+# --- property tests: count the examples that reach the assertions -----------------------------
+
+
+class Examples:
+    """How many of a property test's examples ran, and how many reached its assertions.
+
+    Why: a property test that returns early on an expected error (or ``assume``) passes just
+    as well when *every* example returns early, and then it asserts nothing. The body calls
+    :meth:`ran` first and :meth:`reached` where its assertions start; the ``examples`` fixture
+    fails the test when fewer than the floor reached them.
+    """
+
+    def __init__(self, name: str, floor: float, why: str) -> None:
+        self.name, self.floor, self.why = name, floor, why
+        self.run = self.hit = 0
+
+    def ran(self) -> None:
+        self.run += 1
+
+    def reached(self) -> None:
+        self.hit += 1
+
+    def check(self) -> None:
+        if self.run == 0:
+            pytest.fail(f"{self.name}: no example ran (does the body call examples.ran()?)")
+        if self.hit > self.run:
+            pytest.fail(f"{self.name}: {self.hit} examples reached the assertions but {self.run} "
+                        "ran: call examples.ran() first in the body, once")
+        if self.hit < self.floor * self.run:
+            pytest.fail(
+                f"{self.name}: only {self.hit} of {self.run} examples reached the assertions, "
+                f"fewer than {self.floor:.0%} ({self.why}); the others returned early, so the "
+                "strategy mostly makes inputs the test does not check: fix the strategy")
+
+
+#: the share of examples that must reach the assertions unless a test says otherwise
+MIN_REACHED = 0.5
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "min_reached(share, why): floor on the share of a property test's examples that reach "
+        f"its assertions (default {MIN_REACHED:.0%}), with the reason for a lower one",
+    )
+
+
+_CALL_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when == "call":
+        item.stash[_CALL_FAILED] = not report.passed
+
+
+@pytest.fixture
+def examples(request: pytest.FixtureRequest) -> Iterator[Examples]:
+    """One counter for all the examples of a Hypothesis test (function scope spans them all).
+
+    Checked after a passing run only: a failing example is already the news.
+    """
+    marker = request.node.get_closest_marker("min_reached")
+    floor, why = (marker.args[0], marker.args[1]) if marker else (MIN_REACHED, "the default floor")
+    counter = Examples(request.node.nodeid, floor, why)
+    yield counter
+    request.node.user_properties.append(("examples_reached", f"{counter.hit}/{counter.run}"))
+    if not request.node.stash.get(_CALL_FAILED, True):
+        counter.check()
 
 
 # --- a small simulated CRM and a model trained on it, shared by the whole session ---------------
@@ -139,8 +236,7 @@ def sim_export(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained(sim_export, fast_config):
     """(TrainResult, CRMData) for the small simulated CRM."""
-    from convert import load
-    from convert.model import train
+    from convert import load, train
 
     data = load(sim_export, fast_config)
     return train(data, fast_config), data

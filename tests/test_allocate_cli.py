@@ -14,7 +14,7 @@ from tests.conftest import FAST, require_postgres
 from convert.cli import main
 from convert.config import Config
 from convert.exceptions import ConfigError
-from convert.io.writeback import read_table, write_scores
+from convert.io.writers import read_table, write_scores
 from convert.scoring.allocate import AssignmentOutput, expected_under
 from convert.simulator.crm import generate_crm
 
@@ -39,6 +39,7 @@ def test_generate_with_reps_writes_owners_reps_and_true_effects(crm_with_reps: P
     assert len(truth) == 5 * 11 * 7 and (truth["effect"] > 0).all()
 
 
+@pytest.mark.slow
 def test_allocate_writes_back_keeps_sticky_leads_and_learns_effects(crm_with_reps, mlflow_store, tmp_path, capsys):
     config = tmp_path / "params.yaml"
     config.write_text(yaml.safe_dump(FAST))
@@ -160,7 +161,7 @@ def test_demo_allocation_beats_baselines_under_the_true_effects(tmp_path, mlflow
     config = Config()
     steps.train_step(data, config)
     db = f"sqlite:///{tmp_path / 'crm.db'}"
-    steps.score_step(data, config, "2026-01-01", db, progress=False)
+    steps.score_step(data, config, pd.Timestamp("2026-01-01"), db, progress=False)
     result = steps.allocate_step(data, config, db, str(data / "reps.csv"), db,
                                  compare_effects=str(data / "rep_effects.csv"))
     truth = result.truth

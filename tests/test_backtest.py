@@ -21,6 +21,7 @@ def test_periods_and_origins():
     assert [f"{t:%m-%d}" for t in got] == ["01-31", "02-28", "03-28", "04-28"]
 
 
+@pytest.mark.slow
 def test_backtest_over_six_origins(trained, fast_config):
     result, data = trained
     bt = backtest(data, fast_config, "2024-09-01", "2025-02-01", "1M", "3M")

@@ -160,14 +160,19 @@ SPECIAL = [b",", b";", b'"', b"\n", b"\r", b"\x00", b"\xff", b"\xe9", b"\xef\xbb
 
 @st.composite
 def mutated(draw, original: bytes) -> bytes:
+    """1-4 kinds of damage; in half the examples only cell values (the header and the shape stay),
+    which the loaders must load, quarantining rows, so the row counts get checked, not only the
+    refusals that damage to the file's structure mostly brings."""
     data = bytearray(original)
+    values_only = draw(st.booleans())
+    kinds = ["cell"] if values_only else ["cell", "cell", "cell", "replace", "insert", "delete",
+                                          "duplicate_line", "truncate", "encode"]
     for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["cell", "cell", "cell", "replace", "insert", "delete", "duplicate_line",
-                                     "truncate", "encode"]))
+        kind = draw(st.sampled_from(kinds))
         pos = draw(st.integers(0, max(0, len(data) - 1)))
         if kind == "cell":  # one value replaced by a nasty one, quoted as a CSV writer would
             lines = bytes(data).split(b"\n")
-            i = draw(st.integers(0, max(0, len(lines) - 2)))
+            i = draw(st.integers(1 if values_only else 0, max(0, len(lines) - 2)))
             cells = lines[i].split(b",")
             j = draw(st.integers(0, len(cells) - 1))
             token = draw(st.sampled_from(SPECIAL) | st.text(max_size=6).map(lambda t: t.encode("utf-8")))
@@ -207,9 +212,13 @@ def _records(raw: bytes) -> int | None:
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
+@pytest.mark.min_reached(0.35, "half the examples damage values only and load; of the others, "
+                          "damaging the structure, a few load too (measured about 60 % in all); "
+                          "35 % is three standard deviations below that at 60 examples")
 @PROPERTY
 @given(raw=mutated(_flat_bytes()))
-def test_flat_loader_succeeds_or_raises_convert_errors(tmp_path_factory, raw):
+def test_flat_loader_succeeds_or_raises_convert_errors(tmp_path_factory, examples, raw):
+    examples.ran()
     path = tmp_path_factory.mktemp("prop") / "report.csv"
     path.write_bytes(raw)
     mapping = mapping_from_dict({"missing_values": ["Select"]})
@@ -217,6 +226,7 @@ def test_flat_loader_succeeds_or_raises_convert_errors(tmp_path_factory, raw):
         table = load_flat(path, LENIENT, mapping, target="Converted", id_column="Lead Id")
     except ConvertError:
         return
+    examples.reached()
     r = table.report.tables["leads"]
     assert r.rows_read == r.rows_loaded + r.quarantined == len(table.ids) + len(table.report.rejects)
     assert len(table.frame) == len(table.label) == len(table.ids)
@@ -225,15 +235,21 @@ def test_flat_loader_succeeds_or_raises_convert_errors(tmp_path_factory, raw):
         assert r.rows_read == expected  # nothing silently dropped
 
 
+@pytest.mark.min_reached(0.3, "half the examples damage values only and mostly load, the others are "
+                         "mostly refused whole (measured about 50 % in all); 30 % is three standard "
+                         "deviations below that at 60 examples")
+@pytest.mark.slow  # 60 loads of an export; the flat loader's twin above stays in the fast lane
 @PROPERTY
 @given(raw=mutated(_leads_bytes()))
-def test_export_loader_succeeds_or_raises_convert_errors(tmp_path_factory, raw):
+def test_export_loader_succeeds_or_raises_convert_errors(tmp_path_factory, examples, raw):
+    examples.ran()
     folder = tmp_path_factory.mktemp("prop_export")
     (folder / "leads.csv").write_bytes(raw)
     try:
         data = load(folder, LENIENT)
     except ConvertError:
         return
+    examples.reached()
     r = data.report.tables["leads"]
     assert r.rows_read == r.rows_loaded + r.quarantined
     assert len(data.frame("leads")) == r.rows_loaded
@@ -274,33 +290,50 @@ def test_utf16_is_recognised_and_readable_when_declared(tmp_path):
 
 _names = st.sampled_from(["Lead Id", "Source", "Visits", "Region", "Converted", "Status Note", "nope", "", "lead_id"])
 _values = st.one_of(st.text(max_size=8), st.integers(), st.none(), st.lists(st.text(max_size=4), max_size=3))
-_mapping = st.fixed_dictionaries(
-    {},
-    optional={
-        "missing_values": st.lists(st.one_of(st.text(max_size=6), st.integers()), max_size=3),
+
+
+def _mappings(sane: bool) -> st.SearchStrategy[dict]:
+    """Mapping dictionaries. Unless ``sane``, options take valid and invalid values alike (and an
+    unknown key), so most are ConfigErrors; ``sane`` ones take valid values only, so most get
+    as far as loading the file, where the row count is checked."""
+
+    def one(good: list, bad: list) -> st.SearchStrategy:
+        return st.sampled_from(good if sane else good + bad)
+
+    missing = st.text(max_size=6) if sane else st.one_of(st.text(max_size=6), st.integers())
+    optional = {
+        "missing_values": st.lists(missing, max_size=3),
         "csv": st.fixed_dictionaries({}, optional={
-            "delimiter": st.sampled_from([",", ";", "\\t", "ab", ""]), "decimal": st.sampled_from([".", ",", "x"]),
-            "thousands": st.sampled_from(["", ".", ","]), "encoding": st.sampled_from(["utf-8", "cp1252", "nope"])}),
+            "delimiter": one([",", ";", "\\t"], ["ab", ""]), "decimal": one([".", ","], ["x"]),
+            "thousands": one(["", ".", ","], []), "encoding": one(["utf-8", "cp1252"], ["nope"])}),
         "dates": st.fixed_dictionaries({}, optional={
-            "formats": st.lists(st.sampled_from(["%d/%m/%Y", "%z", "plain", "%Y"]), max_size=2),
-            "timezone": st.sampled_from(["UTC", "Europe/Paris", "Nowhere/Else"])}),
+            "formats": st.lists(one(["%d/%m/%Y", "%Y"], ["%z", "plain"]), max_size=2),
+            "timezone": one(["UTC", "Europe/Paris"], ["Nowhere/Else"])}),
         "flat": st.fixed_dictionaries({}, optional={
             "target": _names, "id": _names, "positive": st.lists(st.text(max_size=4), max_size=2),
             "rename": st.dictionaries(_names, _names, max_size=3),
             "values": st.dictionaries(_names, st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=2), max_size=2),
             "exclude": st.dictionaries(_names, st.text(max_size=5), max_size=3),
             "categorical": st.lists(_names, max_size=2), "numeric": st.lists(_names, max_size=2),
-            "split": st.sampled_from(["random", "ordered", "diagonal"])}),
-        "surprise": _values,
-    },
-)
+            "split": one(["random", "ordered"], ["diagonal"])}),
+    }
+    if not sane:
+        optional["surprise"] = _values
+    return st.fixed_dictionaries({}, optional=optional)
 
 
+_mapping = st.booleans().flatmap(_mappings)
+
+
+@pytest.mark.min_reached(0.2, "half the mappings mix invalid values in and are ConfigErrors by design; "
+                         "of the sane half some still fail to load (a ';' delimiter, the target renamed "
+                         "away): measured about 38 % in all, 20 % is three standard deviations below")
 @PROPERTY
 @given(raw=_mapping)
-def test_any_mapping_is_valid_or_a_config_error_and_loads_or_fails_cleanly(tmp_path_factory, raw):
+def test_any_mapping_is_valid_or_a_config_error_and_loads_or_fails_cleanly(tmp_path_factory, examples, raw):
     from convert.exceptions import ConfigError
 
+    examples.ran()
     try:
         mapping = mapping_from_dict(raw)
     except ConfigError:
@@ -311,5 +344,6 @@ def test_any_mapping_is_valid_or_a_config_error_and_loads_or_fails_cleanly(tmp_p
         table = load_flat(path, LENIENT, mapping, target=None if mapping.flat.target else "Converted")
     except ConvertError:
         return
+    examples.reached()
     r = table.report.tables["leads"]
     assert r.rows_read == 40 == r.rows_loaded + r.quarantined

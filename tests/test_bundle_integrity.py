@@ -124,6 +124,7 @@ def test_a_damaged_bundle_from_before_manifests_is_an_error_too(bundle, damage, 
 
 
 @pytest.mark.parametrize("manifest", [True, False], ids=["manifest", "legacy"])
+@pytest.mark.slow
 def test_score_with_a_truncated_booster_exits_2_instead_of_aborting(bundle, sim_export, tmp_path, manifest):
     """Before: SIGABRT (rc 134) or a segmentation fault inside LightGBM's parser."""
     folder = bundle if manifest else _legacy(bundle)
@@ -135,8 +136,32 @@ def test_score_with_a_truncated_booster_exits_2_instead_of_aborting(bundle, sim_
     assert not (tmp_path / "s.parquet").exists()
 
 
+@pytest.mark.slow
 def test_score_without_the_calibrator_refuses_instead_of_scoring_uncalibrated(bundle, sim_export, tmp_path):
     (bundle / "calibrator.json").unlink()
     result = score_cli(bundle, sim_export, tmp_path)
     assert result.returncode == 2 and "calibrator.json is missing" in result.stderr
     assert not (tmp_path / "s.parquet").exists()
+
+
+def test_a_bundle_saved_with_unknown_metadata_keys_loads_and_keeps_them(bundle):
+    legacy = _legacy(bundle)
+    data = json.loads((legacy / "bundle.json").read_text())
+    data["metadata"]["written_by_a_newer_convert"] = {"x": 1}
+    (legacy / "bundle.json").write_text(json.dumps(data, indent=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvertWarning)
+        model = LeadScoringModel.load(legacy)
+    assert model.metadata.deployed_fit is not None and model.metadata.choices is not None
+    assert model.metadata.to_dict() == data["metadata"]
+
+
+def test_a_bundle_with_malformed_metadata_is_an_error_naming_the_entry(bundle):
+    legacy = _legacy(bundle)
+    data = json.loads((legacy / "bundle.json").read_text())
+    data["metadata"]["deployed_fit"] = "last year"
+    (legacy / "bundle.json").write_text(json.dumps(data, indent=1))
+    with warnings.catch_warnings(), pytest.raises(BundleError, match="malformed metadata.*deployed_fit") as info:
+        warnings.simplefilter("ignore", ConvertWarning)  # no manifest: said, then the metadata refused
+        LeadScoringModel.load(legacy)
+    assert info.value.exit_code == 2

@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import FAST
 
 from convert.cli import main
-from convert.io.writeback import read_table
+from convert.io.writers import read_table
 
 
 @pytest.fixture
@@ -23,12 +23,14 @@ def config_file(tmp_path):
     return path
 
 
+@pytest.mark.slow  # a subprocess; test_cli_errors runs `python -m convert` in the fast lane
 def test_python_m_convert_is_the_same_command():
     out = subprocess.run([sys.executable, "-m", "convert", "--help"], capture_output=True, text=True, check=True)
     for command in ("generate", "validate", "train", "promote", "score", "explain"):
         assert command in out.stdout
 
 
+@pytest.mark.slow
 def test_train_score_explain_end_to_end(sim_export, config_file, mlflow_store, tmp_path, capsys):
     main(["train", "--data", str(sim_export), "--config", str(config_file)])
     out = capsys.readouterr().out
@@ -64,6 +66,7 @@ def test_train_score_explain_end_to_end(sim_export, config_file, mlflow_store, t
     assert "already the champion" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bundle_evaluate_and_score_to_a_parquet_file(sim_export, config_file, mlflow_store, tmp_path, capsys):
     bundle = tmp_path / "models" / "lead-conversion"
     main(["train", "--data", str(sim_export), "--config", str(config_file), "--save", str(bundle)])

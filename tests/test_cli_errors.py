@@ -46,6 +46,7 @@ def config_file(tmp_path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_mistyped_command_prints_the_usage_message(tmp_path):
     result = run(["scor", "--data", "x"], tmp_path)
     assert_clean_exit_2(result, "No such command", "score")
@@ -55,8 +56,9 @@ def test_a_mistyped_command_prints_the_usage_message(tmp_path):
 
 @pytest.mark.parametrize(
     ("as_of", "needle"),
-    [("yesterday", "'yesterday' is not a valid date"), ("2025-06-31", "day is out of range for month"),
-     ("", "--as-of is empty")],
+    [("yesterday", "'yesterday' is not a valid date"),  # one subprocess in the fast lane, the others slow
+     pytest.param("2025-06-31", "day is out of range for month", marks=pytest.mark.slow),
+     pytest.param("", "--as-of is empty", marks=pytest.mark.slow)],
 )
 def test_an_unusable_as_of_is_a_clear_error(sim_export, bundle, tmp_path, as_of, needle):
     result = run(["score", "--data", str(sim_export), "--as-of", as_of, "--out", str(tmp_path / "s.parquet"),
@@ -77,6 +79,7 @@ def test_parse_as_of_is_the_one_parser():
             parse_as_of(bad, "--from")
 
 
+@pytest.mark.slow
 def test_an_as_of_before_the_data_or_an_empty_population_is_a_clear_error(sim_export, bundle, config_file, tmp_path):
     out = tmp_path / "s.parquet"
     before = run(["score", "--data", str(sim_export), "--as-of", "1990-01-01", "--out", str(out),
@@ -98,6 +101,7 @@ def test_an_as_of_before_the_data_or_an_empty_population_is_a_clear_error(sim_ex
     assert_clean_exit_2(report, "no lead is open")
 
 
+@pytest.mark.slow
 def test_duckdb_out_of_memory_names_the_setting(sim_export, bundle, tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({**FAST, "features": {"duckdb_memory_limit": "2MB"}}))
@@ -107,6 +111,7 @@ def test_duckdb_out_of_memory_names_the_setting(sim_export, bundle, tmp_path):
         assert_clean_exit_2(result, "DuckDB ran out of memory", "features.duckdb_memory_limit")
 
 
+@pytest.mark.slow
 def test_reading_commands_never_create_a_registry(sim_export, tmp_path):
     """`score` without a model and `promote` say so; no mlflow.db, no MLflow INFO lines."""
     for args in (["score", "--data", str(sim_export), "--as-of", "2025-07-01", "--out", str(tmp_path / "s.parquet")],

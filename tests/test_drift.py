@@ -77,6 +77,7 @@ def test_a_shifted_feature_is_flagged_and_only_it(window, fast_config):
     assert table.loc[0, "description"].startswith("Days since")
 
 
+@pytest.mark.slow  # builds the whole report twice
 def test_the_report_drift_section_flags_the_shifted_feature(trained, window, fast_config):
     from convert.analysis.report import ReportInputs, build_report
 

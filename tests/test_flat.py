@@ -15,8 +15,10 @@ from tests.conftest import FAST, flat_table
 from convert.cli import main
 from convert.config import Config
 from convert.exceptions import ConfigError, ContractError, LeakageError
-from convert.io.writeback import read_table
-from convert.sources.flat import load_flat, split_rows, train_flat
+from convert.io.writers import read_table
+from convert.model.crossfit import ordered_folds, random_folds
+from convert.model.train import train_flat
+from convert.sources.flat import load_flat
 from convert.sources.mapping import mapping_from_dict
 
 SELECT = mapping_from_dict({"missing_values": ["Select"], "flat": {"categorical": ["Region"]}})
@@ -142,20 +144,20 @@ def test_missing_target_and_id_columns_name_the_file_and_column(report_csv):
 def test_random_folds_are_stratified_and_ordered_folds_chain_forward_in_file_order():
     y = (np.arange(1000) % 5 == 0).astype(int)
     cfg = Config.from_dict({"train": {"min_positives": 20}})
-    split = split_rows(y, "random", cfg)
+    split = random_folds(y, cfg)
     rates = [y[f.test].mean() for f in split.folds]
     assert max(rates) - min(rates) < 0.01
     assert sorted(np.concatenate([f.test for f in split.folds]).tolist()) == list(range(1000))
     outer = np.concatenate([f.test for f in split.outer])
     for f in split.inner:  # inner folds never fit on (or predict) an outer row
         assert not np.isin(f.train, outer).any() and not np.isin(f.train, f.test).any()
-    ordered = split_rows(y, "ordered", cfg)
+    ordered = ordered_folds(y, cfg)
     for f in ordered.folds:  # trained on earlier rows only, judged on the next block
         assert f.train.max() < f.test.min() and f.train.tolist() == list(range(f.test.min()))
     # the outer folds are the latest rows: at least 20% of the conversions, whole rows in file order
     held = np.flatnonzero(ordered.masks["holdout"])
     assert held.tolist() == list(range(held.min(), 1000)) and y[held].sum() >= 0.2 * y.sum()
-    again = split_rows(y, "random", cfg)
+    again = random_folds(y, cfg)
     assert all((a.test == b.test).all() for a, b in zip(again.folds, split.folds, strict=True))  # seeded
 
 
@@ -173,6 +175,7 @@ def test_train_flat_calibrates_and_beats_the_baseline_or_matches_it(report_csv, 
     assert set(result.model.catalog_.family_of(result.model.spec_.names)) == {"fit"}
 
 
+@pytest.mark.slow
 def test_planted_leaks_stop_training_and_can_be_excluded(tmp_path, fast):
     path = tmp_path / "leaky.csv"
     flat_table(leaks=True).to_csv(path, index=False)
@@ -193,6 +196,7 @@ def test_planted_leaks_stop_training_and_can_be_excluded(tmp_path, fast):
     assert "status_note" not in result.model.spec_.names and "sales_rating" in result.model.spec_.names
 
 
+@pytest.mark.slow
 def test_flat_mode_end_to_end_on_the_command_line(tmp_path, mlflow_store, capsys, sim_export):
     path = tmp_path / "report.csv"
     flat_table(leaks=True).to_csv(path, index=False)

@@ -204,7 +204,7 @@ def test_flat_file_ids_and_text(tmp_path):
 def test_a_nul_lead_id_no_longer_breaks_the_postgresql_write(trained, sim_export, fast_config, tmp_path):
     """Before: `invalid byte sequence for encoding "UTF8": 0x00` on every write."""
     url = require_postgres()
-    from convert.io.writeback import read_table
+    from convert.io.writers import read_table
     from convert.steps import score_step
 
     result, _ = trained
@@ -218,16 +218,16 @@ def test_a_nul_lead_id_no_longer_breaks_the_postgresql_write(trained, sim_export
     pd.concat([leads, nul, odd]).to_csv(folder / "leads.csv", index=False)
     table = f"scores_{uuid.uuid4().hex[:10]}"
     cfg = fast_config.with_overrides(data__max_quarantine_share=0.2)
-    summary, scores = score_step(folder, cfg, "2025-07-01", url, str(bundle), table,
-                                 rejects=str(tmp_path / "rejects.csv"), progress=False)
+    scored = score_step(folder, cfg, pd.Timestamp("2025-07-01"), url, str(bundle), table,
+                        rejects=str(tmp_path / "rejects.csv"), progress=False)
     written = read_table(url, table)
-    assert len(written) == len(scores) > 1000
+    assert len(written) == len(scored.scores) > 1000
     assert "L-ODD" in set(written["lead_id"]) and not written["lead_id"].str.contains("\x00").any()
     rejects = pd.read_csv(tmp_path / "rejects.csv", keep_default_na=False)
     assert "L\ufffdNUL" in set(rejects["value"])
     import sqlalchemy as sa
 
-    from convert.io.writeback import engine_url
+    from convert.io.writers import engine_url
 
     engine = sa.create_engine(engine_url(url))
     with engine.begin() as conn:

@@ -94,6 +94,7 @@ def _with_extras(sim_export, tmp_path) -> tuple:
     return folder
 
 
+@pytest.mark.slow
 def test_event_mode_screens_extra_attributes_and_stops(sim_export, tmp_path, capsys):
     folder = _with_extras(sim_export, tmp_path)
     cfg = Config.from_dict(FAST)

@@ -92,8 +92,8 @@ def test_braces_percent_quotes_and_newlines_score_explain_and_report_literally(
 
 def test_plots_draw_data_text_without_reading_it_as_mathtext(tmp_path):
     """A ``$`` pair in an event type or a segment value is not a matplotlib formula."""
-    from convert.model.explain import LeadExplanation, plot_waterfall
-    from convert.model.metrics import plot_rates
+    from convert.analysis.plots import plot_rates, plot_waterfall
+    from convert.model.explain import LeadExplanation
 
     odd = "Paid $5 \\frac{ $x"
     table = pd.DataFrame({"feature": ["a", "b"], "family": ["fit", "engagement"], "value": [1, 2],
@@ -102,3 +102,16 @@ def test_plots_draw_data_text_without_reading_it_as_mathtext(tmp_path):
     plot_waterfall(LeadExplanation("L$1", 0.2, 20, 19, table)).savefig(tmp_path / "w.png")
     plot_rates([odd, "50% {off}"], [0.1, 0.2], [0.05, 0.1], [0.2, 0.3], "by $source", "rate").savefig(tmp_path / "r.png")
     assert (tmp_path / "w.png").stat().st_size and (tmp_path / "r.png").stat().st_size
+
+
+def test_every_plot_draws_data_text_literally_on_its_own_canvas():
+    """One matplotlib setup: each figure of ``convert.analysis.plots`` runs under ``literal_text``,
+    and its figures never pass through pyplot (no global figure left behind)."""
+    import sys
+
+    from convert.analysis import plots
+
+    drawn = [name for name in plots.__all__ if name.startswith("plot_")]
+    assert len(drawn) >= 18
+    assert all(getattr(getattr(plots, name), "__wrapped__", None) for name in drawn)
+    assert "matplotlib.pyplot" not in sys.modules or not sys.modules["matplotlib.pyplot"].get_fignums()

@@ -118,6 +118,7 @@ def sim_small(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow  # builds a source-shaped copy of a simulated CRM and loads both
 @pytest.mark.parametrize("flavour", ["hubspot", "salesforce"])
 def test_example_mapping_loads_a_source_shaped_export_like_the_contract_export(
     flavour, sim_small, tmp_path

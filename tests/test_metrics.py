@@ -1,4 +1,4 @@
-"""Tests of convert.model.metrics: scalar metrics, tables and plots."""
+"""Tests of convert.model.metrics: scalar metrics and tables (and the plots of those tables)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ from convert.model.metrics import (
     grade_table,
     lift_table,
     log_loss,
-    plot_lift,
-    plot_reliability,
     pr_auc,
     reliability_table,
     roc_auc,
@@ -181,6 +179,8 @@ def test_invalid_inputs_raise_convert_error() -> None:
 def test_plots_return_figures() -> None:
     from matplotlib.collections import PolyCollection
     from matplotlib.figure import Figure
+
+    from convert.analysis.plots import plot_lift, plot_reliability
 
     y, p = calibrated(1000, seed=5)
     fig = plot_reliability(reliability_table(y, p))

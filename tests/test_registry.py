@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from convert.exceptions import ModelNotFoundError
@@ -18,6 +19,7 @@ def _log(result, name: str, metrics: dict[str, float]):
     )
 
 
+@pytest.mark.slow  # logs a pyfunc model to MLflow and loads it back
 def test_pyfunc_round_trip_by_alias(trained, mlflow_store):
     result, _ = trained
     reg = _log(result, "lead-test", {"holdout_log_loss": 0.1})
@@ -35,6 +37,7 @@ def test_pyfunc_round_trip_by_alias(trained, mlflow_store):
     assert np.array_equal(model.predict_proba(hold)[:, 1], expected)
 
 
+@pytest.mark.slow
 def test_first_version_is_champion_and_challenger_then_promotion_rules(trained, mlflow_store):
     result, _ = trained
     _log(result, "lead-promo", {"holdout_log_loss": 0.20})
@@ -67,9 +70,9 @@ def test_promotion_after_a_refit_compares_where_neither_model_learned(sim_export
 
     cfg = fast_config.with_overrides(train__min_positives=10)
     lines: list[str] = []
-    steps.train_step(sim_export, cfg, as_of="2024-11-01", model_name="lead-refit", echo=lines.append)
+    steps.train_step(sim_export, cfg, as_of=pd.Timestamp("2024-11-01"), model_name="lead-refit", echo=lines.append)
     # an earlier cut-off than the data's end: labelled as-of times newer than both exist
-    summary = steps.train_step(sim_export, cfg, as_of="2025-01-01", model_name="lead-refit", echo=lines.append)
+    summary = steps.train_step(sim_export, cfg, as_of=pd.Timestamp("2025-01-01"), model_name="lead-refit", echo=lines.append)
     run = registry._client().get_run(summary.registered.run_id)
     assert run.data.params["comparison"].startswith("newer as-of times")
     decision = registry.promote("lead-refit", "log_loss")

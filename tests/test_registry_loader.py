@@ -52,6 +52,7 @@ def _model_dir(root: Path) -> Path:
     return found[0]
 
 
+@pytest.mark.slow
 def test_the_registered_model_names_the_installed_loader_and_stores_no_code(trained, mlflow_store, tmp_path):
     result, _ = trained
     _log(result, "lead-safe")

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 from tests.cdp import Browser, find_chromium
-from tests.conftest import FAST
+from tests.conftest import FAST, missing
 
 from convert.analysis.report import SECTION_IDS
 from convert.cli import main
+
+pytestmark = pytest.mark.slow  # one train, backtest and report through the CLI, then chromium
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 AS_OF = "2025-07-01"
@@ -85,9 +86,7 @@ def test_report_renders_offline_in_headless_chromium(demo_report, capsys):
     path, *_ = demo_report
     binary = find_chromium()
     if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is not installed under CI=true (tests/setup-services.sh installs it)")
-        pytest.skip("no chromium on PATH: `apt-get install chromium` (tests/setup-services.sh does it as root)")
+        missing("no chromium on PATH: `apt-get install chromium` (tests/setup-services.sh does it as root)")
     url = path.resolve().as_uri()
     with Browser(binary) as browser:
         browser.open(url)

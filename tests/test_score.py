@@ -5,20 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from convert import load
+from convert import load, score
+from convert.analysis.plots import plot_waterfall
 from convert.config import Config
 from convert.exceptions import FeatureMismatchError
-from convert.model.explain import contributions, explain_lead, plot_waterfall, round_preserving_sum
+from convert.model.explain import contributions, explain_lead, round_preserving_sum
 from convert.model.train import train
 from convert.schema import ScoreOutput
-from convert.scoring import score
 from convert.scoring.score import feature_rows
 
-AS_OF = "2025-07-01"
+AS_OF = pd.Timestamp("2025-07-01")
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +90,15 @@ def test_scores_are_reproducible_to_the_last_digit(trained, fast_config, scored)
     pd.testing.assert_frame_equal(scored, again)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(arrays(np.float64, st.tuples(st.integers(1, 8), st.integers(1, 30)),
               elements=st.floats(-30, 30, allow_nan=False)),
        st.integers(-1, 1))
-def test_rounding_keeps_the_sum_and_the_signs(values, nudge):
+def test_rounding_keeps_the_sum_and_the_signs(examples, values, nudge):
+    examples.ran()
     targets = np.floor(values.sum(axis=1) + 0.5).astype(int) + nudge * (np.abs(values).sum(axis=1) > 2)
     out = round_preserving_sum(values, targets)
+    examples.reached()  # no early exit: every example is checked
     assert (out.sum(axis=1) == targets).all()
     assert (np.abs(out - values) < 2).all()
     assert not ((values > 0) & (out < 0)).any()
@@ -114,6 +116,7 @@ def test_explain_one_lead_table_and_waterfall(trained, fast_config, scored, tmp_
     assert (tmp_path / "w.png").stat().st_size > 5_000
 
 
+@pytest.mark.slow  # trains a second model (with an extra attribute)
 def test_scoring_refuses_data_without_a_feature_the_model_needs(sim_export, fast_config, tmp_path):
     cfg = fast_config.with_overrides(
         features__extra_attributes=[{"table": "leads", "column": "utm_medium", "kind": "categorical"}]

@@ -104,6 +104,7 @@ def test_a_folder_is_kept_while_its_process_lives_even_if_the_pid_is_reused(tmp_
     assert mine.exists() and other.exists()
 
 
+@pytest.mark.slow
 def test_a_run_removes_its_folder_at_exit(tmp_path):
     tmp = tmp_path / "tmp"
     tmp.mkdir()

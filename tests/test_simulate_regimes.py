@@ -55,6 +55,7 @@ def test_short_history_spans_four_months(tmp_path: Path) -> None:
         generate_crm(tmp_path / "x", n_leads=100, regime="short", start="2025-01-01")
 
 
+@pytest.mark.slow
 def test_open_population_is_never_disqualified_and_only_grows(tmp_path: Path) -> None:
     generate_crm(tmp_path / "open", n_leads=3000, seed=5, regime="open", bad_rows=False)
     generate_crm(tmp_path / "base", n_leads=3000, seed=5, start="2025-01-01", bad_rows=False)
@@ -74,6 +75,7 @@ def test_open_population_is_never_disqualified_and_only_grows(tmp_path: Path) ->
     assert all(b > a for a, b in zip(open_counts, open_counts[1:], strict=False))
 
 
+@pytest.mark.slow
 def test_drift_shifts_the_base_rate_over_time(tmp_path: Path) -> None:
     rates = {}
     for name, regime in (("drift", "drift"), ("default", None)):
@@ -93,6 +95,7 @@ def test_drift_shifts_the_base_rate_over_time(tmp_path: Path) -> None:
     assert REGIMES["drift"].drift == 1.5
 
 
+@pytest.mark.slow
 def test_additive_regime_writes_relevant_and_irrelevant_attributes(tmp_path: Path) -> None:
     summary = generate_crm(tmp_path, n_leads=8000, seed=13, regime="additive", bad_rows=False)
     effects = summary.regime.attribute_effects()

@@ -11,14 +11,14 @@ import shutil
 
 import pandas as pd
 import pytest
-from tests.conftest import FAST
+from tests.conftest import FAST, missing
 
-from convert import build_features, load
+from convert import build_features, load, score, train
 from convert.config import Config
-from convert.features.engine import SPARK, discover_event_types, feature_sql
+from convert.features.dialect import SPARK
+from convert.features.engine import discover_event_types
 from convert.features.labels import build_population
-from convert.model import train
-from convert.scoring import score
+from convert.features.query import feature_sql
 
 AS_OFS = [pd.Timestamp("2024-03-01"), pd.Timestamp("2024-09-15 12:00"), pd.Timestamp("2025-03-01")]
 SCORE_AS_OF = pd.Timestamp("2025-06-01")
@@ -32,9 +32,7 @@ def _require_spark() -> None:
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         problems.append("no Java runtime (java on PATH or JAVA_HOME)")
     if problems:
-        if os.environ.get("CI") == "true":
-            pytest.fail("Spark tests cannot run under CI=true: " + "; ".join(problems))
-        pytest.skip("; ".join(problems))
+        missing("Spark tests cannot run: " + "; ".join(problems))
 
 
 @pytest.fixture(scope="module")
@@ -77,26 +75,28 @@ def test_spark_dialect_spellings():
     assert SPARK.quote("we`ird") == "`we``ird`"
 
 
+@pytest.mark.slow
 def test_seniority_regex_in_spark(spark):
     import duckdb
 
-    from convert.features.engine import DUCKDB, _seniority
+    from convert.features.dialect import DUCKDB, seniority_sql
 
     titles = ["Vice President of Sales", "CEO", "Sr. Director", "Engineering Manager", "Intern",
               "Data Analyst", "Janitor", "President", "vpn admin", "Co-Founder", "lead\\b dev", None]
     rows = spark.createDataFrame([(i, t) for i, t in enumerate(titles)], "i int, job_title string")
     rows.createOrReplaceTempView("_titles")
     got = [r[0] for r in spark.sql(
-        f"SELECT {_seniority('job_title', SPARK)} FROM _titles ORDER BY i").collect()]
+        f"SELECT {seniority_sql('job_title', SPARK)} FROM _titles ORDER BY i").collect()]
     con = duckdb.connect()
     con.execute("CREATE TABLE _titles (i INTEGER, job_title VARCHAR)")
     con.executemany("INSERT INTO _titles VALUES (?, ?)", list(enumerate(titles)))
     want = [r[0] for r in con.execute(
-        f"SELECT {_seniority('job_title', DUCKDB)} FROM _titles ORDER BY i").fetchall()]
+        f"SELECT {seniority_sql('job_title', DUCKDB)} FROM _titles ORDER BY i").fetchall()]
     assert got == want
     assert want[:5] == ["vp", "c_level", "director", "manager", "student"] and want[-1] is None
 
 
+@pytest.mark.slow
 def test_population_matches_duckdb(spark, world):
     from convert.features.spark import population_spark
 
@@ -108,6 +108,7 @@ def test_population_matches_duckdb(spark, world):
     assert (pd.to_datetime(got["as_of"]).to_numpy() == pd.to_datetime(want["as_of"]).to_numpy()).all()
 
 
+@pytest.mark.slow
 def test_features_match_duckdb(spark, world):
     """The discovered vocabulary (scoring, below, covers the model's)."""
     from convert.features.spark import build_features_spark
@@ -126,9 +127,11 @@ def test_features_match_duckdb(spark, world):
     pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-12, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_scores_match_duckdb(spark, world, tmp_path):
     """mapInPandas over Spark features == convert.scoring.score over DuckDB, from a model or a bundle folder."""
-    from convert.features.spark import features_spark, population_spark, score_spark
+    from convert.features.spark import features_spark, population_spark
+    from convert.scoring.spark import score_spark
 
     cfg, data, result, _ = world
     model = result.model
@@ -160,6 +163,7 @@ def test_scores_match_duckdb(spark, world, tmp_path):
     feats.unpersist()
 
 
+@pytest.mark.slow
 def test_score_command_with_the_spark_engine(spark, world, tmp_path):
     from convert.cli import main
     from convert.scoring.score import score

@@ -14,7 +14,7 @@ from convert.model.bundle import predict_threads
 from convert.model.treeshap import lightgbm_matrix
 from convert.scoring.score import feature_rows, score_frame
 
-AS_OF = "2025-07-01"
+AS_OF = pd.Timestamp("2025-07-01")
 SCORED_AT = pd.Timestamp("2025-07-01 06:00")
 
 

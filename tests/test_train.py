@@ -7,11 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from convert import load
+from convert import load, train
 from convert.config import Config
 from convert.exceptions import FeatureMismatchError, InsufficientDataError
 from convert.features.catalog import Catalog, FeatureDef
-from convert.model import train
 from convert.model.bundle import (
     FeatureMatrix,
     FeatureSpec,
@@ -41,6 +40,7 @@ def test_folds_never_train_on_a_label_decided_inside_the_fold_they_predict(train
     assert starts == sorted(starts)  # forward chaining: later folds later
 
 
+@pytest.mark.slow  # a second cross-fit of the whole training set
 def test_choices_never_see_the_outer_folds(trained, fast_config):
     """Scrambling the outer folds' labels changes no choice (rounds, blend, calibrator)."""
     result, _ = trained
@@ -86,6 +86,7 @@ def test_calibrator_is_fitted_on_out_of_fold_scores(trained, fast_config):
     assert again.to_dict() == result.model.calibrator_.to_dict()
 
 
+@pytest.mark.slow  # a second cross-fit of the whole training set
 def test_tuning_is_never_worse_than_untuned_on_the_inner_folds(trained, fast_config):
     result, _ = trained
     ts = result.training_set
@@ -114,6 +115,7 @@ def test_evaluation_reports_model_and_three_baselines(trained):
     assert len(hold) == sum(len(f.test) for f in result.split.outer)
 
 
+@pytest.mark.slow
 def test_same_seed_same_data_gives_identical_probabilities(sim_export, fast_config, trained):
     result, data = trained
     again = train(load(sim_export, fast_config), fast_config)
@@ -195,6 +197,7 @@ def test_unseen_category_becomes_missing_not_an_error(trained):
     assert np.isfinite(p).all()
 
 
+@pytest.mark.slow
 def test_monotone_constraint_is_applied(sim_export, fast_config):
     cfg = fast_config.with_overrides(train__monotone_constraints={"n_demo_request_90d": 1})
     result = train(load(sim_export, cfg), cfg)

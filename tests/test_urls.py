@@ -84,7 +84,7 @@ def test_no_part_of_the_password_is_shown_by_writeback_or_io(
 ) -> None:
     from tests.test_writeback import make_scores
 
-    from convert.io.writeback import write_scores
+    from convert.io.writers import write_scores
     from convert.sources.export import load
 
     caplog.set_level(logging.DEBUG)
@@ -104,7 +104,7 @@ def test_a_password_with_a_raw_at_sign_works_against_the_server() -> None:
     from sqlalchemy.engine import make_url
     from tests.test_writeback import _pg_execute, make_scores
 
-    from convert.io.writeback import read_table, write_scores
+    from convert.io.writers import read_table, write_scores
 
     base = make_url(require_postgres())
     host = f"{base.host}:{base.port or 5432}"

@@ -7,21 +7,20 @@ exit with code 2; nothing here holds logic of its own.
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import pandas as pd
 import typer
 
 from convert import steps
 from convert.config import Config, load_config
-from convert.exceptions import ConfigError, ConvertError, ConvertWarning
+from convert.exceptions import ConvertError, ConvertWarning
 from convert.features.labels import parse_as_of
+from convert.sources.base import FlatOptions
 from convert.sources.mapping import Mapping, load_mapping
-from convert.sources.readers import is_database_url
 
 app = typer.Typer(
     name="convert-leads",
@@ -56,13 +55,18 @@ def _as_of(value: str | None, flag: str = "--as-of") -> pd.Timestamp | None:
     return parse_as_of(value, flag)
 
 
+def _required(value: str, flag: str) -> pd.Timestamp:
+    t = parse_as_of(value, flag)
+    assert t is not None  # typer requires the option
+    return t
+
+
+def _rejects(path: Path | None) -> str | None:
+    return str(path) if path else None
+
+
 def _mapping(path: Path | None) -> Mapping | None:
     return load_mapping(path) if path else None
-
-
-def _is_flat(data: str) -> bool:
-    """A single file (not a folder, not a database) is a flat table (the contract's "Flat tables")."""
-    return not is_database_url(data) and not data.startswith("env:") and Path(data).is_file()
 
 
 @app.command()
@@ -94,31 +98,9 @@ def generate(
     )] = 0,
 ) -> None:
     """Write a seeded synthetic CRM export (leads, accounts, events, stages)."""
-    import dataclasses
-
-    from convert.simulator.crm import REGIMES, REP_EFFECTS_FILE, REPS_FILE, generate_crm
-
-    if fmt not in ("csv", "parquet"):
-        raise ConvertError(f"--format must be csv or parquet, not {fmt!r}")
-    if regime not in REGIMES:
-        raise ConvertError(f"--regime must be one of {', '.join(REGIMES)}, not {regime!r}")
-    overrides: dict[str, Any] = {k: v for k, v in (("months", months), ("disqualify", disqualify), ("drift", drift),
-                                   ("attributes", attributes)) if v is not None}
-    if start is not None and months is None:
-        overrides["months"] = None  # an explicit --start wins over the preset's history length
-    chosen = dataclasses.replace(REGIMES[regime], **overrides)
-    if overrides:
-        chosen = dataclasses.replace(chosen, name="custom" if regime == "default" else f"{regime} (modified)")
-    summary = generate_crm(out, n_leads=leads, seed=seed, fmt=fmt, start=start, end=end,  # type: ignore[arg-type]
-                           bad_rows=not clean, activity=activity, regime=chosen, reps=reps)
-    echo(str(summary))
-    if reps:
-        echo(f"  {reps} sales reps: {out / REPS_FILE} (territories, capacity), {out / REP_EFFECTS_FILE} (true effects)")
-    if summary.extra_attributes():
-        echo("  to train on the extra attributes, add to params.yaml under features:")
-        echo("    extra_attributes:")
-        for entry in summary.extra_attributes():
-            echo(f"      - {{table: {entry['table']}, column: {entry['column']}, kind: {entry['kind']}}}")
+    for line in steps.generate_step(out, leads, seed, fmt, start, end, clean, activity, regime, months, disqualify,
+                                    drift, attributes, reps):
+        echo(line)
 
 
 @app.command()
@@ -129,20 +111,11 @@ def validate(
     positive: Annotated[str | None, typer.Option("--positive", help="Flat file: the outcome's positive value.")] = None,
     id_column: IdOpt = None,
 ) -> None:
-    """Check an export against the data contract and print a per-table report."""
-    cfg = _config(config, no_cache)
-    if _is_flat(data):
-        table = steps.validate_flat_step(data, cfg, _mapping(mapping), target, positive, id_column,
-                                         str(rejects) if rejects else None, strict or None)
-        echo(str(table.report))
-        for column in table.frame.columns:
-            why = table.excluded.get(column) or table.dropped.get(column)
-            note = f"  excluded: {why}" if column in table.excluded else (f"  not a feature: {why}" if why else "")
-            echo(f"  {column!r:<48} {table.kinds[column]:<12}{note}")
-        return
-    loaded = steps.load_data(data, cfg, rejects, strict or None, echo, _mapping(mapping))
-    echo(str(loaded.report))
-    loaded.close()
+    """Check an export (or a flat file) against the data contract and print a per-table report."""
+    summary = steps.validate_step(data, _config(config, no_cache), _rejects(rejects), strict or None, echo,
+                                  _mapping(mapping), FlatOptions(target, positive, id_column))
+    for line in summary.lines():
+        echo(line)
 
 
 @app.command()
@@ -155,24 +128,17 @@ def features(
     catalog: Annotated[Path | None, typer.Option("--catalog", help="Also write the feature catalog (CSV).")] = None,
     mapping: MappingOpt = None, no_cache: NoCacheOpt = False,
 ) -> None:
-    """Run the leakage guard and build the labelled multi-snapshot training set (for train --training-set)."""
-    from convert.sources.readers import write_frame
-
+    """Build the labelled multi-snapshot training set and write it."""
     t = _as_of(as_of)
     cfg = _config(config, no_cache).with_overrides(labels__horizon_days=horizon_days)
-    ts = steps.features_step(data, cfg, out, t, str(rejects) if rejects else None, strict or None, echo, _mapping(mapping))
-    if catalog:
-        write_frame(ts.catalog.to_frame(), catalog)
-    y = ts.frame["label"]
-    echo(f"training set: {len(ts.frame):,} rows, {len(ts.as_ofs)} as-of times "
-         f"({ts.as_ofs[0]:%Y-%m-%d} to {ts.as_ofs[-1]:%Y-%m-%d}), {int(y.sum()):,} conversions "
-         f"({y.mean():.1%}), {len(ts.features)} features -> {out}")
+    summary = steps.features_step(data, cfg, out, t, catalog, _rejects(rejects), strict or None, echo, _mapping(mapping))
+    echo(summary.line())
 
 
 @app.command()
 def train(
-    data: Annotated[str | None, typer.Option("--data", help="CRM export folder, database URL or flat file (as other commands); with --training-set only for the champion comparison.")] = None,
-    training_set: Annotated[Path | None, typer.Option("--training-set", help="Train from this Parquet file of `convert-leads features` (same config: same model); --data is then read only to compare with a champion that needs it.")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="CRM export folder, database URL or flat file; with --training-set read only to compare with a champion.")] = None,
+    training_set: Annotated[Path | None, typer.Option("--training-set", help="Train from this Parquet file of `convert-leads features` (same config: same model).")] = None,
     as_of: Annotated[str | None, typer.Option("--as-of", help="Training as-of (default: day after the latest timestamp).")] = None,
     horizon_days: Annotated[int | None, typer.Option("--horizon-days")] = None,
     config: ConfigOpt = None,
@@ -192,43 +158,25 @@ def train(
     """Train, calibrate, evaluate against baselines, log to MLflow and register.
 
     With --data FILE and --target COLUMN, trains on a flat table (one row per lead) and
-    registers the model under flat.model_name (default lead-conversion-flat).
+    registers the model under flat.model_name (default lead-conversion-flat). With
+    --training-set FILE, trains from the file `features` wrote: the model --data would give.
     """
     t = _as_of(as_of)
     cfg = _config(config, no_cache).with_overrides(labels__horizon_days=horizon_days)
     cfg = cfg.with_overrides(leakage__exclude=tuple(dict.fromkeys([*cfg.leakage.exclude, *(exclude or [])])),
                              leakage__allow=tuple(dict.fromkeys([*cfg.leakage.allow, *(allow or [])])))
-    m = _mapping(mapping)
-    if data is None and training_set is None:
-        raise ConfigError("train needs --data (an export, database or flat file) or --training-set (from `convert-leads features`)")
-    flat = data is not None and _is_flat(data)
-    if not flat and (target or positive or id_column or split):
-        raise ConfigError("--target, --positive, --id and --split are for a flat file (--data FILE); "
-                          f"{data} is an export folder or a database")
-    if flat and data is not None:
-        summary = steps.train_flat_step(data, cfg, m, target, positive, id_column, split, model_name,
-                                        str(rejects) if rejects else None, strict or None, echo, tune)
-    elif training_set is not None:
-        if t is not None:
-            raise ConfigError("--as-of is the training set's (convert-leads features --as-of); drop it with --training-set")
-        summary = steps.train_from_set_step(training_set, cfg, tune, model_name, echo, data,
-                                            str(rejects) if rejects else None, strict or None, m)
-    else:
-        assert data is not None
-        summary = steps.train_step(data, cfg, t, tune, model_name, str(rejects) if rejects else None,
-                                   strict or None, echo, m)
-    if save:
-        summary.result.model.save(save)
-        echo(f"model bundle written to {save}")
-    if summary_json:
-        summary_json.parent.mkdir(parents=True, exist_ok=True)
-        summary_json.write_text(json.dumps(steps.summary_record(summary), indent=1, default=str))
+    summary = steps.train_step(data, cfg, t, tune, model_name, _rejects(rejects), strict or None, echo,
+                               _mapping(mapping), flat=FlatOptions(target, positive, id_column, split),
+                               save=save, summary_path=summary_json, training_set=training_set)
+    if summary.saved:
+        echo(f"model bundle written to {summary.saved}")
     r = summary.result
     echo("folds (inner: choices; outer: the figures below; deployed: the refit on every labelled row):\n"
          + r.slices.to_string(index=False))
-    choices = r.model.metadata.get("choices") or {}
-    echo(f"chosen on the inner folds: {choices.get('rounds')} rounds, blend weight of the logistic model "
-         f"{choices.get('blend_weight', 0.0):.1f}, calibration {choices.get('calibration')}")
+    choices = r.model.metadata.choices
+    rounds, weight, method = (choices.rounds, choices.blend_weight or 0.0, choices.calibration) if choices else (None, 0.0, None)
+    echo(f"chosen on the inner folds: {rounds} rounds, blend weight of the logistic model "
+         f"{weight:.1f}, calibration {method}")
     echo(f"calibration: {r.model.calibrator_.method} (cross-validated log loss "
          + ", ".join(f"{k} {v:.4f}" for k, v in r.calibration_cv.items()) + ")")
     echo("outer-fold evaluation (model beside the baselines, the same rows):\n" + r.evaluation.table())
@@ -248,23 +196,13 @@ def evaluate(
     mapping: MappingOpt = None, no_cache: NoCacheOpt = False,
 ) -> None:
     """Evaluate a registered model where it learned nothing (newer labelled as-of times, else its outer folds)."""
-    cfg = _config(config, no_cache)
-    if _is_flat(data):
-        uri = model or f"models:/{cfg.flat.model_name}@challenger"
-        steps.evaluate_flat_step(data, cfg, uri, out, str(rejects) if rejects else None, echo, _mapping(mapping))
-        return
-    uri = model or f"models:/{cfg.train.model_name}@challenger"
-    steps.evaluate_step(data, cfg, uri, out, str(rejects) if rejects else None, echo, _mapping(mapping))
+    steps.evaluate_step(data, _config(config, no_cache), model, out, _rejects(rejects), echo, _mapping(mapping))
 
 
 @app.command()
 def promote(model_name: Annotated[str | None, typer.Option("--model-name")] = None, config: ConfigOpt = None) -> None:
     """Move the champion alias to the challenger when it beats the champion."""
-    from convert.registry import store as registry
-
-    cfg = _config(config)
-    decision = registry.promote(model_name or cfg.train.model_name, cfg.promotion.metric, cfg.promotion.min_improvement)
-    echo(decision.reason)
+    echo(steps.promote_step(_config(config), model_name).reason)
 
 
 @app.command()
@@ -287,32 +225,12 @@ def score(
     allowed = {"allow_shrink": allow_shrink, "allow_older": allow_older, "replace": replace}
     if engine not in ("duckdb", "spark"):
         raise ConvertError(f"--engine must be duckdb or spark, not {engine!r}")
-    t = _as_of(as_of)
-    cfg = _config(config, no_cache)
-    if _is_flat(data):
-        summary, scores = steps.score_flat_step(data, cfg, out, model, table, str(rejects) if rejects else None,
-                                                strict or None, echo, _mapping(mapping), id_column, t,
-                                                **allowed)
-    else:
-        if t is None:
-            raise ConfigError("--as-of is required to score a CRM export (the leads open at that time)")
-        summary, scores = steps.score_step(data, cfg, t, out, model, table, str(rejects) if rejects else None,
-                                           strict or None, echo, engine=engine, mapping=_mapping(mapping),
-                                           **allowed)
+    summary = steps.score_step(data, _config(config, no_cache), _as_of(as_of), out, model, table, _rejects(rejects),
+                               strict or None, echo, engine=engine, mapping=_mapping(mapping), id_column=id_column,
+                               **allowed)
     echo(str(summary))
     if top:
-        echo(_top_table(steps.top_leads(scores, top)))
-
-
-def _top_table(frame) -> str:  # type: ignore[no-untyped-def]
-    lines = []
-    for r in frame.itertuples():
-        lines.append(f"{r.lead_id:>10}  score {r.score:>3}  grade {r.grade}  {r.action:<17}  "
-                     f"base {r.base_score} + fit {r.fit_points:+d} + engagement {r.engagement_points:+d}")
-        for reason in (r.reason_1, r.reason_2, r.reason_3):
-            if reason:
-                lines.append(f"{'':>14}{reason}")
-    return "\n".join(lines)
+        echo(steps.top_table(steps.top_leads(summary.scores, top)))
 
 
 @app.command()
@@ -337,8 +255,8 @@ def allocate(
 ) -> None:
     """Allocate scored leads to sales reps (territory, capacity, sticky owners, rep effects) and write who calls each."""
     result = steps.allocate_step(data, _config(config), scores, reps, out, table, scores_table, reps_table, min_score,
-                                 reassign, balance, model, compare_effects, str(rejects) if rejects else None,
-                                 strict or None, echo, _mapping(mapping), allow_older=allow_older, replace=replace)
+                                 reassign, balance, model, compare_effects, _rejects(rejects), strict or None, echo,
+                                 _mapping(mapping), allow_older=allow_older, replace=replace, effects_out=effects_out)
     w = result.written
     where = f"table {w.table} at {w.target}" if w.table else w.target
     assigned = int(result.allocation.assignments["rep_id"].notna().sum())
@@ -348,11 +266,8 @@ def allocate(
     if not fx.per_rep.empty:
         echo(f"rep effects from {result.history_leads:,} past leads (overall effect, 95% interval): " + ", ".join(
             f"{r.rep_id} {r.effect:.2f} ({r.low:.2f}-{r.high:.2f})" for r in fx.per_rep.itertuples()))
-    if effects_out:
-        from convert.sources.readers import write_frame
-
-        write_frame(fx.table, effects_out)
-        echo(f"rep effects per segment written to {effects_out}")
+    if result.effects_out:
+        echo(f"rep effects per segment written to {result.effects_out}")
     for line in result.allocation.lines():
         echo(line)
     if result.truth:
@@ -369,7 +284,7 @@ def export(
     mapping: MappingOpt = None, no_cache: NoCacheOpt = False,
 ) -> None:
     """Validate an export and write its typed contract tables as Parquet (input of --engine spark)."""
-    path = steps.export_step(data, _config(config, no_cache), out, str(rejects) if rejects else None, strict or None, echo,
+    path = steps.export_step(data, _config(config, no_cache), out, _rejects(rejects), strict or None, echo,
                              _mapping(mapping))
     echo(f"typed tables written to {path}")
 
@@ -385,16 +300,9 @@ def explain(
     id_column: IdOpt = None,
 ) -> None:
     """Print one lead's explanation and write a waterfall plot."""
-    t = _as_of(as_of)
-    cfg = _config(config, no_cache)
     plot = plot or Path(f"explain-{lead_id}.png")
-    if _is_flat(data):
-        explanation = steps.explain_flat_step(data, cfg, lead_id, model, plot, echo, _mapping(mapping), id_column)
-    else:
-        if t is None:
-            raise ConfigError("--as-of is required to explain a lead of a CRM export")
-        explanation = steps.explain_step(data, cfg, t, lead_id, model, plot, str(rejects) if rejects else None,
-                                         echo, _mapping(mapping))
+    explanation = steps.explain_step(data, _config(config, no_cache), _as_of(as_of), lead_id, model, plot,
+                                     _rejects(rejects), echo, _mapping(mapping), id_column=id_column)
     echo("\n".join(explanation.lines()))
     echo(f"waterfall plot: {plot}")
 
@@ -409,11 +317,8 @@ def report(
     mapping: MappingOpt = None, no_cache: NoCacheOpt = False,
 ) -> None:
     """Write the analyst report (one self-contained HTML file); log it to the model's MLflow run."""
-    t = _as_of(as_of)
-    assert t is not None
-    summary = steps.report_step(data, _config(config, no_cache), t, out, model, backtest,
-                                str(rejects) if rejects else None, strict or None, echo,
-                                mapping=_mapping(mapping))
+    summary = steps.report_step(data, _config(config, no_cache), _required(as_of, "--as-of"), out, model, backtest,
+                                _rejects(rejects), strict or None, echo, mapping=_mapping(mapping))
     r = summary.report
     echo(f"score PSI {r.score_drift.psi:.3f} ({r.score_drift.status}); "
          f"{int((r.drift['status'] == 'shifted').sum())} features shifted")
@@ -436,11 +341,9 @@ def backtest(
     mapping: MappingOpt = None, no_cache: NoCacheOpt = False,
 ) -> None:
     """Rolling-origin evaluation: train at each origin on what was known, judge on what happened."""
-    t0, t1 = _as_of(start, "--from"), _as_of(end, "--to")
-    assert t0 is not None and t1 is not None
+    t0, t1 = _required(start, "--from"), _required(end, "--to")
     result = steps.backtest_step(data, _config(config, no_cache), t0, t1, every, retrain_every, out,
-                                 str(rejects) if rejects else None, strict or None, echo,
-                                 mapping=_mapping(mapping))
+                                 _rejects(rejects), strict or None, echo, mapping=_mapping(mapping))
     echo(result.text())
     echo(f"backtest written to {out}")
 

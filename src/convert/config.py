@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from convert.exceptions import ConfigError
+from convert.sql import is_identifier
 
 STANDARD_EVENT_TYPES: tuple[str, ...] = (
     "page_view",
@@ -327,7 +328,7 @@ class AllocationConfig(_Section):
     @field_validator("owner_column")
     @classmethod
     def _owner_name(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", value):
+        if not is_identifier(value):
             raise ValueError(f"owner_column {value!r} must be a plain column name (letters, digits, _)")
         return value
 

@@ -32,7 +32,7 @@ from convert.exceptions import ConfigError, ConvertError, InsufficientDataError
 from convert.features.engine import KEY, build_features, discover_event_types, feature_catalog
 from convert.features.labels import build_labels, grid_for, parse_as_of
 from convert.model.bundle import LeadScoringModel
-from convert.model.metrics import _new_figure, evaluate
+from convert.model.metrics import evaluate
 from convert.model.train import TrainingSet, default_as_of, fit_deployed
 from convert.schema import Labeled
 from convert.sources.export import CRMData
@@ -248,20 +248,3 @@ def cost_sentences(summary: pd.DataFrame) -> list[str]:
             f"{row.ece_change:+.4f} against {first['schedule']}."
         )
     return out
-
-
-def plot_backtest(table: pd.DataFrame, title: str = "Rolling-origin backtest"):  # type: ignore[no-untyped-def]
-    """ROC AUC, Brier and ECE per origin, one line per retraining schedule (matplotlib Figure)."""
-    fig = _new_figure(8.0, 8.0)
-    axes = fig.subplots(3, 1, sharex=True)
-    labels = {"roc_auc": "ROC AUC (higher is better)", "brier": "Brier (lower is better)",
-              "ece": "ECE (lower is better)"}
-    for ax, metric in zip(axes, labels, strict=True):
-        for name, group in table.groupby("schedule", sort=False):
-            ax.plot(pd.to_datetime(group["origin"]), group[metric], marker="o", label=str(name))
-        ax.set_ylabel(labels[metric])
-        ax.grid(alpha=0.3)
-    axes[0].legend(title="retrain", loc="best")
-    axes[0].set_title(title)
-    axes[-1].set_xlabel("origin (as-of time of the scored population)")
-    return fig

@@ -1,8 +1,10 @@
 """Exploring a CRM export before modelling: funnel, conversion by segment, time to conversion.
 
-Descriptive tables (and their plots) for ``notebooks/01-explore-crm.ipynb`` and anyone
-looking at a new export: how leads move through the stages, which sources and firms
-convert, and how long conversion takes -- which is what decides a sensible horizon.
+Descriptive tables for ``notebooks/01-explore-crm.ipynb`` and anyone looking at a new
+export: how leads move through the stages, which sources and firms convert, and how long
+conversion takes -- which is what decides a sensible horizon. Their figures are
+``plot_funnel``, ``plot_conversion_by`` and ``plot_time_to_conversion`` in
+:mod:`convert.analysis.plots`.
 
 Conversion by segment counts a lead as converted when it converted within the horizon of
 its creation, and only leads created at least one horizon before the end of the data
@@ -12,19 +14,15 @@ are counted, so recent leads (whose outcome is not known yet) do not dilute the 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from convert.config import Config
 from convert.exceptions import ConfigError
-from convert.model.metrics import _new_figure, _wilson, literal_text, plot_rates
+from convert.model.metrics import wilson_interval
 from convert.schema import Accounts, Leads, Stages
 from convert.sources.export import CRMData
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 SEGMENTS = ("lead_source", "country", "industry", "employee_band")
 _MISSING = "(missing)"
@@ -111,43 +109,7 @@ def conversion_by(data: CRMData, column: str, config: Config, max_values: int = 
     values = values.where(values.isin(keep), "(other)")
     grouped = pd.DataFrame({"value": values, "converted": converted.astype(int)}).groupby("value")["converted"]
     out = pd.DataFrame({"leads": grouped.size(), "converted": grouped.sum()}).reset_index()
-    low, high = _wilson(out["converted"].to_numpy(dtype="float64"), out["leads"].to_numpy(dtype="float64"))
+    low, high = wilson_interval(out["converted"].to_numpy(dtype="float64"), out["leads"].to_numpy(dtype="float64"))
     out["rate"] = out["converted"] / out["leads"]
     out["ci_low"], out["ci_high"] = low, high
     return out.sort_values(["leads", "value"], ascending=[False, True]).reset_index(drop=True)
-
-
-# --- plots ------------------------------------------------------------------------------------
-
-
-def plot_funnel(table: pd.DataFrame) -> Figure:
-    fig = _new_figure(7.0, 0.45 * len(table) + 1.4)
-    ax = fig.add_subplot()
-    t = table.iloc[::-1]
-    ax.barh(t["stage"].astype(str), t["leads"], color="tab:blue")
-    for i, (n, s) in enumerate(zip(t["leads"], t["share_of_leads"], strict=True)):
-        ax.text(n, i, f" {n:,} ({s:.0%})", va="center", fontsize=8)
-    ax.set_xlabel("leads that ever reached the stage")
-    ax.set_xlim(0, float(table["leads"].max()) * 1.25 if len(table) else 1)
-    ax.set_title("Funnel")
-    return fig
-
-
-@literal_text
-def plot_conversion_by(table: pd.DataFrame, column: str) -> Figure:
-    labels = [f"{v} (n={n:,})" for v, n in zip(table["value"], table["leads"], strict=True)]
-    return plot_rates(labels, table["rate"], table["ci_low"], table["ci_high"], f"Conversion by {column}",
-                      "conversion within the horizon of creation (95% interval)")
-
-
-def plot_time_to_conversion(days: pd.Series, horizon_days: int) -> Figure:
-    fig = _new_figure(7.0, 3.6)
-    ax = fig.add_subplot()
-    upper = float(days.quantile(0.99)) if len(days) else 1.0
-    ax.hist(days.clip(upper=upper), bins=50, color="tab:blue")
-    ax.axvline(horizon_days, color="tab:red", ls="--", label=f"horizon ({horizon_days} days)")
-    ax.set_xlabel("days from creation to conversion")
-    ax.set_ylabel("converted leads")
-    ax.set_title("Time to conversion")
-    ax.legend()
-    return fig

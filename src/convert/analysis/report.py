@@ -8,9 +8,9 @@ between the training window and the as-of population, and the label delay; and, 
 asked, a rolling-origin backtest.
 
 Everything is computed by the core (``metrics``, ``explain``, ``drift``, ``backtest``)
-from what :class:`ReportInputs` holds; this module only assembles tables and matplotlib
-figures. Figures are inlined as base64 PNG and the style sheet is inline, so the file
-opens offline and makes no network request.
+from what :class:`ReportInputs` holds, and the figures are drawn by :mod:`convert.analysis.plots`;
+this module only assembles tables and figures. Figures are inlined as base64 PNG and the
+style sheet is inline, so the file opens offline and makes no network request.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -26,28 +25,33 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from convert.analysis.backtest import BacktestResult, cost_sentences, plot_backtest
+from convert.analysis.backtest import BacktestResult, cost_sentences
 from convert.analysis.drift import LabelDelay, ScoreDrift, drift_table, label_delay, score_drift
+from convert.analysis.plots import (
+    plot_backtest,
+    plot_beeswarm,
+    plot_dependence,
+    plot_family_importance,
+    plot_gain,
+    plot_grades,
+    plot_importance_bars,
+    plot_lift,
+    plot_psi,
+    plot_reliability,
+    plot_score_distributions,
+    plot_segment,
+)
 from convert.config import Config
 from convert.model.bundle import LeadScoringModel, score_from_probability
 from convert.model.crossfit import Folds
 from convert.model.explain import family_importance, importance_table, point_contributions
-from convert.model.metrics import (
-    _new_figure,
-    _wilson,
-    literal_text,
-    plot_lift,
-    plot_rates,
-    plot_reliability,
-    segment_table,
-)
+from convert.model.metrics import segment_table, wilson_interval
 from convert.model.train import Evaluation, TrainingSet
 from convert.schema import Labeled
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-FIT_COLOR, ENGAGEMENT_COLOR = "#1f77b4", "#ff7f0e"
 SECTION_IDS = ("model-card", "performance", "importance", "segments", "drift")
 
 
@@ -202,194 +206,6 @@ def _pct(v: float) -> str:
     return f"{v:.1%}"
 
 
-# --- figures ----------------------------------------------------------------------------------
-
-
-def plot_gain(lift: pd.DataFrame, title: str = "Cumulative gain") -> Figure:
-    """Share of all conversions found by working the top-scored share of leads (from the lift table)."""
-    fig = _new_figure(6.0, 4.5)
-    ax = fig.add_subplot()
-    n = lift["n"].to_numpy(dtype="float64")
-    x = np.r_[0, np.cumsum(n) / n.sum()]
-    y = np.r_[0, lift["cumulative_capture"].to_numpy(dtype="float64")]
-    total = lift["positives"].sum()
-    rate = total / n.sum() if n.sum() else 0
-    ax.plot(x, y, marker="o", color="tab:blue", label="model")
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="random order")
-    if rate > 0:
-        ax.plot([0, rate, 1], [0, 1, 1], ls=":", color="tab:green", lw=1, label="perfect order")
-    ax.set_xlabel("share of leads worked, best scores first")
-    ax.set_ylabel("share of all conversions found")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_title(title)
-    ax.legend(loc="lower right")
-    return fig
-
-
-def plot_grades(grades: pd.DataFrame, title: str = "Realized conversion per grade") -> Figure:
-    """Conversion rate per grade with 95 % Wilson intervals and the leads per grade."""
-    fig = _new_figure(6.0, 4.0)
-    ax = fig.add_subplot()
-    n = grades["n"].to_numpy(dtype="float64")
-    conv = grades["conversions"].to_numpy(dtype="float64")
-    low, high = _wilson(conv, n)
-    rate = np.divide(conv, n, out=np.zeros_like(conv), where=n > 0)
-    x = np.arange(len(grades))
-    ax.bar(x, rate, color="tab:blue", alpha=0.8)
-    err = np.clip([rate - np.nan_to_num(low), np.nan_to_num(high) - rate], 0, None)
-    ax.errorbar(x, rate, yerr=err, fmt="none",
-                ecolor="black", capsize=4)
-    for i, (k, c) in enumerate(zip(n, conv, strict=True)):
-        ax.text(i, float(np.nan_to_num(high[i])), f"{int(c):,} of {int(k):,}", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(x, [str(g) for g in grades["grade"]])
-    ax.set_ylabel("conversion rate within the horizon")
-    ax.set_title(title)
-    return fig
-
-
-def plot_family_importance(families: pd.DataFrame) -> Figure:
-    fig = _new_figure(5.0, 2.4)
-    ax = fig.add_subplot()
-    colors = [FIT_COLOR if f == "fit" else ENGAGEMENT_COLOR for f in families["family"]]
-    ax.barh(families["family"], families["mean_abs_points"], color=colors)
-    for i, (v, s) in enumerate(zip(families["mean_abs_points"], families["share"], strict=True)):
-        ax.text(v, i, f" {v:.1f} pts ({s:.0%} of importance)", va="center", fontsize=8)
-    ax.set_xlabel("mean |family points| per lead")
-    ax.set_xlim(0, max(1.0, float(families["mean_abs_points"].max()) * 1.6))
-    ax.set_title("Fit vs engagement")
-    return fig
-
-
-def plot_importance_bars(table: pd.DataFrame, top: int = 20) -> Figure:
-    t = table.head(top).iloc[::-1]
-    fig = _new_figure(8.0, 0.3 * len(t) + 1.4)
-    ax = fig.add_subplot()
-    colors = [FIT_COLOR if f == "fit" else ENGAGEMENT_COLOR for f in t["family"]]
-    ax.barh(t["feature"], t["mean_abs_points"], color=colors)
-    ax.set_xlabel("mean |score points| (blue: fit, orange: engagement)")
-    ax.set_title("Global importance")
-    ax.tick_params(axis="y", labelsize=8)
-    return fig
-
-
-def _color_values(values: pd.Series, kind: str) -> np.ndarray:
-    """Each value's percentile rank within the sample (NaN for missing and categoricals)."""
-    if kind == "categorical":
-        return np.full(len(values), np.nan)
-    x = pd.to_numeric(values, errors="coerce")
-    return x.rank(pct=True).to_numpy(dtype="float64")
-
-
-def plot_beeswarm(
-    points: np.ndarray, frame: pd.DataFrame, names: Sequence[str], kinds: dict[str, str],
-    features: Sequence[str], seed: int = 42,
-) -> Figure:
-    """One row per feature: each lead a dot at its points, colored by its value (low blue, high red)."""
-    from matplotlib import colormaps
-
-    rng = np.random.default_rng(seed)
-    k = len(features)
-    fig = _new_figure(9.0, 0.45 * k + 1.6)
-    ax = fig.add_subplot()
-    cmap = colormaps["coolwarm"]
-    index = {n: i for i, n in enumerate(names)}
-    for row, name in enumerate(features):
-        x = points[:, index[name]]
-        hist, edges = np.histogram(x, bins=60)
-        dens = hist[np.clip(np.searchsorted(edges, x, side="right") - 1, 0, len(hist) - 1)]
-        amp = 0.42 * dens / max(1, hist.max())
-        y = (k - 1 - row) + rng.uniform(-1, 1, len(x)) * amp
-        c = _color_values(frame[name], kinds[name])
-        colors = np.where(np.isnan(c)[:, None], np.array([[0.6, 0.6, 0.6, 0.7]]), cmap(np.nan_to_num(c)))
-        ax.scatter(x, y, s=3, c=colors, linewidths=0, rasterized=True)
-    ax.axvline(0, color="black", lw=0.6)
-    ax.set_yticks(range(k), list(features)[::-1], fontsize=8)
-    ax.set_xlabel("score points (per lead)")
-    ax.set_title("Points per lead (blue: low value, red: high, grey: category or missing)", fontsize=10)
-    return fig
-
-
-@literal_text
-def plot_dependence(points: np.ndarray, frame: pd.DataFrame, model: LeadScoringModel, features: Sequence[str]) -> Figure:
-    """Points against the feature's value, one panel per feature, titled with its description."""
-    cols = 2
-    rows = max(1, int(np.ceil(len(features) / cols)))
-    fig = _new_figure(10.0, 3.3 * rows)
-    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
-    index = {n: i for i, n in enumerate(model.spec_.names)}
-    for ax, name in zip(axes, features, strict=False):
-        y = points[:, index[name]]
-        f = model.catalog_[name]
-        values = frame[name]
-        if f.kind == "categorical":
-            text = values.where(values.notna(), "(missing)").astype(str)
-            order = text.value_counts().index[:12].tolist()
-            for i, cat in enumerate(order):
-                sel = (text == cat).to_numpy()
-                ax.scatter(np.full(sel.sum(), i) + np.random.default_rng(i).uniform(-0.25, 0.25, sel.sum()),
-                           y[sel], s=4, alpha=0.5, color="tab:blue", rasterized=True)
-            ax.set_xticks(range(len(order)), [str(o)[:14] for o in order], rotation=35, ha="right", fontsize=7)
-        else:
-            x = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64")
-            ok = ~np.isnan(x)
-            ax.scatter(x[ok], y[ok], s=4, alpha=0.5, color="tab:blue", rasterized=True)
-            if ok.any():
-                hi = np.nanpercentile(x[ok], 99.5)
-                lo = np.nanmin(x[ok])
-                if lo > 0 and hi / np.median(x[ok]) > 50:  # heavy-tailed and positive (revenue, size)
-                    ax.set_xscale("log")
-                elif hi > lo:
-                    ax.set_xlim(lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo))
-            ax.set_xlabel(f"{f.unit} ({(~ok).sum():,} missing not shown)" if (~ok).any() else f.unit, fontsize=8)
-        ax.axhline(0, color="black", lw=0.5)
-        ax.set_ylabel("points", fontsize=8)
-        ax.set_title(name + "\n" + textwrap.shorten(f.description, 70), fontsize=8)
-    for ax in axes[len(features):]:
-        ax.set_visible(False)
-    return fig
-
-
-def plot_segment(table: pd.DataFrame, name: str) -> Figure:
-    """Observed rate (95 % interval) and mean predicted probability per segment value."""
-    labels = [f"{v} (n={n:,}, {c:,} conv.)" for v, n, c in zip(table["value"], table["n"], table["conversions"], strict=True)]
-    return plot_rates(labels, table["observed_rate"], table["ci_low"], table["ci_high"], f"Calibration by {name}",
-                      "conversion rate within the horizon", table["mean_predicted"], table["uncertain"])
-
-
-def plot_psi(table: pd.DataFrame, watch: float, flag: float, top: int = 20) -> Figure:
-    t = table.head(top).iloc[::-1]
-    fig = _new_figure(8.0, 0.3 * len(t) + 1.4)
-    ax = fig.add_subplot()
-    colors = ["#c0392b" if s == "shifted" else "#e0a800" if s == "watch" else "#2a9d55" for s in t["status"]]
-    ax.barh(t["feature"], t["psi"], color=colors)
-    ax.axvline(watch, color="#e0a800", ls="--", lw=1, label=f"watch ({watch})")
-    ax.axvline(flag, color="#c0392b", ls="--", lw=1, label=f"shifted ({flag})")
-    ax.set_xlabel("population stability index")
-    ax.tick_params(axis="y", labelsize=8)
-    ax.set_title("Largest PSI: training window vs as-of population")
-    ax.legend(loc="lower right", fontsize=8)
-    return fig
-
-
-def plot_score_distributions(reference: np.ndarray, current: np.ndarray, psi: float) -> Figure:
-    fig = _new_figure(7.0, 3.6)
-    ax = fig.add_subplot()
-    edges = np.array([0, 1, 2, 3, 5, 8, 12, 20, 30, 50, 75, 101])
-    labels = [f"{a}-{b - 1}" if b - 1 > a else f"{a}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
-    r = np.histogram(reference, edges)[0] / max(1, len(reference))
-    c = np.histogram(current, edges)[0] / max(1, len(current))
-    x = np.arange(len(labels))
-    ax.bar(x - 0.2, r, width=0.4, label=f"training window (n={len(reference):,})", color="tab:blue")
-    ax.bar(x + 0.2, c, width=0.4, label=f"as-of population (n={len(current):,})", color="tab:orange")
-    ax.set_xticks(x, labels, fontsize=8)
-    ax.set_xlabel("score")
-    ax.set_ylabel("share of leads")
-    ax.set_title(f"Score distribution (PSI {psi:.3f})")
-    ax.legend(fontsize=8)
-    return fig
-
-
 # --- sections ---------------------------------------------------------------------------------
 
 
@@ -399,14 +215,14 @@ def _model_card(inp: ReportInputs, config: Config) -> str:
     y = inp.training.frame[Labeled.label].to_numpy()
     slices = inp.split.summary(y)
     horizon = m.horizon_days
-    cal = meta.get("calibration", {})
-    cv = cal.get("cv_log_loss", {}) or {}
+    cal = meta.calibration
+    cv = (cal.cv_log_loss if cal else None) or {}
     fams = pd.Series(m.catalog_.family_of(m.spec_.names)).value_counts()
     items = [
         ("model", inp.model_label),
-        ("trained as of", str(meta.get("training_as_of", inp.training.as_of))[:10]),
+        ("trained as of", str(meta.training_as_of or inp.training.as_of)[:10]),
         ("training window", f"{slices['fits_from'].iloc[-1]} to {slices['fits_to'].iloc[-1]} "
-                            f"({meta.get('frequency', config.labels.frequency)} snapshots): the deployed booster "
+                            f"({meta.frequency or config.labels.frequency} snapshots): the deployed booster "
                             "was refitted on every labelled snapshot of it, with the settings chosen on the inner folds"),
         ("horizon", f"{horizon} days"),
         ("population", "every lead created before the as-of time t that had neither converted nor been "
@@ -414,7 +230,7 @@ def _model_card(inp: ReportInputs, config: Config) -> str:
         ("label", f"1 when the lead converts within {horizon} days of t (t <= converted_at < t + {horizon} days), else 0"),
         ("rows and conversions", f"{len(y):,} lead-snapshots, {int(y.sum()):,} conversions "
                                  f"({y.mean():.2%})"),
-        ("figures", str(meta.get("metrics_from", "outer folds"))
+        ("figures", str(meta.metrics_from or "outer folds")
                     + "; each fold fits only on snapshots whose horizon ended before its first as-of time"),
         ("features", f"{len(m.spec_.names)}: {int(fams.get('fit', 0))} fit (who the lead is), "
                      f"{int(fams.get('engagement', 0))} engagement (what the lead did, where it stands)"),
@@ -422,7 +238,7 @@ def _model_card(inp: ReportInputs, config: Config) -> str:
                   + (f", blended in log-odds with a logistic regression (weight {m.blend_weight_:.1f}, chosen on "
                      "the inner folds)" if m.linear_ is not None else "")
                   + f"; unweighted log loss; seed {m.seed}"),
-        ("calibration", f"{cal.get('method', getattr(getattr(m, 'calibrator_', None), 'method', '-'))}, chosen by "
+        ("calibration", f"{cal.method if cal else getattr(getattr(m, 'calibrator_', None), 'method', '-')}, chosen by "
                         "cross-validated log loss on the inner folds' out-of-fold scores, fitted on every "
                         "fold's out-of-fold scores"
                         + (" (" + ", ".join(f"{k} {v:.4f}" for k, v in cv.items()) + ")" if cv else "")),
@@ -433,7 +249,7 @@ def _model_card(inp: ReportInputs, config: Config) -> str:
         ("limits", "judged only on the past: check the drift section before trusting it on today's leads"),
     ]
     card = "<dl class=\"card\">" + "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in items) + "</dl>"
-    params = meta.get("params") or m.params
+    params = meta.params or m.params
     params_tbl = pd.DataFrame({"parameter": list(params), "value": [str(v) for v in params.values()]})
     features = pd.DataFrame(
         {"feature": m.spec_.names, "family": m.catalog_.family_of(m.spec_.names),
@@ -471,7 +287,7 @@ def _performance(inp: ReportInputs) -> str:
     pos = int(ev.metrics.loc["positives", "model"])
     hold = inp.split.ranges["holdout"]
     grades = ev.grades.copy()
-    low, high = _wilson(grades["conversions"].to_numpy(dtype="float64"), grades["n"].to_numpy(dtype="float64"))
+    low, high = wilson_interval(grades["conversions"].to_numpy(dtype="float64"), grades["n"].to_numpy(dtype="float64"))
     grades["ci_low"], grades["ci_high"] = low, high
     return (
         _p(f"Outer folds: as-of times {hold[0]:%Y-%m-%d} to {hold[1]:%Y-%m-%d}, {n:,} lead-snapshots, "
@@ -534,7 +350,7 @@ def _importance(inp: ReportInputs, config: Config) -> tuple[str, pd.DataFrame, p
         body += (
             "<h3>Dependence plots</h3>"
             + "<ul>" + "".join(f"<li><b>{_esc(n)}</b>: {_esc(m.catalog_[n].description)}</li>" for n in top_dep) + "</ul>"
-            + image_html(plot_dependence(points, sample, m, top_dep), "dependence plots",
+            + image_html(plot_dependence(points, sample, m.spec_.names, m.catalog_, top_dep), "dependence plots",
                          "Points against the feature's value for the most important features.")
         )
     return body, table, families

@@ -1,7 +1,7 @@
-"""The Spark engine: the same feature SQL and the same scoring code, run by Spark.
+"""The Spark feature engine: the same feature SQL, run by Spark.
 
-This module owns only the Spark plumbing of ``--engine spark``; it defines no feature
-and no scoring rule of its own:
+This module owns only the Spark plumbing of the features of ``--engine spark``; it
+defines no feature of its own (Spark scoring is :mod:`convert.scoring.spark`):
 
 - :func:`spark_session`: a session set up as convert needs it (UTC session time zone,
   Arrow transfers, the driver's Python on the executors);
@@ -12,10 +12,9 @@ and no scoring rule of its own:
   writes);
 - :func:`population_spark`: the contract's population at some as-of times
   (:func:`convert.features.labels.population_sql`, unchanged);
-- :func:`features_spark` / :func:`build_features_spark`: :func:`convert.features.engine.feature_sql`
-  with the Spark :class:`~convert.features.engine.SparkDialect` (one definition, two engines);
-- :func:`score_spark`: the saved model bundle broadcast to executors as bytes and each
-  partition scored by :func:`convert.scoring.score.score_frame` in ``mapInPandas``.
+- :func:`features_spark` / :func:`build_features_spark`: :func:`convert.features.query.feature_sql`
+  (every family of :data:`convert.features.families.FAMILIES`) with the Spark
+  :class:`~convert.features.dialect.SparkDialect` (one definition, two engines).
 
 ``pyspark`` is imported lazily inside functions, so the rest of convert never needs it
 (install it with the ``spark`` extra).
@@ -23,34 +22,28 @@ and no scoring rule of its own:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from convert.config import FeaturesConfig, ScoringConfig
+from convert.config import FeaturesConfig
 from convert.exceptions import FeatureMismatchError
-from convert.features.engine import KEY, SPARK, feature_sql, finish_frame, slug
+from convert.features.dialect import SPARK, slug
+from convert.features.engine import finish_frame
+from convert.features.families import feature_catalog
 from convert.features.labels import population_sql
-from convert.model.bundle import LeadScoringModel
-from convert.schema import ScoreOutput
+from convert.features.query import feature_sql
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.types import StructType
 
     from convert.sources.export import CRMData
 
 TABLES = ("leads", "accounts", "events", "stages")
-
-#: Spark type (pyspark.sql.types class name) of each declared contract column type.
-_SPARK_TYPES = {"string": "StringType", "timestamp": "TimestampNTZType", "number": "DoubleType",
-                "integer": "LongType"}
 
 
 def spark_session(
@@ -165,105 +158,8 @@ def build_features_spark(
     event_types: Sequence[str],
 ) -> pd.DataFrame:
     """:func:`features_spark` collected to pandas, shaped like :func:`convert.build_features`."""
-    from convert.features.engine import feature_catalog
-
     catalog = feature_catalog(event_types, config)
     frame = features_spark(spark, population_df, config, event_types).toPandas()
     frame = finish_frame(frame, catalog)
     frame["as_of"] = pd.to_datetime(frame["as_of"])
     return frame.sort_values(["as_of", "lead_id"], kind="stable").reset_index(drop=True)
-
-
-# --- scoring ----------------------------------------------------------------------------------
-
-
-def score_schema() -> StructType:
-    """The Spark schema of :class:`~convert.schema.ScoreOutput`."""
-    from pyspark.sql import types as T
-
-    return T.StructType(
-        [
-            T.StructField(str(c), getattr(T, _SPARK_TYPES[c.dtype])(), c.nullable)
-            for c in ScoreOutput.columns()
-        ]
-    )
-
-
-def bundle_bytes(model: LeadScoringModel | str | Path) -> dict[str, bytes]:
-    """A model bundle (a fitted model or a bundle folder) as ``{file name: bytes}``."""
-    if isinstance(model, LeadScoringModel):
-        with tempfile.TemporaryDirectory(prefix="convert-bundle-") as tmp:
-            folder = model.save(Path(tmp) / "bundle")
-            return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
-    folder = Path(model)
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
-
-
-_MODELS: dict[str, LeadScoringModel] = {}
-
-
-def _model_from_bytes(files: Mapping[str, bytes]) -> LeadScoringModel:
-    """Load (once per Python worker) the bundle shipped as bytes."""
-    digest = hashlib.sha256()
-    for name in sorted(files):
-        digest.update(name.encode() + b"\0" + files[name])
-    key = digest.hexdigest()
-    if key not in _MODELS:
-        with tempfile.TemporaryDirectory(prefix="convert-bundle-") as tmp:
-            for name, blob in files.items():
-                (Path(tmp) / name).write_bytes(blob)
-            _MODELS[key] = LeadScoringModel.load(tmp)
-    return _MODELS[key]
-
-
-def _score_batches(
-    batches: Iterator[pd.DataFrame],
-    files: Mapping[str, bytes],
-    config: ScoringConfig,
-    model_version: str,
-    scored_at: pd.Timestamp,
-) -> Iterator[pd.DataFrame]:
-    from convert.scoring.score import score_frame
-
-    model = _model_from_bytes(files)
-    for batch in batches:
-        if len(batch) == 0:
-            continue
-        features = finish_frame(batch, model.catalog_)
-        yield score_frame(model, features, config, model_version, scored_at)
-
-
-def score_spark(
-    spark: SparkSession,
-    features_sdf: DataFrame,
-    model: LeadScoringModel | str | Path,
-    scoring_config: ScoringConfig,
-    model_version: str,
-    scored_at: pd.Timestamp | None = None,
-) -> DataFrame:
-    """Score feature rows on the executors: a Spark DataFrame with the ScoreOutput schema.
-
-    *features_sdf* holds ``lead_id``, ``as_of`` and the model's features (from
-    :func:`features_spark` with ``model.features_config(...)`` and
-    ``model.spec_.event_types``). *model* (fitted, or a bundle folder on the driver) is
-    broadcast once as the bundle's bytes; each partition is scored in Arrow batches
-    (``spark.sql.execution.arrow.maxRecordsPerBatch``) by
-    :func:`convert.scoring.score.score_frame`.
-    """
-    if scored_at is None:
-        scored_at = pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s")
-    files = spark.sparkContext.broadcast(bundle_bytes(model))
-    config = scoring_config
-    at = scored_at
-
-    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        yield from _score_batches(batches, files.value, config, model_version, at)
-
-    columns: list[Any] = list(KEY) + list(_feature_names(model))
-    return features_sdf.select(*columns).mapInPandas(run, schema=score_schema())  # type: ignore[arg-type]  # pyspark stubs differ between versions
-
-
-def _feature_names(model: LeadScoringModel | str | Path) -> list[str]:
-    if isinstance(model, LeadScoringModel):
-        return list(model.catalog_.names)
-    return list(LeadScoringModel.load(model).catalog_.names)

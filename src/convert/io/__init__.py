@@ -1,1 +1,1 @@
-"""The input/output edge: database URLs and `env:` locations, the run's scratch folder, and write-back of results to files and databases."""
+"""The input/output edge: database URLs and `env:` locations (urls), the run's scratch folder (scratch), write-back of scores and assignments behind one Writer interface (writers), and small result files (artifacts)."""

@@ -1,6 +1,6 @@
 """Database URLs and ``env:`` locations: recognised, resolved, parsed and redacted in one place.
 
-Both edges that open databases (:mod:`convert.sources.readers` reads a CRM, :mod:`convert.io.writeback`
+Both edges that open databases (:mod:`convert.sources.readers` reads a CRM, :mod:`convert.io.writers`
 writes scores) take their URLs through this module, so a URL means the same thing, and a
 password is hidden the same way, wherever it appears.
 
@@ -30,6 +30,7 @@ __all__ = [
     "is_database_url",
     "redact_url",
     "resolve_env",
+    "scrub",
     "secrets_of",
 ]
 
@@ -127,6 +128,14 @@ def secrets_of(text: str) -> tuple[str, ...]:
     plain = unquote(written)
     spellings = {written, plain, quote(plain, safe=""), quote_plus(plain)}
     return tuple(sorted((s for s in spellings if s), key=len, reverse=True))
+
+
+def scrub(text: str, secrets: tuple[str, ...] | list[str]) -> str:
+    """*text* (a driver's message) with each of *secrets* (see :func:`secrets_of`, longest
+    first) replaced by ``***``."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
 
 
 def engine_url(text: str) -> URL:

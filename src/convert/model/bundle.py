@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import warnings
@@ -38,6 +37,7 @@ from convert.exceptions import BundleError, ConvertWarning, FeatureMismatchError
 from convert.features.catalog import Catalog
 from convert.model.calibrate import Calibrator, calibrator_from_dict
 from convert.model.linear import LinearScorer
+from convert.model.metadata import BundleMetadata
 
 BUNDLE_VERSION = 1
 MANIFEST = "manifest.json"
@@ -330,7 +330,17 @@ class LeadScoringModel:
         self.seed = seed
         self.horizon_days = horizon_days
         self.grade_cutoffs = dict(grade_cutoffs or {"A": 50, "B": 25, "C": 10})
-        self.metadata: dict[str, Any] = {}
+        self.metadata = BundleMetadata()
+
+    @property
+    def metadata(self) -> BundleMetadata:
+        """The training record (:class:`~convert.model.metadata.BundleMetadata`), saved in the bundle."""
+        return self._metadata
+
+    @metadata.setter
+    def metadata(self, value: BundleMetadata | Mapping[str, Any] | None) -> None:
+        # a trainer may hand over a plain dictionary: it is validated into the typed record
+        self._metadata = BundleMetadata.of(value)
 
     # --- fitting --------------------------------------------------------------------------
 
@@ -516,7 +526,7 @@ class LeadScoringModel:
     def features_config(self, default: FeaturesConfig) -> FeaturesConfig:
         """The feature settings the model was trained with (windows, bands, extra attributes):
         scoring must build the same features, whatever today's params.yaml says."""
-        stored = self.metadata.get("features_config")
+        stored = self.metadata.features_config
         return FeaturesConfig.model_validate(stored) if stored else default
 
     @property
@@ -554,7 +564,7 @@ class LeadScoringModel:
             "linear": self.linear_.to_dict() if self.linear_ is not None else None,
             "spec": self.spec_.to_dict(),
             "catalog": self.catalog_.to_records(),
-            "metadata": _jsonable(self.metadata),
+            "metadata": self.metadata.to_json(),
         }
         (path / BUNDLE).write_text(json.dumps(bundle, indent=1))
         files = [BOOSTER, BUNDLE] + ([CALIBRATOR] if calibrated else [])
@@ -625,7 +635,7 @@ class LeadScoringModel:
             model.blend_weight_ = blend_weight
         model.spec_ = spec
         model.catalog_ = catalog
-        model.metadata = data.get("metadata", {}) or {}
+        model.metadata = BundleMetadata.from_saved(data.get("metadata"), path / BUNDLE)
         model.bundle_hash_ = digest
         if calibrated:
             try:
@@ -767,17 +777,3 @@ def _booster_is_whole(text: bytes) -> bool:
 def _trimmed(booster: lgb.Booster, iterations: int) -> lgb.Booster:
     """A booster holding only the first *iterations* trees (what early stopping chose)."""
     return lgb.Booster(model_str=booster.model_to_string(num_iteration=iterations))
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        return None if math.isnan(float(value)) else float(value)
-    if isinstance(value, (pd.Timestamp,)):
-        return value.isoformat()
-    return value

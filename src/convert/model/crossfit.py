@@ -323,9 +323,9 @@ class Recipe:
     @classmethod
     def of(cls, model: LeadScoringModel) -> Recipe:
         meta = model.metadata
-        method = (meta.get("calibration") or {}).get("method") or model.calibrator_.method
-        return cls(dict(meta.get("params") or model.params), int(meta.get("rounds") or model.best_iteration_),
-                   float(meta.get("blend_weight") or 0.0), str(method))
+        method = (meta.calibration.method if meta.calibration else None) or model.calibrator_.method
+        return cls(dict(meta.params or model.params), int(meta.rounds or model.best_iteration_),
+                   float(meta.blend_weight or 0.0), str(method))
 
 
 @dataclass

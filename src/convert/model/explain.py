@@ -13,20 +13,20 @@ in raw score is never mapped to zero points. When ``raw == base_raw`` the ratio 
 replaced by the slope ``S'(raw)``. Integer points come from a largest-remainder rounding
 that hits ``score - base_score`` exactly and never turns a feature's sign around, so
 ``base_score + fit_points + engagement_points = score`` holds for every lead.
+
+The waterfall figure of one lead's explanation is :func:`convert.analysis.plots.plot_waterfall`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from convert.features.catalog import Catalog
+from convert.features.catalog import Catalog, FeatureDef
 from convert.model.bundle import LeadScoringModel, predict_threads, score_from_probability
-from convert.model.metrics import literal_text
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 
@@ -73,8 +73,9 @@ def round_preserving_sum(values: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Integers per row that sum to *targets*, each within 1 of its value, signs kept.
 
     Largest-remainder method: floor everything, then give the missing units to the
-    largest remainders (or, when there is one too many, take it from an entry that stays
-    on its side of zero).
+    largest remainders (ties to the lower column), or, when there is one too many, take it
+    from an entry that stays on its side of zero. Vectorised: the k-th largest remainder
+    of each row is found by one sort of the remainders' values, so no per-row argsort.
     """
     values = np.asarray(values, dtype="float64")
     floors = np.floor(values)
@@ -82,12 +83,8 @@ def round_preserving_sum(values: np.ndarray, targets: np.ndarray) -> np.ndarray:
     k = np.asarray(targets, dtype="int64") - floors.sum(axis=1).astype("int64")
     n, p = values.shape
     out = floors.astype("int64")
-    # add one unit to the k largest remainders of each row
-    order = np.argsort(-rem, axis=1, kind="stable")
-    ranks = np.empty_like(order)
-    ranks[np.arange(n)[:, None], order] = np.arange(p)[None, :]
     k_pos = np.clip(k, 0, p)
-    out += (ranks < k_pos[:, None]).astype("int64")
+    out += _largest(rem, k_pos)  # one unit to the k largest remainders of each row
     for i in np.flatnonzero(k < 0):  # rare: take units where the sign survives
         need = -int(k[i])
         eligible = np.flatnonzero((values[i] < 0) | (out[i] >= 1))
@@ -98,8 +95,31 @@ def round_preserving_sum(values: np.ndarray, targets: np.ndarray) -> np.ndarray:
             out[i, pick[j % pick.size]] -= 1
     for i in np.flatnonzero(k > p):  # degenerate: spread the rest evenly
         extra = int(k[i]) - p
+        order = np.argsort(-rem[i], kind="stable")
         for j in range(extra):
-            out[i, order[i, j % p]] += 1
+            out[i, order[j % p]] += 1
+    return out
+
+
+def _largest(rem: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Per row, 1 for the *k[i]* largest entries of *rem* (ties to the lower column), else 0.
+
+    The first *k* of a stable sort by descending value: every entry above the row's k-th
+    largest value, then the entries equal to it from the left until *k* are taken.
+    """
+    n, p = rem.shape
+    out = np.zeros((n, p), dtype="int64")
+    some = np.flatnonzero(k > 0)
+    if some.size == 0 or p == 0:
+        return out
+    part = rem[some]
+    kk = k[some]
+    kth = np.sort(part, axis=1)[np.arange(some.size), p - kk][:, None]
+    above = part > kth
+    tied = part == kth
+    need = kk - above.sum(axis=1)
+    take = above | (tied & (np.cumsum(tied, axis=1) <= need[:, None]))
+    out[some] = take
     return out
 
 
@@ -120,12 +140,11 @@ def to_points(raw: np.ndarray, phi: np.ndarray, base_raw: float, score_fn: Score
     s_base = float(score_fn(np.array([base_raw]))[0])
     delta = raw - base_raw
     safe = np.abs(delta) > 1e-9
-    h = 1e-4
-    slope = np.where(
-        safe,
-        (s_raw - s_base) / np.where(safe, delta, 1.0),
-        (score_fn(raw + h) - score_fn(raw - h)) / (2 * h),
-    )
+    slope = (s_raw - s_base) / np.where(safe, delta, 1.0)
+    if not safe.all():  # the derivative where the raw score is the base's (score_fn is elementwise)
+        h = 1e-4
+        flat = raw[~safe]
+        slope[~safe] = (score_fn(flat + h) - score_fn(flat - h)) / (2 * h)
     continuous = phi * slope[:, None]
     score = np.floor(s_raw + 0.5).astype("int64")
     base_score = int(np.floor(s_base + 0.5))
@@ -203,65 +222,159 @@ def reasons(
     """The strongest positive and negative contributions of each lead as sentences.
 
     Ties in integer points are broken by the unrounded points; a feature with zero
-    integer points is not a reason. Fewer than *top* leave ``None``.
+    integer points is not a reason. Fewer than *top* leave ``None``. One list per lead;
+    :func:`reason_columns` gives the same sentences as arrays, one column per slot.
+    """
+    pos, neg = reason_columns(points, values, catalog, names, top)
+    return pos.tolist(), neg.tolist()
+
+
+#: Units whose values are shown rounded to a whole number (``FeatureDef.format_value``).
+_WHOLE_UNITS = frozenset({"count", "days", "employees", "band"})
+#: Keys no value takes (NaN bit patterns; NaN cells are keyed as missing).
+_MISSING_KEY, _ZERO_KEY = np.int64(0x7FF8000000000001), np.int64(0x7FF8000000000002)
+
+
+def reason_columns(
+    points: Points,
+    values: pd.DataFrame,
+    catalog: Catalog,
+    names: list[str],
+    top: int = 3,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`reasons` as two object arrays of shape (n, *top*): positive and negative sentences.
+
+    Built per feature, never per lead: the cells chosen for a reason are grouped by
+    feature, the feature's sentence is rendered once per distinct shown value (values that
+    print alike, such as counts that round to the same number, share one rendering) and
+    once per distinct (sentence, points) pair, and the results are scattered back.
     """
     # integer points first, the unrounded points break ties: sum-preserving rounding keeps
     # each integer within one of its unrounded value, so the scaled difference cannot
     # reorder different integers
-    key = points.points + np.clip(points.continuous - points.points, -0.999, 0.999) * 1e-3
-    n_rows, n_features = key.shape
-    k = min(top, n_features)
-    pos_order = _top_columns(-key, k)
-    neg_order = _top_columns(key, k)
-    defs = [catalog[n] for n in names]
-    columns = [values[n].to_numpy(dtype=object) for n in names]  # only the chosen cells are read
-    described: dict[tuple[int, Any], str] = {}  # counts and categories repeat across leads
-
-    def sentence(i: int, j: int, pts: int) -> str:
-        value = columns[j][i]
-        if isinstance(value, float) and value != value:
-            value = None  # NaN: one cache entry, described as missing
-        try:
-            text = described.get((j, value))
-        except TypeError:  # unhashable
-            return f"{pts:+d} {defs[j].describe(value)}"
-        if text is None:
-            text = described[(j, value)] = defs[j].describe(value)
-        return f"{pts:+d} {text}"
-
     ints = points.points
-    pos_out: list[list[str | None]] = []
-    neg_out: list[list[str | None]] = []
-    for i in range(n_rows):
-        row_pts = ints[i]
-        pos_out.append([sentence(i, j, int(row_pts[j])) if row_pts[j] > 0 else None for j in pos_order[i]]
-                       + [None] * (top - k))
-        neg_out.append([sentence(i, j, int(row_pts[j])) if row_pts[j] < 0 else None for j in neg_order[i]]
-                       + [None] * (top - k))
-    return pos_out, neg_out
+    key = points.continuous - ints  # in place: ints + clip(continuous - ints) * 1e-3, one array
+    np.clip(key, -0.999, 0.999, out=key)
+    key *= 1e-3
+    key += ints
+    n_rows, n_features = key.shape
+    width = max(top, 0)
+    k = min(width, n_features)
+    cells = np.full(2 * n_rows * width, None, dtype=object)  # positive slots, then negative
+    if n_rows == 0 or k == 0:
+        return cells[: n_rows * width].reshape(n_rows, width), cells[n_rows * width :].reshape(n_rows, width)
+    feats, rows, pts, dest = [], [], [], []
+    for order, positive, offset in ((_top_columns(key, k, largest=True), True, 0),
+                                   (_top_columns(key, k), False, n_rows * width)):
+        chosen_pts = np.take_along_axis(ints, order, axis=1)
+        row, slot = np.nonzero(chosen_pts > 0 if positive else chosen_pts < 0)
+        feats.append(order[row, slot])
+        rows.append(row)
+        pts.append(chosen_pts[row, slot])
+        dest.append(offset + row * width + slot)
+    feat = np.concatenate(feats)
+    row = np.concatenate(rows)
+    pt = np.concatenate(pts).astype("int64")
+    target = np.concatenate(dest)
+    by_feature = np.argsort(feat, kind="stable")
+    counts = np.bincount(feat, minlength=n_features)
+    ends = np.cumsum(counts)
+    for j in np.flatnonzero(counts):
+        idx = by_feature[ends[j] - counts[j] : ends[j]]
+        cells[target[idx]] = _sentences(catalog[names[j]], values[names[j]], row[idx], pt[idx])
+    return cells[: n_rows * width].reshape(n_rows, width), cells[n_rows * width :].reshape(n_rows, width)
 
 
-def _top_columns(key: np.ndarray, k: int) -> np.ndarray:
-    """Per row, the column indices of the *k* smallest keys in order, ties to the lower index.
+def _sentences(feature: FeatureDef, column: pd.Series, rows: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """``FeatureDef.sentence(value, points)`` of the cells (*rows*, *pts*) of one feature,
+    each distinct (text, points) pair rendered once."""
+    codes, texts = _cell_texts(feature, column, rows)
+    texts_codes, distinct = pd.factorize(np.asarray(texts, dtype=object))
+    low = int(pts.min())
+    span = int(pts.max()) - low + 1
+    pairs, firsts = pd.factorize(texts_codes[codes].astype("int64") * span + (pts - low))
+    rendered = np.array([f"{int(c % span) + low:+d} {distinct[c // span]}" for c in firsts.tolist()], dtype=object)
+    return rendered[pairs]
 
-    The same as a stable full sort's first *k*, found by partitioning: only rows with a
-    tie across the k-th place fall back to the full sort.
+
+def _cell_texts(feature: FeatureDef, column: pd.Series, rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """``feature.describe(value)`` of the column's cells at *rows*: a code per cell and the texts.
+
+    A numeric feature in a NumPy column is keyed by what its sentence shows (missing, zero,
+    the rounded number for whole units, the rounded percentage for ratios, else the exact
+    value), so each key's texts are equal and one cell renders it. Zero is one key whose
+    text is the lowest row's (0.0 and -0.0 are equal values but print ``0%`` and ``-0%``):
+    the text a cache keyed by value, filled lead by lead, keeps. Other columns are keyed by
+    value, with the lowest row's value described, for the same reason; unhashable values
+    are described cell by cell.
+    """
+    if feature.kind == "numeric" and isinstance(column.dtype, np.dtype) and column.dtype.kind in "fiub":
+        raw = column.to_numpy()[rows]
+        x = raw.astype("float64", copy=False)
+        if feature.unit in _WHOLE_UNITS:
+            shown = np.rint(x) + 0.0  # round() to an int: -0.0 prints as 0
+        elif feature.unit == "ratio":
+            shown = np.rint(x * 100.0)  # '{:.0%}' is '{:.0f}' of x * 100: its integer and sign
+        else:
+            shown = x.copy()
+        zero = x == 0
+        keys = np.where(np.isnan(x), _MISSING_KEY, np.where(zero, _ZERO_KEY, shown.view("int64")))
+        codes, uniques = pd.factorize(keys)
+        member = np.empty(len(uniques), dtype=np.intp)
+        member[codes] = np.arange(len(codes))  # any cell of a key: they all print alike...
+        if zero.any():  # ...but 0.0 and -0.0 (equal values, '0%' and '-0%'): the lowest row's
+            zeros = np.flatnonzero(zero)
+            first_zero = zeros[np.argmin(rows[zeros])]
+            member[codes[first_zero]] = first_zero
+        return codes, [feature.describe(v) for v in raw[member].tolist()]
+    first = np.argsort(rows, kind="stable")
+    cells = column.iloc[rows[first]].to_numpy(dtype=object)
+    try:
+        sorted_codes, uniques = pd.factorize(cells)
+    except TypeError:  # unhashable values
+        codes = np.empty(len(rows), dtype=np.intp)
+        codes[first] = np.arange(len(rows))
+        return codes, [feature.describe(v) for v in cells]
+    _, lowest = np.unique(sorted_codes, return_index=True)  # ascending codes; -1 (missing) first
+    described = [feature.describe(v) for v in cells[lowest[lowest.size - len(uniques):]]]
+    described.append(feature.describe(None))  # code -1: missing (NaN, None, NA)
+    codes = np.empty(len(rows), dtype=np.intp)
+    codes[first] = sorted_codes
+    return np.where(codes < 0, len(uniques), codes), described
+
+
+def _top_columns(key: np.ndarray, k: int, largest: bool = False) -> np.ndarray:
+    """Per row, the column indices of the *k* smallest keys (*largest*: the *k* largest) in
+    order, ties to the lower index.
+
+    The same as a stable full sort's first *k* (of ``key``, or of ``-key`` for *largest*),
+    found by partitioning: only rows with a tie across the k-th place fall back to the full sort.
     """
     n, p = key.shape
     if k <= 0:
         return np.empty((n, 0), dtype=np.intp)
     if k >= p:
-        return np.argsort(key, axis=1, kind="stable")
-    kth = np.partition(key, k - 1, axis=1)[:, k - 1 : k]
-    chosen = key <= kth
+        return np.argsort(-key if largest else key, axis=1, kind="stable")
+    if largest:
+        kth = np.partition(key, p - k, axis=1)[:, p - k : p - k + 1]
+        chosen = key >= kth
+    else:
+        kth = np.partition(key, k - 1, axis=1)[:, k - 1 : k]
+        chosen = key <= kth
     exact = chosen.sum(axis=1) == k
     out = np.empty((n, k), dtype=np.intp)
-    if exact.any():
-        cols = np.nonzero(chosen[exact])[1].reshape(-1, k)  # ascending column order per row
-        order = np.lexsort((cols, np.take_along_axis(key[exact], cols, axis=1)), axis=1)
-        out[exact] = np.take_along_axis(cols, order, axis=1)
-    if not exact.all():
-        out[~exact] = np.argsort(key[~exact], axis=1, kind="stable")[:, :k]
+    if exact.all():
+        rows, cols = np.arange(n), np.nonzero(chosen)[1].reshape(n, k)  # ascending columns per row
+    else:
+        rows = np.flatnonzero(exact)
+        cols = np.nonzero(chosen[rows])[1].reshape(-1, k)
+    if rows.size:
+        values = key[rows[:, None], cols]
+        order = np.lexsort((cols, -values if largest else values), axis=1)
+        out[rows] = np.take_along_axis(cols, order, axis=1)
+    if rows.size < n:
+        rest = ~exact
+        out[rest] = np.argsort(-key[rest] if largest else key[rest], axis=1, kind="stable")[:, :k]
     return out
 
 
@@ -314,36 +427,3 @@ def explain_lead(model: LeadScoringModel, row: pd.DataFrame) -> LeadExplanation:
         base_score=pts.base_score,
         table=table.reset_index(drop=True),
     )
-
-
-@literal_text
-def plot_waterfall(explanation: LeadExplanation, max_features: int = 12):  # type: ignore[no-untyped-def]
-    """A waterfall of score points from the base score to the lead's score (matplotlib Figure)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    t = explanation.table
-    top = t.head(max_features)
-    rest = int(t["points"].sum() - top["points"].sum())
-    labels = ["base score"] + [str(s)[:70] for s in top["sentence"].str.replace(r"^[+-]\d+ ", "", regex=True)]
-    steps = [explanation.base_score] + top["points"].astype(int).tolist()
-    if rest:
-        labels.append(f"{len(t) - len(top)} other features")
-        steps.append(rest)
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(steps) + 1.5))
-    level = 0
-    for i, step in enumerate(steps):
-        start = 0 if i == 0 else level
-        color = "#777777" if i == 0 else ("#2a9d55" if step >= 0 else "#c0392b")
-        ax.barh(i, step, left=start, color=color)
-        ax.text(start + step, i, f" {step:+d}" if i else f" {step}", va="center", fontsize=8)
-        level = start + step
-    ax.set_yticks(range(len(labels)), labels, fontsize=8)
-    ax.invert_yaxis()
-    ax.axvline(explanation.score, color="black", lw=0.8, ls="--")
-    ax.set_xlabel("score points (0-100)")
-    ax.set_title(f"Lead {explanation.lead_id}: score {explanation.score}")
-    fig.tight_layout()
-    return fig

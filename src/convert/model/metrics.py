@@ -11,7 +11,8 @@ Two questions matter to a sales team, and each has its metrics:
 Every function takes 0/1 labels ``y`` and probabilities ``p`` (array-likes of one
 value per lead) and neither reads nor writes anything. A slice with a single class (no
 conversions, say) gives ``NaN`` for the ranking metrics instead of raising, so a report
-over many slices never stops on one small slice.
+over many slices never stops on one small slice. The figures of these tables are drawn
+by :mod:`convert.analysis.plots` (the model layer draws nothing).
 
 Examples
 --------
@@ -26,19 +27,12 @@ Examples
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
-
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from convert.exceptions import ConvertError
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 __all__ = [
     "brier",
@@ -47,13 +41,11 @@ __all__ = [
     "grade_table",
     "lift_table",
     "log_loss",
-    "plot_lift",
-    "plot_rates",
-    "plot_reliability",
     "pr_auc",
     "reliability_table",
     "roc_auc",
     "segment_table",
+    "wilson_interval",
 ]
 
 #: Two-sided 95 % normal quantile, for the Wilson interval.
@@ -211,8 +203,13 @@ def expected_calibration_error(y: npt.ArrayLike, p: npt.ArrayLike, n_bins: int =
 # --- tables -------------------------------------------------------------------------------
 
 
-def _wilson(positives: FloatArray, n: FloatArray, z: float = _Z95) -> tuple[FloatArray, FloatArray]:
-    """Wilson score interval of a binomial proportion; unlike the normal one it stays in [0, 1]."""
+def wilson_interval(positives: FloatArray, n: FloatArray, z: float = _Z95) -> tuple[FloatArray, FloatArray]:
+    """Wilson score interval of a binomial proportion (*positives* of *n*, elementwise).
+
+    Unlike the normal interval it stays in [0, 1] and is not degenerate at 0 or n
+    positives, which small segments and grades often have. 95 % by default (*z*); ``NaN``
+    where *n* is 0.
+    """
     with np.errstate(invalid="ignore", divide="ignore"):
         phat = positives / n
         denom = 1.0 + z**2 / n
@@ -248,7 +245,7 @@ def reliability_table(y: npt.ArrayLike, p: npt.ArrayLike, n_bins: int = 10) -> p
     bins = _equal_frequency_bins(p_arr, n_bins)
     n = np.array([idx.shape[0] for idx in bins], dtype=np.float64)
     positives = np.array([y_arr[idx].sum() for idx in bins], dtype=np.float64)
-    low, high = _wilson(positives, n)
+    low, high = wilson_interval(positives, n)
     return pd.DataFrame(
         {
             "bin": np.arange(1, len(bins) + 1, dtype=np.int64),
@@ -404,7 +401,7 @@ def segment_table(
     for value, idx in text.groupby(text, sort=False).indices.items():
         yy, pp = y_arr[idx], p_arr[idx]
         n, conv = int(idx.shape[0]), int(yy.sum())
-        low, high = _wilson(np.array([conv], dtype=np.float64), np.array([n], dtype=np.float64))
+        low, high = wilson_interval(np.array([conv], dtype=np.float64), np.array([n], dtype=np.float64))
         rows.append(
             {
                 "value": value, "n": n, "conversions": conv, "observed_rate": conv / n,
@@ -417,142 +414,3 @@ def segment_table(
     columns = ["value", "n", "conversions", "observed_rate", "ci_low", "ci_high",
                "mean_predicted", "roc_auc", "brier", "ece", "uncertain"]
     return pd.DataFrame(rows, columns=columns).sort_values(["n", "value"], ascending=[False, True]).reset_index(drop=True)
-
-
-# --- plots --------------------------------------------------------------------------------
-
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def literal_text(plot: _F) -> _F:
-    """Draw *plot*'s text as written: labels that come from the data (event types, segment
-    values, reasons) are not read as matplotlib mathtext, where a ``$`` pair is a formula
-    and a stray ``\\frac{`` an error."""
-
-    @functools.wraps(plot)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import matplotlib
-
-        with matplotlib.rc_context({"text.parse_math": False}):
-            return plot(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _new_figure(width: float = 6.0, height: float = 4.5) -> Figure:
-    """A Figure on its own Agg canvas: no pyplot, no global state, no display needed."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def plot_reliability(table: pd.DataFrame, title: str = "Reliability") -> Figure:
-    """Reliability diagram from :func:`reliability_table`: observed against predicted rate.
-
-    Points on the diagonal are calibrated; the shaded band is each bin's 95 % Wilson
-    interval, so a point whose band misses the diagonal is a real miscalibration rather
-    than noise. Returns a ``matplotlib.figure.Figure`` (Agg canvas, never shown).
-    """
-    missing = {"mean_predicted", "observed_rate", "ci_low", "ci_high"} - set(table.columns)
-    if missing:
-        raise ConvertError(
-            f"reliability table lacks columns {sorted(missing)}; use reliability_table()"
-        )
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    pred = table["mean_predicted"].to_numpy(dtype=np.float64)
-    order = np.argsort(pred, kind="stable")
-    pred = pred[order]
-    obs = table["observed_rate"].to_numpy(dtype=np.float64)[order]
-    low = table["ci_low"].to_numpy(dtype=np.float64)[order]
-    high = table["ci_high"].to_numpy(dtype=np.float64)[order]
-    top = float(np.nanmax(np.r_[pred, high, 0.01])) * 1.05
-    ax.plot(
-        [0, top], [0, top], linestyle="--", color="grey", linewidth=1, label="perfect calibration"
-    )
-    ax.fill_between(pred, low, high, color="tab:blue", alpha=0.2, label="95% interval (Wilson)")
-    ax.plot(pred, obs, marker="o", color="tab:blue", label="observed")
-    ax.set_xlim(0, top)
-    ax.set_ylim(0, top)
-    ax.set_xlabel("mean predicted probability")
-    ax.set_ylabel("observed conversion rate")
-    ax.set_title(title)
-    ax.legend(loc="upper left")
-    return fig
-
-
-def plot_lift(table: pd.DataFrame, title: str = "Lift by decile") -> Figure:
-    """Lift per decile (bars) and cumulative capture of conversions (line), from :func:`lift_table`.
-
-    Bars above the dashed line at 1 are deciles that convert better than average; the line
-    reads "working the top k deciles reaches this share of all conversions". Returns a
-    ``matplotlib.figure.Figure`` (Agg canvas, never shown).
-    """
-    missing = {"decile", "lift", "cumulative_capture"} - set(table.columns)
-    if missing:
-        raise ConvertError(f"lift table lacks columns {sorted(missing)}; use lift_table()")
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    decile = table["decile"].to_numpy()
-    ax.bar(decile, table["lift"].to_numpy(dtype=np.float64), color="tab:blue", label="lift")
-    ax.axhline(1.0, linestyle="--", color="grey", linewidth=1)
-    ax.set_xlabel("decile (1 = highest scores)")
-    ax.set_ylabel("lift (conversion rate / overall rate)")
-    ax.set_xticks(decile)
-    ax.set_title(title)
-    capture_ax = ax.twinx()
-    capture_ax.plot(
-        decile,
-        table["cumulative_capture"].to_numpy(dtype=np.float64),
-        marker="o",
-        color="tab:orange",
-        label="cumulative capture",
-    )
-    capture_ax.set_ylim(0, 1.05)
-    capture_ax.set_ylabel("share of all conversions captured")
-    handles = ax.get_legend_handles_labels()
-    more = capture_ax.get_legend_handles_labels()
-    ax.legend(handles[0] + more[0], handles[1] + more[1], loc="center right")
-    return fig
-
-
-@literal_text
-def plot_rates(
-    labels: list[str],
-    rate: npt.ArrayLike,
-    low: npt.ArrayLike,
-    high: npt.ArrayLike,
-    title: str,
-    xlabel: str,
-    predicted: npt.ArrayLike | None = None,
-    muted: npt.ArrayLike | None = None,
-) -> Figure:
-    """Conversion rates with their 95 % intervals, one row per group (first group on top).
-
-    With *predicted*, the mean predicted probability of each group is drawn beside its
-    observed rate (calibration by segment); *muted* greys the labels of uncertain groups.
-    """
-    fig = _new_figure(7.0, 0.32 * len(labels) + 1.4)
-    ax = fig.add_subplot()
-    y = np.arange(len(labels))[::-1]
-    r = np.asarray(rate, dtype=np.float64)
-    err = np.clip([r - np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64) - r], 0, None)
-    ax.errorbar(r, y, xerr=err, fmt="o", color="tab:blue", ecolor="tab:blue", capsize=3,
-                label="observed (95% interval)")
-    if predicted is not None:
-        ax.scatter(np.asarray(predicted, dtype=np.float64), y, marker="x", color="tab:orange", zorder=3,
-                   label="mean predicted")
-        ax.legend(loc="lower right", fontsize=7)
-    ax.set_yticks(y, labels, fontsize=7)
-    if muted is not None:
-        grey = dict(zip(y.tolist(), np.asarray(muted, dtype=bool).tolist(), strict=True))
-        for pos, tick in zip(ax.get_yticks(), ax.get_yticklabels(), strict=True):
-            if grey.get(int(pos)):
-                tick.set_color("#8a8f98")
-    ax.set_xlabel(xlabel)
-    ax.set_title(title)
-    return fig

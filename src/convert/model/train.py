@@ -11,7 +11,7 @@ calibrator must then undo.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,64 +19,47 @@ import numpy as np
 import pandas as pd
 
 from convert.config import Config
-from convert.exceptions import InsufficientDataError
-from convert.features.catalog import Catalog
-from convert.features.engine import KEY, build_features
-from convert.features.labels import AsOfGrid, build_labels, grid_for, parse_as_of
-from convert.model.baselines import fit_baselines
+from convert.exceptions import ConfigError
+from convert.features.engine import KEY
+from convert.features.labels import parse_as_of
+from convert.model.baselines import (
+    Baseline,
+    LogisticBaseline,
+    PointsRuleBaseline,
+    SourceRateBaseline,
+    fit_baselines,
+)
 from convert.model.bundle import LeadScoringModel, score_from_probability
-from convert.model.crossfit import CrossFit, Folds, cross_fit, time_folds
+from convert.model.crossfit import (
+    CrossFit,
+    Folds,
+    cross_fit,
+    ordered_folds,
+    random_folds,
+    time_folds,
+)
+from convert.model.leakage import LeakageReport, screen
+from convert.model.metadata import BundleMetadata
 from convert.model.metrics import evaluate, grade_table, lift_table, reliability_table
 from convert.schema import Labeled
-from convert.sources.export import CRMData
+from convert.sources.base import LeadSource, TrainingSet
+from convert.sources.mapping import Mapping
+
+__all__ = ["Evaluation", "TrainResult", "TrainingSet", "build_training_set", "folds_for", "screen_source",
+           "train", "train_flat", "train_on"]
 
 
-@dataclass
-class TrainingSet:
-    """Labelled feature rows keyed by (lead_id, as_of), with their catalog."""
-
-    frame: pd.DataFrame
-    catalog: Catalog
-    event_types: tuple[str, ...]
-    as_of: pd.Timestamp
-    horizon_days: int
-    grid: AsOfGrid | None = None  # the snapshot grid and how it was chosen
-
-    @property
-    def features(self) -> list[str]:
-        return self.catalog.names
-
-    @property
-    def as_ofs(self) -> list[pd.Timestamp]:
-        return sorted(pd.to_datetime(self.frame[Labeled.as_of].unique()))
-
-
-def default_as_of(data: CRMData) -> pd.Timestamp:
-    """The day after the latest timestamp in the data (midnight UTC)."""
-    return data.latest_timestamp().normalize() + pd.Timedelta(days=1)
+def default_as_of(data: LeadSource) -> pd.Timestamp:
+    """The source's default training as-of (a CRM export: the day after its latest timestamp)."""
+    return data.default_as_of()
 
 
 def build_training_set(
-    data: CRMData, config: Config, as_of: str | pd.Timestamp | None = None
+    data: LeadSource, config: Config, as_of: str | pd.Timestamp | None = None
 ) -> TrainingSet:
-    """Labels and point-in-time features for every as-of time whose horizon ended by *as_of*."""
-    t = parse_as_of(as_of) or default_as_of(data)
-    horizon = config.labels.horizon_days
-    grid = grid_for(config.labels, data.earliest_created(), t)
-    needed = config.train.inner_folds + config.train.outer_folds + 1
-    if len(grid) < needed:
-        raise InsufficientDataError(
-            f"only {len(grid)} as-of times between the first lead and {t:%Y-%m-%d} minus the "
-            f"{horizon}-day horizon ({grid.describe()}); training needs at least {needed} "
-            f"({config.train.inner_folds} inner folds, {config.train.outer_folds} outer, one to fit the "
-            "first). Use more frequent snapshots (labels.frequency: daily or weekly), a shorter "
-            "--horizon-days, a smaller labels.min_history_days, or train.inner_folds: 2 and "
-            "train.outer_folds: 1"
-        )
-    labels = build_labels(data.con, grid.times, horizon)
-    fs = build_features(data.con, labels, config.features)
-    frame = labels.merge(fs.frame, on=KEY, how="left", validate="one_to_one")
-    return TrainingSet(frame, fs.catalog, fs.event_types, t, horizon, grid)
+    """Labels and point-in-time features for every as-of time whose horizon ended by *as_of*
+    (a flat table: its rows). Public API: *as_of* may be ISO 8601 text, parsed here."""
+    return data.training_set(config, parse_as_of(as_of))
 
 
 @dataclass
@@ -111,6 +94,7 @@ class TrainResult:
     tuning: pd.DataFrame | None = None
     params: dict[str, Any] = field(default_factory=dict)
     crossfit: CrossFit | None = None
+    leakage: LeakageReport | None = None
 
 
 def outer_evaluation(
@@ -143,7 +127,7 @@ def evaluation_from_predictions(predictions: pd.DataFrame, model: LeadScoringMod
     probs = {"model": predictions["probability"].to_numpy(dtype="float64"),
              **{c[2:]: predictions[c].to_numpy(dtype="float64") for c in predictions.columns if c.startswith("p_")}}
     p_model = probs["model"]
-    folds = model.metadata.get("fold_metrics")
+    folds = model.metadata.fold_metrics
     return Evaluation(
         metrics=pd.DataFrame({name: evaluate(y, p) for name, p in probs.items()}),
         reliability=reliability_table(y, p_model),
@@ -177,8 +161,51 @@ def training_metadata(fit: CrossFit, folds: Folds, y: np.ndarray, evaluation: Ev
     }
 
 
+def screen_source(
+    data: LeadSource, config: Config, mapping: Mapping | None = None
+) -> tuple[LeakageReport, Config]:
+    """The leakage guard on a source's raw attributes against whether each lead converted.
+
+    Stops (``LeakageError``) on an unsettled suspect; excluded columns leave the data and the
+    configured features. Returns the report and the config training uses.
+    """
+    attrs = data.leakage_attributes(config)
+    report = screen(attrs.frame, attrs.label, config.leakage, kinds=attrs.kinds, excluded=attrs.excluded,
+                    allowed=(mapping or Mapping()).allow, seed=config.seed)
+    report.check()
+    return report, data.exclude_attributes(dict(report.excluded), config)
+
+
+def folds_for(ts: TrainingSet, config: Config) -> Folds:
+    """The folds of a training set's design (:mod:`convert.model.crossfit`): forward-chaining
+    over as-of times purged by the horizon (``time``), stratified blocks (``random``) or
+    forward-chaining in row order (``ordered``)."""
+    y = ts.labels
+    if ts.design == "time":
+        return time_folds(ts.frame[Labeled.as_of], y, ts.horizon_days, config)
+    if ts.design == "ordered":
+        return ordered_folds(y, config)
+    if ts.design == "random":
+        return random_folds(y, config)
+    raise ConfigError(f"--split must be random or ordered, not {ts.design!r}")
+
+
+def baseline_fitter(ts: TrainingSet, config: Config) -> Callable[[pd.DataFrame, np.ndarray], dict[str, Baseline]]:
+    """Fits the baselines whose inputs the training set's features hold (``ts.baselines``):
+    all three for a CRM export's features, the logistic regression alone for a flat table's."""
+    every = (SourceRateBaseline.name, LogisticBaseline.name, PointsRuleBaseline.name)
+    if tuple(ts.baselines) == every:
+        return lambda X, y: fit_baselines(X, y, config.baselines, config.seed)
+    makers: dict[str, Callable[[], Baseline]] = {
+        SourceRateBaseline.name: SourceRateBaseline,
+        LogisticBaseline.name: lambda: LogisticBaseline(seed=config.seed),
+        PointsRuleBaseline.name: lambda: PointsRuleBaseline(config=config.baselines),
+    }
+    return lambda X, y: {name: makers[name]().fit(X, y) for name in ts.baselines}
+
+
 def train(
-    data: CRMData,
+    data: LeadSource,
     config: Config,
     as_of: str | pd.Timestamp | None = None,
     tune_trials: int | None = None,
@@ -189,11 +216,13 @@ def train(
     Parameters
     ----------
     data:
-        A loaded CRM export (:func:`convert.load`).
+        A loaded source: a CRM export (:func:`convert.load`) or a flat table
+        (:class:`convert.sources.flat.FlatSource`).
     config:
         The configuration; ``labels.horizon_days`` is the horizon, ``train`` the fold design.
     as_of:
-        Training as-of time ``T`` (ISO 8601); default: the day after the latest timestamp.
+        Training as-of time ``T`` (ISO 8601 text or a timestamp); default: the source's
+        (a CRM export: the day after its latest timestamp).
     tune_trials:
         Random-search trials (``--tune``); default ``config.train.tune_trials``.
 
@@ -207,37 +236,70 @@ def train(
     return train_on(ts, config, tune_trials)
 
 
+def train_flat(
+    table: Any,
+    config: Config,
+    mapping: Mapping | None = None,
+    split: str | None = None,
+    tune_trials: int | None = None,
+) -> TrainResult:
+    """Screen a flat table (:func:`convert.load_flat`) for leakage, then train on it as
+    :func:`train` does; the result's ``leakage`` holds the screen.
+
+    Raises
+    ------
+    LeakageError
+        When the leakage guard finds a suspect column neither excluded nor allowed.
+    InsufficientDataError
+        When a fold holds fewer than ``train.min_positives`` converted leads.
+    """
+    from convert.sources.flat import FlatSource
+
+    mapping = mapping or Mapping()
+    mode = split or mapping.flat.split or "random"
+    if mode not in ("random", "ordered"):
+        raise ConfigError(f"--split must be random or ordered, not {mode!r}")
+    source = FlatSource(table, mapping, mode)  # type: ignore[arg-type]
+    leakage, config = screen_source(source, config, mapping)
+    result = train_on(source.training_set(config), config, tune_trials)
+    result.leakage = leakage
+    result.model.metadata["leakage"] = leakage.to_dict()
+    return result
+
+
 def fit_deployed(ts: TrainingSet, config: Config) -> LeadScoringModel:
     """The deployed model of the training design on *ts*, without the baselines (backtests)."""
-    y = ts.frame[Labeled.label].to_numpy()
-    folds = time_folds(ts.frame[Labeled.as_of], y, ts.horizon_days, config)
-    return cross_fit(ts.frame[ts.features], y, folds, config, catalog=ts.catalog, event_types=ts.event_types,
-                     as_of=pd.to_datetime(ts.frame[Labeled.as_of]).to_numpy()).model
+    y = ts.labels
+    return cross_fit(ts.frame[ts.features], y, folds_for(ts, config), config, catalog=ts.catalog,
+                     event_types=ts.event_types, as_of=ts.row_times()).model
 
 
 def train_on(ts: TrainingSet, config: Config, tune_trials: int | None = None) -> TrainResult:
-    """:func:`train` on a built training set."""
-    y = ts.frame[Labeled.label].to_numpy()
-    folds = time_folds(ts.frame[Labeled.as_of], y, ts.horizon_days, config)
+    """:func:`train` on a built training set (from either source)."""
+    y = ts.labels
+    folds = folds_for(ts, config)
     trials = config.train.tune_trials if tune_trials is None else tune_trials
     fit = cross_fit(
         ts.frame[ts.features], y, folds, config, catalog=ts.catalog, event_types=ts.event_types,
-        baselines=lambda X, yy: fit_baselines(X, yy, config.baselines, config.seed),
-        trials=trials, as_of=pd.to_datetime(ts.frame[Labeled.as_of]).to_numpy(),
+        baselines=baseline_fitter(ts, config), trials=trials, as_of=ts.row_times(),
     )
     model = fit.model
     evaluation = outer_evaluation(model, ts.frame, y, fit, KEY)
     model.outer_predictions_ = evaluation.predictions
-    model.metadata = {
-        "training_as_of": ts.as_of.isoformat(),
-        "horizon_days": ts.horizon_days,
-        "frequency": ts.grid.frequency if ts.grid else config.labels.frequency,
-        "as_of_grid": ts.grid.to_dict() if ts.grid else None,
+    model.metadata = BundleMetadata.of({
+        **ts.metadata,
         **training_metadata(fit, folds, y, evaluation),
         "seed": config.seed,
         "features_config": config.features.model_dump(mode="json"),
-    }
+    })
     return TrainResult(model, evaluation, folds.summary(y), fit.calibration_cv, ts, folds, fit.tuning,
                        fit.params, fit)
 
 
+def deployed_until(model: LeadScoringModel) -> pd.Timestamp | None:
+    """The latest as-of time the deployed model learned from, for a model of the time design
+    (a CRM export); ``None`` for a flat table's (its rows have no time) or an old bundle."""
+    record = model.metadata
+    if record.deployed_fit is None or not str(record.design or "").startswith("time"):
+        return None
+    return pd.Timestamp(record.deployed_fit.to)

@@ -25,13 +25,13 @@ import pandas as pd
 from convert.config import Config, FeaturesConfig, LeakageConfig
 from convert.exceptions import ConfigError, ConvertError
 from convert.features.catalog import Catalog
-from convert.features.labels import AsOfGrid
+from convert.features.labels import AsOfGrid, grid_for
 from convert.model.leakage import ColumnScreen, LeakageReport
-from convert.model.train import TrainingSet
+from convert.sources.base import DESIGNS, TrainingSet
 
 #: key of the JSON document in the Parquet schema metadata
 METADATA_KEY = b"convert.training_set"
-FORMAT = 1
+FORMAT = 2  # 2: the fold design, baselines, bundle metadata and run parameters of the source
 #: data settings that change which rows load (the others: paths, caching, chunking)
 _DATA_SHAPING = ("max_quarantine_share", "strict", "valid_from", "valid_to")
 
@@ -58,9 +58,22 @@ class StoredTrainingSet:
     leakage: LeakageReport
     features: FeaturesConfig  # after the leakage guard's exclusions: the model's features config
     settings: dict[str, Any]  # :func:`shaping_settings` of the run that built it
-    earliest_created: pd.Timestamp  # the export's first lead and...
+    kind: str  # the source's kind (``event``, ``flat``): its default model name
+    earliest_created: pd.Timestamp | None  # a CRM export's first lead and...
     data_as_of: pd.Timestamp  # ...the day after its latest timestamp (newer as-of times for the champion)
     path: Path
+
+    def model_name(self, config: Config) -> str:
+        """The registered model name the source of this set trains by default."""
+        return config.flat.model_name if self.kind == "flat" else config.train.model_name
+
+    def labelled_after(self, cut: pd.Timestamp, horizon_days: int, config: Config) -> list[pd.Timestamp]:
+        """Labelled as-of times of the export newer than *cut*, as the export itself gives them
+        (:meth:`convert.sources.export.CRMData.labelled_after`); none for a set without time."""
+        if self.training_set.design != "time" or self.earliest_created is None:
+            return []
+        labels = config.labels.model_copy(update={"horizon_days": horizon_days})
+        return [t for t in grid_for(labels, self.earliest_created, self.data_as_of).times if t > cut]
 
     def config_for(self, config: Config) -> Config:
         """*config* with the set's post-guard features settings, after checking that *config*
@@ -79,7 +92,7 @@ class StoredTrainingSet:
 
 def write_training_set(
     ts: TrainingSet, path: str | Path, leakage: LeakageReport, config: Config, built_with: Config,
-    earliest_created: pd.Timestamp, data_as_of: pd.Timestamp,
+    kind: str, earliest_created: pd.Timestamp | None, data_as_of: pd.Timestamp,
 ) -> Path:
     """Write *ts* to one Parquet file. *config* is the configuration as given, *built_with*
     the one after the leakage guard (whose features settings built the rows)."""
@@ -93,15 +106,20 @@ def write_training_set(
         "as_of": ts.as_of.isoformat(),
         "horizon_days": ts.horizon_days,
         "grid": _grid_record(ts.grid),
+        "design": ts.design,
+        "baselines": list(ts.baselines),
+        "metadata": ts.metadata,
+        "params": ts.params,
+        "kind": kind,
         "leakage": _leakage_record(leakage),
         "features": built_with.features.model_dump(mode="json"),
         "settings": shaping_settings(config),
-        "earliest_created": pd.Timestamp(earliest_created).isoformat(),
+        "earliest_created": _stamp(earliest_created),
         "data_as_of": pd.Timestamp(data_as_of).isoformat(),
     }
     table = pa.Table.from_pandas(ts.frame, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                           METADATA_KEY: json.dumps(meta).encode()})
+                                           METADATA_KEY: json.dumps(meta, default=_plain).encode()})
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -133,12 +151,28 @@ def read_training_set(path: str | Path) -> StoredTrainingSet:
     ts = TrainingSet(
         frame=table.to_pandas(), catalog=Catalog.from_records(meta["catalog"]),
         event_types=tuple(meta["event_types"]), as_of=pd.Timestamp(meta["as_of"]),
-        horizon_days=int(meta["horizon_days"]), grid=_grid_from(meta["grid"]),
+        horizon_days=int(meta["horizon_days"]), grid=_grid_from(meta["grid"]), design=meta["design"],
+        baselines=tuple(meta["baselines"]), metadata=dict(meta["metadata"]), params=dict(meta["params"]),
     )
+    if ts.design not in DESIGNS:
+        raise ConvertError(f"training set {p} has fold design {ts.design!r}, not one of {', '.join(DESIGNS)}; "
+                           "rebuild it with `convert-leads features`")
     return StoredTrainingSet(
         ts, _leakage_from(meta["leakage"]), FeaturesConfig.model_validate(meta["features"]),
-        meta["settings"], pd.Timestamp(meta["earliest_created"]), pd.Timestamp(meta["data_as_of"]), p,
+        meta["settings"], str(meta["kind"]), _time(meta["earliest_created"]), pd.Timestamp(meta["data_as_of"]), p,
     )
+
+
+def _plain(value: Any) -> Any:
+    """JSON for the numpy scalars and timestamps a source's metadata may hold (read back as
+    the plain numbers and ISO text a bundle's JSON holds too)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (pd.Timestamp, np.datetime64)):
+        return pd.Timestamp(value).isoformat()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} in a training set's metadata cannot be written as JSON")
 
 
 def _stamp(value: pd.Timestamp | None) -> str | None:

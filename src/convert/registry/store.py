@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from convert.exceptions import ConvertWarning, ModelNotFoundError
+from convert.io.urls import redact_url
 from convert.model.bundle import LeadScoringModel, bundle_version
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -47,7 +48,7 @@ def _client():  # type: ignore[no-untyped-def]
 def tracking_uri_for_display() -> str:
     """The tracking URI with any password masked."""
     uri = _mlflow().get_tracking_uri()
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", uri)
+    return redact_url(uri)
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def log_training(
         catalog_path = Path(tmp) / "features.csv"
         catalog.to_csv(catalog_path, index=False)
         mlflow.log_artifact(str(catalog_path))
-        mlflow.log_dict(model.metadata, "model_card.json")
+        mlflow.log_dict(model.metadata.to_dict(), "model_card.json")
         for label, path in (extra_artifacts or {}).items():
             mlflow.log_artifact(str(path), artifact_path=label)
         bundle = model.save(Path(tmp) / "bundle")

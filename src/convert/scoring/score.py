@@ -16,13 +16,17 @@ import numpy as np
 import pandas as pd
 
 from convert.config import Config, ScoringConfig
-from convert.features.engine import finish_frame, iter_feature_batches, materialize_features
-from convert.features.labels import parse_as_of, population_sql, register_as_ofs
+from convert.features.labels import parse_as_of
 from convert.model.bundle import LeadScoringModel
-from convert.model.explain import contributions, family_points, model_score_fn, reasons, to_points
+from convert.model.explain import (
+    contributions,
+    family_points,
+    model_score_fn,
+    reason_columns,
+    to_points,
+)
 from convert.schema import ScoreOutput as O
-from convert.sources.export import CRMData
-from convert.sources.readers import fetch_row
+from convert.sources.base import LeadSource
 
 ROUTE, NURTURE, REVIEW = "route_to_sales", "nurture", "review_disqualify"
 
@@ -55,7 +59,7 @@ def score_frame(
     pts = to_points(raw, phi[:, :-1], model.base_raw_, model_score_fn(model))
     prob = model.probability_from_raw(raw)
     fams = family_points(pts.points, model.catalog_, names)
-    pos, neg = reasons(pts, features, model.catalog_, names, top=config.reasons)
+    pos, neg = reason_columns(pts, features, model.catalog_, names, top=config.reasons)
     idle = _idle_days(features)
     out = pd.DataFrame(
         {
@@ -69,10 +73,9 @@ def score_frame(
             O.engagement_points: fams["engagement"],
         }
     )
-    for i, col in enumerate(O.REASONS):
-        out[col] = [r[i] if i < len(r) else None for r in pos]
-    for i, col in enumerate(O.RISKS):
-        out[col] = [r[i] if i < len(r) else None for r in neg]
+    for cols, sentences in ((O.REASONS, pos), (O.RISKS, neg)):
+        for i, col in enumerate(cols):
+            out[col] = sentences[:, i] if i < sentences.shape[1] else np.full(len(out), None, dtype=object)
     out[O.action] = actions(pts.score, idle, config)
     out[O.model_version] = model_version
     out[O.scored_at] = scored_at
@@ -88,38 +91,33 @@ def _idle_days(features: pd.DataFrame) -> np.ndarray:
 
 
 def iter_scores(
-    data: CRMData,
+    data: LeadSource,
     model: LeadScoringModel,
-    as_of: str | pd.Timestamp,
+    as_of: pd.Timestamp,
     config: Config,
     model_version: str,
     scored_at: pd.Timestamp | None = None,
     progress: bool = False,
 ) -> Iterator[pd.DataFrame]:
-    """Score the contract's population at *as_of* chunk by chunk."""
-    t = parse_as_of(as_of)
-    assert t is not None
+    """Score the source's population at *as_of* chunk by chunk (a CRM export: the leads open
+    then; a flat table: every row)."""
     scored_at = scored_at if scored_at is not None else pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s")
-    grid = register_as_ofs(data.con, [t], name="_score_grid")
-    data.con.execute(f"CREATE OR REPLACE TEMP TABLE _score_population AS {population_sql(grid)}")
-    total = fetch_row(data.con, "SELECT count(*) FROM _score_population")[0]
-    table, catalog, _ = materialize_features(
-        data.con, model.features_config(config.features), model.spec_.event_types,
-        population="_score_population", name="_score_features",
-    )
+    total, batches = data.scoring_batches(as_of, model.features_config(config.features), model.spec_.event_types,
+                                          model.metadata.to_dict(), config.scoring.chunk_size)
     bar = _progress(total, enabled=progress)
     try:
-        for batch in iter_feature_batches(data.con, table, catalog, config.scoring.chunk_size):
+        for batch in batches:
             yield score_frame(model, batch, config.scoring, model_version, scored_at)
             bar.update(len(batch))
     finally:
         bar.close()
-        for tmp in ("_score_features", "_score_population", "_score_grid", "_grid"):
-            data.con.execute(f"DROP TABLE IF EXISTS {tmp}")
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
 
 
 def score(
-    data: CRMData,
+    data: LeadSource,
     model: LeadScoringModel,
     as_of: str | pd.Timestamp,
     config: Config,
@@ -129,37 +127,22 @@ def score(
 ) -> pd.DataFrame:
     """Score, grade, explain and action every lead open at *as_of* (``convert.scoring.score``).
 
-    Returns one row per lead with the :class:`~convert.schema.ScoreOutput` columns.
+    Public API: *as_of* may be ISO 8601 text, parsed here. Returns one row per lead with the
+    :class:`~convert.schema.ScoreOutput` columns.
     """
-    chunks = list(iter_scores(data, model, as_of, config, model_version, scored_at, progress))
+    t = parse_as_of(as_of)
+    assert t is not None
+    chunks = list(iter_scores(data, model, t, config, model_version, scored_at, progress))
     if not chunks:
         return pd.DataFrame({c: pd.Series(dtype="object") for c in O.names()})
     return pd.concat(chunks, ignore_index=True)
 
 
-def feature_rows(data: CRMData, model: LeadScoringModel, as_of: str | pd.Timestamp, config: Config,
+def feature_rows(data: LeadSource, model: LeadScoringModel, as_of: pd.Timestamp, config: Config,
                  lead_ids: list[str] | None = None) -> pd.DataFrame:
     """Feature rows of the population at *as_of* (optionally only *lead_ids*), as the model sees them."""
-    t = parse_as_of(as_of)
-    assert t is not None
-    grid = register_as_ofs(data.con, [t], name="_score_grid")
-    where = ""
-    params: list[object] = []
-    if lead_ids is not None:
-        where = f" WHERE lead_id IN ({', '.join('?' for _ in lead_ids)})"
-        params = list(lead_ids)
-    data.con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _score_population AS SELECT * FROM ({population_sql(grid)}){where}",
-        params,
-    )
-    table, catalog, _ = materialize_features(
-        data.con, model.features_config(config.features), model.spec_.event_types,
-        population="_score_population", name="_score_features",
-    )
-    frame = finish_frame(data.con.execute(f"SELECT * FROM {table} ORDER BY lead_id").df(), catalog)
-    for tmp in ("_score_features", "_score_population", "_score_grid", "_grid"):
-        data.con.execute(f"DROP TABLE IF EXISTS {tmp}")
-    return frame
+    return data.scoring_rows(as_of, model.features_config(config.features), model.spec_.event_types,
+                             model.metadata.to_dict(), lead_ids)
 
 
 class _NoBar:

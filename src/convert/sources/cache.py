@@ -37,6 +37,7 @@ from convert.config import Config
 from convert.sources.mapping import MappedTable, Mapping
 from convert.sources.readers import Source
 from convert.sources.validation import LoadReport
+from convert.sql import lit
 
 #: Bumped when what an entry holds changes, so that old entries are never read.
 FORMAT = 1
@@ -84,8 +85,12 @@ def _file_digest(path: Path, size: int) -> str:
 
 def cache_key(source: Source, config: Config, mapping: Mapping) -> str:
     """The key of a folder or file export: files (size, mtime, content), config and mapping."""
-    from convert import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:  # the installed distribution's version (not ``convert.__version__``: sources sit below the API)
+        convert_version = version("convert-leads")
+    except PackageNotFoundError:
+        convert_version = "unknown"
     files = []
     for table, path in sorted(source.files.items()):
         st = path.stat()
@@ -95,7 +100,7 @@ def cache_key(source: Source, config: Config, mapping: Mapping) -> str:
     lo, hi = config.data.valid_range()  # valid_to unset: a year from today, as validation uses it
     shaping = {
         "format": FORMAT,
-        "convert": __version__,
+        "convert": convert_version,
         "duckdb": duckdb.__version__,
         "files": files,
         "data": data,
@@ -149,7 +154,7 @@ def restore(
             meta: dict[str, Any] = pickle.load(fh)  # noqa: S301  (our own file, in our cache folder)
         if meta.get("format") != FORMAT:
             return None
-        con.execute(f"ATTACH {_lit(str(hit.tables))} AS convert_cache (READ_ONLY)")
+        con.execute(f"ATTACH {lit(str(hit.tables))} AS convert_cache (READ_ONLY)")
         try:
             con.execute("COPY FROM DATABASE convert_cache TO memory")
         finally:
@@ -174,7 +179,7 @@ def store(
     tmp = folder / f".{key}.{os.getpid()}.tmp"
     tmp_db, tmp_meta = tmp.with_suffix(SUFFIX), tmp.with_suffix(".pkl")
     try:
-        con.execute(f"ATTACH {_lit(str(tmp_db))} AS convert_cache_out")
+        con.execute(f"ATTACH {lit(str(tmp_db))} AS convert_cache_out")
         try:
             con.execute("COPY FROM DATABASE memory TO convert_cache_out")
         finally:
@@ -198,7 +203,3 @@ def prune(folder: Path, keep: int) -> None:
         key = old.name[: -len(SUFFIX)]
         for path in (old, folder / f"{key}{META}", folder / f"{key}{SUFFIX}.wal"):
             path.unlink(missing_ok=True)
-
-
-def _lit(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"

@@ -7,22 +7,34 @@ contract, and return a :class:`CRMData` the feature and label steps query.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from collections.abc import Mapping as MappingOf
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 import duckdb
 import numpy as np
 import pandas as pd
 
-from convert.config import Config
-from convert.features.engine import index_events
+from convert.config import OWNER_EXCLUDED, Config, FeaturesConfig
+from convert.exceptions import ConfigError, InsufficientDataError
+from convert.features.engine import (
+    KEY,
+    build_features,
+    finish_frame,
+    index_events,
+    iter_feature_batches,
+    materialize_features,
+)
+from convert.features.labels import build_labels, grid_for, population_sql, register_as_ofs
 from convert.schema import CONTRACT_TABLES, Accounts, Events, Leads, Stages
+from convert.sources.base import Attributes, LeadSource, Purpose, TrainingSet
 from convert.sources.cache import cache_dir, cache_key, entry, restore, store
 from convert.sources.mapping import MappedTable, Mapping, mapped_select
 from convert.sources.readers import (
     Source,
     connect,
-    fetch_row,
     find_database_source,
     find_source,
     is_database_url,
@@ -30,12 +42,16 @@ from convert.sources.readers import (
     load_raw,
     resolve_data,
 )
-from convert.sources.validation import LoadReport, enforce_thresholds, quote, validate
+from convert.sources.validation import LoadReport, enforce_thresholds, validate
+from convert.sql import fetch_row, quote
 
 
 @dataclass
-class CRMData:
-    """Typed contract tables (``leads``, ``accounts``, ``events``, ``stages``) in *con*."""
+class CRMData(LeadSource):
+    """Typed contract tables (``leads``, ``accounts``, ``events``, ``stages``) in *con*: the
+    event-mode :class:`~convert.sources.base.LeadSource` (every lead seen at many as-of times)."""
+
+    kind: ClassVar[str] = "event"
 
     con: duckdb.DuckDBPyConnection
     source: Source
@@ -71,6 +87,160 @@ class CRMData:
 
     def close(self) -> None:
         self.con.close()
+
+    # --- the LeadSource interface ----------------------------------------------------------
+
+    @property
+    def display(self) -> str:
+        return self.source.display
+
+    def load_lines(self, rejects: Path, purpose: Purpose) -> list[str]:
+        r = self.report
+        lines = [
+            f"loaded {self.source.display}: {r.tables['leads'].rows_loaded:,} leads, "
+            f"{r.tables['events'].rows_loaded:,} events; {r.quarantined:,} rows quarantined to "
+            f"{rejects}, {r.warnings:,} warnings"
+            + (" (validated tables from the cache; --no-cache reads the files again)" if self.from_cache else "")
+        ]
+        for table, m in self.mapped.items():
+            if m.renamed:
+                lines.append(f"mapping: {table}: renamed " + ", ".join(f"{a!r} -> {b}" for a, b in m.renamed.items()))
+            for column, reason in m.excluded.items():
+                lines.append(f"mapping: {table}: excluded {column!r} ({reason})")
+            if m.absent:
+                lines.append(f"mapping: {table}: not in the data, so not renamed: " + ", ".join(map(repr, m.absent)))
+        return lines
+
+    def model_name(self, config: Config) -> str:
+        return config.train.model_name
+
+    def default_as_of(self) -> pd.Timestamp:
+        """The day after the latest timestamp in the data (midnight UTC)."""
+        return self.latest_timestamp().normalize() + pd.Timedelta(days=1)
+
+    def scoring_as_of(self, as_of: pd.Timestamp | None, what: str) -> pd.Timestamp:
+        if as_of is None:
+            raise ConfigError(f"--as-of is required to {what} (the leads open at that time)")
+        return as_of
+
+    def accepts(self, metadata: MappingOf[str, Any]) -> str | None:
+        if metadata.get("mode") == "flat":
+            return "it was trained on a flat table; a CRM export is scored with an event-mode model"
+        return None
+
+    def leakage_attributes(self, config: Config) -> Attributes:
+        """The leads' and accounts' extra attributes against whether each lead converted; the
+        owner column is excluded (it records who worked the lead, not the lead)."""
+        frame, label = self.attributes()
+        kinds: dict[str, str] = {e.column: e.kind for e in config.features.extra_attributes}
+        owner = config.allocation.owner_column
+        return Attributes(frame, label, kinds, {owner: OWNER_EXCLUDED} if owner in frame else {})
+
+    def exclude_attributes(self, excluded: MappingOf[str, str], config: Config) -> Config:
+        gone = set(excluded)
+        self.drop_attributes(sorted(gone))
+        extras = [e.model_dump() for e in config.features.extra_attributes
+                  if e.column not in gone and f"{e.table}.{e.column}" not in gone]
+        return config.with_overrides(features__extra_attributes=extras)
+
+    def training_set(self, config: Config, as_of: pd.Timestamp | None = None) -> TrainingSet:
+        """Labels and point-in-time features for every as-of time whose horizon ended by *as_of*."""
+        t = as_of if as_of is not None else self.default_as_of()
+        horizon = config.labels.horizon_days
+        grid = grid_for(config.labels, self.earliest_created(), t)
+        needed = config.train.inner_folds + config.train.outer_folds + 1
+        if len(grid) < needed:
+            raise InsufficientDataError(
+                f"only {len(grid)} as-of times between the first lead and {t:%Y-%m-%d} minus the "
+                f"{horizon}-day horizon ({grid.describe()}); training needs at least {needed} "
+                f"({config.train.inner_folds} inner folds, {config.train.outer_folds} outer, one to fit the "
+                "first). Use more frequent snapshots (labels.frequency: daily or weekly), a shorter "
+                "--horizon-days, a smaller labels.min_history_days, or train.inner_folds: 2 and "
+                "train.outer_folds: 1"
+            )
+        labels = build_labels(self.con, grid.times, horizon)
+        fs = build_features(self.con, labels, config.features)
+        frame = labels.merge(fs.frame, on=KEY, how="left", validate="one_to_one")
+        metadata = {
+            "training_as_of": t.isoformat(),
+            "horizon_days": horizon,
+            "frequency": grid.frequency,
+            "as_of_grid": grid.to_dict(),
+        }
+        params = {"training_as_of": t.isoformat(), "horizon_days": horizon, "frequency": grid.frequency}
+        return TrainingSet(frame, fs.catalog, fs.event_types, t, horizon, grid, metadata=metadata, params=params)
+
+    def model_training_set(self, metadata: MappingOf[str, Any], config: Config) -> TrainingSet:
+        stored = metadata.get("training_as_of")
+        return self.training_set(config, pd.Timestamp(stored) if stored else None)
+
+    def model_config(self, metadata: MappingOf[str, Any], config: Config) -> Config:
+        return config
+
+    def labelled_after(self, cut: pd.Timestamp, horizon_days: int, config: Config) -> list[pd.Timestamp]:
+        grid = grid_for(config.labels.model_copy(update={"horizon_days": horizon_days}), self.earliest_created(),
+                        self.default_as_of()).times
+        return [t for t in grid if t > cut]
+
+    def labelled_rows(self, times: list[pd.Timestamp], horizon_days: int, features: FeaturesConfig,
+                      event_types: Sequence[str]) -> pd.DataFrame:
+        labels = build_labels(self.con, times, horizon_days)
+        return labels.merge(build_features(self.con, labels[KEY], features, event_types).frame, on=KEY, how="left")
+
+    def feature_rows(self, keys: pd.DataFrame, features: FeaturesConfig, event_types: Sequence[str],
+                     metadata: MappingOf[str, Any]) -> pd.DataFrame:
+        return build_features(self.con, keys, features, event_types).frame
+
+    def _population(self, as_of: pd.Timestamp, lead_ids: list[str] | None = None) -> None:
+        grid = register_as_ofs(self.con, [as_of], name="_score_grid")
+        where = ""
+        params: list[object] = []
+        if lead_ids is not None:
+            where = f" WHERE lead_id IN ({', '.join('?' for _ in lead_ids)})"
+            params = list(lead_ids)
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE _score_population AS SELECT * FROM ({population_sql(grid)}){where}",
+            params,
+        )
+
+    def _drop_scoring_tables(self) -> None:
+        for tmp in ("_score_features", "_score_population", "_score_grid", "_grid"):
+            self.con.execute(f"DROP TABLE IF EXISTS {tmp}")
+
+    def scoring_rows(self, as_of: pd.Timestamp, features: FeaturesConfig, event_types: Sequence[str],
+                     metadata: MappingOf[str, Any], lead_ids: list[str] | None = None) -> pd.DataFrame:
+        """The contract's population at *as_of* (optionally only *lead_ids*) with its features."""
+        self._population(as_of, lead_ids)
+        table, catalog, _ = materialize_features(
+            self.con, features, event_types, population="_score_population", name="_score_features",
+        )
+        frame = finish_frame(self.con.execute(f"SELECT * FROM {table} ORDER BY lead_id").df(), catalog)
+        self._drop_scoring_tables()
+        return frame
+
+    def scoring_batches(self, as_of: pd.Timestamp, features: FeaturesConfig, event_types: Sequence[str],
+                        metadata: MappingOf[str, Any], chunk_size: int) -> tuple[int, Iterator[pd.DataFrame]]:
+        """Features computed once into DuckDB, streamed *chunk_size* rows at a time."""
+        self._population(as_of)
+        total = int(fetch_row(self.con, "SELECT count(*) FROM _score_population")[0])
+        table, catalog, _ = materialize_features(
+            self.con, features, event_types, population="_score_population", name="_score_features",
+        )
+
+        def batches() -> Iterator[pd.DataFrame]:
+            try:
+                yield from iter_feature_batches(self.con, table, catalog, chunk_size)
+            finally:
+                self._drop_scoring_tables()
+
+        return total, batches()
+
+    def empty_population(self, as_of: pd.Timestamp) -> str:
+        first = self.earliest_created()
+        span = (f"; its first lead was created on {first:%Y-%m-%d}, its latest timestamp is "
+                f"{self.latest_timestamp():%Y-%m-%d}" if not pd.isna(first) else "; it holds no valid lead")
+        return (f"no lead is open at {as_of} in {self.source.display} (none created before it, or all "
+                f"converted or disqualified by then){span}")
 
     # --- raw attributes (what the leakage guard screens) ----------------------------------
 

@@ -8,23 +8,25 @@ outcome, or in file order with ``--split ordered`` when the rows are in time ord
 
 :func:`load_flat` reads and types the file (mapping applied, every column typed numeric or
 categorical by detection unless configured), quarantines rows whose id or outcome is
-unusable, and keeps every column for the leakage guard. :func:`train_flat` screens the
-columns, fits the same cross-fitted booster and calibrator as the event mode (:mod:`convert.model.crossfit`)
-and evaluates it beside a logistic regression on the hold-out; the model then scores,
-grades, explains and writes back exactly as an event-mode model does.
+unusable, and keeps every column for the leakage guard. :class:`FlatSource` is the table as a
+:class:`~convert.sources.base.LeadSource`: its training set (one row per lead, features named
+after the columns) goes through the same training and evaluation as the event mode
+(:mod:`convert.model.train`, folds ``random`` or ``ordered``); the model then scores, grades,
+explains and writes back exactly as an event-mode model does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from collections.abc import Mapping as MappingOf
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
 
-from convert.config import OWNER_EXCLUDED, Config
+from convert.config import OWNER_EXCLUDED, Config, FeaturesConfig
 from convert.exceptions import (
     ConfigError,
     ContractError,
@@ -33,12 +35,8 @@ from convert.exceptions import (
 )
 from convert.features.catalog import Catalog, FeatureDef
 from convert.features.engine import unique_slugs
-from convert.model.baselines import LogisticBaseline
-from convert.model.bundle import LeadScoringModel
-from convert.model.crossfit import Folds, cross_fit, ordered_folds, random_folds
-from convert.model.leakage import LeakageReport, screen
-from convert.model.train import TrainingSet, TrainResult, outer_evaluation, training_metadata
 from convert.schema import Labeled, Rejects
+from convert.sources.base import NO_FLAT, Attributes, FlatOptions, LeadSource, Purpose, TrainingSet
 from convert.sources.mapping import CsvFormat, FlatMapping, Mapping, mapped_select
 from convert.sources.readers import Source, connect, read_frame
 from convert.sources.validation import (
@@ -389,20 +387,7 @@ def _type_columns(
     return out, kinds, dropped
 
 
-# --- splitting ----------------------------------------------------------------------------------
-
-
-def split_rows(y: np.ndarray, mode: Split, config: Config) -> Folds:
-    """The folds of a flat table: stratified and seeded (``random``) or forward-chaining in
-    file order (``ordered``, rows in time order); see :mod:`convert.model.crossfit`."""
-    if mode == "ordered":
-        return ordered_folds(y, config)
-    if mode == "random":
-        return random_folds(y, config)
-    raise ConfigError(f"--split must be random or ordered, not {mode!r}")
-
-
-# --- features, training and evaluation ------------------------------------------------------------
+# --- features -----------------------------------------------------------------------------------
 
 
 def feature_names(columns: list[str]) -> dict[str, str]:
@@ -442,104 +427,197 @@ def feature_frame(table: FlatTable, columns: dict[str, str], as_of: pd.Timestamp
     return out
 
 
-@dataclass(kw_only=True)
-class FlatTrainResult(TrainResult):
-    """What :func:`train_flat` returns: the event mode's :class:`~convert.model.train.TrainResult`,
-    the leakage screen and the table trained on."""
-
-    leakage: LeakageReport
-    table: FlatTable
-
-
-def train_flat(
-    table: FlatTable,
-    config: Config,
-    mapping: Mapping | None = None,
-    split: Split | None = None,
-    tune_trials: int | None = None,
-) -> FlatTrainResult:
-    """Screen for leakage, split, fit, calibrate and evaluate a flat table.
-
-    Raises
-    ------
-    LeakageError
-        When the leakage guard finds a suspect column neither excluded nor allowed.
-    InsufficientDataError
-        When a slice holds fewer than ``train.min_positives`` converted leads.
-    """
-    mapping = mapping or Mapping()
-    if table.label is None:
-        raise ConfigError("training needs the outcome column (--target)")
-    y = table.label
-    mode: Split = split or mapping.flat.split or "random"
-    screened = table.excluded | {c: "" for c in table.candidates}
-    leakage = screen(
-        table.frame[list(screened)], y, config.leakage,
-        kinds=table.kinds, excluded={c: r if r == OWNER_EXCLUDED else f"mapping: {r}" for c, r in table.excluded.items()},
-        allowed=mapping.allow, seed=config.seed,
-    )
-    leakage.check()
-    features = [c for c in table.candidates if c not in leakage.excluded]
-    if not features:
-        raise InsufficientDataError("no column is left to learn from after the exclusions")
-    names = feature_names(features)
-    engagement = {mapping.flat.output_name(c) for c in config.flat.engagement + mapping.flat.engagement}
-    catalog = flat_catalog(names, table.kinds, engagement)
-    trained_at = pd.Timestamp.now(tz="UTC").tz_localize(None).normalize()
-    frame = feature_frame(table, names, trained_at)
-    frame.insert(2, Labeled.label, y)
-    ts = TrainingSet(frame, catalog, (), trained_at, config.labels.horizon_days)
-    cut = split_rows(y, mode, config)
-    fit = cross_fit(
-        frame[ts.features], y, cut, config, catalog=catalog,
-        baselines=lambda X, yy: {LogisticBaseline.name: LogisticBaseline(seed=config.seed).fit(X, yy)},
-        trials=config.train.tune_trials if tune_trials is None else tune_trials,
-    )
-    model, cv = fit.model, fit.calibration_cv
-    evaluation = outer_evaluation(model, frame, y, fit, [Labeled.lead_id])
-    model.outer_predictions_ = evaluation.predictions
-    slices = cut.summary(y)
-    model.metadata = {
-        "mode": "flat",
-        "trained_at": trained_at.isoformat(),
-        "flat": {
-            "file": table.path.name, "target": table.target, "positive": list(table.positive),
-            "negative": list(table.negative), "id": table.id_column, "split": mode,
-            "folds": {"inner": config.train.inner_folds, "outer": config.train.outer_folds,
-                      "fold_share": config.train.fold_share, "min_positives": config.train.min_positives},
-            "columns": names, "kinds": {c: table.kinds[c] for c in names},
-            "excluded": leakage.excluded, "dropped": table.dropped,
-            "mapping": mapping.model_dump(mode="json"),
-        },
-        **training_metadata(fit, cut, y, evaluation),
-        "seed": config.seed,
-        "leakage": leakage.to_dict(),
-    }
-    return FlatTrainResult(
-        model=model, evaluation=evaluation, slices=slices, calibration_cv=cv, training_set=ts, split=cut,
-        params=fit.params, crossfit=fit, tuning=fit.tuning, leakage=leakage, table=table,
-    )
-
-
-def model_mapping(model: LeadScoringModel) -> Mapping:
+def stored_mapping(metadata: MappingOf[str, Any]) -> Mapping:
     """The mapping a flat model was trained with (scoring applies it again)."""
-    stored = (model.metadata.get("flat") or {}).get("mapping")
+    stored = (metadata.get("flat") or {}).get("mapping")
     return Mapping.model_validate(stored) if stored else Mapping()
 
 
-def is_flat_model(model: LeadScoringModel) -> bool:
-    return model.metadata.get("mode") == "flat"
+def _today() -> pd.Timestamp:
+    return pd.Timestamp.now(tz="UTC").tz_localize(None).normalize()
 
 
-def scoring_frame(
-    path: str | Path, model: LeadScoringModel, config: Config, as_of: pd.Timestamp,
-    mapping: Mapping | None = None, id_column: str | None = None, strict: bool | None = None,
-) -> tuple[pd.DataFrame, FlatTable]:
-    """Feature rows of a flat file for a flat model: the model's columns, kinds and id."""
-    meta = model.metadata.get("flat") or {}
-    columns: dict[str, str] = {c: n for c, n in meta.get("columns", {}).items()}
-    kinds = {c: k for c, k in meta.get("kinds", {}).items()}
-    mapping = mapping or model_mapping(model)
-    table = load_flat(path, config, mapping, id_column=id_column or meta.get("id"), kinds=kinds,
-                      strict=strict, training=False)
-    return feature_frame(table, columns, as_of), table
+class FlatSource(LeadSource):
+    """A flat table as a :class:`~convert.sources.base.LeadSource`: one row per lead, one
+    as-of time for every row (the training or scoring day), folds ``random`` or ``ordered``."""
+
+    kind: ClassVar[str] = "flat"
+
+    def __init__(self, table: FlatTable, mapping: Mapping, split: Split, trained: MappingOf[str, Any] | None = None):
+        self.table = table
+        self.mapping = mapping
+        self.split = split
+        self.trained = dict(trained or {})
+        self.report = table.report
+        self.excluded: dict[str, str] = {}
+
+    @classmethod
+    def open(
+        cls, path: str | Path, config: Config, mapping: Mapping | None = None, *, purpose: Purpose = "train",
+        strict: bool | None = None, options: FlatOptions = NO_FLAT,
+        trained: MappingOf[str, Any] | None = None,
+    ) -> FlatSource:
+        """Load the file for *purpose*; a trained model's *trained* metadata gives the columns'
+        kinds, the id and (for ``evaluate``) the outcome, and its mapping when none is given."""
+        meta = (trained or {}).get("flat") or {}
+        if trained is not None and mapping is None:
+            mapping = stored_mapping(trained)
+        mapping = mapping or Mapping()
+        split = options.split or meta.get("split") or mapping.flat.split or "random"
+        if split not in ("random", "ordered"):
+            raise ConfigError(f"--split must be random or ordered, not {split!r}")
+        kinds = dict(meta.get("kinds", {})) or None
+        if purpose == "evaluate":
+            table = load_flat(path, config, mapping, target=meta.get("target"), positive=meta.get("positive"),
+                              negative=meta.get("negative", ()), id_column=meta.get("id"), kinds=kinds,
+                              strict=strict)
+        elif purpose == "score":
+            table = load_flat(path, config, mapping, id_column=options.id_column or meta.get("id"), kinds=kinds,
+                              strict=strict, training=False)
+        else:
+            table = load_flat(path, config, mapping, target=options.target, positive=options.positive,
+                              id_column=options.id_column, strict=strict,
+                              training=purpose == "train" or bool(options.target or mapping.flat.target))
+        return cls(table, mapping, split, trained)  # type: ignore[arg-type]
+
+    @property
+    def display(self) -> str:
+        return str(self.table.path)
+
+    def load_lines(self, rejects: Path, purpose: Purpose) -> list[str]:
+        r = self.report
+        converted = f" ({int(self.table.label.sum()):,} converted)" if self.table.label is not None else ""
+        lines = [f"loaded {self.display}: {r.tables[TABLE].rows_loaded:,} leads{converted}; {r.quarantined:,} "
+                 f"rows quarantined to {rejects}, {r.warnings:,} warnings"]
+        lines += [f"warning: {w}" for w in r.tables[TABLE].warnings]
+        if purpose == "train":
+            lines += [f"not a feature: {c!r} ({why})" for c, why in self.table.dropped.items()]
+        return lines
+
+    def model_name(self, config: Config) -> str:
+        return config.flat.model_name
+
+    def column_lines(self) -> list[str]:
+        """Each column's detected kind and why it is not a feature (excluded, dropped)."""
+        t = self.table
+        lines = []
+        for column in t.frame.columns:
+            why = t.excluded.get(column) or t.dropped.get(column)
+            note = f"  excluded: {why}" if column in t.excluded else (f"  not a feature: {why}" if why else "")
+            lines.append(f"  {column!r:<48} {t.kinds[column]:<12}{note}")
+        return lines
+
+    def default_as_of(self) -> pd.Timestamp:
+        """Today (midnight UTC): a flat table has no time of its own."""
+        return _today()
+
+    def scoring_as_of(self, as_of: pd.Timestamp | None, what: str) -> pd.Timestamp:
+        """*as_of*, else today, so a re-run on the same day replaces its own history rows."""
+        return as_of if as_of is not None else _today()
+
+    def accepts(self, metadata: MappingOf[str, Any]) -> str | None:
+        if metadata.get("mode") != "flat":
+            return "it was trained on a CRM export (event mode); a flat file is scored with a flat model (trained with --target)"
+        return None
+
+    # --- the leakage guard ---------------------------------------------------------------
+
+    def leakage_attributes(self, config: Config) -> Attributes:
+        t = self.table
+        if t.label is None:
+            raise ConfigError("training needs the outcome column (--target)")
+        screened = t.excluded | {c: "" for c in t.candidates}
+        excluded = {c: r if r == OWNER_EXCLUDED else f"mapping: {r}" for c, r in t.excluded.items()}
+        return Attributes(t.frame[list(screened)], t.label, dict(t.kinds), excluded)
+
+    def exclude_attributes(self, excluded: MappingOf[str, str], config: Config) -> Config:
+        self.excluded.update(excluded)
+        return config
+
+    # --- training and evaluation ---------------------------------------------------------
+
+    def training_set(self, config: Config, as_of: pd.Timestamp | None = None) -> TrainingSet:
+        """One row per lead, features named after the columns the leakage guard kept."""
+        t = self.table
+        if t.label is None:
+            raise ConfigError("training needs the outcome column (--target)")
+        features = [c for c in t.candidates if c not in self.excluded]
+        if not features:
+            raise InsufficientDataError("no column is left to learn from after the exclusions")
+        names = feature_names(features)
+        engagement = {self.mapping.flat.output_name(c) for c in config.flat.engagement + self.mapping.flat.engagement}
+        trained_at = as_of if as_of is not None else self.default_as_of()
+        frame = feature_frame(t, names, trained_at)
+        frame.insert(2, Labeled.label, t.label)
+        metadata = {
+            "mode": "flat",
+            "trained_at": trained_at.isoformat(),
+            "flat": {
+                "file": t.path.name, "target": t.target, "positive": list(t.positive),
+                "negative": list(t.negative), "id": t.id_column, "split": self.split,
+                "folds": {"inner": config.train.inner_folds, "outer": config.train.outer_folds,
+                          "fold_share": config.train.fold_share, "min_positives": config.train.min_positives},
+                "columns": names, "kinds": {c: t.kinds[c] for c in names},
+                "excluded": {c: r for c, r in self.excluded.items()}, "dropped": t.dropped,
+                "mapping": self.mapping.model_dump(mode="json"),
+            },
+        }
+        params = {"mode": "flat", "file": t.path.name, "target": t.target, "positive": ",".join(t.positive),
+                  "id": t.id_column, "split": self.split, "mapping": self.mapping.label()}
+        return TrainingSet(frame, flat_catalog(names, t.kinds, engagement), (), trained_at,
+                           config.labels.horizon_days, design=self.split, baselines=("logistic_regression",),
+                           metadata=metadata, params=params)
+
+    def model_training_set(self, metadata: MappingOf[str, Any], config: Config) -> TrainingSet:
+        t = self.table
+        if t.label is None:
+            raise ConfigError("evaluating a flat model needs the outcome column the model was trained on")
+        meta = metadata.get("flat") or {}
+        columns = dict(meta.get("columns", {}))
+        trained_at = pd.Timestamp(metadata["trained_at"])
+        frame = feature_frame(t, columns, trained_at)
+        frame.insert(2, Labeled.label, t.label)
+        catalog = flat_catalog(columns, t.kinds, set())
+        return TrainingSet(frame, catalog, (), trained_at, config.labels.horizon_days,
+                           design=meta.get("split", "random"), baselines=("logistic_regression",))
+
+    def model_config(self, metadata: MappingOf[str, Any], config: Config) -> Config:
+        """The seed and fold settings the model was trained with (the same folds of the same file)."""
+        folds = (metadata.get("flat") or {}).get("folds") or {}
+        return config.with_overrides(seed=metadata.get("seed", config.seed), train__inner_folds=folds.get("inner"),
+                                     train__outer_folds=folds.get("outer"), train__fold_share=folds.get("fold_share"),
+                                     train__min_positives=folds.get("min_positives"))
+
+    def labelled_after(self, cut: pd.Timestamp, horizon_days: int, config: Config) -> list[pd.Timestamp]:
+        return []  # the rows have no time: nothing is newer than the training
+
+    def labelled_rows(self, times: list[pd.Timestamp], horizon_days: int, features: FeaturesConfig,
+                      event_types: Sequence[str]) -> pd.DataFrame:
+        raise ConfigError("a flat table has no as-of times of its own to label")
+
+    def feature_rows(self, keys: pd.DataFrame, features: FeaturesConfig, event_types: Sequence[str],
+                     metadata: MappingOf[str, Any]) -> pd.DataFrame:
+        columns = dict((metadata.get("flat") or {}).get("columns", {}))
+        rows = feature_frame(self.table, columns, pd.Timestamp(keys[Labeled.as_of].iloc[0]) if len(keys) else _today())
+        return rows.drop(columns=[Labeled.as_of]).merge(keys.astype({Labeled.lead_id: str}), on=Labeled.lead_id)
+
+    # --- scoring -------------------------------------------------------------------------
+
+    def scoring_rows(self, as_of: pd.Timestamp, features: FeaturesConfig, event_types: Sequence[str],
+                     metadata: MappingOf[str, Any], lead_ids: list[str] | None = None) -> pd.DataFrame:
+        columns = dict((metadata.get("flat") or {}).get("columns", {}))
+        rows = feature_frame(self.table, columns, as_of)
+        if lead_ids is not None:
+            rows = rows[rows[Labeled.lead_id].isin([str(i) for i in lead_ids])].reset_index(drop=True)
+        return rows
+
+    def scoring_batches(self, as_of: pd.Timestamp, features: FeaturesConfig, event_types: Sequence[str],
+                        metadata: MappingOf[str, Any], chunk_size: int) -> tuple[int, Iterator[pd.DataFrame]]:
+        rows = self.scoring_rows(as_of, features, event_types, metadata)
+        return len(rows), (rows.iloc[i:i + chunk_size] for i in range(0, len(rows), chunk_size))
+
+    def empty_population(self, as_of: pd.Timestamp) -> str:
+        return f"{self.display} holds no row to score"
+
+    def close(self) -> None:
+        """Nothing to release: the table is in memory."""

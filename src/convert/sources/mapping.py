@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from convert.config import validation_problems
 from convert.exceptions import ConfigError, ContractError
 from convert.schema import CONTRACT_TABLES, TableSchema
+from convert.sql import lit, quote
 
 TableName = Literal["leads", "accounts", "events", "stages"]
 
@@ -230,14 +231,6 @@ def mapping_from_dict(raw: Any, source: str = "mapping") -> Mapping:
 # --- the SQL that applies a mapping to one raw table -------------------------------------------
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _lit(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 @dataclass
 class MappedTable:
     """What mapping one table did: the SELECT, the output columns and the exclusions."""
@@ -313,7 +306,7 @@ def mapped_select(
     for source, out in zip(kept, outputs, strict=True):
         expr, touched = _column_expr(mapping, table, source, out, raw_types[source], typed.get(out))
         changed = changed or touched
-        exprs.append(f"{expr} AS {_quote(out)}")
+        exprs.append(f"{expr} AS {quote(out)}")
     renamed = {c: table.output_name(c) for c in kept if table.output_name(c) != c}
     sql = f"SELECT {', '.join(exprs)} FROM {raw}" if changed else ""
     return MappedTable(sql, outputs, renamed, excluded, absent)
@@ -323,34 +316,34 @@ def _column_expr(
     mapping: Mapping, table: TableMapping, source: str, out: str, raw_type: str, dtype: str | None
 ) -> tuple[str, bool]:
     """SQL of one output column, and whether it differs from the raw column."""
-    col = _quote(source)
+    col = quote(source)
     text_column = raw_type == "VARCHAR"
     values = table.values.get(out) or table.values.get(source) or {}
     if not text_column:
         if dtype == "timestamp" and mapping.dates.timezone != "UTC" and raw_type == "TIMESTAMP":
-            return f"timezone('UTC', timezone({_lit(mapping.dates.timezone)}, {col}))", True
+            return f"timezone('UTC', timezone({lit(mapping.dates.timezone)}, {col}))", True
         if not values:  # typed columns (Parquet, databases) hold no placeholder tokens
             return col, False
         col = f"CAST({col} AS VARCHAR)"
     touched = False
     expr = f"NULLIF(trim({col}), '')"
     if mapping.missing_values:
-        tokens = ", ".join(_lit(t) for t in mapping.missing_values)
+        tokens = ", ".join(lit(t) for t in mapping.missing_values)
         expr = f"CASE WHEN trim({col}) IN ({tokens}) THEN NULL ELSE {expr} END"
         touched = True
     if values:
-        arms = " ".join(f"WHEN {_lit(str(k).strip())} THEN {_lit(str(v))}" for k, v in values.items())
+        arms = " ".join(f"WHEN {lit(str(k).strip())} THEN {lit(str(v))}" for k, v in values.items())
         expr = f"CASE {expr} {arms} ELSE {expr} END"
         touched = True
     if dtype == "timestamp" and mapping.dates.active and text_column:
-        parsed = f"try_strptime({expr}, [{', '.join(_lit(f) for f in mapping.dates.formats)}])"
+        parsed = f"try_strptime({expr}, [{', '.join(lit(f) for f in mapping.dates.formats)}])"
         if not mapping.dates.formats:  # a zone alone: naive ISO text is local time
             parsed = f"TRY_CAST({expr} AS TIMESTAMP)"
             offset = r"\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|[+-]\d\d(:?\d\d)?)$"
-            parsed = f"CASE WHEN regexp_matches({expr}, {_lit(offset)}) THEN NULL ELSE {parsed} END"
+            parsed = f"CASE WHEN regexp_matches({expr}, {lit(offset)}) THEN NULL ELSE {parsed} END"
         if mapping.dates.timezone != "UTC":
-            parsed = f"timezone('UTC', timezone({_lit(mapping.dates.timezone)}, {parsed}))"
-        expr = f"coalesce(strftime({parsed}, {_lit(_ISO)}), {expr})"
+            parsed = f"timezone('UTC', timezone({lit(mapping.dates.timezone)}, {parsed}))"
+        expr = f"coalesce(strftime({parsed}, {lit(_ISO)}), {expr})"
         touched = True
     if dtype in ("integer", "number") and text_column and (
         mapping.csv.decimal != "." or mapping.csv.thousands
@@ -363,9 +356,9 @@ def _column_expr(
 def number_text_sql(expr: str, csv: CsvFormat) -> str:
     """SQL turning a number written with the source's separators into ``1234.5``."""
     if csv.thousands:
-        expr = f"replace({expr}, {_lit(csv.thousands)}, '')"
+        expr = f"replace({expr}, {lit(csv.thousands)}, '')"
     if csv.decimal != ".":
-        expr = f"replace({expr}, {_lit(csv.decimal)}, '.')"
+        expr = f"replace({expr}, {lit(csv.decimal)}, '.')"
     return expr
 
 

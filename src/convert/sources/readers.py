@@ -29,15 +29,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
-import pandas as pd
 
 from convert.config import FeaturesConfig
 from convert.exceptions import ConfigError, ContractError, ResourceError
 from convert.io import scratch
-from convert.io.urls import engine_url, redact_url, resolve_env, secrets_of
+from convert.io.urls import engine_url, redact_url, resolve_env, scrub, secrets_of
 from convert.io.urls import is_database_url as is_database_url  # re-exported (cli, dataset)
 from convert.schema import CONTRACT_TABLES, REQUIRED_TABLES
 from convert.sources.mapping import CsvFormat, Mapping, split_table_name
+from convert.sql import lit
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -147,7 +147,7 @@ def connect(config: FeaturesConfig | None = None, database: str = ":memory:") ->
     con.execute("SET preserve_insertion_order = true")
     spill = scratch.run_dir() / "duckdb-spill"
     spill.mkdir(parents=True, exist_ok=True)
-    con.execute(f"SET temp_directory = {_lit(spill.as_posix())}")
+    con.execute(f"SET temp_directory = {lit(spill.as_posix())}")
     if config.duckdb_threads:
         con.execute(f"SET threads = {int(config.duckdb_threads)}")
     return con
@@ -198,7 +198,7 @@ def load_raw(
 
 def read_parquet(con: duckdb.DuckDBPyConnection, raw: str, path: Path) -> None:
     try:
-        con.execute(f"CREATE OR REPLACE TABLE {raw} AS SELECT * FROM read_parquet({_lit(str(path))})")
+        con.execute(f"CREATE OR REPLACE TABLE {raw} AS SELECT * FROM read_parquet({lit(str(path))})")
     except duckdb.Error as exc:
         raise out_of_memory(exc, path.name) or ContractError(
             f"the file cannot be parsed: {str(exc).splitlines()[0]}. Check that it is valid Parquet",
@@ -207,10 +207,6 @@ def read_parquet(con: duckdb.DuckDBPyConnection, raw: str, path: Path) -> None:
 
 
 # --- CSV -------------------------------------------------------------------------------------
-
-
-def _lit(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def read_csv(con: duckdb.DuckDBPyConnection, raw: str, path: Path, fmt: CsvFormat) -> list[str]:
@@ -223,12 +219,12 @@ def read_csv(con: duckdb.DuckDBPyConnection, raw: str, path: Path, fmt: CsvForma
     """
     with _as_utf8(path, fmt) as utf8:
         header = read_header(utf8, fmt, label=path.name)
-        columns = "{" + ", ".join(f"{_lit(name)}: 'VARCHAR'" for name in header) + "}"
+        columns = "{" + ", ".join(f"{lit(name)}: 'VARCHAR'" for name in header) + "}"
         try:
             con.execute(
-                f"CREATE OR REPLACE TABLE {raw} AS SELECT * FROM read_csv({_lit(str(utf8))}, "
+                f"CREATE OR REPLACE TABLE {raw} AS SELECT * FROM read_csv({lit(str(utf8))}, "
                 f"header = true, auto_detect = false, columns = {columns}, "
-                f"delim = {_lit(fmt.delimiter)}, quote = {_lit(fmt.quote)}, escape = {_lit(fmt.quote)}, "
+                f"delim = {lit(fmt.delimiter)}, quote = {lit(fmt.quote)}, escape = {lit(fmt.quote)}, "
                 "encoding = 'utf-8', null_padding = false, strict_mode = true)"
             )
         except duckdb.Error as exc:
@@ -517,9 +513,7 @@ def _engine(url: str):  # type: ignore[no-untyped-def]
 
 
 def _database_error(exc: Exception, url: str) -> ContractError:
-    reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-    for secret in secrets_of(url):
-        reason = reason.replace(secret, "***")
+    reason = scrub(str(getattr(exc, "orig", None) or exc).splitlines()[0], secrets_of(url))
     return ContractError(f"cannot read the database: {reason}", file=redact_url(url))
 
 
@@ -604,28 +598,3 @@ def _as_text(value: Any) -> str:
     return str(value)
 
 
-def fetch_row(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> tuple[Any, ...]:
-    """The first row of a query, reading the whole result (DuckDB refuses further work on a
-    connection while a result is only partly fetched)."""
-    rows = con.execute(sql, params or []).fetchall()
-    if not rows:
-        raise RuntimeError(f"query returned no row: {sql[:80]}")
-    return tuple(rows[0])
-
-
-def write_frame(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write a small table to CSV or Parquet (by suffix) atomically: temp file, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        if path.suffix == ".parquet":
-            frame.to_parquet(tmp, index=False)
-        else:
-            frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path

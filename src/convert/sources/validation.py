@@ -36,7 +36,8 @@ from convert.schema import (
     Stages,
     TableSchema,
 )
-from convert.sources.readers import ROW, Source, fetch_row
+from convert.sources.readers import ROW, Source
+from convert.sql import fetch_row, lit, quote
 
 #: Control characters (RE2 class): C0 but tab and newline, DEL and C1. A NUL byte among
 #: them is refused by PostgreSQL in any text; the others garble files and screens.
@@ -74,11 +75,6 @@ def has_control(sql: str) -> str:
 def without_control(sql: str) -> str:
     """SQL: text *sql* with its control characters removed."""
     return f"regexp_replace({sql}, '{CONTROL}', '', 'g')"
-
-
-def quote(name: str) -> str:
-    """Quote an identifier for DuckDB (and Spark-compatible SQL written with double quotes)."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 @dataclass(frozen=True)
@@ -587,8 +583,8 @@ def _child_rejects(
         f"WHEN {i} THEN {_text(r.column, raw_types[r.column]) if r.column in raw_types else 'NULL'}"
         for i, r in enumerate(rules)
     )
-    column_arms = " ".join(f"WHEN {i} THEN {_lit(r.column)}" for i, r in enumerate(rules))
-    reason_arms = " ".join(f"WHEN {i} THEN {_lit(r.reason)}" for i, r in enumerate(rules))
+    column_arms = " ".join(f"WHEN {i} THEN {lit(r.column)}" for i, r in enumerate(rules))
+    reason_arms = " ".join(f"WHEN {i} THEN {lit(r.reason)}" for i, r in enumerate(rules))
     con.register("_child_bad", bad)
     try:
         return con.execute(
@@ -600,10 +596,6 @@ def _child_rejects(
         ).df()
     finally:
         con.unregister("_child_bad")
-
-
-def _lit(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _create_typed(con: duckdb.DuckDBPyConnection, schema: type[TableSchema], raw: list[str]) -> None:
