@@ -30,7 +30,7 @@ LARGE_MODULES = {"convert.simulator.crm", "convert.model.treeshap"}
 
 def _lint_imports(src: Path, config: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(src)}  # before site-packages: the copy wins over the install
-    return subprocess.run([str(LINT_IMPORTS), "--config", str(config), "--no-cache"],
+    return subprocess.run([str(LINT_IMPORTS), str(config), "--no-cache"],
                           capture_output=True, text=True, env=env, cwd=config.parent, timeout=300)
 
 

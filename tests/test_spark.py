@@ -62,7 +62,7 @@ def world(tmp_path_factory, spark):
     cfg = Config.from_dict(FAST).with_overrides(train__inner_folds=2)
     data = load(folder, cfg)
     result = train(data, cfg)
-    parquet = export_typed(data, tmp_path_factory.mktemp("spark_parquet"))
+    parquet = export_typed(data.con, tmp_path_factory.mktemp("spark_parquet"))
     load_tables(spark, str(parquet))
     return cfg, data, result, parquet
 

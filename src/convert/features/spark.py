@@ -39,9 +39,8 @@ from convert.features.labels import population_sql
 from convert.features.query import feature_sql
 
 if TYPE_CHECKING:  # pragma: no cover
+    from duckdb import DuckDBPyConnection
     from pyspark.sql import DataFrame, SparkSession
-
-    from convert.sources.export import CRMData
 
 TABLES = ("leads", "accounts", "events", "stages")
 
@@ -73,13 +72,14 @@ def spark_session(
     return builder.getOrCreate()
 
 
-def export_typed(data: CRMData, out_dir: str | Path) -> Path:
-    """Write the typed contract tables of *data* as ``out_dir/<table>.parquet``."""
+def export_typed(con: DuckDBPyConnection, out_dir: str | Path) -> Path:
+    """Write the typed contract tables a loaded export holds in *con* (``CRMData.con``) as
+    ``out_dir/<table>.parquet``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for table in TABLES:
         target = str(out / f"{table}.parquet").replace("'", "''")
-        data.con.execute(f"COPY {table} TO '{target}' (FORMAT PARQUET)")
+        con.execute(f"COPY {table} TO '{target}' (FORMAT PARQUET)")
     return out
 
 

@@ -16,6 +16,6 @@ def export_step(data_path: str | Path, config: Config, out: str | Path, rejects:
 
     data = open_export(Input(data_path, mapping, rejects, strict), config, echo, "export")
     try:
-        return export_typed(data, out)
+        return export_typed(data.con, out)
     finally:
         data.close()
