@@ -98,6 +98,60 @@ def test_features_command_writes_the_training_set(sim_export, tmp_path, capsys):
     assert set(catalog["family"]) == {"fit", "engagement"}
 
 
+def _figures(out: str) -> list[str]:
+    """The training output's lines that carry results (not paths, run ids or versions)."""
+    return [line for line in out.splitlines()
+            if not line.startswith(("registered", "models:/", "model bundle", "loaded "))]
+
+
+def _same(a: str, b: str) -> None:
+    import difflib
+
+    assert _figures(a) == _figures(b), "\n".join(difflib.unified_diff(_figures(a), _figures(b), lineterm=""))
+
+
+def test_training_from_the_features_file_gives_the_model_of_the_export(
+    sim_export, config_file, mlflow_store, tmp_path, capsys
+):
+    """`features` then `train --training-set` (the DVC pipeline) gives the model `train --data`
+    gives with the same configuration: same figures, same scores, points and reasons."""
+    ts = tmp_path / "ts.parquet"
+    common = ["--config", str(config_file), "--rejects", str(tmp_path / "r.csv")]
+    main(["features", "--data", str(sim_export), "--out", str(ts), *common])
+    assert "leakage guard" in capsys.readouterr().out
+    # two model names: each run registers the first version of its own (no champion to compare)
+    main(["train", "--training-set", str(ts), "--save", str(tmp_path / "from_set"), "--model-name", "set", *common])
+    from_set = capsys.readouterr().out
+    main(["train", "--data", str(sim_export), "--save", str(tmp_path / "from_export"), "--model-name", "export",
+          *common])
+    from_export = capsys.readouterr().out
+    _same(from_set, from_export)
+
+    scores = {}
+    for name in ("from_set", "from_export"):
+        out = tmp_path / f"{name}.parquet"
+        main(["score", "--data", str(sim_export), "--as-of", "2025-07-01", "--out", str(out),
+              "--model", str(tmp_path / name), *common])
+        scores[name] = pd.read_parquet(out).drop(columns=["model_version", "scored_at"], errors="ignore")
+    assert len(scores["from_set"]) > 100
+    pd.testing.assert_frame_equal(scores["from_set"], scores["from_export"])
+
+    # with a champion (export/1): compared on the outer folds from the set as from the export
+    capsys.readouterr()
+    main(["train", "--data", str(sim_export), "--model-name", "export", *common])
+    again_export = capsys.readouterr().out
+    main(["train", "--training-set", str(ts), "--model-name", "export", *common])
+    again_set = capsys.readouterr().out
+    assert "champion export/1's recipe" in again_set
+    _same(again_set, again_export)
+
+    # a configuration that would have built another set is refused
+    with pytest.raises(SystemExit) as code:
+        main(["train", "--training-set", str(ts), "--horizon-days", "30", *common])
+    assert code.value.code == 2
+    assert "other labels settings" in capsys.readouterr().err
+
+
 def test_errors_exit_with_code_2_and_a_message(tmp_path, capsys):
     with pytest.raises(SystemExit) as code:
         main(["validate", "--data", str(tmp_path / "missing")])

@@ -137,7 +137,8 @@ def features(
 
 @app.command()
 def train(
-    data: DataOpt,
+    data: Annotated[str | None, typer.Option("--data", help="CRM export folder, database URL or flat file; with --training-set read only to compare with a champion.")] = None,
+    training_set: Annotated[Path | None, typer.Option("--training-set", help="Train from this Parquet file of `convert-leads features` (same config: same model).")] = None,
     as_of: Annotated[str | None, typer.Option("--as-of", help="Training as-of (default: day after the latest timestamp).")] = None,
     horizon_days: Annotated[int | None, typer.Option("--horizon-days")] = None,
     config: ConfigOpt = None,
@@ -157,7 +158,8 @@ def train(
     """Train, calibrate, evaluate against baselines, log to MLflow and register.
 
     With --data FILE and --target COLUMN, trains on a flat table (one row per lead) and
-    registers the model under flat.model_name (default lead-conversion-flat).
+    registers the model under flat.model_name (default lead-conversion-flat). With
+    --training-set FILE, trains from the file `features` wrote: the model --data would give.
     """
     t = _as_of(as_of)
     cfg = _config(config, no_cache).with_overrides(labels__horizon_days=horizon_days)
@@ -165,7 +167,7 @@ def train(
                              leakage__allow=tuple(dict.fromkeys([*cfg.leakage.allow, *(allow or [])])))
     summary = steps.train_step(data, cfg, t, tune, model_name, _rejects(rejects), strict or None, echo,
                                _mapping(mapping), flat=FlatOptions(target, positive, id_column, split),
-                               save=save, summary_path=summary_json)
+                               save=save, summary_path=summary_json, training_set=training_set)
     if summary.saved:
         echo(f"model bundle written to {summary.saved}")
     r = summary.result

@@ -24,6 +24,7 @@ from convert.steps.train import (
     global_importance,
     screen_attributes,
     summary_record,
+    train_from_set_step,
     train_step,
 )
 from convert.steps.validate import ValidationSummary, validate_step
@@ -58,6 +59,7 @@ __all__ = [
     "summary_record",
     "top_leads",
     "top_table",
+    "train_from_set_step",
     "train_step",
     "user_error",
     "validate_step",

@@ -1,4 +1,5 @@
-"""``convert-leads features``: the labelled training set, written (the DVC ``features`` stage)."""
+"""``convert-leads features``: the leakage guard, then the labelled training set, written (the
+DVC ``features`` stage, read back by ``convert-leads train --training-set``)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,22 @@ import pandas as pd
 
 from convert.config import Config
 from convert.io.artifacts import write_frame
-from convert.model.train import TrainingSet
+from convert.model.leakage import LeakageReport
+from convert.model.train import TrainingSet, screen_source
+from convert.sources.export import CRMData
 from convert.sources.mapping import Mapping
 from convert.steps.common import Echo, Input, _quiet, open_data
 
 
 @dataclass
 class FeaturesSummary:
-    """The training set written to *out* (and the catalog to *catalog* when asked)."""
+    """The training set written to *out* (and the catalog to *catalog* when asked), with the
+    leakage guard's report (what it excluded never became a feature)."""
 
     training_set: TrainingSet
     out: Path
     catalog: Path | None
+    leakage: LeakageReport | None = None
 
     def line(self) -> str:
         ts, y = self.training_set, self.training_set.frame["label"]
@@ -34,13 +39,28 @@ def features_step(
     catalog: Path | None = None, rejects: str | None = None, strict: bool | None = None,
     echo: Echo = _quiet, mapping: Mapping | None = None,
 ) -> FeaturesSummary:
-    """Build the labelled multi-snapshot training set at *as_of* and write it (Parquet/CSV)."""
+    """Run the leakage guard as ``train`` does, then build the labelled multi-snapshot training
+    set at *as_of* and write it.
+
+    A ``.parquet`` *out* carries, beside the rows, what ``train --training-set`` needs to give
+    the model training from the export gives (:mod:`convert.model.training_set`); any other
+    suffix writes the rows alone (e.g. CSV, to read elsewhere).
+    """
+    from convert.model.training_set import write_training_set
+
     source = open_data(Input(data_path, mapping, rejects, strict), config, echo)
     try:
-        ts = source.training_set(config, as_of)
+        leakage, screened = screen_source(source, config, mapping)
+        for line in leakage.lines():
+            echo(line)
+        ts = source.training_set(screened, as_of)
+        if Path(out).suffix.lower() == ".parquet":
+            earliest = source.earliest_created() if isinstance(source, CRMData) else None
+            write_training_set(ts, out, leakage, config, screened, source.kind, earliest, source.default_as_of())
+        else:
+            write_frame(ts.frame, out)
     finally:
         source.close()
-    write_frame(ts.frame, out)
     if catalog:
         write_frame(ts.catalog.to_frame(), catalog)
-    return FeaturesSummary(ts, out, catalog)
+    return FeaturesSummary(ts, out, catalog, leakage)

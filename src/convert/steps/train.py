@@ -12,12 +12,13 @@ import numpy as np
 import pandas as pd
 
 from convert.config import Config
-from convert.exceptions import FeatureMismatchError
+from convert.exceptions import ConfigError, FeatureMismatchError
 from convert.features.engine import KEY
 from convert.model.bundle import LeadScoringModel
 from convert.model.explain import contributions, importance_table, model_score_fn, to_points
 from convert.model.leakage import LeakageReport
-from convert.model.train import TrainResult, screen_source, train_on
+from convert.model.train import TrainingSet, TrainResult, screen_source, train_on
+from convert.model.training_set import StoredTrainingSet
 from convert.registry.store import RegisteredModel
 from convert.schema import Labeled
 from convert.sources.base import NO_FLAT, FlatOptions, LeadSource
@@ -67,14 +68,8 @@ def champion_comparison(
     """
     from convert.model.metrics import evaluate
 
-    ts, folds = result.training_set, result.split
-    newer: list[pd.Timestamp] = []
-    if ts.design == "time":
-        cut_challenger = pd.Timestamp(folds.deploy_span[1])
-        record = champion.metadata
-        cut_champion = (pd.Timestamp(record.deployed_fit.to) if record.deployed_fit else
-                        pd.Timestamp(record.training_as_of or cut_challenger) - pd.Timedelta(days=ts.horizon_days))
-        newer = data.labelled_after(max(cut_challenger, cut_champion), ts.horizon_days, config)
+    ts = result.training_set
+    newer = data.labelled_after(_newest_learned(champion, result), ts.horizon_days, config) if ts.design == "time" else []
     if newer:
         figures = {}
         y = np.array([])
@@ -94,6 +89,17 @@ def champion_comparison(
                                champion.spec_.event_types, champion.metadata.to_dict())
         frame = ts.frame[KEY].merge(fs, on=KEY, how="left")
     return recipe_on_outer_folds(frame, champion, label, result, config, echo, as_of=ts.row_times())
+
+
+def _newest_learned(champion: LeadScoringModel, result: TrainResult) -> pd.Timestamp:
+    """The latest as-of time either deployed model learned from (time design): newer labelled
+    as-of times judge both where neither learned."""
+    ts = result.training_set
+    cut_challenger = pd.Timestamp(result.split.deploy_span[1])
+    record = champion.metadata
+    cut_champion = (pd.Timestamp(record.deployed_fit.to) if record.deployed_fit else
+                    pd.Timestamp(record.training_as_of or cut_challenger) - pd.Timedelta(days=ts.horizon_days))
+    return max(cut_challenger, cut_champion)
 
 
 def recipe_on_outer_folds(
@@ -158,7 +164,7 @@ def _log_training(
 
 
 def train_step(
-    data_path: str | Path,
+    data_path: str | Path | None,
     config: Config,
     as_of: pd.Timestamp | None = None,
     tune_trials: int | None = None,
@@ -171,42 +177,136 @@ def train_step(
     flat: FlatOptions = NO_FLAT,
     save: Path | None = None,
     summary_path: Path | None = None,
+    training_set: Path | None = None,
 ) -> TrainSummary:
     """Load (a CRM export, or a flat table with the *flat* options), screen for leakage,
     train, evaluate against the baselines and the champion, log and register; optionally
     write the bundle to *save* and the figures as JSON to *summary_path*.
 
-    (A training set already built, e.g. the ``features`` stage's output, would enter at
-    :func:`convert.model.train.train_on` in place of ``source.training_set``.)"""
-    from convert.registry import store as registry
-
+    With *training_set* (the ``features`` stage's file), trains from it instead:
+    :func:`train_from_set_step`."""
+    if training_set is not None:
+        data = None if data_path is None else Input(data_path, mapping, rejects, strict, flat)
+        return train_from_set_step(training_set, config, as_of, tune_trials, model_name, data, echo,
+                                   save=save, summary_path=summary_path)
+    if data_path is None:
+        raise ConfigError("train needs --data (an export, a database or a flat file) or --training-set "
+                          "(the file `convert-leads features` writes)")
     data = Input(data_path, mapping, rejects, strict, flat)
     source = open_data(data, config, echo, "train")
     name = model_name or source.model_name(config)
     try:
         leakage, config = screen_source(source, config, data.mapping)
-        for line in leakage.lines():
-            echo(line)
-        if config.allocation.owner_column in leakage.excluded:
-            echo(f"not a feature: {config.allocation.owner_column!r} "
-                 f"({leakage.excluded[config.allocation.owner_column]})")
-        ts = source.training_set(config, as_of)
-        result = train_on(ts, config, tune_trials)
-        result.leakage = leakage
-        result.model.metadata["leakage"] = leakage.to_dict()
-        if ts.grid is not None:
-            echo(f"training snapshots: {ts.grid.describe()}")
-        holdout = ts.frame.loc[result.split.masks["holdout"]].reset_index(drop=True)
-        champion_metrics, comparison = None, None
-        if registry.champion_exists(name):
-            champion, label = registry.load_model(f"models:/{name}@{registry.CHAMPION}")
-            if source.accepts(champion.metadata.to_dict()) is None:
-                try:
-                    champion_metrics, comparison = champion_comparison(source, champion, label, result, config, echo)
-                except FeatureMismatchError:  # the champion reads columns this table lacks
-                    champion_metrics, comparison = None, None
+        _echo_screen(leakage, config, echo)
+        result = _fit(source.training_set(config, as_of), leakage, config, tune_trials, echo)
+        champion_metrics, comparison = _versus_champion(source, name, result, config, echo)
     finally:
         source.close()
+    return _finish(result, name, leakage, champion_metrics, comparison, config, save, summary_path)
+
+
+def train_from_set_step(
+    path: Path, config: Config, as_of: pd.Timestamp | None = None, tune_trials: int | None = None,
+    model_name: str | None = None, data: Input | None = None, echo: Echo = _quiet, *,
+    save: Path | None = None, summary_path: Path | None = None,
+) -> TrainSummary:
+    """:func:`train_step` from a training set written by :func:`convert.steps.features.features_step`
+    (a pipeline builds features once): the same model, logged and registered the same way.
+
+    The set carries the leakage guard's report and the settings that built it; a *config*
+    that would have built another set is refused (``ConfigError``). The source (*data*) is
+    read only to compare with a champion when the set cannot: newer labelled as-of times, or
+    a champion with other features."""
+    from convert.model.training_set import read_training_set
+
+    if as_of is not None:
+        raise ConfigError("--as-of is the training set's (`convert-leads features --as-of`); drop it with --training-set")
+    if data is not None and data.flat.given():
+        raise ConfigError("--target, --positive, --id and --split are the training set's (`convert-leads features`); "
+                          "drop them with --training-set")
+    stored = read_training_set(path)
+    config = stored.config_for(config)
+    leakage = stored.leakage
+    _echo_screen(leakage, config, echo)
+    result = _fit(stored.training_set, leakage, config, tune_trials, echo)
+    name = model_name or stored.model_name(config)
+    champion_metrics, comparison = None, None
+    if data is not None:
+        source = open_data(data, config, echo, "train")
+        try:
+            source.exclude_attributes(dict(leakage.excluded), config)
+            champion_metrics, comparison = _versus_champion(source, name, result, config, echo)
+        finally:
+            source.close()
+    else:
+        champion_metrics, comparison = _versus_champion_from_set(stored, name, result, config, echo)
+    return _finish(result, name, leakage, champion_metrics, comparison, config, save, summary_path)
+
+
+def _echo_screen(leakage: LeakageReport, config: Config, echo: Echo) -> None:
+    for line in leakage.lines():
+        echo(line)
+    if config.allocation.owner_column in leakage.excluded:
+        echo(f"not a feature: {config.allocation.owner_column!r} "
+             f"({leakage.excluded[config.allocation.owner_column]})")
+
+
+def _fit(ts: TrainingSet, leakage: LeakageReport, config: Config, tune_trials: int | None, echo: Echo) -> TrainResult:
+    result = train_on(ts, config, tune_trials)
+    result.leakage = leakage
+    result.model.metadata["leakage"] = leakage.to_dict()
+    if ts.grid is not None:
+        echo(f"training snapshots: {ts.grid.describe()}")
+    return result
+
+
+def _champion(name: str) -> tuple[LeadScoringModel, str] | None:
+    from convert.registry import store as registry
+
+    return registry.load_model(f"models:/{name}@{registry.CHAMPION}") if registry.champion_exists(name) else None
+
+
+def _versus_champion(
+    source: LeadSource, name: str, result: TrainResult, config: Config, echo: Echo
+) -> tuple[Figures | None, str | None]:
+    """The champion's figures beside the challenger's (:func:`champion_comparison`), when
+    there is a champion that can read this source."""
+    found = _champion(name)
+    if found is None or source.accepts(found[0].metadata.to_dict()) is not None:
+        return None, None
+    try:
+        return champion_comparison(source, found[0], found[1], result, config, echo)
+    except FeatureMismatchError:  # the champion reads columns this table lacks
+        return None, None
+
+
+def _versus_champion_from_set(
+    stored: StoredTrainingSet, name: str, result: TrainResult, config: Config, echo: Echo
+) -> tuple[Figures | None, str | None]:
+    """:func:`_versus_champion` without the source: the champion's recipe on the challenger's
+    outer folds, which the set holds when the champion reads its features and no newer
+    labelled as-of time exists (else ``ConfigError``: the comparison needs ``--data``)."""
+    found = _champion(name)
+    if found is None or (found[0].metadata.mode == "flat") != (stored.kind == "flat"):
+        return None, None
+    champion, label = found
+    ts = result.training_set
+    newer = stored.labelled_after(_newest_learned(champion, result), ts.horizon_days, config) \
+        if ts.design == "time" else []
+    if newer or champion.spec_.names != ts.features or champion.features_config(config.features) != config.features:
+        why = "newer labelled as-of times" if newer else "its features differ from the training set's"
+        raise ConfigError(f"comparing with champion {label} needs the source ({why}): add --data to "
+                          f"`convert-leads train --training-set {stored.path}`")
+    return recipe_on_outer_folds(ts.frame, champion, label, result, config, echo, as_of=ts.row_times())
+
+
+def _finish(
+    result: TrainResult, name: str, leakage: LeakageReport, champion_metrics: Figures | None,
+    comparison: str | None, config: Config, save: Path | None, summary_path: Path | None,
+) -> TrainSummary:
+    """Log and register a trained model (:func:`_log_training`); write the bundle and summary when asked."""
+    ts = result.training_set
+    holdout = ts.frame.loc[result.split.masks["holdout"]].reset_index(drop=True)
     params = {"model_name": name, **ts.params, "lightgbm": result.params, **leakage.params(),
               **({"comparison": comparison} if comparison else {})}
     summary = _log_training(result, name, params, holdout, champion_metrics, leakage, config)
