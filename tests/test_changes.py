@@ -161,6 +161,7 @@ def test_a_lead_that_left_and_came_back_compares_with_its_last_score(trained, fa
     assert_exact(third, changes)
 
 
+@pytest.mark.slow  # trains twice (through the CLI / a second model)
 def test_movements_add_up_across_a_retrained_model(trained, fast_config, runs):
     result, data = trained
     (first, _), _, _ = runs

@@ -110,6 +110,7 @@ def _same(a: str, b: str) -> None:
     assert _figures(a) == _figures(b), "\n".join(difflib.unified_diff(_figures(a), _figures(b), lineterm=""))
 
 
+@pytest.mark.slow  # trains twice (through the CLI / a second model)
 def test_training_from_the_features_file_gives_the_model_of_the_export(
     sim_export, config_file, mlflow_store, tmp_path, capsys
 ):
