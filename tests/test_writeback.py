@@ -680,6 +680,18 @@ def _spellings(db: Db, table: str) -> tuple[str, str]:
     return table, f"{'main' if db.kind == 'sqlite' else 'public'}.{table}"
 
 
+def _wait_until_waiting_for_the_lock(db: Db, run: Writer) -> None:
+    """Block until *run* waits for the write-back lock another run holds (PostgreSQL: an
+    advisory-lock wait in pg_stat_activity; SQLite: its BEGIN IMMEDIATE issued)."""
+    if db.kind == "postgresql":
+        deadline = time.monotonic() + 60
+        while not _pg_waiting_on_advisory_lock():
+            assert time.monotonic() < deadline, "the second run never waited for the lock"
+            time.sleep(0.05)
+    else:
+        run.wait_for("SQL BEGIN IMMEDIATE")
+
+
 def _pg_waiting_on_advisory_lock() -> int:
     rows = _pg_execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
     return int(rows[0][0])
@@ -703,13 +715,7 @@ def test_concurrent_runs_on_t_and_schema_t_are_serialized(db: Db, tmp_path: Path
     a.wait_for("PAUSED")
     b = Writer(files[1], db.url, qualified)
     try:
-        if db.kind == "postgresql":
-            deadline = time.monotonic() + 60
-            while not _pg_waiting_on_advisory_lock():
-                assert time.monotonic() < deadline, "the second run never waited for the lock"
-                time.sleep(0.05)
-        else:
-            b.wait_for("SQL BEGIN IMMEDIATE")
+        _wait_until_waiting_for_the_lock(db, b)
         time.sleep(1.0)
         assert b.proc.poll() is None  # still waiting: A holds the table
         assert_same(read_table(db.url, bare), normalized(first))  # nothing committed yet
@@ -739,13 +745,7 @@ def test_of_two_concurrent_runs_the_older_as_of_no_longer_wins(db: Db, tmp_path:
     a.wait_for("PAUSED")
     b = Writer(files[1], db.url, qualified)  # older, but staged and waiting before A commits
     try:
-        if db.kind == "postgresql":
-            deadline = time.monotonic() + 60
-            while not _pg_waiting_on_advisory_lock():
-                assert time.monotonic() < deadline, "the second run never waited for the lock"
-                time.sleep(0.05)
-        else:
-            b.wait_for("SQL BEGIN IMMEDIATE")
+        _wait_until_waiting_for_the_lock(db, b)
     finally:
         a.resume()
     assert a.finish() == (0, "")

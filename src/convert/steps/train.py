@@ -3,7 +3,6 @@ champion, log and register -- the same for a CRM export and a flat table."""
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ import pandas as pd
 from convert.config import Config
 from convert.exceptions import ConfigError, FeatureMismatchError
 from convert.features.engine import KEY
+from convert.io.artifacts import write_json
 from convert.model.bundle import LeadScoringModel
 from convert.model.explain import contributions, importance_table, model_score_fn, to_points
 from convert.model.leakage import LeakageReport
@@ -146,8 +146,7 @@ def _log_training(
         "metrics_from": result.model.metadata.metrics_from or "",
     }
     with tempfile.TemporaryDirectory() as tmp:
-        leakage_file = Path(tmp) / "leakage.json"
-        leakage_file.write_text(json.dumps(leakage.to_dict(), indent=1))
+        leakage_file = write_json(leakage.to_dict(), Path(tmp) / "leakage.json")
         registered = registry.log_training(
             result.model, name, params, metrics,
             tables={"metrics": ev.metrics.reset_index(names="metric"), "reliability": ev.reliability,
@@ -315,8 +314,7 @@ def _finish(
         result.model.save(save)
         summary.saved = save
     if summary_path:
-        summary_path.parent.mkdir(parents=True, exist_ok=True)
-        summary_path.write_text(json.dumps(summary_record(summary), indent=1, default=str))
+        write_json(summary_record(summary), summary_path)
     return summary
 
 
