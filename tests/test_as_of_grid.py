@@ -123,6 +123,6 @@ def test_training_records_the_grid_it_used(trained) -> None:
     assert grid is not None and grid.requested == "auto"
     assert result.training_set.as_ofs == grid.times
     meta = result.model.metadata
-    assert meta["frequency"] == grid.frequency
-    assert meta["as_of_grid"]["as_of_times"] == len(grid.times)
-    assert meta["as_of_grid"]["description"] == grid.describe()
+    assert meta.frequency == grid.frequency and meta.as_of_grid is not None
+    assert meta.as_of_grid["as_of_times"] == len(grid.times)
+    assert meta.as_of_grid["description"] == grid.describe()

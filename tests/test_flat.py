@@ -168,9 +168,10 @@ def test_train_flat_calibrates_and_beats_the_baseline_or_matches_it(report_csv, 
     assert m.loc["roc_auc", "model"] > 0.7
     assert m.loc["roc_auc", "model"] > m.loc["roc_auc", "logistic_regression"] - 0.03
     assert m.loc["ece", "model"] < 0.06
-    assert result.model.metadata["mode"] == "flat"
-    assert result.model.metadata["flat"]["columns"]["Minutes on site"] == "minutes_on_site"
-    assert "Constant flag" not in result.model.metadata["flat"]["columns"]
+    flat = result.model.metadata.flat
+    assert result.model.metadata.is_flat and flat is not None
+    assert flat.columns["Minutes on site"] == "minutes_on_site"
+    assert "Constant flag" not in flat.columns
     assert result.leakage.suspects == []
     assert set(result.model.catalog_.family_of(result.model.spec_.names)) == {"fit"}
 
@@ -190,7 +191,7 @@ def test_planted_leaks_stop_training_and_can_be_excluded(tmp_path, fast):
     assert suspects == {"Status Note", "Sales Rating"}
     cfg = fast.with_overrides(leakage__exclude=("Status Note",), leakage__allow=("Sales Rating",))
     result = train_flat(table, cfg, SELECT)
-    card = result.model.metadata["leakage"]
+    card = result.model.metadata.leakage or {}
     assert card["excluded"] == {"Status Note": "leakage.exclude in the configuration"}
     assert card["allowed"] == ["Sales Rating"]
     assert "status_note" not in result.model.spec_.names and "sales_rating" in result.model.spec_.names

@@ -46,8 +46,9 @@ def test_trains_with_the_defaults_and_scores_every_open_lead(regime_run):
     t = default_as_of(data)
     meta = result.model.metadata
     # the deployed booster learned every labelled snapshot up to as_of - horizon
-    assert pd.Timestamp(meta["deployed_fit"]["to"]) <= t - pd.Timedelta(days=config.labels.horizon_days)
-    assert meta["deployed_fit"]["rows"] == len(result.training_set.frame)
+    assert meta.deployed_fit is not None
+    assert pd.Timestamp(meta.deployed_fit.to) <= t - pd.Timedelta(days=config.labels.horizon_days)
+    assert meta.deployed_fit.rows == len(result.training_set.frame)
     scored = score(data, result.model, t, config, model_version=f"{name}/1")
     population = build_labels(data.con, [t], config.labels.horizon_days)
     assert len(scored) == len(population) > 0

@@ -63,13 +63,13 @@ def test_choices_never_see_the_outer_folds(trained, fast_config):
 def test_deployed_booster_learned_every_labelled_snapshot_up_to_as_of_minus_horizon(trained, fast_config):
     result, _ = trained
     ts = result.training_set
-    meta = result.model.metadata["deployed_fit"]
+    meta = result.model.metadata.to_dict()["deployed_fit"]
     last = pd.to_datetime(ts.frame["as_of"]).max()
     assert pd.Timestamp(meta["to"]) == last <= ts.as_of - pd.Timedelta(days=fast_config.labels.horizon_days)
     assert last > ts.as_of - pd.Timedelta(days=fast_config.labels.horizon_days + 31)  # the latest monthly one
     assert meta["rows"] == len(ts.frame) and meta["positives"] == int(ts.frame["label"].sum())
     assert result.slices.iloc[-1]["fold"] == "deployed" and result.slices.iloc[-1]["fit_rows"] == len(ts.frame)
-    assert result.model.metadata["metrics_from"].startswith("outer folds")
+    assert (result.model.metadata.metrics_from or "").startswith("outer folds")
 
 
 def test_calibrator_is_fitted_on_out_of_fold_scores(trained, fast_config):

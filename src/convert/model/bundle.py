@@ -35,9 +35,9 @@ import pandas as pd
 from convert.config import FeaturesConfig
 from convert.exceptions import BundleError, ConvertWarning, FeatureMismatchError, ModelNotFoundError
 from convert.features.catalog import Catalog
+from convert.metadata import BundleMetadata
 from convert.model.calibrate import Calibrator, calibrator_from_dict
 from convert.model.linear import LinearScorer
-from convert.model.metadata import BundleMetadata
 
 BUNDLE_VERSION = 1
 MANIFEST = "manifest.json"
@@ -334,7 +334,7 @@ class LeadScoringModel:
 
     @property
     def metadata(self) -> BundleMetadata:
-        """The training record (:class:`~convert.model.metadata.BundleMetadata`), saved in the bundle."""
+        """The training record (:class:`~convert.metadata.BundleMetadata`), saved in the bundle."""
         return self._metadata
 
     @metadata.setter

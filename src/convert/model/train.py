@@ -22,6 +22,7 @@ from convert.config import Config
 from convert.exceptions import ConfigError
 from convert.features.engine import KEY
 from convert.features.labels import parse_as_of
+from convert.metadata import BundleMetadata
 from convert.model.baselines import (
     Baseline,
     LogisticBaseline,
@@ -39,7 +40,6 @@ from convert.model.crossfit import (
     time_folds,
 )
 from convert.model.leakage import LeakageReport, screen
-from convert.model.metadata import BundleMetadata
 from convert.model.metrics import evaluate, grade_table, lift_table, reliability_table
 from convert.schema import Labeled
 from convert.sources.base import LeadSource, TrainingSet
@@ -263,7 +263,7 @@ def train_flat(
     leakage, config = screen_source(source, config, mapping)
     result = train_on(source.training_set(config), config, tune_trials)
     result.leakage = leakage
-    result.model.metadata["leakage"] = leakage.to_dict()
+    result.model.metadata.leakage = leakage.to_dict()
     return result
 
 

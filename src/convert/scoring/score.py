@@ -111,7 +111,7 @@ def iter_scores(
     then; a flat table: every row)."""
     scored_at = scored_at if scored_at is not None else pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s")
     total, batches = data.scoring_batches(as_of, model.features_config(config.features), model.spec_.event_types,
-                                          model.metadata.to_dict(), config.scoring.chunk_size)
+                                          model.metadata, config.scoring.chunk_size)
     bar = _progress(total, enabled=progress)
     try:
         for batch in batches:
@@ -150,7 +150,7 @@ def feature_rows(data: LeadSource, model: LeadScoringModel, as_of: pd.Timestamp,
                  lead_ids: list[str] | None = None) -> pd.DataFrame:
     """Feature rows of the population at *as_of* (optionally only *lead_ids*), as the model sees them."""
     return data.scoring_rows(as_of, model.features_config(config.features), model.spec_.event_types,
-                             model.metadata.to_dict(), lead_ids)
+                             model.metadata, lead_ids)
 
 
 class _NoBar:

@@ -35,6 +35,7 @@ from convert.config import Config, FeaturesConfig
 from convert.exceptions import ConfigError
 from convert.features.catalog import Catalog
 from convert.features.labels import AsOfGrid
+from convert.metadata import BundleMetadata
 from convert.schema import Labeled
 from convert.sources.validation import LoadReport
 
@@ -157,7 +158,7 @@ class LeadSource(ABC):
         """
 
     @abstractmethod
-    def accepts(self, metadata: Mapping[str, Any]) -> str | None:
+    def accepts(self, metadata: BundleMetadata) -> str | None:
         """Why a model with *metadata* cannot score this source, or ``None`` when it can."""
 
     # --- the leakage guard ---------------------------------------------------------------
@@ -179,11 +180,11 @@ class LeadSource(ABC):
         """The labelled training set at *as_of* (default: :meth:`default_as_of`)."""
 
     @abstractmethod
-    def model_training_set(self, metadata: Mapping[str, Any], config: Config) -> TrainingSet:
+    def model_training_set(self, metadata: BundleMetadata, config: Config) -> TrainingSet:
         """The training set of a trained model, rebuilt from this data (its evaluation)."""
 
     @abstractmethod
-    def model_config(self, metadata: Mapping[str, Any], config: Config) -> Config:
+    def model_config(self, metadata: BundleMetadata, config: Config) -> Config:
         """*config* with the settings a trained model was trained with (to judge it the same way)."""
 
     @abstractmethod
@@ -197,19 +198,19 @@ class LeadSource(ABC):
 
     @abstractmethod
     def feature_rows(self, keys: pd.DataFrame, features: FeaturesConfig, event_types: Sequence[str],
-                     metadata: Mapping[str, Any]) -> pd.DataFrame:
+                     metadata: BundleMetadata) -> pd.DataFrame:
         """Features of the (lead_id, as_of) *keys* as a model with *metadata* sees them."""
 
     # --- scoring -------------------------------------------------------------------------
 
     @abstractmethod
     def scoring_rows(self, as_of: pd.Timestamp, features: FeaturesConfig, event_types: Sequence[str],
-                     metadata: Mapping[str, Any], lead_ids: list[str] | None = None) -> pd.DataFrame:
+                     metadata: BundleMetadata, lead_ids: list[str] | None = None) -> pd.DataFrame:
         """The feature rows to score at *as_of* (optionally only *lead_ids*), ordered by lead."""
 
     @abstractmethod
     def scoring_batches(self, as_of: pd.Timestamp, features: FeaturesConfig, event_types: Sequence[str],
-                        metadata: Mapping[str, Any], chunk_size: int) -> tuple[int, Iterator[pd.DataFrame]]:
+                        metadata: BundleMetadata, chunk_size: int) -> tuple[int, Iterator[pd.DataFrame]]:
         """How many rows there are to score at *as_of*, and the rows in chunks."""
 
     def column_lines(self) -> list[str]:
@@ -241,7 +242,7 @@ def open_source(
     purpose: Purpose = "train",
     strict: bool | None = None,
     flat: FlatOptions = NO_FLAT,
-    trained: Mapping[str, Any] | None = None,
+    trained: BundleMetadata | None = None,
 ) -> LeadSource:
     """Open the source at *path*: a flat table for one file, else a CRM export.
 

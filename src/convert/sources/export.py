@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from collections.abc import Mapping as MappingOf
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import duckdb
 import numpy as np
@@ -28,6 +28,7 @@ from convert.features.engine import (
     materialize_features,
 )
 from convert.features.labels import build_labels, grid_for, population_sql, register_as_ofs
+from convert.metadata import BundleMetadata
 from convert.schema import CONTRACT_TABLES, Accounts, Events, Leads, Stages
 from convert.sources.base import Attributes, LeadSource, Purpose, TrainingSet
 from convert.sources.cache import cache_dir, cache_key, entry, restore, store
@@ -123,8 +124,8 @@ class CRMData(LeadSource):
             raise ConfigError(f"--as-of is required to {what} (the leads open at that time)")
         return as_of
 
-    def accepts(self, metadata: MappingOf[str, Any]) -> str | None:
-        if metadata.get("mode") == "flat":
+    def accepts(self, metadata: BundleMetadata) -> str | None:
+        if metadata.is_flat:
             return "it was trained on a flat table; a CRM export is scored with an event-mode model"
         return None
 
@@ -170,11 +171,11 @@ class CRMData(LeadSource):
         params = {"training_as_of": t.isoformat(), "horizon_days": horizon, "frequency": grid.frequency}
         return TrainingSet(frame, fs.catalog, fs.event_types, t, horizon, grid, metadata=metadata, params=params)
 
-    def model_training_set(self, metadata: MappingOf[str, Any], config: Config) -> TrainingSet:
-        stored = metadata.get("training_as_of")
+    def model_training_set(self, metadata: BundleMetadata, config: Config) -> TrainingSet:
+        stored = metadata.training_as_of
         return self.training_set(config, pd.Timestamp(stored) if stored else None)
 
-    def model_config(self, metadata: MappingOf[str, Any], config: Config) -> Config:
+    def model_config(self, metadata: BundleMetadata, config: Config) -> Config:
         return config
 
     def labelled_after(self, cut: pd.Timestamp, horizon_days: int, config: Config) -> list[pd.Timestamp]:
@@ -188,7 +189,7 @@ class CRMData(LeadSource):
         return labels.merge(build_features(self.con, labels[KEY], features, event_types).frame, on=KEY, how="left")
 
     def feature_rows(self, keys: pd.DataFrame, features: FeaturesConfig, event_types: Sequence[str],
-                     metadata: MappingOf[str, Any]) -> pd.DataFrame:
+                     metadata: BundleMetadata) -> pd.DataFrame:
         return build_features(self.con, keys, features, event_types).frame
 
     def _population(self, as_of: pd.Timestamp, lead_ids: list[str] | None = None) -> None:
@@ -208,7 +209,7 @@ class CRMData(LeadSource):
             self.con.execute(f"DROP TABLE IF EXISTS {tmp}")
 
     def scoring_rows(self, as_of: pd.Timestamp, features: FeaturesConfig, event_types: Sequence[str],
-                     metadata: MappingOf[str, Any], lead_ids: list[str] | None = None) -> pd.DataFrame:
+                     metadata: BundleMetadata, lead_ids: list[str] | None = None) -> pd.DataFrame:
         """The contract's population at *as_of* (optionally only *lead_ids*) with its features."""
         self._population(as_of, lead_ids)
         table, catalog, _ = materialize_features(
@@ -219,7 +220,7 @@ class CRMData(LeadSource):
         return frame
 
     def scoring_batches(self, as_of: pd.Timestamp, features: FeaturesConfig, event_types: Sequence[str],
-                        metadata: MappingOf[str, Any], chunk_size: int) -> tuple[int, Iterator[pd.DataFrame]]:
+                        metadata: BundleMetadata, chunk_size: int) -> tuple[int, Iterator[pd.DataFrame]]:
         """Features computed once into DuckDB, streamed *chunk_size* rows at a time."""
         self._population(as_of)
         total = int(fetch_row(self.con, "SELECT count(*) FROM _score_population")[0])

@@ -35,6 +35,7 @@ from convert.exceptions import (
 )
 from convert.features.catalog import Catalog, FeatureDef
 from convert.features.engine import unique_slugs
+from convert.metadata import BundleMetadata, FlatDesign
 from convert.schema import Labeled, Rejects
 from convert.sources.base import NO_FLAT, Attributes, FlatOptions, LeadSource, Purpose, TrainingSet
 from convert.sources.mapping import CsvFormat, FlatMapping, Mapping, mapped_select
@@ -427,9 +428,14 @@ def feature_frame(table: FlatTable, columns: dict[str, str], as_of: pd.Timestamp
     return out
 
 
-def stored_mapping(metadata: MappingOf[str, Any]) -> Mapping:
+def _design(metadata: BundleMetadata) -> FlatDesign:
+    """A flat model's table and columns (empty for a model that records none)."""
+    return metadata.flat if metadata.flat is not None else FlatDesign()
+
+
+def stored_mapping(metadata: BundleMetadata) -> Mapping:
     """The mapping a flat model was trained with (scoring applies it again)."""
-    stored = (metadata.get("flat") or {}).get("mapping")
+    stored = metadata.flat.mapping if metadata.flat is not None else None
     return Mapping.model_validate(stored) if stored else Mapping()
 
 
@@ -443,11 +449,10 @@ class FlatSource(LeadSource):
 
     kind: ClassVar[str] = "flat"
 
-    def __init__(self, table: FlatTable, mapping: Mapping, split: Split, trained: MappingOf[str, Any] | None = None):
+    def __init__(self, table: FlatTable, mapping: Mapping, split: Split):
         self.table = table
         self.mapping = mapping
         self.split = split
-        self.trained = dict(trained or {})
         self.report = table.report
         self.excluded: dict[str, str] = {}
 
@@ -455,30 +460,30 @@ class FlatSource(LeadSource):
     def open(
         cls, path: str | Path, config: Config, mapping: Mapping | None = None, *, purpose: Purpose = "train",
         strict: bool | None = None, options: FlatOptions = NO_FLAT,
-        trained: MappingOf[str, Any] | None = None,
+        trained: BundleMetadata | None = None,
     ) -> FlatSource:
         """Load the file for *purpose*; a trained model's *trained* metadata gives the columns'
         kinds, the id and (for ``evaluate``) the outcome, and its mapping when none is given."""
-        meta = (trained or {}).get("flat") or {}
+        meta = _design(trained) if trained is not None else FlatDesign()
         if trained is not None and mapping is None:
             mapping = stored_mapping(trained)
         mapping = mapping or Mapping()
-        split = options.split or meta.get("split") or mapping.flat.split or "random"
+        split = options.split or meta.split or mapping.flat.split or "random"
         if split not in ("random", "ordered"):
             raise ConfigError(f"--split must be random or ordered, not {split!r}")
-        kinds = dict(meta.get("kinds", {})) or None
+        kinds = dict(meta.kinds) or None
         if purpose == "evaluate":
-            table = load_flat(path, config, mapping, target=meta.get("target"), positive=meta.get("positive"),
-                              negative=meta.get("negative", ()), id_column=meta.get("id"), kinds=kinds,
+            table = load_flat(path, config, mapping, target=meta.target, positive=meta.positive or None,
+                              negative=meta.negative, id_column=meta.id, kinds=kinds,
                               strict=strict)
         elif purpose == "score":
-            table = load_flat(path, config, mapping, id_column=options.id_column or meta.get("id"), kinds=kinds,
+            table = load_flat(path, config, mapping, id_column=options.id_column or meta.id, kinds=kinds,
                               strict=strict, training=False)
         else:
             table = load_flat(path, config, mapping, target=options.target, positive=options.positive,
                               id_column=options.id_column, strict=strict,
                               training=purpose == "train" or bool(options.target or mapping.flat.target))
-        return cls(table, mapping, split, trained)  # type: ignore[arg-type]
+        return cls(table, mapping, split)  # type: ignore[arg-type]
 
     @property
     def display(self) -> str:
@@ -515,8 +520,8 @@ class FlatSource(LeadSource):
         """*as_of*, else today, so a re-run on the same day replaces its own history rows."""
         return as_of if as_of is not None else _today()
 
-    def accepts(self, metadata: MappingOf[str, Any]) -> str | None:
-        if metadata.get("mode") != "flat":
+    def accepts(self, metadata: BundleMetadata) -> str | None:
+        if not metadata.is_flat:
             return "it was trained on a CRM export (event mode); a flat file is scored with a flat model (trained with --target)"
         return None
 
@@ -568,23 +573,23 @@ class FlatSource(LeadSource):
                            config.labels.horizon_days, design=self.split, baselines=("logistic_regression",),
                            metadata=metadata, params=params)
 
-    def model_training_set(self, metadata: MappingOf[str, Any], config: Config) -> TrainingSet:
+    def model_training_set(self, metadata: BundleMetadata, config: Config) -> TrainingSet:
         t = self.table
         if t.label is None:
             raise ConfigError("evaluating a flat model needs the outcome column the model was trained on")
-        meta = metadata.get("flat") or {}
-        columns = dict(meta.get("columns", {}))
-        trained_at = pd.Timestamp(metadata["trained_at"])
+        meta = _design(metadata)
+        columns = dict(meta.columns)
+        trained_at = pd.Timestamp(metadata.trained_at)
         frame = feature_frame(t, columns, trained_at)
         frame.insert(2, Labeled.label, t.label)
         catalog = flat_catalog(columns, t.kinds, set())
         return TrainingSet(frame, catalog, (), trained_at, config.labels.horizon_days,
-                           design=meta.get("split", "random"), baselines=("logistic_regression",))
+                           design=meta.split or "random", baselines=("logistic_regression",))
 
-    def model_config(self, metadata: MappingOf[str, Any], config: Config) -> Config:
+    def model_config(self, metadata: BundleMetadata, config: Config) -> Config:
         """The seed and fold settings the model was trained with (the same folds of the same file)."""
-        folds = (metadata.get("flat") or {}).get("folds") or {}
-        return config.with_overrides(seed=metadata.get("seed", config.seed), train__inner_folds=folds.get("inner"),
+        folds = _design(metadata).folds
+        return config.with_overrides(seed=config.seed if metadata.seed is None else metadata.seed, train__inner_folds=folds.get("inner"),
                                      train__outer_folds=folds.get("outer"), train__fold_share=folds.get("fold_share"),
                                      train__min_positives=folds.get("min_positives"))
 
@@ -596,23 +601,23 @@ class FlatSource(LeadSource):
         raise ConfigError("a flat table has no as-of times of its own to label")
 
     def feature_rows(self, keys: pd.DataFrame, features: FeaturesConfig, event_types: Sequence[str],
-                     metadata: MappingOf[str, Any]) -> pd.DataFrame:
-        columns = dict((metadata.get("flat") or {}).get("columns", {}))
+                     metadata: BundleMetadata) -> pd.DataFrame:
+        columns = dict(_design(metadata).columns)
         rows = feature_frame(self.table, columns, pd.Timestamp(keys[Labeled.as_of].iloc[0]) if len(keys) else _today())
         return rows.drop(columns=[Labeled.as_of]).merge(keys.astype({Labeled.lead_id: str}), on=Labeled.lead_id)
 
     # --- scoring -------------------------------------------------------------------------
 
     def scoring_rows(self, as_of: pd.Timestamp, features: FeaturesConfig, event_types: Sequence[str],
-                     metadata: MappingOf[str, Any], lead_ids: list[str] | None = None) -> pd.DataFrame:
-        columns = dict((metadata.get("flat") or {}).get("columns", {}))
+                     metadata: BundleMetadata, lead_ids: list[str] | None = None) -> pd.DataFrame:
+        columns = dict(_design(metadata).columns)
         rows = feature_frame(self.table, columns, as_of)
         if lead_ids is not None:
             rows = rows[rows[Labeled.lead_id].isin([str(i) for i in lead_ids])].reset_index(drop=True)
         return rows
 
     def scoring_batches(self, as_of: pd.Timestamp, features: FeaturesConfig, event_types: Sequence[str],
-                        metadata: MappingOf[str, Any], chunk_size: int) -> tuple[int, Iterator[pd.DataFrame]]:
+                        metadata: BundleMetadata, chunk_size: int) -> tuple[int, Iterator[pd.DataFrame]]:
         rows = self.scoring_rows(as_of, features, event_types, metadata)
         return len(rows), (rows.iloc[i:i + chunk_size] for i in range(0, len(rows), chunk_size))
 

@@ -44,7 +44,7 @@ def open_data(
     """Open the source (a CRM export or a flat table), write the rejects file and report the
     counts; with *trained*, check that the model can score this source."""
     source = open_source(data.path, config, data.mapping, purpose=purpose, strict=data.strict, flat=data.flat,
-                         trained=trained.metadata.to_dict() if trained is not None else None)
+                         trained=trained.metadata if trained is not None else None)
     try:
         rejects = Path(data.rejects or config.data.rejects)
         write_frame(source.report.rejects, rejects)
@@ -77,7 +77,7 @@ def load_model(uri: str | None, default_name: str, echo: Echo) -> tuple[LeadScor
 
 def check_model(source: LeadSource, model: LeadScoringModel, label: str, config: Config) -> None:
     """Stop when *model* cannot score *source* (a flat model on an export, or the reverse)."""
-    why = source.accepts(model.metadata.to_dict())
+    why = source.accepts(model.metadata)
     if why:
         raise ModelNotFoundError(f"{label} cannot score {source.display}: {why} (by default "
                                  f"models:/{source.model_name(config)}@champion)")

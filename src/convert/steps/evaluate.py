@@ -40,7 +40,7 @@ def own_holdout(data: LeadSource, model: LeadScoringModel, cfg: Config) -> tuple
         outer_evaluation,
     )
 
-    ts = data.model_training_set(model.metadata.to_dict(), cfg)
+    ts = data.model_training_set(model.metadata, cfg)
     y = ts.labels
     folds = folds_for(ts, cfg)
     stored = model.outer_predictions_
@@ -73,8 +73,8 @@ def newer_evaluation(data: LeadSource, model: LeadScoringModel, cfg: Config, ech
     y = rows[Labeled.label].to_numpy()
     p = model.predict_proba(rows)[:, 1]
     probs = {"model": p}
-    ts = data.model_training_set(model.metadata.to_dict(), cfg)
-    train_rows = ts.frame.merge(data.feature_rows(ts.frame[KEY], fcfg, model.spec_.event_types, model.metadata.to_dict()),
+    ts = data.model_training_set(model.metadata, cfg)
+    train_rows = ts.frame.merge(data.feature_rows(ts.frame[KEY], fcfg, model.spec_.event_types, model.metadata),
                                 on=KEY, how="left", suffixes=("_x", "")) if fcfg != cfg.features else ts.frame
     names = model.spec_.names
     for name, b in baseline_fitter(ts, cfg)(train_rows[names], train_rows[Labeled.label].to_numpy()).items():
@@ -146,7 +146,7 @@ def evaluate_step(
     source = open_data(data, cfg, echo, "evaluate", trained=model)
     try:
         check_model(source, model, label, cfg)
-        cfg = source.model_config(model.metadata.to_dict(), cfg)
+        cfg = source.model_config(model.metadata, cfg)
         ev = newer_evaluation(source, model, cfg, echo)
         if ev is None:
             _, _, ev = own_holdout(source, model, cfg)

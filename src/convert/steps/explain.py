@@ -38,7 +38,7 @@ def explain_step(
         check_model(source, model, label, config)
         t = source.scoring_as_of(as_of, "explain a lead of a CRM export")
         rows = source.scoring_rows(t, model.features_config(config.features), model.spec_.event_types,
-                                   model.metadata.to_dict(), [lead_id])
+                                   model.metadata, [lead_id])
         where = source.display
     finally:
         source.close()

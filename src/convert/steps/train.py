@@ -86,7 +86,7 @@ def champion_comparison(
     frame = ts.frame
     if champion.spec_.names != ts.features or champion.features_config(config.features) != config.features:
         fs = data.feature_rows(ts.frame[KEY], champion.features_config(config.features),
-                               champion.spec_.event_types, champion.metadata.to_dict())
+                               champion.spec_.event_types, champion.metadata)
         frame = ts.frame[KEY].merge(fs, on=KEY, how="left")
     return recipe_on_outer_folds(frame, champion, label, result, config, echo, as_of=ts.row_times())
 
@@ -142,7 +142,7 @@ def _log_training(
         **params, "seed": config.seed, "calibration": result.model.calibrator_.method,
         "best_iteration": result.model.best_iteration_, "n_features": len(result.model.spec_.names),
         "blend_weight": result.model.blend_weight_,
-        "deployed_fit": "{from} to {to} ({rows} rows)".format(**(result.model.metadata.get("deployed_fit") or {})),
+        "deployed_fit": f"{fit.from_} to {fit.to} ({fit.rows} rows)" if (fit := result.model.metadata.deployed_fit) else "",
         "metrics_from": result.model.metadata.metrics_from or "",
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -253,7 +253,7 @@ def _echo_screen(leakage: LeakageReport, config: Config, echo: Echo) -> None:
 def _fit(ts: TrainingSet, leakage: LeakageReport, config: Config, tune_trials: int | None, echo: Echo) -> TrainResult:
     result = train_on(ts, config, tune_trials)
     result.leakage = leakage
-    result.model.metadata["leakage"] = leakage.to_dict()
+    result.model.metadata.leakage = leakage.to_dict()
     if ts.grid is not None:
         echo(f"training snapshots: {ts.grid.describe()}")
     return result
@@ -271,7 +271,7 @@ def _versus_champion(
     """The champion's figures beside the challenger's (:func:`champion_comparison`), when
     there is a champion that can read this source."""
     found = _champion(name)
-    if found is None or source.accepts(found[0].metadata.to_dict()) is not None:
+    if found is None or source.accepts(found[0].metadata) is not None:
         return None, None
     try:
         return champion_comparison(source, found[0], found[1], result, config, echo)
@@ -328,8 +328,8 @@ def summary_record(summary: TrainSummary) -> dict[str, object]:
     y = r.training_set.labels
     return {
         "model": summary.registered.label,
-        "mode": meta.get("mode", "event"),
-        "flat": {k: v for k, v in (meta.get("flat") or {}).items() if k != "mapping"},
+        "mode": meta.mode or "event",
+        "flat": {k: v for k, v in (meta.flat.to_dict() if meta.flat else {}).items() if k != "mapping"},
         "rows": int(len(y)),
         "positive_rate": float(y.mean()),
         "holdout_rows": int(holdout.sum()),
@@ -337,6 +337,6 @@ def summary_record(summary: TrainSummary) -> dict[str, object]:
         "metrics": {c: {k: float(v) for k, v in r.evaluation.metrics[c].items()} for c in r.evaluation.metrics},
         "calibration": model.calibrator_.method,
         "slices": r.slices.to_dict("records"),
-        "leakage": meta.get("leakage"),
+        "leakage": meta.leakage,
         "top_features": summary.importance.head(10)[["feature", "family", "mean_abs_points"]].to_dict("records"),
     }

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -27,55 +27,13 @@ from convert.exceptions import BundleError
 
 
 class _Record(BaseModel):
-    """A metadata record: unknown keys kept, every key written back as it was read.
-
-    Item access (``meta["key"]``, ``meta.get("key")``) returns the JSON form of an entry, as
-    the plain dictionary this replaced did; it remains for callers still being moved to
-    attributes.
-    """
+    """A metadata record: unknown keys kept, every key written back as it was read."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, arbitrary_types_allowed=True)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as saved: the keys that were given, in order, unknown keys last."""
         return self.model_dump(mode="python", by_alias=True, exclude_unset=True)
-
-    def _key(self, key: str) -> str:
-        for name, info in type(self).model_fields.items():
-            if info.alias == key:
-                return name
-        return key
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """The entry *key* (its JSON key) as plain data, or *default* when it was not given."""
-        name = self._key(key)
-        if name in type(self).model_fields and name not in self.model_fields_set:
-            return default
-        if name not in type(self).model_fields and key not in (self.model_extra or {}):
-            return default
-        value = getattr(self, name)
-        return value.to_dict() if isinstance(value, _Record) else value
-
-    def __getitem__(self, key: str) -> Any:
-        marker = object()
-        value = self.get(key, marker)
-        if value is marker:
-            raise KeyError(key)
-        return value
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        name = self._key(key)
-        if name in type(self).model_fields:  # validated as the field's type
-            checked = type(self).model_validate({**self.to_dict(), key: _plain(value)})
-            setattr(self, name, getattr(checked, name))
-        else:
-            setattr(self, key, value)
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self.get(key, _MISSING) is not _MISSING
-
-
-_MISSING = object()
 
 
 class DeployedFit(_Record):
@@ -113,7 +71,7 @@ class FlatDesign(_Record):
     positive: list[Any] = Field(default_factory=list)
     negative: list[Any] = Field(default_factory=list)
     id: str | None = None
-    split: str | None = None
+    split: Literal["random", "ordered"] | None = None
     folds: dict[str, Any] = Field(default_factory=dict)
     #: source column -> feature name
     columns: dict[str, str] = Field(default_factory=dict)
