@@ -266,6 +266,32 @@ def test_flat_mode_end_to_end_on_the_command_line(tmp_path, mlflow_store, capsys
     assert not registry.champion_exists("lead-conversion")  # the event model's name is untouched
 
 
+@pytest.mark.slow
+def test_a_flat_training_set_from_features_trains_the_model_the_file_gives(tmp_path, mlflow_store, capsys):
+    """`features --target` then `train --training-set` (the DVC pipeline) on a flat file gives the
+    model `train --data FILE --target` gives: the same design in the set, the same scores."""
+    from convert.model.bundle import LeadScoringModel
+    from convert.model.training_set import read_training_set
+
+    path = tmp_path / "report.csv"
+    flat_table(900, seed=11).to_csv(path, index=False)
+    config = tmp_path / "params.yaml"
+    config.write_text(yaml.safe_dump(FAST))
+    flat = ["--target", "Converted", "--id", "Lead Id", "--split", "ordered"]
+    common = ["--config", str(config)]
+    main(["features", "--data", str(path), *flat, "--out", str(tmp_path / "ts.parquet"), *common])
+    assert "training set: 900 rows" in capsys.readouterr().out
+    stored = read_training_set(tmp_path / "ts.parquet")
+    assert stored.training_set.design == "ordered"
+    main(["train", "--training-set", str(tmp_path / "ts.parquet"), "--save", str(tmp_path / "from_set"), *common])
+    main(["train", "--data", str(path), *flat, "--save", str(tmp_path / "from_file"), *common])
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "models:/lead-conversion-flat/2"
+    a, b = LeadScoringModel.load(tmp_path / "from_set"), LeadScoringModel.load(tmp_path / "from_file")
+    assert a.metadata.is_flat and a.metadata.flat is not None and a.metadata.flat.split == "ordered"
+    x = stored.training_set.frame
+    np.testing.assert_array_equal(a.predict_proba(x)[:, 1], b.predict_proba(x)[:, 1])
+
+
 def test_validate_a_flat_file_on_the_command_line(report_csv, tmp_path, capsys):
     main(["validate", "--data", str(report_csv), "--target", "Converted", "--id", "Lead Id",
           "--rejects", str(tmp_path / "r.csv")])

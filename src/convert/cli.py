@@ -33,6 +33,9 @@ app = typer.Typer(
 DataOpt = Annotated[str, typer.Option("--data", help="CRM export folder (the data contract), a database URL (sqlite:///crm.db, postgresql://user@host/db, env:VARIABLE), or one flat file (with --target).")]
 MappingOpt = Annotated[Path | None, typer.Option("--mapping", help="Mapping file (YAML): the source's column names, values, dates, missing tokens and exclusions (docs/mappings/).")]
 IdOpt = Annotated[str | None, typer.Option("--id", help="Flat file: the id column (default: the row number).")]
+TargetOpt = Annotated[str | None, typer.Option("--target", help="Flat file: the outcome column.")]
+PositiveOpt = Annotated[str | None, typer.Option("--positive", help="Flat file: the outcome's positive value (default: 1, true, yes).")]
+SplitOpt = Annotated[str | None, typer.Option("--split", help="Flat file: random (stratified, default) or ordered (rows in time order).")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="params.yaml (default: ./params.yaml if present).")]
 RejectsOpt = Annotated[Path | None, typer.Option("--rejects", help="Rejects file (default: rejects.csv).")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Turn every quarantine into an error.")]
@@ -107,8 +110,7 @@ def generate(
 def validate(
     data: DataOpt, config: ConfigOpt = None, rejects: RejectsOpt = None, strict: StrictOpt = False,
     mapping: MappingOpt = None, no_cache: NoCacheOpt = False,
-    target: Annotated[str | None, typer.Option("--target", help="Flat file: the outcome column.")] = None,
-    positive: Annotated[str | None, typer.Option("--positive", help="Flat file: the outcome's positive value.")] = None,
+    target: TargetOpt = None, positive: PositiveOpt = None,
     id_column: IdOpt = None,
 ) -> None:
     """Check an export (or a flat file) against the data contract and print a per-table report."""
@@ -127,11 +129,13 @@ def features(
     config: ConfigOpt = None, rejects: RejectsOpt = None, strict: StrictOpt = False,
     catalog: Annotated[Path | None, typer.Option("--catalog", help="Also write the feature catalog (CSV).")] = None,
     mapping: MappingOpt = None, no_cache: NoCacheOpt = False,
+    target: TargetOpt = None, positive: PositiveOpt = None, id_column: IdOpt = None, split: SplitOpt = None,
 ) -> None:
-    """Build the labelled multi-snapshot training set and write it."""
+    """Build the labelled multi-snapshot training set and write it (a flat file: its rows, with --target)."""
     t = _as_of(as_of)
     cfg = _config(config, no_cache).with_overrides(labels__horizon_days=horizon_days)
-    summary = steps.features_step(data, cfg, out, t, catalog, _rejects(rejects), strict or None, echo, _mapping(mapping))
+    summary = steps.features_step(data, cfg, out, t, catalog, _rejects(rejects), strict or None, echo, _mapping(mapping),
+                                  FlatOptions(target, positive, id_column, split))
     echo(summary.line())
 
 
@@ -147,10 +151,7 @@ def train(
     save: Annotated[Path | None, typer.Option("--save", help="Also write the model bundle to this folder (e.g. models/lead-conversion).")] = None,
     rejects: RejectsOpt = None, strict: StrictOpt = False,
     mapping: MappingOpt = None, no_cache: NoCacheOpt = False,
-    target: Annotated[str | None, typer.Option("--target", help="Flat file: the outcome column.")] = None,
-    positive: Annotated[str | None, typer.Option("--positive", help="Flat file: the outcome's positive value (default: 1, true, yes).")] = None,
-    id_column: IdOpt = None,
-    split: Annotated[str | None, typer.Option("--split", help="Flat file: random (stratified, default) or ordered (rows in time order).")] = None,
+    target: TargetOpt = None, positive: PositiveOpt = None, id_column: IdOpt = None, split: SplitOpt = None,
     exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Leave this input column out of training (repeatable).")] = None,
     allow: Annotated[list[str] | None, typer.Option("--allow", help="Keep this column although the leakage guard suspects it (repeatable).")] = None,
     summary_json: Annotated[Path | None, typer.Option("--summary", help="Also write the outer-fold metrics and the leakage screen as JSON.")] = None,

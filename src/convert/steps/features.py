@@ -12,6 +12,7 @@ from convert.config import Config
 from convert.io.artifacts import write_frame
 from convert.model.leakage import LeakageReport
 from convert.model.train import TrainingSet, screen_source
+from convert.sources.base import NO_FLAT, FlatOptions
 from convert.sources.export import CRMData
 from convert.sources.mapping import Mapping
 from convert.steps.common import Echo, Input, _quiet, open_data
@@ -37,18 +38,19 @@ class FeaturesSummary:
 def features_step(
     data_path: str | Path, config: Config, out: Path, as_of: pd.Timestamp | None = None,
     catalog: Path | None = None, rejects: str | None = None, strict: bool | None = None,
-    echo: Echo = _quiet, mapping: Mapping | None = None,
+    echo: Echo = _quiet, mapping: Mapping | None = None, flat: FlatOptions = NO_FLAT,
 ) -> FeaturesSummary:
     """Run the leakage guard as ``train`` does, then build the labelled multi-snapshot training
     set at *as_of* and write it.
 
     A ``.parquet`` *out* carries, beside the rows, what ``train --training-set`` needs to give
     the model training from the export gives (:mod:`convert.model.training_set`); any other
-    suffix writes the rows alone (e.g. CSV, to read elsewhere).
+    suffix writes the rows alone (e.g. CSV, to read elsewhere). A flat file is read with *flat*
+    (outcome, id, folds) as ``train --data FILE --target ...`` reads it.
     """
     from convert.model.training_set import write_training_set
 
-    source = open_data(Input(data_path, mapping, rejects, strict), config, echo)
+    source = open_data(Input(data_path, mapping, rejects, strict, flat), config, echo)
     try:
         leakage, screened = screen_source(source, config, mapping)
         for line in leakage.lines():
