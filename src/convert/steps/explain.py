@@ -14,7 +14,7 @@ from convert.io.artifacts import save_figure
 from convert.model.explain import LeadExplanation, explain_lead
 from convert.schema import ScoreOutput
 from convert.scoring.changes import PREVIOUS_AS_OF, LeadChange, lead_change, previous_features
-from convert.sources.base import FlatOptions
+from convert.sources.base import FlatOptions, is_flat_path
 from convert.sources.export import CRMData
 from convert.sources.mapping import Mapping
 from convert.steps.common import (
@@ -41,6 +41,11 @@ def explain_step(
     points that add up to the change exactly (:func:`convert.scoring.changes.lead_change`),
     and a waterfall from the score then to the score now.
     """
+    if since is not None and is_flat_path(data_path):
+        raise ConfigError(
+            f"--since compares a lead's score at two as-of times, which needs a CRM export's event history; "
+            f"{data_path} is a flat table (one row per lead), with no earlier as-of to recompute: drop --since"
+        )
     data = Input(data_path, mapping, rejects, flat=FlatOptions(id_column=id_column))
     model, label, _ = load_model(model_uri, model_name_for(data, config), echo)
     source = open_data(data, config, echo, "score", trained=model)
@@ -48,13 +53,14 @@ def explain_step(
     try:
         check_model(source, model, label, config)
         t = source.scoring_as_of(as_of, "explain a lead of a CRM export")
-        if since is not None:
-            _check_since(source, since, t)
+        if since is not None and since >= t:
+            raise ConfigError(f"--since {since} is not earlier than --as-of {t}: give a --since before the as-of "
+                              "(e.g. the previous scoring run's as-of)")
         rows = source.scoring_rows(t, model.features_config(config.features), model.spec_.event_types,
                                    model.metadata.to_dict(), [lead_id])
         where = source.display
         if not rows.empty and since is not None:
-            assert isinstance(source, CRMData)  # _check_since refused the rest
+            assert isinstance(source, CRMData)  # flat tables were refused above
             then = previous_features(source, model, pd.DataFrame({ScoreOutput.lead_id: [lead_id], PREVIOUS_AS_OF: [since]}),
                                      config)
     finally:
@@ -83,17 +89,3 @@ def explain_step(
                                           f"{since:%Y-%m-%d}", f"{t:%Y-%m-%d}"), plot)
     return change
 
-
-def _check_since(source: object, since: pd.Timestamp, as_of: pd.Timestamp) -> None:
-    """Refuse a *since* that cannot be compared: a flat table (no history of as-of times), or
-    a time not strictly before the as-of."""
-    if not isinstance(source, CRMData):
-        raise ConfigError(
-            "--since compares a lead's score at two as-of times, which needs a CRM export's event history; "
-            "a flat table has one row per lead and no earlier as-of to recompute: drop --since"
-        )
-    if since >= as_of:
-        raise ConfigError(
-            f"--since {since} is not earlier than --as-of {as_of}: give a --since before the as-of "
-            "(e.g. the previous scoring run's as-of)"
-        )
