@@ -185,3 +185,16 @@ def test_report_has_the_movements_section(trained, fast_config, sim_export, setu
     assert any(line.startswith("movements since 2025-05-25: ") for line in summary.lines())
     html = (tmp / "report.html").read_text(encoding="utf-8")
     assert '<section id="movements">' in html and "Movements since the previous scoring run" in html
+
+
+def test_change_plots_draw_data_text_literally_and_any_range(tmp_path):
+    from convert.analysis.plots import plot_change_waterfall, plot_score_changes
+
+    odd = "Paid $5 \\frac{ $x"
+    table = pd.DataFrame({"points": [5, -3, *([1] * 14)],
+                          "sentence": [f"+5 Had 2 '{odd}' events (was 0)", "-3 Came from 50% {off} (was web)",
+                                       *(["+1 Viewed 3 pages (was 1)"] * 14)]})
+    plot_change_waterfall("L$1", 40, 56, table, "2025-05-01", "2025-06-01").savefig(tmp_path / "w.png")
+    plot_score_changes(np.array([-90.0, 0, 0, 3, 95, np.nan]), 5).savefig(tmp_path / "h.png")
+    plot_score_changes(np.array([np.nan]), 5).savefig(tmp_path / "empty.png")  # nobody had a score then
+    assert all((tmp_path / f).stat().st_size > 5_000 for f in ("w.png", "h.png", "empty.png"))

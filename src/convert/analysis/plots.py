@@ -496,7 +496,7 @@ def plot_score_changes(changes: np.ndarray, min_change: int) -> Figure:
         width = int(np.ceil((len(edges) - 1) / 80))
         edges = np.arange(edges[0], edges[-1] + width, width)
     ax.axvspan(-min_change + 0.5, min_change - 0.5, color="#dddddd", label=f"steady (|change| < {min_change})")
-    ax.hist(values, bins=edges.tolist(), color="tab:blue", log=True)
+    ax.hist(values, bins=edges.tolist(), color="tab:blue", log=bool(len(values)))
     ax.axvline(0, color="black", lw=0.8)
     ax.set_xlabel("score change (points)")
     ax.set_ylabel("leads (log scale)")
