@@ -121,6 +121,12 @@ def test_explain_since_errors_say_what_and_how_to_fix(sim_export, setup, tmp_pat
     err = capsys.readouterr().err
     assert "is a flat table" in err and "drop --since" in err
     assert not (tmp_path / "x.png").exists()
+    with pytest.raises(SystemExit) as code:  # the report's movements need an earlier time too
+        main(["report", "--data", str(sim_export), "--as-of", "2025-06-01", "--since", "2025-07-01",
+              "--out", str(tmp_path / "r.html")])
+    assert code.value.code == 2
+    assert "--since 2025-07-01 00:00:00 is not earlier than --as-of 2025-06-01" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
 
 
 def test_report_movements_match_the_trend_counts_of_compare(trained, fast_config, setup):
@@ -144,6 +150,10 @@ def test_report_movements_match_the_trend_counts_of_compare(trained, fast_config
     assert bins["leads"].sum() == mv.counts[[IMPROVING, STEADY, DECLINING]].sum()
     per_trend = bins.groupby("trend")["leads"].sum()
     assert per_trend.to_dict() == {t: int(mv.counts[t]) for t in (DECLINING, IMPROVING, STEADY)}
+    # an earlier time before any lead was open: everyone is new, nothing moved
+    none = movements_since(result.model, now, then.iloc[:0], SINCE, fast_config, "m/1")
+    assert none.counts[NEW] == len(now) and none.counts.drop(NEW).sum() == 0
+    assert none.features.empty and none.left == 0 and np.isnan(none.score_change).all()
 
 
 def test_change_bins_keep_the_steady_band_apart():

@@ -519,7 +519,8 @@ def _movements(inp: ReportInputs, mv: Movements) -> str:
            "previous scores of the score table, and a model update among the movements, are in what "
            "convert-leads score writes). A lead is "
            f"steady when its score moved by less than {mv.min_change} points (scoring.trend_min_change); "
-           "new when it was not open at the earlier time; unknown when the earlier time cannot be recomputed.")
+           "new when it was not open at the earlier time (unknown, when a previous score cannot be recomputed "
+           "from the export, does not occur here: both times are recomputed from it).")
         + table_html(count_table, {"leads": ",d", "share": _pct})
         + _p(f"{mv.left:,} leads open at {mv.since:%Y-%m-%d} are no longer open (converted or disqualified "
              "since): they have no score now.", "note")
