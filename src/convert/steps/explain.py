@@ -61,8 +61,8 @@ def explain_step(
         where = source.display
         if not rows.empty and since is not None:
             assert isinstance(source, CRMData)  # flat tables were refused above
-            then = previous_features(source, model, pd.DataFrame({ScoreOutput.lead_id: [lead_id], PREVIOUS_AS_OF: [since]}),
-                                     config)
+            at_since = pd.DataFrame({ScoreOutput.lead_id: [lead_id], PREVIOUS_AS_OF: [since]})
+            then = previous_features(source, model, at_since, config)  # the rows `score` compares with
     finally:
         source.close()
     if rows.empty:
