@@ -295,15 +295,17 @@ def explain(
     data: DataOpt,
     lead_id: Annotated[str, typer.Option("--lead-id")],
     as_of: Annotated[str | None, typer.Option("--as-of", help="As-of time, ISO 8601 (required for an export).")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="Explain how the score moved from this earlier time to --as-of, feature by feature in points that add up to the change. Both scores come from this model and this export (not from a score table), so a model update is no movement here.")] = None,
     model: ModelOpt = None, config: ConfigOpt = None, rejects: RejectsOpt = None,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Waterfall PNG (default: explain-LEAD.png).")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Waterfall PNG of the score (with --since: of its change; default: explain-LEAD.png).")] = None,
     mapping: MappingOpt = None, no_cache: NoCacheOpt = False,
     id_column: IdOpt = None,
 ) -> None:
-    """Print one lead's explanation and write a waterfall plot."""
+    """Print one lead's explanation (or, with --since, its score's movements) and write a waterfall plot."""
     plot = plot or Path(f"explain-{lead_id}.png")
     explanation = steps.explain_step(data, _config(config, no_cache), _as_of(as_of), lead_id, model, plot,
-                                     _rejects(rejects), echo, _mapping(mapping), id_column=id_column)
+                                     _rejects(rejects), echo, _mapping(mapping), id_column=id_column,
+                                     since=_as_of(since, "--since"))
     echo("\n".join(explanation.lines()))
     echo(f"waterfall plot: {plot}")
 
@@ -314,20 +316,16 @@ def report(
     out: Annotated[Path, typer.Option("--out", help="The HTML file to write.")] = Path("reports/report.html"),
     model: ModelOpt = None,
     backtest: Annotated[Path | None, typer.Option("--backtest", help="Include a backtest: the folder `convert-leads backtest` wrote.")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="The previous scoring run's as-of for the movements section (default: report.movements_days before --as-of); both times are scored by this model.")] = None,
     config: ConfigOpt = None, rejects: RejectsOpt = None, strict: StrictOpt = False,
     mapping: MappingOpt = None, no_cache: NoCacheOpt = False,
 ) -> None:
     """Write the analyst report (one self-contained HTML file); log it to the model's MLflow run."""
     summary = steps.report_step(data, _config(config, no_cache), _required(as_of, "--as-of"), out, model, backtest,
-                                _rejects(rejects), strict or None, echo, mapping=_mapping(mapping))
-    r = summary.report
-    echo(f"score PSI {r.score_drift.psi:.3f} ({r.score_drift.status}); "
-         f"{int((r.drift['status'] == 'shifted').sum())} features shifted")
-    if summary.logged_to:
-        echo(f"logged to MLflow run {summary.logged_to}")
-    else:
-        echo("not logged to MLflow: the model came from a bundle folder, which has no run")
-    echo(f"report written to {summary.path} ({summary.bytes / 1e6:.1f} MB, {summary.seconds:.0f} s)")
+                                _rejects(rejects), strict or None, echo, mapping=_mapping(mapping),
+                                since=_as_of(since, "--since"))
+    for line in summary.lines():
+        echo(line)
 
 
 @app.command()

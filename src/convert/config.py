@@ -372,6 +372,9 @@ class ReportConfig(_Section):
     segments: tuple[str, ...] = ("lead_source", "industry", "country", "employee_band")
     segment_max_values: int = Field(12, ge=2)
     segment_min_conversions: int = Field(20, ge=1)
+    #: The movements section compares the as-of with this many days earlier (the previous
+    #: scoring run of a weekly schedule) unless ``report --since`` names the time.
+    movements_days: int = Field(7, ge=1)
     drift: DriftConfig = DriftConfig()
 
 

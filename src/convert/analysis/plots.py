@@ -48,6 +48,8 @@ __all__ = [
     "new_figure",
     "plot_backtest",
     "plot_beeswarm",
+    "plot_change_waterfall",
+    "plot_score_changes",
     "plot_conversion_by",
     "plot_dependence",
     "plot_family_importance",
@@ -437,6 +439,69 @@ def plot_waterfall(explanation: LeadExplanation, max_features: int = 12) -> Figu
     ax.set_xlabel("score points (0-100)")
     ax.set_title(f"Lead {explanation.lead_id}: score {explanation.score}")
     fig.tight_layout()
+    return fig
+
+
+@literal_text
+def plot_change_waterfall(
+    lead_id: str, score_then: int, score_now: int, movements: pd.DataFrame, since: str, as_of: str,
+    max_features: int = 12,
+) -> Figure:
+    """A waterfall of one lead's score change: from its score *since* to its score at *as_of*,
+    one bar per movement (``points`` and ``sentence`` columns, from
+    :func:`~convert.scoring.changes.lead_change`), in the style of :func:`plot_waterfall`."""
+    top = movements.head(max_features)
+    rest = int(movements["points"].sum() - top["points"].sum())
+    labels = [f"score as of {since}"] + [str(s)[:70] for s in top["sentence"].str.replace(r"^[+-]\d+ ", "", regex=True)]
+    steps = [int(score_then)] + top["points"].astype(int).tolist()
+    if rest:
+        labels.append(f"{len(movements) - len(top)} other features")
+        steps.append(rest)
+    fig = new_figure(9, 0.45 * (len(steps) + 1) + 1.5, layout=None)
+    ax = fig.add_subplot()
+    level = 0
+    for i, step in enumerate(steps):
+        start = 0 if i == 0 else level
+        color = "#777777" if i == 0 else ("#2a9d55" if step >= 0 else "#c0392b")
+        ax.barh(i, step, left=start, color=color)
+        ax.text(start + step, i, f" {step:+d}" if i else f" {step}", va="center", fontsize=8)
+        level = start + step
+    end = len(steps)
+    labels.append(f"score as of {as_of}")
+    ax.barh(end, score_now, color="#777777")
+    ax.text(score_now, end, f" {score_now}", va="center", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(score_then, color="black", lw=0.8, ls=":")
+    ax.axvline(score_now, color="black", lw=0.8, ls="--")
+    ax.set_xlabel("score points (0-100)")
+    ax.set_title(f"Lead {lead_id}: score {score_then} -> {score_now} ({score_now - score_then:+d}), "
+                 f"{since} to {as_of}")
+    fig.tight_layout()
+    return fig
+
+
+@literal_text
+def plot_score_changes(changes: np.ndarray, min_change: int) -> Figure:
+    """Histogram of score changes (one per lead with a previous score), the steady band
+    (``|change| < min_change``) shaded; the counts on a log scale, since most leads do not
+    move at all between two close runs and the few that do would vanish beside them."""
+    values = np.asarray(changes, dtype="float64")
+    values = values[~np.isnan(values)]
+    fig = new_figure(7.0, 3.6)
+    ax = fig.add_subplot()
+    low, high = (int(values.min()), int(values.max())) if len(values) else (-1, 1)
+    edges = np.arange(min(low, -min_change) - 0.5, max(high, min_change) + 1.5, 1.0)
+    if len(edges) > 81:  # wide ranges: about 80 bins of whole points
+        width = int(np.ceil((len(edges) - 1) / 80))
+        edges = np.arange(edges[0], edges[-1] + width, width)
+    ax.axvspan(-min_change + 0.5, min_change - 0.5, color="#dddddd", label=f"steady (|change| < {min_change})")
+    ax.hist(values, bins=edges.tolist(), color="tab:blue", log=bool(len(values)))
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("score change (points)")
+    ax.set_ylabel("leads (log scale)")
+    ax.set_title(f"Score changes of {len(values):,} leads with a previous score")
+    ax.legend(fontsize=8)
     return fig
 
 

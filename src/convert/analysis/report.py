@@ -38,6 +38,7 @@ from convert.analysis.plots import (
     plot_lift,
     plot_psi,
     plot_reliability,
+    plot_score_changes,
     plot_score_distributions,
     plot_segment,
 )
@@ -52,7 +53,29 @@ from convert.schema import Labeled
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-SECTION_IDS = ("model-card", "performance", "importance", "segments", "drift")
+SECTION_IDS = ("model-card", "performance", "importance", "segments", "drift", "movements")
+
+
+@dataclass
+class Movements:
+    """How the as-of population's scores moved since an earlier as-of, both scored by the
+    report's model (``steps.report_step`` computes it with :mod:`convert.scoring.changes`;
+    analysis does not import scoring, so this is plain data).
+
+    ``counts`` is the number of leads per trend (improving, steady, declining, new,
+    unknown, in that order); ``score_change`` one change per lead open at the as-of (NaN
+    for a new lead); ``features`` one row per feature that moved: ``feature``,
+    ``total_points`` (net, largest |net| first, as ``Changes.points_by_movement``),
+    ``points_up``, ``points_down`` and ``leads_moved``; ``left`` the leads open at
+    ``since`` that are no longer open at the as-of (converted or disqualified).
+    """
+
+    since: pd.Timestamp
+    counts: pd.Series
+    score_change: np.ndarray
+    features: pd.DataFrame
+    left: int
+    min_change: int
 
 
 @dataclass
@@ -69,6 +92,7 @@ class ReportInputs:
     leads: pd.DataFrame  # the leads table (created_at, converted_at, disqualified_at)
     backtest: BacktestResult | None = None
     generated_at: str = ""
+    movements: Movements | None = None
 
 
 @dataclass
@@ -93,6 +117,7 @@ class Report:
     label_delay: LabelDelay
     figures: int = 0
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    movements: Movements | None = None
 
     def html(self) -> str:
         """The whole document: inline CSS, inline images, no script, no external resource."""
@@ -109,8 +134,10 @@ class Report:
         )
 
     def metrics(self) -> dict[str, float]:
-        """Headline drift figures, for the model's MLflow run."""
-        return {
+        """Headline drift figures (and the movement counts), for the model's MLflow run."""
+        moved = ({f"movements_{k}": float(v) for k, v in self.movements.counts.items()}
+                 if self.movements is not None else {})
+        return moved | {
             "drift_score_psi": self.score_drift.psi,
             "drift_max_feature_psi": float(self.drift["psi"].max()) if len(self.drift) else 0.0,
             "drift_features_shifted": float((self.drift["status"] == "shifted").sum()),
@@ -449,6 +476,71 @@ def _drift(inp: ReportInputs, config: Config) -> tuple[str, pd.DataFrame, ScoreD
     return body, table, sd, delay
 
 
+def change_bins(change: np.ndarray, min_change: int) -> pd.DataFrame:
+    """Leads per band of score change: whole points, the steady band (``|change| < min_change``)
+    kept apart from the improving and declining ones, wide changes pooled beyond +-20."""
+    values = np.asarray(change, dtype="float64")
+    values = values[~np.isnan(values)]
+    m = int(min_change)
+    lows = sorted({-19, -9, -(m - 1), 0, 1, m, 10, 20})
+    lows = [lo for lo in lows if -19 <= lo <= 20]
+    rows = []
+    for i, lo in enumerate([-np.inf, *lows]):
+        hi = lows[i] - 1 if i < len(lows) else np.inf
+        n = int(((values >= lo) & (values <= hi)).sum())
+        label = (f"<= {_signed(hi)}" if lo == -np.inf else f">= {_signed(lo)}" if hi == np.inf
+                 else _signed(lo) if lo == hi else f"{_signed(lo)} to {_signed(hi)}")
+        trend = "declining" if hi <= -m else "improving" if lo >= m else "steady"
+        rows.append((label, trend, n))
+    table = pd.DataFrame(rows, columns=["score change", "trend", "leads"])
+    table["share"] = table["leads"] / max(1, len(values))
+    return table
+
+
+def _signed(v: float) -> str:
+    return f"{v:+.0f}" if v else "0"
+
+
+def _movements(inp: ReportInputs, mv: Movements) -> str:
+    m = inp.model
+    counts = mv.counts
+    total = int(counts.sum())
+    with_prev = int(total - counts.get("new", 0))
+    count_table = pd.DataFrame({"trend": counts.index, "leads": counts.to_numpy(dtype="int64")})
+    count_table["share"] = count_table["leads"] / max(1, total)
+    feats = mv.features.head(20).copy()
+    feats.insert(1, "family", [m.catalog_.family_of([f])[0] if f in m.catalog_ else "-" for f in feats["feature"]])
+    feats["description"] = [m.catalog_[f].description if f in m.catalog_ else "" for f in feats["feature"]]
+    return (
+        _p(f"The {total:,} leads open at {inp.as_of:%Y-%m-%d}, compared with their scores at "
+           f"{mv.since:%Y-%m-%d} (the previous scoring run; report --since sets it). Both times are scored "
+           "by this report's model from this export, so each lead's movements, feature by feature in whole "
+           "points, add up exactly to its score change, and no movement comes from a model update (the "
+           "previous scores of the score table, and a model update among the movements, are in what "
+           "convert-leads score writes). A lead is "
+           f"steady when its score moved by less than {mv.min_change} points (scoring.trend_min_change); "
+           "new when it was not open at the earlier time (unknown, when a previous score cannot be recomputed "
+           "from the export, does not occur here: both times are recomputed from it).")
+        + table_html(count_table, {"leads": ",d", "share": _pct})
+        + _p(f"{mv.left:,} leads open at {mv.since:%Y-%m-%d} are no longer open (converted or disqualified "
+             "since): they have no score now.", "note")
+        + "<h3>Distribution of score changes</h3>"
+        + '<div class="figures">'
+        + image_html(plot_score_changes(mv.score_change, mv.min_change), "score changes",
+                     f"Score change of each of the {with_prev:,} leads with a score at both times; the grey band "
+                     "is steady.")
+        + "</div>"
+        + table_html(change_bins(mv.score_change, mv.min_change), {"leads": ",d", "share": _pct})
+        + "<h3>Features that moved the most points</h3>"
+        + _p("Net points each feature moved, summed over every lead (largest first), with the points it "
+             "added and took away and how many leads it moved.")
+        + table_html(feats, {"total_points": "+,d", "points_up": "+,d", "points_down": "+,d", "leads_moved": ",d"},
+                     text_columns=["feature", "family", "description"],
+                     headers={"total_points": "net points", "points_up": "points added",
+                              "points_down": "points taken", "leads_moved": "leads moved"})
+    )
+
+
 def _backtest(result: BacktestResult) -> str:
     table = result.table.copy()
     table["origin"] = pd.to_datetime(table["origin"]).dt.strftime("%Y-%m-%d")
@@ -481,10 +573,14 @@ def build_report(inputs: ReportInputs, config: Config) -> Report:
         Section("segments", "For whom it works: segments", seg_body),
         Section("drift", "Drift and label delay", drift_body),
     ]
+    if inputs.movements is not None:
+        sections.append(Section("movements", "Movements since the previous scoring run",
+                                _movements(inputs, inputs.movements)))
     if inputs.backtest is not None:
         sections.append(Section("backtest", "Backtest: rolling origin", _backtest(inputs.backtest)))
     title = f"Lead scoring report: {inputs.model_label}"
     subtitle = (f"Population as of {inputs.as_of:%Y-%m-%d}; horizon {inputs.model.horizon_days} days"
                 + (f"; generated {inputs.generated_at}" if inputs.generated_at else ""))
     figures = sum(s.body.count("<img ") for s in sections)
-    return Report(title, subtitle, sections, importance, families, segments, drift, sd, delay, figures)
+    return Report(title, subtitle, sections, importance, families, segments, drift, sd, delay, figures,
+                  movements=inputs.movements)

@@ -7,13 +7,29 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from convert.analysis.backtest import BacktestResult
-from convert.analysis.report import Report
+from convert.analysis.report import Movements, Report
 from convert.config import Config
 from convert.exceptions import ConfigError, InsufficientDataError
 from convert.io.artifacts import write_text
+from convert.model.bundle import LeadScoringModel
+from convert.schema import ScoreChanges, ScoreOutput
+from convert.scoring.changes import (
+    DECLINING,
+    IMPROVING,
+    NEW,
+    PREVIOUS_AS_OF,
+    PREVIOUS_EVENTS_SEEN,
+    PREVIOUS_MODEL_VERSION,
+    PREVIOUS_SCORE,
+    STEADY,
+    UNKNOWN,
+    compare,
+    points_of,
+)
 from convert.sources.mapping import Mapping
 from convert.steps.common import Echo, Input, _quiet, load_model, open_export
 from convert.steps.evaluate import own_holdout
@@ -29,22 +45,42 @@ class ReportSummary:
     report: Report
     logged_to: str | None
 
+    def lines(self) -> list[str]:
+        """What ``convert-leads report`` prints."""
+        r = self.report
+        out = [f"score PSI {r.score_drift.psi:.3f} ({r.score_drift.status}); "
+               f"{int((r.drift['status'] == 'shifted').sum())} features shifted"]
+        if r.movements is not None:
+            out.append(f"movements since {r.movements.since:%Y-%m-%d}: "
+                       + ", ".join(f"{int(n):,} {k}" for k, n in r.movements.counts.items()))
+        out.append(f"logged to MLflow run {self.logged_to}" if self.logged_to
+                   else "not logged to MLflow: the model came from a bundle folder, which has no run")
+        out.append(f"report written to {self.path} ({self.bytes / 1e6:.1f} MB, {self.seconds:.0f} s)")
+        return out
+
 
 def report_step(
     data_path: str | Path, config: Config, as_of: pd.Timestamp, out: str | Path, model_uri: str | None = None,
     backtest: str | Path | None = None, rejects: str | None = None, strict: bool | None = None,
     echo: Echo = _quiet, log_to_mlflow: bool = True, mapping: Mapping | None = None,
+    since: pd.Timestamp | None = None,
 ) -> ReportSummary:
     """Write the analyst report (one self-contained HTML file) and log it to the model's MLflow run.
 
     *backtest* is a folder written by :func:`~convert.steps.backtest.backtest_step` (or its
-    ``backtest.csv``) to include as a section.
+    ``backtest.csv``) to include as a section. *since* is the previous scoring run's as-of
+    for the movements section (default ``report.movements_days`` before *as_of*): the report
+    has no score table to read it from, so it scores both times with its own model.
     """
     from convert.analysis.report import ReportInputs, build_report
     from convert.registry import store as registry
     from convert.scoring.score import feature_rows
 
     clock = time.perf_counter()
+    since = since if since is not None else as_of - pd.Timedelta(days=config.report.movements_days)
+    if since >= as_of:
+        raise ConfigError(f"--since {since} is not earlier than --as-of {as_of}: the movements section compares "
+                          "the as-of with an earlier scoring run; give an earlier --since")
     model, label, uri = load_model(model_uri, config.train.model_name, echo)
     bt = _read_backtest(backtest) if backtest else None
     cfg = config.with_overrides(labels__horizon_days=model.horizon_days)
@@ -56,12 +92,14 @@ def report_step(
                 f"no lead is open at {as_of:%Y-%m-%d} in {data_path} (none created before it, or all converted "
                 "or disqualified): choose an --as-of inside the export's history"
             )
+        movements = movements_since(model, current, feature_rows(data, model, since, cfg), since, cfg, label)
         ts, split, ev = own_holdout(data, model, cfg)
         leads = data.frame("leads")
     finally:
         data.close()
     stamp = pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d %H:%M UTC")
-    report = build_report(ReportInputs(model, label, as_of, ts, split, ev, current, leads, bt, stamp), cfg)
+    report = build_report(ReportInputs(model, label, as_of, ts, split, ev, current, leads, bt, stamp, movements),
+                          cfg)
     path = Path(out)
     write_text(report.html(), path)
     logged = None
@@ -71,6 +109,33 @@ def report_step(
                             report.metrics(), as_of)
         logged = reg.run_id
     return ReportSummary(path, path.stat().st_size, time.perf_counter() - clock, report, logged)
+
+
+def movements_since(
+    model: LeadScoringModel, current: pd.DataFrame, then: pd.DataFrame, since: pd.Timestamp, config: Config,
+    label: str,
+) -> Movements:
+    """The movements of the *current* population since *since*, whose feature rows are *then*:
+    the previous score of each lead open then is this model's score then, so
+    :func:`convert.scoring.changes.compare`'s movements add up to each change exactly."""
+    scores_then = points_of(model, then, config.scoring.num_threads).score if len(then) else np.array([], "int64")
+    previous = pd.DataFrame({ScoreOutput.lead_id: then[ScoreOutput.lead_id].astype(str).to_numpy(),
+                             PREVIOUS_SCORE: scores_then, PREVIOUS_AS_OF: pd.Timestamp(since),
+                             PREVIOUS_MODEL_VERSION: label, PREVIOUS_EVENTS_SEEN: np.nan})
+    changes = compare(model, current, previous, then, config.scoring, label)
+    order = [IMPROVING, STEADY, DECLINING, NEW, UNKNOWN]
+    counts = changes.frame[ScoreChanges.trend].value_counts().reindex(order, fill_value=0).astype("int64")
+    by = changes.points_by_movement()
+    col = {name: j for j, name in enumerate(changes.names)}
+    mv = changes.movements[:, [col[n] for n in by.index]]
+    features = pd.DataFrame({"feature": by.index, "total_points": by.to_numpy(dtype="int64"),
+                             "points_up": np.where(mv > 0, mv, 0).sum(axis=0),
+                             "points_down": np.where(mv < 0, mv, 0).sum(axis=0),
+                             "leads_moved": (mv != 0).sum(axis=0)})
+    features = features[features["leads_moved"] > 0].reset_index(drop=True)
+    left = int((~then[ScoreOutput.lead_id].astype(str).isin(current[ScoreOutput.lead_id].astype(str))).sum())
+    change = changes.frame[ScoreChanges.score_change].to_numpy(dtype="float64", na_value=np.nan)
+    return Movements(pd.Timestamp(since), counts, change, features, left, config.scoring.trend_min_change)
 
 
 def _segments_frame(segments: dict[str, pd.DataFrame]) -> pd.DataFrame:
