@@ -219,6 +219,64 @@ def drop_relation(con: duckdb.DuckDBPyConnection, name: str) -> None:
     con.execute(f"DROP {'VIEW' if is_view(con, name) else 'TABLE'} IF EXISTS {name}")
 
 
+#: Bytes of a control character (:data:`convert.sources.validation.CONTROL`) in UTF-8: C0 but
+#: tab and newline, and DEL; the C1 characters are two bytes, ``\xc2`` then ``\x80``-``\x9f``.
+_CONTROL_BYTES = bytes([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F])
+_OTHER_BYTES = bytes(b for b in range(256) if b not in _CONTROL_BYTES)
+_C1_RE = re.compile(rb"\xc2[\x80-\x9f]")
+
+
+def _bytes_hold_control(data: bytes) -> bool:
+    return bool(data.translate(None, _OTHER_BYTES)) or (b"\xc2" in data and _C1_RE.search(data) is not None)
+
+
+def may_hold_control(source: Source, table: str) -> bool:
+    """Whether a value of *table*'s file may hold a control character; False only when it
+    surely holds none, so that validation may skip looking for one row by row (a regular
+    expression over every text value costs as much as reading the file).
+
+    A UTF-8 CSV file is scanned as bytes: a value's bytes are the file's (quoting only
+    removes quote characters), so a file with no control byte (a carriage return counts:
+    CRLF line ends take the row-by-row check) has no value with one. A Parquet file's text
+    columns are read as dictionaries (cheap when dictionary-encoded) and their bytes scanned.
+    Anything else (a database, another encoding) may hold one.
+    """
+    path = source.file(table)
+    if path is None:
+        return True
+    try:
+        if path.suffix == ".csv":
+            with open(path, "rb", buffering=0) as fh:
+                last = 0  # the previous chunk's last byte: a C1 character may straddle chunks
+                while chunk := fh.read(16 * 2**20):
+                    if _bytes_hold_control(chunk) or (last == 0xC2 and 0x80 <= chunk[0] <= 0x9F):
+                        return True
+                    last = chunk[-1]
+            return False
+        return _parquet_holds_control(path)
+    except (OSError, ValueError, ImportError):
+        return True
+
+
+def _parquet_holds_control(path: Path) -> bool:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    if not text:
+        return False
+    file = pq.ParquetFile(path, read_dictionary=text)
+    for group in range(file.num_row_groups):  # one row group at a time: bounded memory
+        for column in file.read_row_group(group, columns=text).columns:
+            for chunk in column.chunks:
+                values = chunk.dictionary if pa.types.is_dictionary(chunk.type) else chunk
+                data = values.buffers()[-1]
+                if data is not None and _bytes_hold_control(data.to_pybytes()):
+                    return True
+    return False
+
+
 def scan_error(
     exc: duckdb.Error, source: Source, table: str, csv_format: CsvFormat | None = None
 ) -> BaseException:

@@ -37,7 +37,7 @@ from convert.schema import (
     TableSchema,
 )
 from convert.sources.mapping import CsvFormat
-from convert.sources.readers import ROW, Source, scan_error
+from convert.sources.readers import ROW, Source, may_hold_control, scan_error
 from convert.sql import fetch_row, lit, quote
 
 #: Control characters (RE2 class): C0 but tab and newline, DEL and C1. A NUL byte among
@@ -158,8 +158,11 @@ def _typed(col: Column, raw_type: str, dirty: bool = True, trim: bool = True) ->
     text = _text(col, raw_type)
     if col.dtype == "timestamp":
         source = text if raw_type == "VARCHAR" and trim else quote(col)
-        # An offset is honoured; without one the session time zone (UTC) applies.
-        return f"TRY_CAST(TRY_CAST({source} AS TIMESTAMPTZ) AT TIME ZONE 'UTC' AS TIMESTAMP)"
+        # An offset is honoured; without one the session time zone (UTC) applies. The UTC
+        # wall time is rebuilt from the epoch (arithmetic, far cheaper than a time-zone
+        # conversion); only an infinite timestamp takes the conversion.
+        tz = f"TRY_CAST({source} AS TIMESTAMPTZ)"
+        return f"coalesce(make_timestamp(epoch_us({tz})), TRY_CAST({tz} AT TIME ZONE 'UTC' AS TIMESTAMP))"
     if col.dtype in ("integer", "number") and _NUMERIC.fullmatch(raw_type):
         text = quote(col)  # a stored number: cast directly (its text round-trips exactly)
     if col.dtype == "integer":
@@ -365,7 +368,7 @@ def validate(
             table = schema.table
             try:
                 rejected = _check_child(con, schema, rules(valid, none), raw_types[table], raw_columns[table],
-                                        none, reports[table])
+                                        none, reports[table], clean=not may_hold_control(source, table))
                 if rejected is None:  # a control character somewhere: find the columns, check again
                     dirty[table] = _with_control(con, table, raw_types[table])
                     rejected = _check_child(con, schema, rules(valid, dirty[table]), raw_types[table],
@@ -513,6 +516,7 @@ def _check_child(
     raw: list[str],
     dirty: frozenset[str],
     report: TableReport,
+    clean: bool = False,
 ) -> pd.DataFrame | None:
     """Check a child table (``events``, ``stages``) set-based; return its rejects.
 
@@ -526,8 +530,9 @@ def _check_child(
     reasons, warnings).
 
     With *dirty* empty the scan also looks for a control character in any text column (one
-    regular expression over the row's text); when it finds one, the table is dropped and None
-    returned, for the caller to find the dirty columns and check again.
+    regular expression over the row's text; skipped when *clean*: the file's bytes hold none,
+    :func:`~convert.sources.readers.may_hold_control`); when it finds one, the table is dropped
+    and None returned, for the caller to find the dirty columns and check again.
     """
     table = schema.table
     contract = schema.names()
@@ -552,10 +557,11 @@ def _check_child(
     for extra in sorted(c for c in dirty if c in extras):
         flags[control_warning(extra)] = has_control(quote(extra))
     if table == Events.table and E.value in raw_types:
-        flags[VALUE_WARNING] = f"{_text(E.value, raw_types[E.value])} IS NOT NULL AND {_typed(E.value, raw_types[E.value])} IS NULL"
+        stored = quote(E.value) if _NUMERIC.fullmatch(raw_types[E.value]) else _text(E.value, raw_types[E.value])
+        flags[VALUE_WARNING] = f"{stored} IS NOT NULL AND {_typed(E.value, raw_types[E.value])} IS NULL"
     inner += [f"{sql} AS {quote(f'flag__{i}')}" for i, sql in enumerate(flags.values())]
     text = [c for c, t in raw_types.items() if t == "VARCHAR"]
-    probe = not dirty and bool(text)
+    probe = not dirty and bool(text) and not clean
     if probe:
         inner.append(f"regexp_matches(concat({', '.join(quote(c) for c in text)}), '{CONTROL}') AS __ctl")
     # The raw text of a rule's column is kept where a rule of the row's own fires (its typed
