@@ -372,13 +372,14 @@ def apply_mapping(
         mapped = mapped_select(
             mapping, mapping.table(table), f"{raw}__src", types, source.label(table), CONTRACT_TABLES[table]
         )
-        if mapped.changes and is_view(con, raw):  # a lazy file: the mapping is one more view
-            con.execute(f"ALTER VIEW {raw} RENAME TO {raw}__src")
-            con.execute(f"CREATE VIEW {raw} AS {mapped.sql}")
-        elif mapped.changes:
-            con.execute(f"ALTER TABLE {raw} RENAME TO {raw}__src")
-            con.execute(f"CREATE TABLE {raw} AS {mapped.sql}")
-            con.execute(f"DROP TABLE {raw}__src")
+        if mapped.changes:
+            if is_view(con, raw):  # a lazy file: the mapping is one more view (its source dropped after validation)
+                con.execute(f"ALTER VIEW {raw} RENAME TO {raw}__src")
+                con.execute(f"CREATE VIEW {raw} AS {mapped.sql}")
+            else:
+                con.execute(f"ALTER TABLE {raw} RENAME TO {raw}__src")
+                con.execute(f"CREATE TABLE {raw} AS {mapped.sql}")
+                con.execute(f"DROP TABLE {raw}__src")
             raw_columns[table] = mapped.columns
         done[table] = mapped
     return done

@@ -230,51 +230,66 @@ def _bytes_hold_control(data: bytes) -> bool:
     return bool(data.translate(None, _OTHER_BYTES)) or (b"\xc2" in data and _C1_RE.search(data) is not None)
 
 
-def may_hold_control(source: Source, table: str) -> bool:
-    """Whether a value of *table*'s file may hold a control character; False only when it
-    surely holds none, so that validation may skip looking for one row by row (a regular
-    expression over every text value costs as much as reading the file).
+@dataclass(frozen=True)
+class TextFacts:
+    """What the bytes of a file's text values surely hold not (False: surely none; True: maybe)."""
 
-    A UTF-8 CSV file is scanned as bytes: a value's bytes are the file's (quoting only
-    removes quote characters), so a file with no control byte (a carriage return counts:
-    CRLF line ends take the row-by-row check) has no value with one. A Parquet file's text
-    columns are read as dictionaries (cheap when dictionary-encoded) and their bytes scanned.
-    Anything else (a database, another encoding) may hold one.
+    control: bool = True  #: a control character
+    untrimmed: bool = True  #: an empty value, or one with a leading or trailing space
+
+
+def text_facts(source: Source, table: str) -> TextFacts:
+    """What *table*'s file may hold in its text values, found cheaply, so that validation may
+    skip work on every row that would change nothing (a regular expression looking for control
+    characters costs as much as reading the file; trimming copies every value).
+
+    A UTF-8 CSV file is scanned as bytes for control characters: a value's bytes are the
+    file's (quoting only removes quote characters), so a file with no control byte (a
+    carriage return counts: CRLF line ends take the row-by-row check) has no value with one;
+    whether values need trimming is not told from the bytes (maybe). A Parquet file's text
+    columns are read as dictionaries (cheap when dictionary-encoded) and their values checked
+    for both. Anything else (a database, another encoding) may hold either.
     """
     path = source.file(table)
     if path is None:
-        return True
+        return TextFacts()
     try:
         if path.suffix == ".csv":
             with open(path, "rb", buffering=0) as fh:
                 last = 0  # the previous chunk's last byte: a C1 character may straddle chunks
                 while chunk := fh.read(16 * 2**20):
                     if _bytes_hold_control(chunk) or (last == 0xC2 and 0x80 <= chunk[0] <= 0x9F):
-                        return True
+                        return TextFacts()
                     last = chunk[-1]
-            return False
-        return _parquet_holds_control(path)
+            return TextFacts(control=False)
+        return _parquet_text_facts(path)
     except (OSError, ValueError, ImportError):
-        return True
+        return TextFacts()
 
 
-def _parquet_holds_control(path: Path) -> bool:
+def _parquet_text_facts(path: Path) -> TextFacts:
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     schema = pq.read_schema(path)
     text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
     if not text:
-        return False
+        return TextFacts(control=False, untrimmed=False)
+    control = untrimmed = False
     file = pq.ParquetFile(path, read_dictionary=text)
     for group in range(file.num_row_groups):  # one row group at a time: bounded memory
         for column in file.read_row_group(group, columns=text).columns:
             for chunk in column.chunks:
                 values = chunk.dictionary if pa.types.is_dictionary(chunk.type) else chunk
                 data = values.buffers()[-1]
-                if data is not None and _bytes_hold_control(data.to_pybytes()):
-                    return True
-    return False
+                control = control or (data is not None and _bytes_hold_control(data.to_pybytes()))
+                untrimmed = untrimmed or len(values) > 0 and bool(pc.any(pc.or_(
+                    pc.or_(pc.starts_with(values, " "), pc.ends_with(values, " ")), pc.equal(values, "")
+                )).as_py())
+                if control and untrimmed:
+                    return TextFacts()
+    return TextFacts(control=control, untrimmed=untrimmed)
 
 
 def scan_error(

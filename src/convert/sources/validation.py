@@ -37,7 +37,7 @@ from convert.schema import (
     TableSchema,
 )
 from convert.sources.mapping import CsvFormat
-from convert.sources.readers import ROW, Source, may_hold_control, scan_error
+from convert.sources.readers import ROW, Source, TextFacts, scan_error, text_facts
 from convert.sql import fetch_row, lit, quote
 
 #: Control characters (RE2 class): C0 but tab and newline, DEL and C1. A NUL byte among
@@ -368,7 +368,7 @@ def validate(
             table = schema.table
             try:
                 rejected = _check_child(con, schema, rules(valid, none), raw_types[table], raw_columns[table],
-                                        none, reports[table], clean=not may_hold_control(source, table))
+                                        none, reports[table], text_facts(source, table))
                 if rejected is None:  # a control character somewhere: find the columns, check again
                     dirty[table] = _with_control(con, table, raw_types[table])
                     rejected = _check_child(con, schema, rules(valid, dirty[table]), raw_types[table],
@@ -516,7 +516,7 @@ def _check_child(
     raw: list[str],
     dirty: frozenset[str],
     report: TableReport,
-    clean: bool = False,
+    facts: TextFacts | None = None,
 ) -> pd.DataFrame | None:
     """Check a child table (``events``, ``stages``) set-based; return its rejects.
 
@@ -530,10 +530,12 @@ def _check_child(
     reasons, warnings).
 
     With *dirty* empty the scan also looks for a control character in any text column (one
-    regular expression over the row's text; skipped when *clean*: the file's bytes hold none,
-    :func:`~convert.sources.readers.may_hold_control`); when it finds one, the table is dropped
-    and None returned, for the caller to find the dirty columns and check again.
+    regular expression over the row's text; skipped when the file surely holds none, *facts*
+    from :func:`~convert.sources.readers.text_facts`); when it finds one, the table is dropped
+    and None returned, for the caller to find the dirty columns and check again. Text that
+    surely needs no trimming (*facts*) is taken as it is, without a trimmed copy.
     """
+    facts = facts or TextFacts()
     table = schema.table
     contract = schema.names()
     inner: list[str] = []
@@ -541,7 +543,9 @@ def _check_child(
     flags: dict[str, str] = {}
     for col in schema.columns():
         if col in raw_types:
-            inner.append(f"{_typed(col, raw_types[col], col in dirty, trim=False)} AS {quote(col)}")
+            verbatim = col.dtype == "string" and raw_types[col] == "VARCHAR" and not facts.untrimmed and not dirty
+            typed = quote(col) if verbatim else _typed(col, raw_types[col], col in dirty, trim=False)
+            inner.append(f"{typed} AS {quote(col)}")
             if col.dtype == "string" and not col.identifier and col in dirty:
                 flags[control_warning(col)] = has_control(_text(col, raw_types[col]))
         else:
@@ -561,7 +565,7 @@ def _check_child(
         flags[VALUE_WARNING] = f"{stored} IS NOT NULL AND {_typed(E.value, raw_types[E.value])} IS NULL"
     inner += [f"{sql} AS {quote(f'flag__{i}')}" for i, sql in enumerate(flags.values())]
     text = [c for c, t in raw_types.items() if t == "VARCHAR"]
-    probe = not dirty and bool(text) and not clean
+    probe = not dirty and bool(text) and facts.control
     if probe:
         inner.append(f"regexp_matches(concat({', '.join(quote(c) for c in text)}), '{CONTROL}') AS __ctl")
     # The raw text of a rule's column is kept where a rule of the row's own fires (its typed
