@@ -37,7 +37,7 @@ from convert.schema import (
     TableSchema,
 )
 from convert.sources.mapping import CsvFormat
-from convert.sources.readers import ROW, Source, TextFacts, scan_error, text_facts
+from convert.sources.readers import ROW, Source, TextFacts, is_view, scan_error, text_facts
 from convert.sql import fetch_row, lit, quote
 
 #: Control characters (RE2 class): C0 but tab and newline, DEL and C1. A NUL byte among
@@ -366,9 +366,12 @@ def validate(
     for schema, rules in ((Events, event_rules), (Stages, stage_rules)):
         if schema.table in raw_columns:
             table = schema.table
+            facts = text_facts(source, table)
+            if is_view(con, f"raw_{table}__src"):  # mapped values may be rewritten: trim them
+                facts = TextFacts(control=facts.control)
             try:
                 rejected = _check_child(con, schema, rules(valid, none), raw_types[table], raw_columns[table],
-                                        none, reports[table], text_facts(source, table))
+                                        none, reports[table], facts)
                 if rejected is None:  # a control character somewhere: find the columns, check again
                     dirty[table] = _with_control(con, table, raw_types[table])
                     rejected = _check_child(con, schema, rules(valid, dirty[table]), raw_types[table],
@@ -551,10 +554,10 @@ def _check_child(
         else:
             inner.append(f"CAST(NULL AS {DUCKDB_TYPES[col.dtype]}) AS {quote(col)}")
     columns = {str(c): c for c in schema.columns()}
-    for col in dict.fromkeys(r.column for r in rules):
-        if col in raw_types and not columns[col].identifier:
-            inner.append(f"{quote(col)} AS {quote('raw__' + col)}")  # a reference: no copy
-            kept.append(col)
+    for name in dict.fromkeys(r.column for r in rules):
+        if name in raw_types and not columns[name].identifier:
+            inner.append(f"{quote(name)} AS {quote('raw__' + name)}")  # a reference: no copy
+            kept.append(name)
     extras = [c for c in raw if c not in contract]
     for extra in extras:
         inner.append(f"{without_control(quote(extra))} AS {quote(extra)}" if extra in dirty else quote(extra))
@@ -571,10 +574,10 @@ def _check_child(
     # The raw text of a rule's column is kept where a rule of the row's own fires (its typed
     # value is NULL, or a timestamp is implausible): an outer CASE over the inner typed values.
     outer = [quote(c) for c in [*contract, *extras]]
-    for col in kept:
-        fires = " OR ".join(f"({r.condition})" for r in rules if r.column == col and _local(r))
-        text = _text("raw__" + col, raw_types[col])
-        outer.append(f"CASE WHEN {fires or 'false'} THEN {text} END AS {quote('raw__' + col)}")
+    for name in kept:
+        fires = " OR ".join(f"({r.condition})" for r in rules if r.column == name and _local(r))
+        outer.append(f"CASE WHEN {fires or 'false'} THEN {_text('raw__' + name, raw_types[name])} END "
+                      f"AS {quote('raw__' + name)}")
     outer += [quote(f"flag__{i}") for i in range(len(flags))] + (["__ctl"] if probe else [])
     con.execute(f"DROP TABLE IF EXISTS {table}")
     con.execute(f"CREATE TABLE {table} AS SELECT {', '.join(outer)} FROM (SELECT {', '.join(inner)} FROM raw_{table})")
