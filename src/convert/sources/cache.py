@@ -5,7 +5,7 @@ loads and validates the same export again; at tens of millions of events that co
 than the features. For folder and file sources, :func:`convert.load` therefore keeps the
 validated and indexed tables (and the load report with its rejects) of the last
 ``data.cache_keep`` exports in ``data.cache_dir``, and a later load of an unchanged export
-copies them back instead of reading and validating the files.
+attaches them instead of reading and validating the files.
 
 The key is a hash of each file's name, size, modification time, status-change time and
 inode, a content hash of its bytes, the configuration that shapes the tables (the ``data``
@@ -16,15 +16,16 @@ read; entries beyond ``data.cache_keep`` are removed, least recently used first.
 The content hash reads a sample of the file (its first and last MiB and evenly spaced
 blocks; all of a file up to 8 MiB), not every byte: hashing gigabytes would cost a cached
 load most of its time. A changed file is still detected: any write changes the file's
-status-change time (``st_ctime``), which no user tool can set back (``touch`` and
+status-change time (``st_ctime``), which ordinary tools cannot set back (``touch`` and
 ``os.utime`` restore only the modification time) and which is in the key, as are the size
 and the modification time; a file replaced by a copy (a new inode, a new ctime) is
-detected the same way; the sampled bytes only add to that.
+detected the same way; the sampled bytes only add to that. (A metadata change such as
+``chmod`` also moves the ctime: a needless miss, never a stale hit.)
 
 A cached load does not copy the tables back: the entry's DuckDB file is attached read-only
 and the connection's search path reads ``events`` and the indexed tables from it (only
-``leads`` and ``accounts``, which the leakage guard may alter, are copied; they are small). Database sources
-are never cached (no cheap, reliable change check). ``--no-cache`` (``data.cache: false``)
+``leads`` and ``accounts``, which the leakage guard may alter, are copied; they are small).
+Database sources are never cached (no cheap, reliable change check). ``--no-cache`` (``data.cache: false``)
 bypasses the cache entirely: nothing read, nothing written.
 
 An entry is written to a temporary name and renamed into place, so a crash or a concurrent
