@@ -84,8 +84,10 @@ def _file_digest(path: Path, size: int) -> str:
             while chunk := fh.read(_WHOLE):
                 h.update(chunk)
             return h.hexdigest()
-        spans = [(0, 2**20), (size - 2**20, 2**20)]
-        spans += [(2**20 + (size - 2**21 - _BLOCK) * i // (_BLOCKS - 1), _BLOCK) for i in range(_BLOCKS)]
+        edge = min(2**20, size // 4)
+        block = max(1, min(_BLOCK, (size - 2 * edge) // _BLOCKS))
+        spans = [(0, edge), (size - edge, edge)]
+        spans += [(edge + (size - 2 * edge - block) * i // (_BLOCKS - 1), block) for i in range(_BLOCKS)]
         for start, length in spans:
             fh.seek(start)
             h.update(fh.read(length))
