@@ -130,3 +130,23 @@ def test_no_cache_flag_on_a_command_reads_the_files_and_writes_the_same_rejects(
         assert rejects.read_text() == (tmp_path / "rejects0.csv").read_text()
     assert "from the cache" not in outs[0] and "from the cache" in outs[1] and "from the cache" not in outs[2]
     assert len(_entries(tmp_path)) == 1
+
+
+def test_a_same_size_edit_with_the_mtime_set_back_changes_the_key_of_a_sampled_file(tmp_path, export, monkeypatch):
+    """Large files are hashed by sample; an edit outside the sample is still seen (the ctime)."""
+    from convert.sources import cache
+    from convert.sources.readers import find_source
+
+    monkeypatch.setattr(cache, "_WHOLE", 1024)  # every file of the small export is sampled
+    cfg, mapping = _cfg(tmp_path), Mapping()
+    before = cache.cache_key(find_source(export), cfg, mapping)
+    assert cache.cache_key(find_source(export), cfg, mapping) == before  # stable
+    events = export / "events.csv"
+    data = bytearray(events.read_bytes())
+    stat = events.stat()
+    middle = len(data) // 2 + 7
+    data[middle] = ord("7") if data[middle] != ord("7") else ord("8")
+    events.write_bytes(bytes(data))
+    os.utime(events, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert events.stat().st_size == stat.st_size and events.stat().st_mtime_ns == stat.st_mtime_ns
+    assert cache.cache_key(find_source(export), cfg, mapping) != before

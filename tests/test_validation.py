@@ -211,3 +211,45 @@ def test_validate_command_writes_rejects_and_exits_2_on_errors(tmp_path, tables,
         main(["validate", "--data", str(folder), "--strict", "--rejects", str(tmp_path / "r2.csv")])
     assert code.value.code == 2
     assert "events.csv, row 1, column 'lead_id'" in capsys.readouterr().err
+
+
+# --- one read of a child table's file -----------------------------------------------------
+
+
+def test_a_broken_row_in_events_csv_is_named_by_file_row_and_column(tmp_path, tables):
+    folder = write_export(tmp_path / "crm", **tables)
+    lines = (folder / "events.csv").read_text().splitlines()
+    lines[3] += ",extra"  # the third data row has a field too many
+    (folder / "events.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ContractError) as err:
+        load(folder, Config(), cache=False)
+    assert (err.value.file, err.value.row) == ("events.csv", 3) and "fields" in str(err.value)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_text_facts_tell_what_a_file_surely_lacks(tmp_path, tables, fmt):
+    from convert.sources.readers import find_source, text_facts
+
+    events = tables["events"].copy()
+    clean = text_facts(find_source(write_export(tmp_path / "clean", fmt, **{**tables, "events": events})), "events")
+    assert not clean.control and clean.untrimmed == (fmt == "csv")  # CSV bytes do not tell trimming
+    for value in ("web\x01", "web\u0085", "web\r"):
+        events.loc[0, "channel"] = value
+        facts = text_facts(find_source(write_export(tmp_path / f"x{ord(value[-1])}", fmt, **{**tables, "events": events})),
+                           "events")
+        assert facts.control, value
+    if fmt == "parquet":
+        events.loc[0, "channel"] = " web "
+        facts = text_facts(find_source(write_export(tmp_path / "untrimmed", fmt, **{**tables, "events": events})), "events")
+        assert facts.untrimmed and not facts.control
+
+
+def test_untrimmed_parquet_text_is_trimmed_and_empty_text_is_missing(tmp_path, tables):
+    events = tables["events"].copy()
+    events.loc[0, "channel"] = "  email "
+    events.loc[1, "channel"] = ""
+    events.loc[2, "lead_id"] = f" {events.loc[2, 'lead_id']} "
+    data = _load(tmp_path, Config(), fmt="parquet", **{**tables, "events": events})
+    got = data.frame("events")
+    assert "email" in set(got["channel"]) and "" not in set(got["channel"].dropna())
+    assert data.report.tables["events"].rows_loaded == len(events)

@@ -5,14 +5,27 @@ loads and validates the same export again; at tens of millions of events that co
 than the features. For folder and file sources, :func:`convert.load` therefore keeps the
 validated and indexed tables (and the load report with its rejects) of the last
 ``data.cache_keep`` exports in ``data.cache_dir``, and a later load of an unchanged export
-copies them back instead of reading and validating the files.
+attaches them instead of reading and validating the files.
 
-The key is a hash of each file's name, size, modification time and a content hash of its
-bytes (what was read), the configuration that shapes the tables (the ``data`` section but
-the thresholds, which are checked again on every load), the mapping, and this module's
-format version with convert's. Any change gives a new key, so a stale entry is never read;
-entries beyond ``data.cache_keep`` are removed, least recently used first. Database sources
-are never cached (no cheap, reliable change check). ``--no-cache`` (``data.cache: false``)
+The key is a hash of each file's name, size, modification time, status-change time and
+inode, a content hash of its bytes, the configuration that shapes the tables (the ``data``
+section but the thresholds, which are checked again on every load), the mapping, and this
+module's format version with convert's. Any change gives a new key, so a stale entry is never
+read; entries beyond ``data.cache_keep`` are removed, least recently used first.
+
+The content hash reads a sample of the file (its first and last MiB and evenly spaced
+blocks; all of a file up to 8 MiB), not every byte: hashing gigabytes would cost a cached
+load most of its time. A changed file is still detected: any write changes the file's
+status-change time (``st_ctime``), which ordinary tools cannot set back (``touch`` and
+``os.utime`` restore only the modification time) and which is in the key, as are the size
+and the modification time; a file replaced by a copy (a new inode, a new ctime) is
+detected the same way; the sampled bytes only add to that. (A metadata change such as
+``chmod`` also moves the ctime: a needless miss, never a stale hit.)
+
+A cached load does not copy the tables back: the entry's DuckDB file is attached read-only
+and the connection's search path reads ``events`` and the indexed tables from it (only
+``leads`` and ``accounts``, which the leakage guard may alter, are copied; they are small).
+Database sources are never cached (no cheap, reliable change check). ``--no-cache`` (``data.cache: false``)
 bypasses the cache entirely: nothing read, nothing written.
 
 An entry is written to a temporary name and renamed into place, so a crash or a concurrent
@@ -40,10 +53,9 @@ from convert.sources.validation import LoadReport
 from convert.sql import lit
 
 #: Bumped when what an entry holds changes, so that old entries are never read.
-FORMAT = 1
+FORMAT = 2
 SUFFIX = ".duckdb"
 META = ".meta.pkl"
-_CHUNK = 8 * 2**20
 
 
 @dataclass
@@ -57,30 +69,29 @@ class Entry:
         return self.tables.is_file() and self.meta.is_file()
 
 
-def _segment_digest(path: Path, start: int, stop: int) -> bytes:
-    h = hashlib.sha256()  # SHA-NI makes SHA-256 the fastest hashlib digest on current CPUs
-    with open(path, "rb", buffering=0) as fh:
-        fh.seek(start)
-        left = stop - start
-        while left > 0:
-            chunk = fh.read(min(_CHUNK, left))
-            if not chunk:
-                break
-            h.update(chunk)
-            left -= len(chunk)
-    return h.digest()
+_BLOCK = 64 * 2**10
+_BLOCKS = 64
+_WHOLE = 8 * 2**20
 
 
 def _file_digest(path: Path, size: int) -> str:
-    """Content hash of a file: SHA-256 of fixed segments, hashed on two threads (hashlib
-    releases the GIL), combined in order."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    parts = max(1, min(4, size // (64 * 2**20)))
-    bounds = [size * i // parts for i in range(parts + 1)]
-    with ThreadPoolExecutor(max_workers=min(parts, os.cpu_count() or 1)) as pool:
-        digests = list(pool.map(lambda i: _segment_digest(path, bounds[i], bounds[i + 1]), range(parts)))
-    return hashlib.sha256(b"".join(digests)).hexdigest()
+    """Content hash of a file: SHA-256 of all of a small file; of a large one, its first and
+    last MiB and :data:`_BLOCKS` evenly spaced blocks of 64 KiB (the module docstring says why
+    that, with the file's times, size and inode, still detects a changed file)."""
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as fh:
+        if size <= _WHOLE:
+            while chunk := fh.read(_WHOLE):
+                h.update(chunk)
+            return h.hexdigest()
+        edge = min(2**20, size // 4)
+        block = max(1, min(_BLOCK, (size - 2 * edge) // _BLOCKS))
+        spans = [(0, edge), (size - edge, edge)]
+        spans += [(edge + (size - 2 * edge - block) * i // (_BLOCKS - 1), block) for i in range(_BLOCKS)]
+        for start, length in spans:
+            fh.seek(start)
+            h.update(fh.read(length))
+    return h.hexdigest()
 
 
 def cache_key(source: Source, config: Config, mapping: Mapping) -> str:
@@ -94,7 +105,8 @@ def cache_key(source: Source, config: Config, mapping: Mapping) -> str:
     files = []
     for table, path in sorted(source.files.items()):
         st = path.stat()
-        files.append([table, path.name, st.st_size, st.st_mtime_ns, _file_digest(path, st.st_size)])
+        files.append([table, path.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
+                      _file_digest(path, st.st_size)])
     data = config.data.model_dump(mode="json", exclude={"rejects", "strict", "max_quarantine_share",
                                                         "cache", "cache_dir", "cache_keep"})
     lo, hi = config.data.valid_range()  # valid_to unset: a year from today, as validation uses it
@@ -144,22 +156,36 @@ def entry(folder: Path, key: str) -> Entry:
     return Entry(folder / f"{key}{SUFFIX}", folder / f"{key}{META}")
 
 
+#: Tables of an entry copied into the connection (the leakage guard may drop their columns);
+#: every other table is read from the attached entry.
+_COPIED = ("leads", "accounts")
+ATTACHED = "convert_cache"
+
+
 def restore(
     con: duckdb.DuckDBPyConnection, hit: Entry
 ) -> tuple[LoadReport, dict[str, MappedTable]] | None:
-    """Copy a cached entry's tables into *con*; its report and mapping summary, or None when
-    the entry cannot be read (then the caller loads the export as usual)."""
+    """Attach a cached entry's tables to *con* (read-only; only ``leads`` and ``accounts``
+    are copied) and put them on its search path; its report and mapping summary, or None
+    when the entry cannot be read (then the caller loads the export as usual)."""
+    attached = False
     try:
         with open(hit.meta, "rb") as fh:
             meta: dict[str, Any] = pickle.load(fh)  # noqa: S301  (our own file, in our cache folder)
         if meta.get("format") != FORMAT:
             return None
-        con.execute(f"ATTACH {lit(str(hit.tables))} AS convert_cache (READ_ONLY)")
-        try:
-            con.execute("COPY FROM DATABASE convert_cache TO memory")
-        finally:
-            con.execute("DETACH convert_cache")
+        home = str(con.execute("SELECT current_database()").fetchall()[0][0])
+        con.execute(f"ATTACH {lit(str(hit.tables))} AS {ATTACHED} (READ_ONLY)")
+        attached = True
+        for table in _COPIED:
+            con.execute(f"CREATE TABLE {table} AS SELECT * FROM {ATTACHED}.{table}")
+        # unqualified names: this connection's tables first (new ones are created there), then the entry's
+        con.execute(f"SET search_path = {lit(f'{home}.main,{ATTACHED}.main')}")
     except (OSError, EOFError, pickle.UnpicklingError, duckdb.Error, AttributeError, KeyError):
+        if attached:
+            for table in _COPIED:
+                con.execute(f"DROP TABLE IF EXISTS {table}")
+            con.execute(f"DETACH {ATTACHED}")
         return None
     now = time.time()
     for path in (hit.tables, hit.meta):

@@ -36,9 +36,11 @@ from convert.sources.mapping import MappedTable, Mapping, mapped_select
 from convert.sources.readers import (
     Source,
     connect,
+    drop_relation,
     find_database_source,
     find_source,
     is_database_url,
+    is_view,
     load_database,
     load_raw,
     resolve_data,
@@ -345,11 +347,12 @@ def load(
         if database:
             raw_columns = load_database(con, source, config.data.db_chunk_rows)
         else:
-            raw_columns = load_raw(con, source, mapping.csv)
+            raw_columns = load_raw(con, source, mapping.csv, lazy=(Events.table, Stages.table))
         mapped = apply_mapping(con, source, raw_columns, mapping)
-        report = validate(con, source, raw_columns, config.data, strict=strict)
+        report = validate(con, source, raw_columns, config.data, strict=strict, csv_format=mapping.csv)
         for table in raw_columns:
-            con.execute(f"DROP TABLE IF EXISTS raw_{table}")
+            drop_relation(con, f"raw_{table}")
+            drop_relation(con, f"raw_{table}__src")
         index_events(con)
         if folder is not None and key is not None:
             store(con, folder, key, report, mapped, config.data.cache_keep)
@@ -371,9 +374,13 @@ def apply_mapping(
             mapping, mapping.table(table), f"{raw}__src", types, source.label(table), CONTRACT_TABLES[table]
         )
         if mapped.changes:
-            con.execute(f"ALTER TABLE {raw} RENAME TO {raw}__src")
-            con.execute(f"CREATE TABLE {raw} AS {mapped.sql}")
-            con.execute(f"DROP TABLE {raw}__src")
+            if is_view(con, raw):  # a lazy file: the mapping is one more view (its source dropped after validation)
+                con.execute(f"ALTER VIEW {raw} RENAME TO {raw}__src")
+                con.execute(f"CREATE VIEW {raw} AS {mapped.sql}")
+            else:
+                con.execute(f"ALTER TABLE {raw} RENAME TO {raw}__src")
+                con.execute(f"CREATE TABLE {raw} AS {mapped.sql}")
+                con.execute(f"DROP TABLE {raw}__src")
             raw_columns[table] = mapped.columns
         done[table] = mapped
     return done

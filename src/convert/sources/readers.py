@@ -37,7 +37,7 @@ from convert.io.urls import engine_url, redact_url, resolve_env, scrub, secrets_
 from convert.io.urls import is_database_url as is_database_url  # re-exported (cli, dataset)
 from convert.schema import CONTRACT_TABLES, REQUIRED_TABLES
 from convert.sources.mapping import CsvFormat, Mapping, split_table_name
-from convert.sql import lit
+from convert.sql import fetch_row, lit
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -176,19 +176,32 @@ def _checked_memory_limit(value: str) -> str:
 
 
 def load_raw(
-    con: duckdb.DuckDBPyConnection, source: Source, csv_format: CsvFormat | None = None
+    con: duckdb.DuckDBPyConnection,
+    source: Source,
+    csv_format: CsvFormat | None = None,
+    lazy: tuple[str, ...] = (),
 ) -> dict[str, list[str]]:
     """Create ``raw_<table>`` for each table found and return its columns.
 
     CSV columns are read as text (typing is the contract's job, never inference);
     Parquet columns keep their stored types. Tables keep file order, so a row's
-    1-based data row number is ``rowid + 1`` (see :data:`ROW`).
+    1-based data row number is ``rowid + 1`` (see :data:`ROW`). The tables named in *lazy*
+    (the big child tables) become views over their UTF-8 CSV or Parquet file instead, so
+    that validation reads each file once, straight into the typed table (a scan through
+    the view keeps file order); errors in such a file surface while it is scanned, and
+    :func:`scan_error` names them as for a table read here.
     """
     csv_format = csv_format or CsvFormat()
     columns: dict[str, list[str]] = {}
     for table, path in source.files.items():
         raw = f"raw_{table}"
-        if path.suffix == ".csv":
+        if table in lazy and (path.suffix != ".csv" or csv_format.is_utf8):
+            if path.suffix == ".csv":
+                header = read_header(path, csv_format, label=path.name)
+                con.execute(f"CREATE OR REPLACE VIEW {raw} AS SELECT * FROM {_csv_scan(path, csv_format, header)}")
+            else:
+                read_parquet(con, raw, path, view=True)
+        elif path.suffix == ".csv":
             read_csv(con, raw, path, csv_format)
         else:
             read_parquet(con, raw, path)
@@ -196,9 +209,111 @@ def load_raw(
     return columns
 
 
-def read_parquet(con: duckdb.DuckDBPyConnection, raw: str, path: Path) -> None:
+def is_view(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    """Whether *name* is a view (a lazy raw table) rather than a table."""
+    return bool(fetch_row(con, "SELECT count(*) FROM duckdb_views() WHERE view_name = ? AND NOT internal", [name])[0])
+
+
+def drop_relation(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Drop table or view *name* if it exists."""
+    con.execute(f"DROP {'VIEW' if is_view(con, name) else 'TABLE'} IF EXISTS {name}")
+
+
+#: Bytes of a control character (:data:`convert.sources.validation.CONTROL`) in UTF-8: C0 but
+#: tab and newline, and DEL; the C1 characters are two bytes, ``\xc2`` then ``\x80``-``\x9f``.
+_CONTROL_BYTES = bytes([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F])
+_OTHER_BYTES = bytes(b for b in range(256) if b not in _CONTROL_BYTES)
+_C1_RE = re.compile(rb"\xc2[\x80-\x9f]")
+
+
+def _bytes_hold_control(data: bytes) -> bool:
+    return bool(data.translate(None, _OTHER_BYTES)) or (b"\xc2" in data and _C1_RE.search(data) is not None)
+
+
+@dataclass(frozen=True)
+class TextFacts:
+    """What the bytes of a file's text values surely hold not (False: surely none; True: maybe)."""
+
+    control: bool = True  #: a control character
+    untrimmed: bool = True  #: an empty value, or one with a leading or trailing space
+
+
+def text_facts(source: Source, table: str) -> TextFacts:
+    """What *table*'s file may hold in its text values, found cheaply, so that validation may
+    skip work on every row that would change nothing (a regular expression looking for control
+    characters costs as much as reading the file; trimming copies every value).
+
+    A UTF-8 CSV file is scanned as bytes for control characters: a value's bytes are the
+    file's (quoting only removes quote characters), so a file with no control byte (a
+    carriage return counts: CRLF line ends take the row-by-row check) has no value with one;
+    whether values need trimming is not told from the bytes (maybe). A Parquet file's text
+    columns are read as dictionaries (cheap when dictionary-encoded) and their values checked
+    for both. Anything else (a database, another encoding) may hold either.
+    """
+    path = source.file(table)
+    if path is None:
+        return TextFacts()
     try:
-        con.execute(f"CREATE OR REPLACE TABLE {raw} AS SELECT * FROM read_parquet({lit(str(path))})")
+        if path.suffix == ".csv":
+            with open(path, "rb", buffering=0) as fh:
+                last = 0  # the previous chunk's last byte: a C1 character may straddle chunks
+                while chunk := fh.read(16 * 2**20):
+                    if _bytes_hold_control(chunk) or (last == 0xC2 and 0x80 <= chunk[0] <= 0x9F):
+                        return TextFacts()
+                    last = chunk[-1]
+            return TextFacts(control=False)
+        return _parquet_text_facts(path)
+    except (OSError, ValueError, ImportError):
+        return TextFacts()
+
+
+def _parquet_text_facts(path: Path) -> TextFacts:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    if not text:
+        return TextFacts(control=False, untrimmed=False)
+    control = untrimmed = False
+    file = pq.ParquetFile(path, read_dictionary=text)
+    for group in range(file.num_row_groups):  # one row group at a time: bounded memory
+        for column in file.read_row_group(group, columns=text).columns:
+            for chunk in column.chunks:
+                values = chunk.dictionary if pa.types.is_dictionary(chunk.type) else chunk
+                data = values.buffers()[-1]
+                control = control or (data is not None and _bytes_hold_control(data.to_pybytes()))
+                untrimmed = untrimmed or len(values) > 0 and bool(pc.any(pc.or_(
+                    pc.or_(pc.starts_with(values, " "), pc.ends_with(values, " ")), pc.equal(values, "")
+                )).as_py())
+                if control and untrimmed:
+                    return TextFacts()
+    return TextFacts(control=control, untrimmed=untrimmed)
+
+
+def scan_error(
+    exc: duckdb.Error, source: Source, table: str, csv_format: CsvFormat | None = None
+) -> BaseException:
+    """The error of scanning ``raw_<table>`` (a lazy view over its file, :func:`load_raw`),
+    named by file, row and column as when the file is read into a table; *exc* itself when
+    the table is not a file's."""
+    path = source.file(table)
+    if path is None or isinstance(exc, (duckdb.BinderException, duckdb.CatalogException, duckdb.ParserException)):
+        return exc  # not the file's fault
+    if path.suffix == ".csv":
+        fmt = csv_format or CsvFormat()
+        return _csv_error(exc, path, path, fmt, read_header(path, fmt, label=path.name))
+    return out_of_memory(exc, path.name) or ContractError(
+        f"the file cannot be parsed: {str(exc).splitlines()[0]}. Check that it is valid Parquet",
+        file=str(path),
+    )
+
+
+def read_parquet(con: duckdb.DuckDBPyConnection, raw: str, path: Path, view: bool = False) -> None:
+    """Read a Parquet file into table *raw* (or make *raw* a view over it)."""
+    try:
+        con.execute(f"CREATE OR REPLACE {'VIEW' if view else 'TABLE'} {raw} AS SELECT * FROM read_parquet({lit(str(path))})")
     except duckdb.Error as exc:
         raise out_of_memory(exc, path.name) or ContractError(
             f"the file cannot be parsed: {str(exc).splitlines()[0]}. Check that it is valid Parquet",
@@ -219,17 +334,21 @@ def read_csv(con: duckdb.DuckDBPyConnection, raw: str, path: Path, fmt: CsvForma
     """
     with _as_utf8(path, fmt) as utf8:
         header = read_header(utf8, fmt, label=path.name)
-        columns = "{" + ", ".join(f"{lit(name)}: 'VARCHAR'" for name in header) + "}"
         try:
-            con.execute(
-                f"CREATE OR REPLACE TABLE {raw} AS SELECT * FROM read_csv({lit(str(utf8))}, "
-                f"header = true, auto_detect = false, columns = {columns}, "
-                f"delim = {lit(fmt.delimiter)}, quote = {lit(fmt.quote)}, escape = {lit(fmt.quote)}, "
-                "encoding = 'utf-8', null_padding = false, strict_mode = true)"
-            )
+            con.execute(f"CREATE OR REPLACE TABLE {raw} AS SELECT * FROM {_csv_scan(utf8, fmt, header)}")
         except duckdb.Error as exc:
             raise _csv_error(exc, path, utf8, fmt, header) from exc
     return header
+
+
+def _csv_scan(path: Path, fmt: CsvFormat, header: list[str]) -> str:
+    """SQL: DuckDB's strict reader of a UTF-8 CSV file, every column as text."""
+    columns = "{" + ", ".join(f"{lit(name)}: 'VARCHAR'" for name in header) + "}"
+    return (
+        f"read_csv({lit(str(path))}, header = true, auto_detect = false, columns = {columns}, "
+        f"delim = {lit(fmt.delimiter)}, quote = {lit(fmt.quote)}, escape = {lit(fmt.quote)}, "
+        "encoding = 'utf-8', null_padding = false, strict_mode = true)"
+    )
 
 
 @contextmanager

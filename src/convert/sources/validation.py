@@ -36,7 +36,8 @@ from convert.schema import (
     Stages,
     TableSchema,
 )
-from convert.sources.readers import ROW, Source
+from convert.sources.mapping import CsvFormat
+from convert.sources.readers import ROW, Source, TextFacts, is_view, scan_error, text_facts
 from convert.sql import fetch_row, lit, quote
 
 #: Control characters (RE2 class): C0 but tab and newline, DEL and C1. A NUL byte among
@@ -141,19 +142,29 @@ def _text(col: str, raw_type: str) -> str:
     return f"CAST({quote(col)} AS VARCHAR)"
 
 
-def _typed(col: Column, raw_type: str, dirty: bool = True) -> str:
+_NUMERIC = re.compile(r"(U?(TINY|SMALL|BIG|HUGE)?INT(EGER)?|DOUBLE|FLOAT|REAL|DECIMAL\(\d+,\s*\d+\))")
+
+
+def _typed(col: Column, raw_type: str, dirty: bool = True, trim: bool = True) -> str:
     """SQL casting a raw column to its contract type; NULL where it does not parse.
 
     Numbers are finite or NULL (``inf``, ``1e400``, ``NaN`` do not parse as a number);
     text that is not an id loses its control characters (an id keeps them: its row is
     quarantined by a rule). *dirty*: whether the column holds any control character at all
-    (a clean column skips the regular expression).
+    (a clean column skips the regular expression). *trim*: False casts a timestamp's text
+    as it is (the cast ignores surrounding white space and gives NULL for empty text, so the
+    result is the same without a trimmed copy of every value).
     """
     text = _text(col, raw_type)
     if col.dtype == "timestamp":
-        source = text if raw_type == "VARCHAR" else quote(col)
-        # An offset is honoured; without one the session time zone (UTC) applies.
-        return f"TRY_CAST(TRY_CAST({source} AS TIMESTAMPTZ) AT TIME ZONE 'UTC' AS TIMESTAMP)"
+        source = text if raw_type == "VARCHAR" and trim else quote(col)
+        # An offset is honoured; without one the session time zone (UTC) applies. The UTC
+        # wall time is rebuilt from the epoch (arithmetic, far cheaper than a time-zone
+        # conversion); only an infinite timestamp takes the conversion.
+        tz = f"TRY_CAST({source} AS TIMESTAMPTZ)"
+        return f"coalesce(make_timestamp(epoch_us({tz})), TRY_CAST({tz} AT TIME ZONE 'UTC' AS TIMESTAMP))"
+    if col.dtype in ("integer", "number") and _NUMERIC.fullmatch(raw_type):
+        text = quote(col)  # a stored number: cast directly (its text round-trips exactly)
     if col.dtype == "integer":
         return f"TRY_CAST(TRY_CAST({text} AS DOUBLE) AS BIGINT)"
     if col.dtype == "number":
@@ -313,8 +324,13 @@ def validate(
     raw_columns: dict[str, list[str]],
     config: DataConfig,
     strict: bool | None = None,
+    csv_format: CsvFormat | None = None,
 ) -> LoadReport:
     """Type and check the raw tables; create the typed contract tables in *con*.
+
+    A raw child table may be a view over its file (:func:`~convert.sources.readers.load_raw`):
+    an error met while scanning it is named by file, row and column (*csv_format*: how the
+    CSV file is written).
 
     Raises
     ------
@@ -350,12 +366,18 @@ def validate(
     for schema, rules in ((Events, event_rules), (Stages, stage_rules)):
         if schema.table in raw_columns:
             table = schema.table
-            rejected = _check_child(con, schema, rules(valid, none), raw_types[table], raw_columns[table],
-                                    none, reports[table])
-            if rejected is None:  # a control character somewhere: find the columns, check again
-                dirty[table] = _with_control(con, table, raw_types[table])
-                rejected = _check_child(con, schema, rules(valid, dirty[table]), raw_types[table],
-                                        raw_columns[table], dirty[table], reports[table])
+            facts = text_facts(source, table)
+            if is_view(con, f"raw_{table}__src"):  # mapped values may be rewritten: trim them
+                facts = TextFacts(control=facts.control)
+            try:
+                rejected = _check_child(con, schema, rules(valid, none), raw_types[table], raw_columns[table],
+                                        none, reports[table], facts)
+                if rejected is None:  # a control character somewhere: find the columns, check again
+                    dirty[table] = _with_control(con, table, raw_types[table])
+                    rejected = _check_child(con, schema, rules(valid, dirty[table]), raw_types[table],
+                                            raw_columns[table], dirty[table], reports[table])
+            except duckdb.Error as exc:
+                raise scan_error(exc, source, table, csv_format) from exc
             assert rejected is not None
             children[table] = rejected
 
@@ -484,6 +506,11 @@ def _check_table(
 VALUE_WARNING = "value is not a finite number; the event is kept with no value"
 
 
+def _local(rule: Rule) -> bool:
+    """Whether *rule* reads only its own row (not the lead the row belongs to)."""
+    return "lead__" not in rule.condition
+
+
 def _check_child(
     con: duckdb.DuckDBPyConnection,
     schema: type[TableSchema],
@@ -492,110 +519,164 @@ def _check_child(
     raw: list[str],
     dirty: frozenset[str],
     report: TableReport,
+    facts: TextFacts | None = None,
 ) -> pd.DataFrame | None:
-    """Check a child table (``events``, ``stages``) in one set-based pass; return its rejects.
+    """Check a child table (``events``, ``stages``) set-based; return its rejects.
 
-    The typed table is written straight from one scan of ``raw_<table>`` joined with the
-    (small) checked leads: each row carries the index of the first rule it breaks (no text
-    copy of its columns), and the flags of the warnings. No global sort: the typed table's
-    row order is not the file's (nothing reads it in order; the rejects name file rows by
-    number). The rejected rows (few) are then deleted from it, and only for them is the
-    offending raw text read back (by row number) for the rejects file. Fills *report*
-    (rows read, reasons, warnings).
+    One scan of ``raw_<table>`` (a view over the file, :func:`~convert.sources.readers.load_raw`)
+    writes the typed table, in file order (so a row's file row number is ``rowid + 1``), with
+    no text copy of its columns: beside the typed values it keeps only the warnings' flags and,
+    for a rule's column, the raw text of the rows whose typed value is missing or implausible
+    (nearly none). A second, narrow pass joins the typed ids and times with the (small) checked
+    leads and yields each rejected row's first broken rule; only those rows are deleted, and
+    only for them is the rejects file's text built. No global sort. Fills *report* (rows read,
+    reasons, warnings).
 
-    With *dirty* empty the pass also looks for a control character in any text column (one
-    regular expression over the row's text); when it finds one, the table is dropped and
-    None returned, for the caller to find the dirty columns and check again.
+    With *dirty* empty the scan also looks for a control character in any text column (one
+    regular expression over the row's text; skipped when the file surely holds none, *facts*
+    from :func:`~convert.sources.readers.text_facts`); when it finds one, the table is dropped
+    and None returned, for the caller to find the dirty columns and check again. Text that
+    surely needs no trimming (*facts*) is taken as it is, without a trimmed copy.
     """
+    facts = facts or TextFacts()
     table = schema.table
     contract = schema.names()
-    row = quote(ROW)
-    # Text of a raw column, only where a rule or a warning needs it (never for every column).
-    needed = {c for c in raw_types if f"raw__{c}" in " ".join(r.condition for r in rules)}
-    inner = [f"rowid + 1 AS {row}"]
+    inner: list[str] = []
+    kept: list[str] = []  # raw text of a rule's column, kept where its own rules may fire
     flags: dict[str, str] = {}
     for col in schema.columns():
         if col in raw_types:
-            inner.append(f"{_typed(col, raw_types[col], col in dirty)} AS {quote(col)}")
-            if col in needed:
-                inner.append(f"{_text(col, raw_types[col])} AS {quote('raw__' + col)}")
+            verbatim = col.dtype == "string" and raw_types[col] == "VARCHAR" and not facts.untrimmed and not dirty
+            typed = quote(col) if verbatim else _typed(col, raw_types[col], col in dirty, trim=False)
+            inner.append(f"{typed} AS {quote(col)}")
             if col.dtype == "string" and not col.identifier and col in dirty:
                 flags[control_warning(col)] = has_control(_text(col, raw_types[col]))
         else:
             inner.append(f"CAST(NULL AS {DUCKDB_TYPES[col.dtype]}) AS {quote(col)}")
+    columns = {str(c): c for c in schema.columns()}
+    for name in dict.fromkeys(r.column for r in rules):
+        if name in raw_types and not columns[name].identifier:
+            inner.append(f"{quote(name)} AS {quote('raw__' + name)}")  # a reference: no copy
+            kept.append(name)
     extras = [c for c in raw if c not in contract]
     for extra in extras:
         inner.append(f"{without_control(quote(extra))} AS {quote(extra)}" if extra in dirty else quote(extra))
     for extra in sorted(c for c in dirty if c in extras):
         flags[control_warning(extra)] = has_control(quote(extra))
     if table == Events.table and E.value in raw_types:
-        flags[VALUE_WARNING] = f"{_text(E.value, raw_types[E.value])} IS NOT NULL AND {_typed(E.value, raw_types[E.value])} IS NULL"
+        stored = quote(E.value) if _NUMERIC.fullmatch(raw_types[E.value]) else _text(E.value, raw_types[E.value])
+        flags[VALUE_WARNING] = f"{stored} IS NOT NULL AND {_typed(E.value, raw_types[E.value])} IS NULL"
     inner += [f"{sql} AS {quote(f'flag__{i}')}" for i, sql in enumerate(flags.values())]
     text = [c for c, t in raw_types.items() if t == "VARCHAR"]
-    probe = not dirty and bool(text)
+    probe = not dirty and bool(text) and facts.control
     if probe:
         inner.append(f"regexp_matches(concat({', '.join(quote(c) for c in text)}), '{CONTROL}') AS __ctl")
-    arms = " ".join(f"WHEN {r.condition} THEN {i}" for i, r in enumerate(rules))
-    columns = ", ".join(quote(c) for c in [*contract, *extras])
-    flag_cols = ", ".join(quote(f"flag__{i}") for i in range(len(flags)))
+    # The raw text of a rule's column is kept where a rule of the row's own fires (its typed
+    # value is NULL, or a timestamp is implausible): an outer CASE over the inner typed values.
+    outer = [quote(c) for c in [*contract, *extras]]
+    for name in kept:
+        fires = " OR ".join(f"({r.condition})" for r in rules if r.column == name and _local(r))
+        outer.append(f"CASE WHEN {fires or 'false'} THEN {_text('raw__' + name, raw_types[name])} END "
+                      f"AS {quote('raw__' + name)}")
+    outer += [quote(f"flag__{i}") for i in range(len(flags))] + (["__ctl"] if probe else [])
     con.execute(f"DROP TABLE IF EXISTS {table}")
-    con.execute(
-        f"CREATE TABLE {table} AS SELECT {columns}, CAST(CASE {arms} END AS SMALLINT) AS __rule, "
-        f"{row}{', ' + flag_cols if flags else ''}{', __ctl' if probe else ''} FROM (SELECT c.*, l.{L.lead_id} IS NOT NULL AS lead__exists, "
-        f"l.reason AS lead__reason, l.{L.created_at} AS lead__created_at FROM ({'SELECT ' + ', '.join(inner)} "
-        f"FROM raw_{table}) c LEFT JOIN (SELECT {L.lead_id}, reason, {L.created_at} FROM checked_leads) l "
-        f"ON c.lead_id = l.{L.lead_id})"
-    )
+    con.execute(f"CREATE TABLE {table} AS SELECT {', '.join(outer)} FROM (SELECT {', '.join(inner)} FROM raw_{table})")
     if probe and fetch_row(con, f"SELECT coalesce(bool_or(__ctl), false) FROM {table}")[0]:
         con.execute(f"DROP TABLE {table}")
         return None
-    report.reasons, report.warnings = {}, {}
-    counts = fetch_row(
-        con,
-        "SELECT count(*)" + "".join(f", count(*) FILTER (WHERE __rule IS NULL AND flag__{i})" for i in range(len(flags)))
-        + f" FROM {table}",
-    )
-    report.rows_read = int(counts[0])
-    report.warnings.update({w: int(n) for w, n in zip(flags, counts[1:], strict=True) if n})
-    bad = con.execute(f"SELECT {row}, __rule FROM {table} WHERE __rule IS NOT NULL ORDER BY {row}").df()
+    bad = _child_rules_broken(con, schema, rules, dirty)
+    report.rows_read = int(fetch_row(con, f"SELECT count(*) FROM {table}")[0])
+    report.reasons = {}
     for i, n in bad["__rule"].value_counts().items():
         reason = rules[int(i)].reason
         report.reasons[reason] = report.reasons.get(reason, 0) + int(n)
     report.reasons = dict(sorted(report.reasons.items()))
     report.quarantined = len(bad)
     report.rows_loaded = report.rows_read - report.quarantined
-    rejects = _child_rejects(con, table, rules, raw_types, bad)
+    rejects = _child_rejects(con, schema, rules, raw_types, bad, kept)
     if len(bad):
-        con.execute(f"DELETE FROM {table} WHERE __rule IS NOT NULL")
-    drop: list[str] = ["__rule", str(ROW), *(f"flag__{i}" for i in range(len(flags))), *(["__ctl"] if probe else [])]
+        con.register("_child_bad", bad)
+        try:
+            con.execute(f"DELETE FROM {table} WHERE rowid IN (SELECT {quote(ROW)} - 1 FROM _child_bad)")
+        finally:
+            con.unregister("_child_bad")
+    report.warnings = {}
+    if flags:
+        counts = fetch_row(con, "SELECT " + ", ".join(f"count(*) FILTER (WHERE flag__{i})" for i in range(len(flags)))
+                           + f" FROM {table}")
+        report.warnings.update({w: int(n) for w, n in zip(flags, counts, strict=True) if n})
+    drop = [*(f"raw__{c}" for c in kept), *(f"flag__{i}" for i in range(len(flags))), *(["__ctl"] if probe else [])]
     for name in drop:
         con.execute(f"ALTER TABLE {table} DROP COLUMN {quote(name)}")
     return rejects
 
 
-def _child_rejects(
-    con: duckdb.DuckDBPyConnection, table: str, rules: list[Rule], raw_types: dict[str, str], bad: pd.DataFrame
+def _child_rules_broken(
+    con: duckdb.DuckDBPyConnection, schema: type[TableSchema], rules: list[Rule], dirty: frozenset[str]
 ) -> pd.DataFrame:
-    """The rejects file's rows for a child table: the offending raw text is read back only
-    for the rejected rows (by row number), with control characters shown as U+FFFD."""
+    """The rejected rows of a typed child table (row number, index of the first rule broken):
+    one narrow pass over its ids, times and kinds joined with the checked leads."""
+    table = schema.table
+    ids = [c for c in schema.columns() if c.identifier]
+    used = [c for c in schema.columns() if any(c in r.condition for r in rules)]
+    cols = [f"rowid + 1 AS {quote(ROW)}", *(quote(c) for c in used),
+            *(f"{quote(c)} AS {quote('raw__' + c)}" for c in ids)]
+    arms = " ".join(f"WHEN {r.condition} THEN {i}" for i, r in enumerate(rules))
+    return con.execute(
+        f"SELECT {quote(ROW)}, __rule FROM (SELECT {quote(ROW)}, CAST(CASE {arms} END AS SMALLINT) AS __rule "
+        f"FROM (SELECT c.*, l.{L.lead_id} IS NOT NULL AS lead__exists, l.reason AS lead__reason, "
+        f"l.{L.created_at} AS lead__created_at FROM (SELECT {', '.join(cols)} FROM {table}) c "
+        f"LEFT JOIN (SELECT {L.lead_id}, reason, {L.created_at} FROM checked_leads) l "
+        f"ON c.lead_id = l.{L.lead_id})) WHERE __rule IS NOT NULL ORDER BY {quote(ROW)}"
+    ).df()
+
+
+def _child_rejects(
+    con: duckdb.DuckDBPyConnection, schema: type[TableSchema], rules: list[Rule], raw_types: dict[str, str],
+    bad: pd.DataFrame, kept: list[str],
+) -> pd.DataFrame:
+    """The rejects file's rows for a child table, built only for the rejected rows: the
+    offending raw text is an id's typed value (an id is its trimmed text), the text the typed
+    table kept, or (for a rule on the row's lead, e.g. dated before it) read again from the
+    file by row number; control characters are shown as U+FFFD."""
+    table = schema.table
     names = Rejects
-    value_arms = " ".join(
-        f"WHEN {i} THEN {_text(r.column, raw_types[r.column]) if r.column in raw_types else 'NULL'}"
-        for i, r in enumerate(rules)
-    )
+    row = quote(ROW)
+    if not len(bad):
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in names.names()})
+    ids = {str(c) for c in schema.columns() if c.identifier}
+    reread = sorted({r.column for i, r in enumerate(rules) if r.column in raw_types and not _local(r)
+                     and r.column not in ids and (bad["__rule"] == i).any()})
+    value_arms = []
+    for i, r in enumerate(rules):
+        if r.column not in raw_types:
+            value = "NULL"
+        elif r.column in ids:
+            value = f"e.{quote(r.column)}"
+        elif _local(r):
+            value = f"e.{quote('raw__' + r.column)}"
+        else:  # read again from the file (only when such a row is rejected)
+            value = f"t.{quote(r.column)}" if r.column in reread else "NULL"
+        value_arms.append(f"WHEN {i} THEN {value}")
     column_arms = " ".join(f"WHEN {i} THEN {lit(r.column)}" for i, r in enumerate(rules))
     reason_arms = " ".join(f"WHEN {i} THEN {lit(r.reason)}" for i, r in enumerate(rules))
     con.register("_child_bad", bad)
     try:
+        join_text = ""
+        if reread:  # file order, so rowid matches the typed table's
+            con.execute("CREATE OR REPLACE TEMP TABLE _child_text AS SELECT "
+                        + ", ".join(f"{_text(c, raw_types[c])} AS {quote(c)}" for c in reread) + f" FROM raw_{table}")
+            join_text = f" LEFT JOIN _child_text t ON t.rowid + 1 = b.{row}"
         return con.execute(
-            f"SELECT '{table}' AS {quote(names.table_name)}, b.{quote(ROW)} AS {quote(names.row)}, "
+            f"SELECT '{table}' AS {quote(names.table_name)}, b.{row} AS {quote(names.row)}, "
             f"CASE b.__rule {column_arms} END AS {quote(names.column)}, "
-            f"regexp_replace(CASE b.__rule {value_arms} END, '{CONTROL}', '\ufffd', 'g') AS {quote(names.value)}, "
-            f"CASE b.__rule {reason_arms} END AS {quote(names.reason)} "
-            f"FROM _child_bad b JOIN raw_{table} r ON r.rowid + 1 = b.{quote(ROW)} ORDER BY b.{quote(ROW)}"
+            f"regexp_replace(CASE b.__rule {' '.join(value_arms)} END, '{CONTROL}', '\ufffd', 'g') "
+            f"AS {quote(names.value)}, CASE b.__rule {reason_arms} END AS {quote(names.reason)} "
+            f"FROM _child_bad b JOIN {table} e ON e.rowid + 1 = b.{row}{join_text} ORDER BY b.{row}"
         ).df()
     finally:
         con.unregister("_child_bad")
+        con.execute("DROP TABLE IF EXISTS _child_text")
 
 
 def _create_typed(con: duckdb.DuckDBPyConnection, schema: type[TableSchema], raw: list[str]) -> None:
