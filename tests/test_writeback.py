@@ -1175,6 +1175,45 @@ def test_postgresql_writer_killed_mid_write(
         time.sleep(0.2)
 
 
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.parametrize("point", ["copy-new-history", "build-keys"])
+def test_postgresql_first_run_killed_leaves_no_tables(
+    pg_kill_case: tuple[str, KillCase], pg_tables: Any, point: str
+) -> None:
+    """The first run creates both tables without keys inside its transaction and builds the
+    keys after loading: killed while loading or building a key, no table is left behind,
+    and the next run creates them with their keys."""
+    url, case = pg_kill_case
+    table = pg_tables("f")
+    trigger, after = {
+        "copy-new-history": (
+            lambda sql: "pg_advisory_xact_lock" in sql,
+            _pg_copy_running(f"{table}_history"),
+        ),
+        "build-keys": (
+            lambda sql: sql.startswith(f'ALTER TABLE "{table}" ADD CONSTRAINT'),
+            _sleep(0.1),
+        ),
+    }[point]
+    _run_and_kill(url, table, case.batch_file, trigger, after)
+    deadline = time.monotonic() + 30
+    while _pg_execute(
+        "SELECT count(*) FROM pg_class WHERE relname IN (%s, %s)", (table, f"{table}_history")
+    )[0][0]:
+        assert time.monotonic() < deadline, "a killed first run left a table behind"
+        time.sleep(0.2)
+    batch = pd.read_parquet(case.batch_file)
+    write_scores(batch, url, table)
+    assert_same(read_table(url, table), normalized(batch))
+    keys = _pg_execute(
+        "SELECT conrelid::regclass::text, conname FROM pg_constraint WHERE contype = 'p' "
+        "AND conrelid IN (%s::regclass, %s::regclass) ORDER BY 1",
+        (f'"{table}"', f'"{table}_history"'),
+    )
+    assert keys == [(table, f"{table}_pkey"), (f"{table}_history", f"{table}_history_pkey")]
+
 # --- the score command: guards and locks end to end (issue 14, finding 2) -------------------
 
 

@@ -19,8 +19,15 @@ Owns what PostgreSQL does differently from the portable SQL of
   the same machine, see ``bench/writeback.py``). A re-run (overlapping pairs) stages into a
   temporary table and upserts the history, counting inserted rows by ``xmax = 0``;
 * the current table: one ``MERGE`` (15+; before: ``UPDATE ... FROM`` then ``INSERT``) that
-  rewrites only the rows whose values changed. The table itself is never dropped, renamed
-  or truncated: grants, views, indexes, comments and triggers users put on it stay.
+  rewrites only the rows whose values changed; an empty current table gets a plain
+  ``INSERT ... SELECT`` (no join). The table itself is never dropped, renamed or truncated:
+  grants, views, indexes, comments and triggers users put on it stay;
+* the first run (neither table exists): both are created inside the switch's transaction
+  without their primary keys, the history loaded with ``COPY ... (FREEZE)``, the current
+  table by ``INSERT ... SELECT`` from it, and the keys built afterwards by one sort each
+  instead of row by row (measured 0.39x -> 0.90x a raw COPY at 500k rows). Nobody else can
+  see tables created in an open transaction, so nothing is visible before the commit, and a
+  kill or an error rolls the creation back with the rows.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ class _Batch:
     chunk_rows: int
     source: Any = None
 
+
 _PG_DRIVERS = ("postgresql", "postgres", "postgresql+psycopg", "postgres+psycopg")
 #: First PostgreSQL version with MERGE.
 _PG_MERGE_VERSION = (15,)
@@ -73,6 +81,9 @@ class PostgresWriter(DatabaseWriter):
 
     backends: ClassVar[tuple[str, ...]] = ("postgresql", "postgres")
     temp_schema: ClassVar[str] = "pg_temp"
+    #: the primary keys the first run builds after loading (constraint name, table, columns);
+    #: empty when the tables existed before this run
+    _unkeyed: tuple[tuple[str, sa.Table, tuple[str, ...]], ...] = ()
 
     @classmethod
     def check_url(cls, url: URL, safe: str) -> URL:
@@ -126,13 +137,56 @@ class PostgresWriter(DatabaseWriter):
 
     def lock(self, conn: Connection, timeout_s: float) -> None:
         """``lock_timeout`` for every lock of the transaction, then an advisory lock keyed on
-        the schema-qualified name; a wait past the timeout raises SQLSTATE 55P03."""
+        the schema-qualified name; a wait past the timeout raises SQLSTATE 55P03. Under the
+        lock, the first run creates the tables without keys (:meth:`create_unkeyed`)."""
         import sqlalchemy as sa
 
         conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
         conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, round(timeout_s * 1000))}")
         key = sa.bindparam("key", lock_key(self.qualified), type_=sa.BigInteger())
         conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
+        self.create_unkeyed(conn)
+
+    def create_unkeyed(self, conn: Connection) -> None:
+        """The first run (neither table exists): create both as every run would, then drop
+        their (empty) primary keys, to be built after loading by :meth:`build_keys`.
+
+        Called under the advisory lock, so a concurrent first run waits and then finds the
+        tables. Both are created in the switch's transaction: invisible to other sessions
+        until the commit (which also makes ``COPY ... FREEZE`` legal), gone on a rollback.
+        """
+        import sqlalchemy as sa
+
+        self._unkeyed = ()
+        tables = (self.tables.current, self.tables.history)
+        inspector = sa.inspect(conn)
+        if any(inspector.has_table(t.name, schema=t.schema) for t in tables):
+            return
+        preparer = conn.dialect.identifier_preparer
+        unkeyed = []
+        for table in tables:
+            table.create(conn)
+            name = str(sa.inspect(conn).get_pk_constraint(table.name, schema=table.schema)["name"])
+            columns = tuple(c.name for c in table.primary_key.columns)
+            conn.exec_driver_sql(
+                f"ALTER TABLE {preparer.format_table(table)} DROP CONSTRAINT {preparer.quote(name)}"
+            )
+            unkeyed.append((name, table, columns))
+        self._unkeyed = tuple(unkeyed)
+
+    def build_keys(self) -> None:
+        """The first run's primary keys, each built by one sort of the loaded rows (same
+        names and columns as tables created with them; a duplicate key fails the run)."""
+        conn = self.conn
+        preparer = conn.dialect.identifier_preparer
+        conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '256MB'")
+        for name, table, columns in self._unkeyed:
+            with timed(f"primary key of {table.name}"):
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {preparer.format_table(table)} ADD CONSTRAINT "
+                    f"{preparer.quote(name)} PRIMARY KEY ({', '.join(map(preparer.quote, columns))})"
+                )
+        self._unkeyed = ()
 
     def stage(self, frame: pd.DataFrame, chunk_rows: int) -> _Batch:
         """The batch typed and in ``lead_id`` order, ready to COPY (nothing is sent yet)."""
@@ -144,16 +198,19 @@ class PostgresWriter(DatabaseWriter):
             arrow = arrow.take(pc.sort_indices(arrow.column(ScoreOutput.lead_id)))
         return _Batch(arrow, batch_keys(frame), chunk_rows)
 
-    def copy_into(self, table: sa.Table, batch: _Batch) -> None:
+    def copy_into(self, table: sa.Table, batch: _Batch, *, freeze: bool = False) -> None:
         """Bulk-load the batch with ``COPY ... FROM STDIN (FORMAT binary)``, in chunks.
 
         The rows go in ``lead_id`` order, so they reach the primary-key indexes in order
         (neighbouring inserts share index pages: 2-3x faster than random order on 1M rows).
+        *freeze*: the table was created in this transaction (``COPY ... FREEZE``: the rows
+        are written visible to all, sparing a later vacuum the rewrite).
         """
         conn = self.conn
         preparer = conn.dialect.identifier_preparer
         columns = ", ".join(preparer.quote(c.name) for c in table.columns)
-        statement = f"COPY {preparer.format_table(table)} ({columns}) FROM STDIN (FORMAT binary)"
+        options = "FORMAT binary, FREEZE" if freeze else "FORMAT binary"
+        statement = f"COPY {preparer.format_table(table)} ({columns}) FROM STDIN ({options})"
         raw = conn.connection.driver_connection
         assert raw is not None
         with raw.cursor() as cursor, cursor.copy(statement) as copy:
@@ -166,6 +223,11 @@ class PostgresWriter(DatabaseWriter):
         import sqlalchemy as sa
 
         conn, history = self.conn, self.tables.history
+        if self._unkeyed:  # the first run: the history holds exactly the batch
+            with timed("COPY into the new history"):
+                self.copy_into(history, stage, freeze=True)
+            stage.source = sa.select(history).subquery("s")
+            return len(stage.arrow), 0
         if not self.history_overlaps(frame):
             with timed("COPY into history"):
                 self.copy_into(history, stage)
@@ -209,6 +271,13 @@ class PostgresWriter(DatabaseWriter):
 
         conn, current_table, layout = self.conn, self.tables.current, self.layout
         stage = batch.source
+        if not current.rows:  # nothing to match: a plain insert, no join
+            with timed("insert current"):
+                rows = sa.select(*(stage.c[n] for n in layout.names))
+                conn.execute(sa.insert(current_table).from_select(layout.names, rows))
+            if self._unkeyed:
+                self.build_keys()
+            return
         rest = [n for n in layout.names if n not in layout.current_key]
         if (conn.dialect.server_version_info or (0,)) < _PG_MERGE_VERSION:
             with timed("update and insert current"):
