@@ -32,7 +32,7 @@ Owns what PostgreSQL does differently from the portable SQL of
 * the leavers of a run newer than every current row (the nightly case): the current rows
   are replaced first, then the rows still holding an older (as_of, model_version) pair are
   the leavers, deleted by a filter instead of an anti-join of the table with the batch
-  (measured 3.1-4.1 s -> 1.4-2.0 s at 1M rows); the shrink guard sees the same count.
+  (measured 2.3-4.1 s -> 1.1-2.0 s at 1M rows); the shrink guard sees the same count.
 
 Rejected, measured or not (issue 16): ``TRUNCATE`` + ``COPY`` of the current table (it
 takes an ACCESS EXCLUSIVE lock that blocks readers for the whole switch, is not MVCC-safe:
