@@ -848,6 +848,36 @@ def test_shrink_guard_refuses_a_partial_batch(db: Db) -> None:
     assert_same(read_table(db.url, table), normalized(partial))
 
 
+
+def test_shrink_guard_on_a_newer_run(db: Db) -> None:
+    """A run newer than every current row (PostgreSQL replaces the rows first, then deletes
+    the rows of older runs): the guard counts the same leavers, a refusal changes nothing,
+    and an allowed run leaves exactly the batch, with every run in the history."""
+    table = db.new_table()
+    full = make_scores(1_000, seed=53)
+    write_scores(full, db.url, table)
+    partial = make_scores(300, as_of="2025-02-28", seed=54, ids=range(500, 800))
+    before = _state(db.url, table)
+    with pytest.raises(WriteRefusedError, match="remove 700 of the 1,000 current rows"):
+        write_scores(partial, db.url, table)
+    _assert_unchanged(db.url, table, before)
+    summary = write_scores(partial, db.url, table, guards=WriteGuards(allow_shrink=True))
+    assert (summary.rows_removed, summary.history_rows_added) == (700, 300)
+    assert_same(read_table(db.url, table), normalized(partial))
+    history = read_table(db.url, f"{table}_history")
+    assert len(history) == 1_300
+    # two as-of values in one newer batch, a leaver and a new lead
+    mixed = pd.concat(
+        [
+            make_scores(150, as_of="2025-03-31", seed=55, ids=range(500, 650)),
+            make_scores(151, as_of="2025-04-30", seed=56, ids=range(650, 801)),
+        ],
+        ignore_index=True,
+    )
+    summary = write_scores(mixed, db.url, table)
+    assert (summary.rows_removed, summary.rows_written) == (0, 301)
+    assert_same(read_table(db.url, table), normalized(mixed))
+
 def test_older_as_of_is_refused_unless_allowed(db: Db) -> None:
     """Finding 2: a run with an older --as-of silently replaced newer scores."""
     table = db.new_table()
@@ -1137,16 +1167,50 @@ def _pg_copy_running(table: str) -> Callable[[], None]:
     return wait
 
 
+def _pg_leaver_locked(table: str, lead: str) -> Callable[[], None]:
+    """Lock a leaver's row, wait until the writer's DELETE waits for it; the lock is held
+    a few seconds more (past the kill), then released."""
+
+    def hold() -> None:
+        import psycopg
+
+        locked = threading.Event()
+
+        def run() -> None:
+            with psycopg.connect(_libpq_url(PG_URL)) as conn:
+                conn.execute(f'SELECT 1 FROM "{table}" WHERE lead_id = %s FOR UPDATE', (lead,))
+                locked.set()
+                time.sleep(5)
+                conn.rollback()
+
+        threading.Thread(target=run, daemon=True).start()
+        assert locked.wait(60), "could not lock the leaver's row"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            waiting = _pg_execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE %s",
+                (f'DELETE FROM "{table}"%',),
+            )
+            if waiting[0][0]:
+                return
+            time.sleep(0.01)
+        pytest.fail(f"the writer's DELETE from {table} never waited for the leaver's row")
+
+    return hold
+
+
 PG_KILL_POINTS = {
     # a new run COPYs straight into the history, inside the switch's transaction
     "copy-history": lambda t: (
         lambda sql: "pg_advisory_xact_lock" in sql,
         _pg_copy_running(f"{t}_history"),
     ),
-    # history written, deleting the leavers from the current table
+    # history written, deleting the leavers from the current table (a newer run deletes them
+    # after the MERGE, by a quick filter: a row lock on a leaver holds the DELETE there)
     "switch-leavers": lambda t: (
-        lambda sql: sql.startswith(f'DELETE FROM "{t}" '),
-        _sleep(0.3),
+        lambda sql: sql.startswith((f'DELETE FROM "{t}" ', f'MERGE INTO "{t}" ')),
+        _pg_leaver_locked(t, "00Q000000000"),
     ),
     # MERGE (PostgreSQL 15+) or UPDATE ... FROM + INSERT into the current table
     "switch-current": lambda t: (
@@ -1174,6 +1238,45 @@ def test_postgresql_writer_killed_mid_write(
         assert time.monotonic() < deadline, "the staging table outlived the killed writer"
         time.sleep(0.2)
 
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.parametrize("point", ["copy-new-history", "build-keys"])
+def test_postgresql_first_run_killed_leaves_no_tables(
+    pg_kill_case: tuple[str, KillCase], pg_tables: Any, point: str
+) -> None:
+    """The first run creates both tables without keys inside its transaction and builds the
+    keys after loading: killed while loading or building a key, no table is left behind,
+    and the next run creates them with their keys."""
+    url, case = pg_kill_case
+    table = pg_tables("f")
+    trigger, after = {
+        "copy-new-history": (
+            lambda sql: "pg_advisory_xact_lock" in sql,
+            _pg_copy_running(f"{table}_history"),
+        ),
+        "build-keys": (
+            lambda sql: sql.startswith(f'ALTER TABLE "{table}" ADD CONSTRAINT'),
+            _sleep(0.1),
+        ),
+    }[point]
+    _run_and_kill(url, table, case.batch_file, trigger, after)
+    deadline = time.monotonic() + 30
+    while _pg_execute(
+        "SELECT count(*) FROM pg_class WHERE relname IN (%s, %s)", (table, f"{table}_history")
+    )[0][0]:
+        assert time.monotonic() < deadline, "a killed first run left a table behind"
+        time.sleep(0.2)
+    batch = pd.read_parquet(case.batch_file)
+    write_scores(batch, url, table)
+    assert_same(read_table(url, table), normalized(batch))
+    keys = _pg_execute(
+        "SELECT conrelid::regclass::text, conname FROM pg_constraint WHERE contype = 'p' "
+        "AND conrelid IN (%s::regclass, %s::regclass) ORDER BY 1",
+        (f'"{table}"', f'"{table}_history"'),
+    )
+    assert keys == [(table, f"{table}_pkey"), (f"{table}_history", f"{table}_history_pkey")]
 
 # --- the score command: guards and locks end to end (issue 14, finding 2) -------------------
 
