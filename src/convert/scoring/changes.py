@@ -387,7 +387,9 @@ def _sentences(
 
 def _model_words(prev_version: np.ndarray, model_version: str) -> np.ndarray:
     codes, uniques = pd.factorize(pd.Series(prev_version, dtype=object))
-    text = np.array([f"model updated ({v} \u2192 {model_version})" for v in uniques], dtype=object)
+    # an empty version: the previous run's model is not on record (a file re-run at the same as-of)
+    text = np.array([f"model updated ({v} \u2192 {model_version})" if v else
+                     f"previous score recomputed by {model_version}" for v in uniques], dtype=object)
     return text[codes]
 
 
