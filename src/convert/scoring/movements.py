@@ -158,7 +158,7 @@ class RunChanges:
                               now_points=points_of(self.model, now, self.config.scoring.num_threads))
             part = changes.frame.set_index(O.lead_id).reindex(differ).reset_index(drop=True)
         for column in C.names():
-            values = out[column].astype(object).to_numpy()
+            values = np.array(out[column].astype(object).to_numpy(), dtype=object)
             values[at] = part[column].astype(object).to_numpy()
             out[column] = values
         self.previous = pd.concat([self.previous[~self.previous[O.lead_id].isin(differ)],

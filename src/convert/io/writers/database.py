@@ -253,7 +253,10 @@ class DatabaseWriter(Writer):
         # under the switch's lock (a batch recomputed by write's recheck) it joins that transaction
         within: AbstractContextManager[Any] = nullcontext() if self.conn.in_transaction() else self.conn.begin()
         with timed("staging"), within:
-            stage.drop(self.conn, checkfirst=True)
+            # (not stage.drop(checkfirst=True): inside the switch's transaction SQLite's
+            # check misses the temporary table staged before it)
+            preparer = self.conn.dialect.identifier_preparer
+            self.conn.exec_driver_sql(f"DROP TABLE IF EXISTS {preparer.format_table(stage)}")
             stage.create(self.conn)
             self.load_stage(self.conn, frame, chunk_rows)
         return stage
