@@ -60,8 +60,7 @@ from convert.model.explain import (
     to_points,
 )
 from convert.model.train import TrainingSet, fit_deployed
-from convert.schema import Labeled
-from convert.schema import ScoreChanges, ScoreOutput
+from convert.schema import Labeled, ScoreChanges, ScoreOutput
 from convert.scoring.changes import points_of
 from convert.scoring.movements import RunChanges
 from convert.scoring.score import actions, score_frame

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import require_postgres
 
+from conftest import require_postgres
 from convert import steps
 from convert.io.writers import read_previous, read_table, write_scores
 from convert.io.writers.frames import Layout
