@@ -298,6 +298,9 @@ def test_a_run_that_read_stale_previous_rows_is_corrected_under_the_lock(trained
                                           scored_at=T2, on_chunk=fresh.chunk)), ignore_index=True)
     cols = [C.previous_score, C.score_change, C.trend, *C.CHANGES, C.events_seen]
     pd.testing.assert_frame_equal(fixed[cols].astype(object), expected[cols].astype(object))
+    for mine, theirs in zip(stale.movement_sums(), fresh.movement_sums(), strict=True):
+        assert (mine == theirs).all()
+    assert stale.rechecked is fixed
     assert stale.recheck(fixed, rows) is None  # now in step with the target
 
 
@@ -316,6 +319,8 @@ def test_flat_rows_get_the_change_and_trend_without_movements(fast_config):
     assert pd.isna(frame[C.change_1].iloc[0])  # no change, nothing to say
     assert frame[C.change_1].iloc[1] == f"10 \u2192 30: {FLAT_WHY}"
     assert frame[C.events_seen].isna().all()
+    first = without_movements(scored, previous_scores(previous.iloc[:0], T2), fast_config, FLAT_WHY)
+    assert first[C.trend].eq(NEW).all() and first[[C.previous_score, C.previous_as_of, C.change_1]].isna().all().all()
 
 
 def test_alerts_of_a_batch(fast_config):

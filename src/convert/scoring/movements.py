@@ -81,6 +81,8 @@ class RunChanges:
     #: per lead scored so far, in order: the sum of its integer movements, and whether they are exact
     moved: list[np.ndarray] = field(default_factory=list)
     exact: list[np.ndarray] = field(default_factory=list)
+    #: the scores as :meth:`recheck` last returned them (``None``: the batch stood as scored)
+    rechecked: pd.DataFrame | None = None
 
     def __post_init__(self) -> None:
         if self.why_not is None and self.then is None and not isinstance(self.source, CRMData):
@@ -107,9 +109,8 @@ class RunChanges:
             self._tally(np.zeros(len(scored), dtype="int64"), np.zeros(len(scored), dtype=bool))
         else:
             ids = features[O.lead_id].astype(str).to_numpy()
-            prev = self._prev_by_lead[self._prev_by_lead.index.isin(ids)]
-            then = (_no_rows(features) if self._then_by_lead is None
-                    else self._then_by_lead[self._then_by_lead.index.isin(ids)])
+            prev, then = _rows_of(self._prev_by_lead, ids), _rows_of(self._then_by_lead, ids)
+            then = _no_rows(features) if then is None else then
             changes = compare(self.model, features, prev.reset_index(drop=True), then.reset_index(drop=True),
                               self.config.scoring, self.model_version, now_points=points)
             changed = changes.frame.drop(columns=[O.lead_id])
@@ -147,6 +148,7 @@ class RunChanges:
             return None
         out = scores.copy()
         at = ids.get_indexer(differ)
+        moved, exact = self.movement_sums()
         if self.why_not is not None:
             part = without_movements(scores.iloc[at], new, self.config, self.why_not)
         else:
@@ -156,7 +158,10 @@ class RunChanges:
             then = previous_features(self.source, self.model, prev, self.config) if len(prev) else _no_rows(now)
             changes = compare(self.model, now, prev, then, self.config.scoring, self.model_version,
                               now_points=points_of(self.model, now, self.config.scoring.num_threads))
-            part = changes.frame.set_index(O.lead_id).reindex(differ).reset_index(drop=True)
+            order = pd.Index(changes.frame[O.lead_id].astype(str)).get_indexer(differ)
+            part = changes.frame.iloc[order].reset_index(drop=True)
+            if len(moved) == len(scores):
+                moved[at], exact[at] = changes.movements.sum(axis=1)[order], changes.exact[order]
         for column in C.names():
             values = np.array(out[column].astype(object).to_numpy(), dtype=object)
             values[at] = part[column].astype(object).to_numpy()
@@ -164,7 +169,18 @@ class RunChanges:
         self.previous = pd.concat([self.previous[~self.previous[O.lead_id].isin(differ)],
                                    new[new[O.lead_id].isin(differ)]], ignore_index=True)
         self._index()
+        self.moved, self.exact = [moved], [exact]
+        self.rechecked = out
         return out
+
+
+def _rows_of(by_lead: pd.DataFrame | None, ids: np.ndarray) -> pd.DataFrame | None:
+    """The rows of *by_lead* (indexed by lead, one row each) of the leads *ids* that have one:
+    a lookup of the chunk's ids, not a scan of every previous row per chunk."""
+    if by_lead is None:
+        return None
+    at = by_lead.index.get_indexer(ids)
+    return by_lead.iloc[at[at >= 0]]
 
 
 def _no_rows(like: pd.DataFrame) -> pd.DataFrame:
@@ -186,7 +202,8 @@ def without_movements(scored: pd.DataFrame, previous: pd.DataFrame, config: Conf
     change = score - before
     trends = np.full(n, TREND_NEW, dtype=object)
     trends[has] = trend(change[has], config.scoring.trend_min_change)
-    when = pd.to_datetime(prev[PREVIOUS_AS_OF]).to_numpy()[pj] if len(prev) else np.full(n, np.datetime64("NaT"))
+    nat = np.datetime64("NaT", "us")
+    when = pd.to_datetime(prev[PREVIOUS_AS_OF]).to_numpy().astype("datetime64[us]")[pj] if len(prev) else np.full(n, nat)
     said = np.full(n, None, dtype=object)
     moved = has & (change != 0)
     said[moved] = (pd.Series(before[moved]).astype(str) + " \u2192 " + pd.Series(score[moved]).astype(str)
@@ -194,7 +211,7 @@ def without_movements(scored: pd.DataFrame, previous: pd.DataFrame, config: Conf
     frame = pd.DataFrame(
         {
             C.previous_score: pd.array(np.where(has, before, 0), dtype="Int64"),
-            C.previous_as_of: pd.DatetimeIndex(np.where(has, when, np.datetime64("NaT"))),
+            C.previous_as_of: pd.DatetimeIndex(np.where(has, when, nat)),
             C.score_change: pd.array(change, dtype="Int64"),
             C.trend: trends,
             C.change_1: said,

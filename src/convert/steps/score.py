@@ -106,7 +106,8 @@ def score_step(
         run = RunChanges(model, as_of, config, label, read_previous(target, as_of, table), why_not=SPARK_WHY)
         scores = run.chunk(scored, scored, None)
         written = write_scores(scores, target, table, guards=guards, recheck=lambda rows: run.recheck(scores, rows))
-        return _with_alerts(ScoreSummary(written, scores, run), config, guards, alerts_target, alerts_table)
+        return _with_alerts(ScoreSummary(written, _final(run, scores), run), config, guards, alerts_target,
+                            alerts_table)
     source = open_data(data, config, echo, "score", trained=model)
     try:
         check_model(source, model, label, config)
@@ -122,7 +123,12 @@ def score_step(
         written = write_scores(scores, target, table, guards=guards, recheck=lambda rows: run.recheck(scores, rows))
     finally:
         source.close()
-    return _with_alerts(ScoreSummary(written, scores, run), config, guards, alerts_target, alerts_table)
+    return _with_alerts(ScoreSummary(written, _final(run, scores), run), config, guards, alerts_target, alerts_table)
+
+
+def _final(run: RunChanges, scores: pd.DataFrame) -> pd.DataFrame:
+    """The scores as written: with the changes the recheck under the lock recomputed, if any."""
+    return run.rechecked if run.rechecked is not None else scores
 
 
 def _with_alerts(summary: ScoreSummary, config: Config, guards: WriteGuards, target: str | None,
