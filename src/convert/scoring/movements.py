@@ -109,7 +109,9 @@ class RunChanges:
             self._tally(np.zeros(len(scored), dtype="int64"), np.zeros(len(scored), dtype=bool))
         else:
             ids = features[O.lead_id].astype(str).to_numpy()
-            prev, then = _rows_of(self._prev_by_lead, ids), _rows_of(self._then_by_lead, ids)
+            prev = _rows_of(self._prev_by_lead, ids)
+            then = _rows_of(self._then_by_lead, ids)
+            assert prev is not None
             then = _no_rows(features) if then is None else then
             changes = compare(self.model, features, prev.reset_index(drop=True), then.reset_index(drop=True),
                               self.config.scoring, self.model_version, now_points=points)
