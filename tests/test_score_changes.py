@@ -354,3 +354,26 @@ def test_an_empty_alerts_file_replaces_the_last_one(tmp_path: Path):
     none = alerts_of(scores.assign(**{C.previous_score: scores[O.score]}).assign(**{O.as_of: T2}), ScoringConfig())
     write_scores(none.frame, target, schema=AlertOutput, allow_empty=True)  # exempt from the shrink guard
     assert read_table(target, schema=AlertOutput).empty
+
+
+@pytest.mark.slow
+def test_the_command_prints_the_alerts_and_writes_them_to_a_table(sim_export, bundle, sqlite_runs, tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import FAST
+    from convert.cli import app
+
+    config = tmp_path / "params.yaml"
+    import yaml
+
+    config.write_text(yaml.safe_dump(FAST))
+    db = sqlite_runs[0]
+    result = CliRunner().invoke(app, ["score", "--data", str(sim_export), "--as-of", "2025-06-01", "--out", db,
+                                      "--model", bundle, "--config", str(config), "--alerts", db,
+                                      "--alerts-table", "hot_leads"])
+    assert result.exit_code == 0, result.output
+    assert "since their previous score:" in result.output and "crossed route_to_sales_min_score" in result.output
+    table = read_table(db, "hot_leads", schema=AlertOutput)
+    counted = result.output.split("since their previous score: ")[1].split(" leads moved")[0]
+    assert (table[AlertOutput.alert].str.contains(TOP_GRADES)).sum() == int(counted.replace(",", ""))
+    assert (pd.to_datetime(table[AlertOutput.previous_as_of]) == T2).all()
