@@ -15,10 +15,13 @@ of ``ScoringConfig.chunk_size`` rows (``--chunk-size`` overrides):
   add up, family points, reason sentences, actions) and the ``pd.concat`` that ``convert.scoring.score``
   does at the end.
 
-* **score+explain+movements** (issue 17): the same ``score_frame`` per chunk, handing its points
-  to ``convert.scoring.changes.compare``, which scores every lead's feature row at its previous
-  as-of under the same model (TreeSHAP again), rounds the movements so that they add up to the
-  change exactly, ranks them and says the top three; then the concat of both. The previous
+* **score+explain+movements** (issue 17): what ``convert-leads score`` runs per chunk
+  (``iter_scores(on_chunk=RunChanges.chunk)``): the same ``score_frame``, handing its points to
+  ``convert.scoring.movements.RunChanges.chunk``, which looks up the chunk's previous rows and
+  calls ``convert.scoring.changes.compare``: every lead's feature row at its previous as-of is
+  scored under the same model (TreeSHAP again), the movements rounded so that they add up to the
+  change exactly, ranked and the top three said, the batch's ten largest kept for the alerts;
+  then the concat of the chunks. The previous
   rows are a second synthetic frame for the same leads (every value differs, the worst case
   for the sentences), previous scores are the model's scores of that frame (so every lead is
   exact, none ``unknown``: the full cost), 10 % of leads have none (``new``). Building the
@@ -57,16 +60,9 @@ from convert.model.explain import (
     to_points,
 )
 from convert.model.train import TrainingSet, fit_deployed
-from convert.schema import Labeled
-from convert.scoring.changes import (
-    PREVIOUS_AS_OF,
-    PREVIOUS_COLUMNS,
-    PREVIOUS_EVENTS_SEEN,
-    PREVIOUS_MODEL_VERSION,
-    PREVIOUS_SCORE,
-    compare,
-    points_of,
-)
+from convert.schema import Labeled, ScoreChanges, ScoreOutput
+from convert.scoring.changes import points_of
+from convert.scoring.movements import RunChanges
 from convert.scoring.score import actions, score_frame
 
 
@@ -90,34 +86,33 @@ def score_explain(model: Any, parts: list[pd.DataFrame], config: Config, at: pd.
 
 
 def previous_rows(model: Any, leads: pd.DataFrame, catalog: Any, seed: int, chunk: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The same leads a month earlier (another synthetic frame) and their previous scores under
-    the same model, 10 % of leads without one (untimed set-up of the movements mode)."""
+    """The same leads a month earlier (another synthetic frame) and their previous rows (as the
+    writers' ``previous()`` returns them) under the same model, 10 % of leads without one
+    (untimed set-up of the movements mode)."""
     then = make_frame(len(leads), catalog, 1, seed, first_as_of="2025-12-01").drop(columns=[Labeled.label])
     then["lead_id"] = leads["lead_id"].to_numpy()
     scores = np.concatenate([points_of(model, b).score for b in chunks(then, chunk)])
     has = np.random.default_rng(seed).random(len(leads)) >= 0.1
     events = then["n_events_total"].to_numpy() if "n_events_total" in then else np.full(len(then), np.nan)
     previous = pd.DataFrame({
-        PREVIOUS_COLUMNS[0]: leads["lead_id"].to_numpy()[has], PREVIOUS_SCORE: scores[has],
-        PREVIOUS_AS_OF: then["as_of"].to_numpy()[has], PREVIOUS_MODEL_VERSION: "bench/1",
-        PREVIOUS_EVENTS_SEEN: events[has],
+        ScoreOutput.lead_id: leads["lead_id"].to_numpy()[has], ScoreOutput.score: scores[has],
+        ScoreOutput.as_of: then["as_of"].to_numpy()[has], ScoreOutput.model_version: "bench/1",
+        ScoreChanges.events_seen: events[has],
     })
     return then, previous
 
 
-def score_explain_changes(model: Any, parts: list[pd.DataFrame], then_parts: list[pd.DataFrame],
+def score_explain_changes(model: Any, parts: list[pd.DataFrame], then: pd.DataFrame,
                           previous: pd.DataFrame, config: Config, at: pd.Timestamp) -> tuple[pd.DataFrame, int]:
-    """score+explain with the movements of every lead since its previous score (issue 17)."""
-    out, exact = [], 0
-    prev_by_lead = previous.set_index(PREVIOUS_COLUMNS[0], drop=False)
-    for b, t in zip(parts, then_parts, strict=True):
+    """score+explain with the movements of every lead since its previous score, as the score
+    step runs it (issue 17): ``RunChanges.chunk`` on each chunk's scores and points."""
+    run = RunChanges(model, parts[0]["as_of"].iloc[0], config, "bench/1", previous, then=then)
+    out = []
+    for b in parts:
         pts: list[Any] = []
         scored = score_frame(model, b, config.scoring, "bench/1", at, points=pts)
-        prev = prev_by_lead.reindex(b["lead_id"].to_numpy()).dropna(subset=[PREVIOUS_SCORE])
-        changes = compare(model, b, prev, t, config.scoring, "bench/1", now_points=pts[0])
-        exact += int(changes.exact.sum())
-        out.append(pd.concat([scored, changes.frame.drop(columns=["lead_id"])], axis=1))
-    return pd.concat(out, ignore_index=True), exact
+        out.append(run.chunk(b, scored, pts[0]))
+    return pd.concat(out, ignore_index=True), int(run.movement_sums()[1].sum())
 
 
 def treeshap_only(model: Any, matrices: list[Any]) -> int:
@@ -215,13 +210,12 @@ def main() -> None:
     if not args.no_changes:
         then, previous = ph.run("set up previous rows and scores (untimed)",
                                 lambda: previous_rows(model, leads, catalog, args.seed + 2, chunk), quiet=True)
-        then_parts = chunks(then, chunk)
         moved, exact = ph.run("score+explain+movements: + compare per chunk",
-                              lambda: score_explain_changes(model, parts, then_parts, previous, config, at))
+                              lambda: score_explain_changes(model, parts, then, previous, config, at))
         row = moved.iloc[int(np.argmax(moved["score_change"].abs().fillna(0).to_numpy()))]
         changes_note = (f"; movements exact for {exact:,} leads; largest change {row['score_change']}: "
                         f"{row['change_1']!r}")
-        del moved, then, then_parts, previous
+        del moved, then, previous
     matrices = [model.matrix(b) for b in parts]
     ph.run("TreeSHAP only: contributions on the model matrix", lambda: treeshap_only(model, matrices))
     matrices.clear()

@@ -32,7 +32,7 @@ def test_render_replaces_only_the_value_placeholder():
     assert f.describe(0) == "Had no 'Meeting {owner.name}' events"
     # a bundle written before the fix stored the type unescaped: it renders literally too
     old = FeatureDef("n", "engagement", "engagement", "numeric", "count", "d", "Had {value} '50% {off}' events")
-    assert old.describe(1) == "Had 1 '50% {off}' events"
+    assert old.describe(1) == "Had 1 '50% {off}' event"  # one event: singular (issue 17)
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from tests.conftest import missing
 
 from convert.exceptions import WritebackError, WriteLockedError, WriteRefusedError
 from convert.io.writers import WriteGuards, WriteSummary, engine_url, read_table, write_scores
-from convert.schema import ScoreOutput
+from convert.schema import ScoreChanges, ScoreOutput
 
 PG_URL = os.environ.get("CONVERT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 #: rows of the batch a killed writer is writing (large enough for its phases to last)
@@ -104,6 +104,11 @@ def normalized(*frames: pd.DataFrame) -> pd.DataFrame:
             out[column.name] = values.astype("int64")
         else:
             out[column.name] = values.astype("float64")
+    # the score-change columns (issue 17), written empty for frames without them
+    empty = {"string": "string", "timestamp": "datetime64[us]", "integer": "Int64"}
+    for column in ScoreChanges.columns():
+        out[column.name] = pd.Series(pd.NA if column.dtype != "timestamp" else pd.NaT,
+                                     index=frame.index, dtype=empty[column.dtype])
     result = pd.DataFrame(out)
     keys = list(ScoreOutput.HISTORY_KEY)
     return result.sort_values(keys, ignore_index=True)

@@ -221,14 +221,16 @@ def score(
     allow_shrink: Annotated[bool, typer.Option("--allow-shrink", help="Write even if more than writeback.max_removed_share of the current rows would leave the table.")] = False,
     allow_older: Annotated[bool, typer.Option("--allow-older", help="Write even if the as-of is older than the newest as-of in the table.")] = False,
     replace: Annotated[bool, typer.Option("--replace", help="Write even if the table holds another model's scores (they are replaced; history kept).")] = False,
+    alerts: Annotated[str | None, typer.Option("--alerts", help="Write the leads that entered the top two grades or crossed route_to_sales_min_score (either way) since their previous score: a .csv/.parquet file or a database URL; replaced on each run.")] = None,
+    alerts_table: Annotated[str | None, typer.Option("--alerts-table", help="Alerts table when --alerts is a database (default lead_score_alerts).")] = None,
 ) -> None:
-    """Score, explain and write back every lead open at the as-of time (or every row of a flat file)."""
+    """Score, explain and write back every lead open at the as-of time (or every row of a flat file), with each lead's change since its previous score."""
     allowed = {"allow_shrink": allow_shrink, "allow_older": allow_older, "replace": replace}
     if engine not in ("duckdb", "spark"):
         raise ConvertError(f"--engine must be duckdb or spark, not {engine!r}")
     summary = steps.score_step(data, _config(config, no_cache), _as_of(as_of), out, model, table, _rejects(rejects),
                                strict or None, echo, engine=engine, mapping=_mapping(mapping), id_column=id_column,
-                               **allowed)
+                               alerts=alerts, alerts_table=alerts_table, **allowed)
     echo(str(summary))
     if top:
         echo(steps.top_table(steps.top_leads(summary.scores, top)))

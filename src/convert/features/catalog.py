@@ -105,7 +105,8 @@ class FeatureDef:
             return self.zero_template
         if self.unit == "days" and whole_days(float(value)) <= 1 and "{value} days ago" in self.template:
             return render(self.template.replace("{value} days ago", "in the last day"), "")
-        text = render(self.template, self.format_value(value))
+        said = self.format_value(value)
+        text = render(singular(self.template) if said == "1" else self.template, said)
         return text.replace(" 1 days", " 1 day").replace(" 1 times", " once")
 
     def sentence(self, value: Any, points: int) -> str:
@@ -114,6 +115,24 @@ class FeatureDef:
 
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{value\}")
+#: ``{value}`` then a plural noun (after an optional quoted event type or participle) and its verb
+_PLURAL = re.compile(r"\{value\} ((?:'[^']*' |[a-z]+ed )?)(?!times\b|days\b)([A-Za-z]+?)(e?s)\b( are| were)?")
+
+
+def singular(template: str) -> str:
+    """*template* said of one: the noun after ``{value}`` in the singular, with its verb
+    ("Had {value} interactions" -> "Had {value} interaction", "{value} colleagues were
+    active" -> "{value} colleague was active"). "1 times" and "1 days" are said by
+    :meth:`FeatureDef.describe` ("once", "1 day")."""
+
+    def one(m: re.Match[str]) -> str:
+        stem, ending = m.group(2), m.group(3)
+        noun = stem + ("e" if ending == "es" and not stem.endswith(("ss", "sh", "ch", "x")) else "")
+        verb = {" are": " is", " were": " was"}.get(m.group(4) or "", "")
+        return "{value} " + m.group(1) + noun + verb
+
+    return _PLURAL.sub(one, template).replace(" is also leads", " is also a lead")
+
 
 
 def escape(text: str) -> str:

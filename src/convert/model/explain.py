@@ -133,8 +133,11 @@ class Points:
     continuous: np.ndarray  # (n, p) points before rounding
 
 
-def to_points(raw: np.ndarray, phi: np.ndarray, base_raw: float, score_fn: ScoreFn) -> Points:
-    """Map raw-score contributions *phi* (n, p) to integer score points (see module doc)."""
+def score_slope(raw: np.ndarray, base_raw: float, score_fn: ScoreFn) -> tuple[np.ndarray, float, np.ndarray]:
+    """``S(raw)``, ``S(base_raw)`` and each row's points per unit of raw score,
+    ``(S(raw) - S(base_raw)) / (raw - base_raw)`` (the derivative where they meet): the
+    factor :func:`to_points` multiplies contributions by. Apart so that a caller needing
+    only unrounded points (the score movements) skips the rounding."""
     raw = np.asarray(raw, dtype="float64")
     s_raw = score_fn(raw)
     s_base = float(score_fn(np.array([base_raw]))[0])
@@ -145,6 +148,12 @@ def to_points(raw: np.ndarray, phi: np.ndarray, base_raw: float, score_fn: Score
         h = 1e-4
         flat = raw[~safe]
         slope[~safe] = (score_fn(flat + h) - score_fn(flat - h)) / (2 * h)
+    return s_raw, s_base, slope
+
+
+def to_points(raw: np.ndarray, phi: np.ndarray, base_raw: float, score_fn: ScoreFn) -> Points:
+    """Map raw-score contributions *phi* (n, p) to integer score points (see module doc)."""
+    s_raw, s_base, slope = score_slope(raw, base_raw, score_fn)
     continuous = phi * slope[:, None]
     score = np.floor(s_raw + 0.5).astype("int64")
     base_score = int(np.floor(s_base + 0.5))

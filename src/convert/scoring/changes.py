@@ -47,6 +47,7 @@ from convert.model.explain import (
     contributions,
     model_score_fn,
     round_preserving_sum,
+    score_slope,
     to_points,
 )
 from convert.schema import Leads
@@ -191,14 +192,10 @@ def points_of(model: LeadScoringModel, features: pd.DataFrame, num_threads: int 
 def _scores_and_points(model: LeadScoringModel, features: pd.DataFrame, num_threads: int) -> tuple[np.ndarray, np.ndarray]:
     """Integer scores and unrounded points (n, p) of feature rows, as :func:`points_of` gives
     them, without the integer points (the previous as-of needs none: the movements are
-    rounded instead). ``to_points`` is handed two columns, the raw-score change and ones, so
-    that its second column of points is its slope: the points are ``phi * slope``, the same
-    product ``to_points`` computes for the full matrix."""
+    rounded instead): the same ``phi * slope`` product and score as ``to_points``."""
     phi = contributions(model, model.matrix(features), num_threads)
-    raw = phi.sum(axis=1)
-    probe = np.column_stack([raw - model.base_raw_, np.ones(len(raw))])
-    pts = to_points(raw, probe, model.base_raw_, model_score_fn(model))
-    return pts.score, phi[:, :-1] * pts.continuous[:, 1][:, None]
+    s_raw, _, slope = score_slope(phi.sum(axis=1), model.base_raw_, model_score_fn(model))
+    return np.floor(s_raw + 0.5).astype("int64"), phi[:, :-1] * slope[:, None]
 
 
 def _round_movements(values: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -387,7 +384,9 @@ def _sentences(
 
 def _model_words(prev_version: np.ndarray, model_version: str) -> np.ndarray:
     codes, uniques = pd.factorize(pd.Series(prev_version, dtype=object))
-    text = np.array([f"model updated ({v} \u2192 {model_version})" for v in uniques], dtype=object)
+    # an empty version: the previous run's model is not on record (a file re-run at the same as-of)
+    text = np.array([f"model updated ({v} \u2192 {model_version})" if v else
+                     f"previous score recomputed by {model_version}" for v in uniques], dtype=object)
     return text[codes]
 
 

@@ -10,7 +10,7 @@ calibrator and the explanation engine, and comes out as rows of
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,11 @@ from convert.schema import ScoreOutput as O
 from convert.sources.base import LeadSource
 
 ROUTE, NURTURE, REVIEW = "route_to_sales", "nurture", "review_disqualify"
+
+#: What :func:`iter_scores` may do to each scored chunk before yielding it: given the chunk's
+#: feature rows, its scores and its points, the frame to yield (the score step adds the
+#: changes since each lead's previous score: :meth:`convert.scoring.movements.RunChanges.chunk`).
+ChunkHook = Callable[[pd.DataFrame, pd.DataFrame, Points], pd.DataFrame]
 
 
 def actions(score: np.ndarray, idle_days: np.ndarray, config: ScoringConfig) -> np.ndarray:
@@ -106,16 +111,19 @@ def iter_scores(
     model_version: str,
     scored_at: pd.Timestamp | None = None,
     progress: bool = False,
+    on_chunk: ChunkHook | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Score the source's population at *as_of* chunk by chunk (a CRM export: the leads open
-    then; a flat table: every row)."""
+    then; a flat table: every row); *on_chunk* turns each scored chunk into what is yielded."""
     scored_at = scored_at if scored_at is not None else pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s")
     total, batches = data.scoring_batches(as_of, model.features_config(config.features), model.spec_.event_types,
                                           model.metadata, config.scoring.chunk_size)
     bar = _progress(total, enabled=progress)
     try:
         for batch in batches:
-            yield score_frame(model, batch, config.scoring, model_version, scored_at)
+            points: list[Points] = []
+            scored = score_frame(model, batch, config.scoring, model_version, scored_at, points=points)
+            yield scored if on_chunk is None else on_chunk(batch, scored, points[0])
             bar.update(len(batch))
     finally:
         bar.close()

@@ -1,17 +1,21 @@
 """``convert-leads score``: score, explain and write back every lead open at the as-of time (a
-CRM export) or every row (a flat table), with the write-back's guards."""
+CRM export) or every row (a flat table), with the write-back's guards, each lead's change since
+its previous score (:mod:`convert.scoring.movements`) and the grade/routing alerts
+(:mod:`convert.scoring.alerts`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from convert.config import Config
 from convert.exceptions import InsufficientDataError
-from convert.io.writers import WriteSummary
+from convert.io.writers import WriteGuards, WriteSummary
 from convert.model.bundle import LeadScoringModel
+from convert.scoring.alerts import AlertOutput, Alerts, alerts_of, top_grades
+from convert.scoring.movements import SPARK_WHY, RunChanges
 from convert.sources.base import FlatOptions
 from convert.sources.mapping import Mapping
 from convert.steps.common import (
@@ -29,13 +33,18 @@ from convert.steps.common import (
 
 @dataclass
 class ScoreSummary:
-    """What :func:`score_step` did: the write and the scores written."""
+    """What :func:`score_step` did: the write, the scores written (with their changes), the
+    run's changes (movement sums, largest movements) and its alerts (and their write)."""
 
     written: WriteSummary
     scores: pd.DataFrame
+    changes: RunChanges | None = None
+    alerts: Alerts | None = None
+    alerts_written: WriteSummary | None = None
+    notes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        return str(self.written)
+        return "\n".join([str(self.written), *self.notes])
 
 
 def score_step(
@@ -56,6 +65,8 @@ def score_step(
     allow_shrink: bool = False,
     allow_older: bool = False,
     replace: bool = False,
+    alerts: str | None = None,
+    alerts_table: str | None = None,
 ) -> ScoreSummary:
     """Score the population at *as_of* with a registered model and write the results.
 
@@ -65,14 +76,20 @@ def score_step(
     typed contract tables in Parquet (``convert-leads export``); features and scores are
     computed by Spark and collected for the same write-back. *allow_shrink*, *allow_older*
     and *replace* lift the write-back guards (:class:`convert.io.writers.WriteGuards`).
+
+    Each lead is compared with its previous score (read from the target before scoring, and
+    again under the write-back's lock); the alerts are counted, and written to *alerts* (a
+    file or a database URL, table *alerts_table*) when given, replaced on each run.
     """
-    from convert.io.writers import WriteGuards, write_scores
+    from convert.io.writers import read_previous, write_scores
     from convert.scoring.score import iter_scores
 
     guards = WriteGuards.from_config(
         config.writeback, allow_shrink=allow_shrink, allow_older=allow_older, replace=replace
     )
     target = resolve_target(out)
+    table = table or config.scoring.table
+    alerts_target = resolve_target(alerts) if alerts else None
     data = Input(data_path, mapping, rejects, strict, FlatOptions(id_column=id_column))
     model, label, _ = load_model(model_uri, model_name_for(data, config), echo)
     if engine == "spark":
@@ -80,25 +97,54 @@ def score_step(
             from convert.exceptions import ConfigError
 
             raise ConfigError("--as-of is required to score a CRM export (the leads open at that time)")
-        scores = _score_with_spark(str(data_path), model, label, as_of, config)
-        if scores.empty:
+        scored = _score_with_spark(str(data_path), model, label, as_of, config)
+        if scored.empty:
             raise InsufficientDataError(
                 f"no lead is open at {as_of} in {data_path}: choose an --as-of inside the export's "
                 "history; nothing was written"
             )
-        return ScoreSummary(write_scores(scores, target, table or config.scoring.table, guards=guards), scores)
+        run = RunChanges(model, as_of, config, label, read_previous(target, as_of, table), why_not=SPARK_WHY)
+        scores = run.chunk(scored, scored, None)
+        written = write_scores(scores, target, table, guards=guards, recheck=lambda rows: run.recheck(scores, rows))
+        return _with_alerts(ScoreSummary(written, _final(run, scores), run), config, guards, alerts_target,
+                            alerts_table)
     source = open_data(data, config, echo, "score", trained=model)
     try:
         check_model(source, model, label, config)
         t = source.scoring_as_of(as_of, "score a CRM export")
-        chunks = list(iter_scores(source, model, t, config, label, scored_at=now(), progress=progress))
+        run = RunChanges(model, t, config, label, read_previous(target, t, table), source=source)
+        chunks = list(iter_scores(source, model, t, config, label, scored_at=now(), progress=progress,
+                                  on_chunk=run.chunk))
         if not chunks:
             raise InsufficientDataError(f"{source.empty_population(t)}. Choose an --as-of inside the "
                                         "export's history; nothing was written")
+        scores = pd.concat(chunks, ignore_index=True)
+        # the previous rows are read again under the lock: the source stays open for the recheck
+        written = write_scores(scores, target, table, guards=guards, recheck=lambda rows: run.recheck(scores, rows))
     finally:
         source.close()
-    scores = pd.concat(chunks, ignore_index=True)
-    return ScoreSummary(write_scores(scores, target, table or config.scoring.table, guards=guards), scores)
+    return _with_alerts(ScoreSummary(written, _final(run, scores), run), config, guards, alerts_target, alerts_table)
+
+
+def _final(run: RunChanges, scores: pd.DataFrame) -> pd.DataFrame:
+    """The scores as written: with the changes the recheck under the lock recomputed, if any."""
+    return run.rechecked if run.rechecked is not None else scores
+
+
+def _with_alerts(summary: ScoreSummary, config: Config, guards: WriteGuards, target: str | None,
+                 table: str | None) -> ScoreSummary:
+    """Count the run's alerts (and write them to *target*, replacing the last run's)."""
+    from convert.io.writers import write_scores
+
+    assert summary.changes is not None
+    found = alerts_of(summary.scores, config.scoring, summary.changes.top)
+    summary.alerts = found
+    summary.notes += found.lines(config.scoring.route_to_sales_min_score, top_grades(config.scoring))
+    if target is not None:
+        summary.alerts_written = write_scores(found.frame, target, table or AlertOutput.table, guards=guards,
+                                              schema=AlertOutput, allow_empty=True)
+        summary.notes.append(f"alerts: {summary.alerts_written}")
+    return summary
 
 
 def _score_with_spark(path: str, model: LeadScoringModel, label: str, as_of: pd.Timestamp,

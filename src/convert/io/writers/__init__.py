@@ -63,6 +63,15 @@ same locks. ``allocate``'s assignments (``schema=AssignmentOutput``) go through 
 lock, older-as-of and one-model-per-table guards and history table; the shrink guard does
 not apply to them (``SHRINK_GUARD = False``: assignments churn every day).
 
+Score tables also hold each lead's change since its previous score (the
+:class:`~convert.schema.ScoreChanges` columns, issue 17). Tables written before those
+columns existed gain them on the first run (``ALTER TABLE ... ADD COLUMN``, under the lock,
+in the switch's transaction). :func:`read_previous` reads each lead's previous row (the
+history's latest row with an as-of strictly earlier than the run's; files: the file being
+replaced), and ``write_scores(recheck=...)`` hands the same rows, read again under the lock,
+to the caller, which may return the batch with its changes recomputed (another run wrote in
+between); the batch is then staged again under the lock.
+
 Tables: ``lead_id`` TEXT, ``as_of``/``scored_at`` TIMESTAMP (naive UTC), ``probability``
 DOUBLE PRECISION (SQLite REAL), the points INTEGER, the rest TEXT (empty text is NULL).
 On PostgreSQL the current table has ``fillfactor = 50`` (each run rewrites most rows; the
@@ -79,10 +88,18 @@ SQLAlchemy, psycopg and pyarrow are imported lazily, inside the functions that n
 ``import convert.io.writers`` stays light and does not import a database driver.
 """
 
-from convert.io.writers.base import TableState, WriteGuards, Writer, WriteSummary, model_name
+from convert.io.writers.base import (
+    Recheck,
+    TableState,
+    WriteGuards,
+    Writer,
+    WriteSummary,
+    model_name,
+)
 from convert.io.writers.factory import (
     DATABASE_WRITERS,
     engine_url,
+    read_previous,
     read_table,
     write_scores,
     writer_for,
@@ -91,6 +108,7 @@ from convert.io.writers.files import file_lock
 
 __all__ = [
     "DATABASE_WRITERS",
+    "Recheck",
     "TableState",
     "WriteGuards",
     "WriteSummary",
@@ -98,6 +116,7 @@ __all__ = [
     "engine_url",
     "file_lock",
     "model_name",
+    "read_previous",
     "read_table",
     "write_scores",
     "writer_for",

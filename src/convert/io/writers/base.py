@@ -28,7 +28,7 @@ import logging
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,7 +37,7 @@ import pandas as pd
 
 from convert.exceptions import WritebackError, WriteLockedError, WriteRefusedError
 from convert.io.writers.frames import Layout
-from convert.schema import ScoreOutput
+from convert.schema import ScoreChanges, ScoreOutput
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HISTORY_SUFFIX",
+    "PREVIOUS_READ",
+    "Recheck",
     "MAX_IDENTIFIER",
     "TableName",
     "TableState",
@@ -68,6 +70,14 @@ DERIVED_ROOM = max(len(HISTORY_SUFFIX) + len(AS_OF_INDEX_SUFFIX), len(STAGE_SUFF
 MAX_IDENTIFIER = 63
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
 _TABLE_RE = re.compile(rf"(?:(?P<schema>{_IDENT})\.)?(?P<name>{_IDENT})")
+
+#: The columns :meth:`Writer.previous` reads of each lead's previous row (those the target has).
+PREVIOUS_READ = (ScoreOutput.lead_id, ScoreOutput.as_of, ScoreOutput.score, ScoreOutput.model_version,
+                 ScoreOutput.scored_at, ScoreChanges.events_seen)
+#: Called by :meth:`Writer.write` under the target's lock with the previous rows read there
+#: (:meth:`Writer.previous`): returns the batch to write instead (typed, same keys, as-of and
+#: model), or ``None`` when the staged batch stands.
+Recheck = Callable[[pd.DataFrame], "pd.DataFrame | None"]
 
 
 @contextmanager
@@ -379,8 +389,17 @@ class Writer(ABC):
 
     # the contract -------------------------------------------------------------------------
 
-    def write(self, frame: pd.DataFrame, batch: TableState, guards: WriteGuards, chunk_rows: int) -> Counts:
-        """Stage, lock, check the guards, switch, commit; a failure or refusal changes nothing."""
+    def write(
+        self, frame: pd.DataFrame, batch: TableState, guards: WriteGuards, chunk_rows: int,
+        recheck: Recheck | None = None,
+    ) -> Counts:
+        """Stage, lock, check the guards, switch, commit; a failure or refusal changes nothing.
+
+        With *recheck* (the score changes of issue 17), the previous rows are read again
+        under the lock, after the guards, and handed to it: when another run wrote between
+        the caller's first read and the lock, it returns the batch with its changes
+        recomputed against them, which is staged again here, still under the lock.
+        """
         with self.session(guards):
             stage = self.stage(frame, chunk_rows)
             try:
@@ -388,6 +407,13 @@ class Writer(ABC):
                     with timed("guards"):
                         current = self.current_state()
                         shrink_guard = guards.check_switch(self.label, current, batch)
+                    if recheck is not None and batch.oldest_as_of is not None:
+                        with timed("previous rows"):
+                            redo = recheck(self.previous(batch.oldest_as_of))
+                        if redo is not None:
+                            self.discard(stage)
+                            frame = redo
+                            stage = self.stage(frame, chunk_rows)
                     added, updated = self.append_history(stage, frame)
                     removed = self.remove_leavers(stage)
                     if shrink_guard:
@@ -400,6 +426,14 @@ class Writer(ABC):
     def read(self) -> pd.DataFrame:
         """The rows of the target (for ``read_table``), untyped."""
         raise NotImplementedError
+
+    @abstractmethod
+    def previous(self, as_of: pd.Timestamp) -> pd.DataFrame:
+        """Each lead's latest row with an as-of strictly earlier than *as_of* (the latest
+        ``scored_at`` among rows of one as-of): the :data:`PREVIOUS_READ` columns the target
+        has, typed. From the history table (databases) or the file being replaced (files);
+        empty when there is none. Inside :meth:`write` it reads under the lock; called
+        alone, it reads what is committed now (the caller's first, optimistic read)."""
 
     # the dialect's parts ------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ values are bound, never spliced. SQLAlchemy is imported inside the methods.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -34,6 +34,7 @@ from convert.io.urls import secrets_of
 from convert.io.writers.base import (
     AS_OF_INDEX_SUFFIX,
     HISTORY_SUFFIX,
+    PREVIOUS_READ,
     STAGE_SUFFIX,
     TableName,
     TableState,
@@ -43,7 +44,7 @@ from convert.io.writers.base import (
     reason,
     timed,
 )
-from convert.io.writers.frames import Layout
+from convert.io.writers.frames import Layout, coerce
 from convert.schema import Column, ScoreOutput
 
 if TYPE_CHECKING:
@@ -249,8 +250,13 @@ class DatabaseWriter(Writer):
     def stage(self, frame: pd.DataFrame, chunk_rows: int) -> Any:
         self.phase = "staging the scores"
         stage = self.tables.stage
-        with timed("staging"), self.conn.begin():
-            stage.drop(self.conn, checkfirst=True)
+        # under the switch's lock (a batch recomputed by write's recheck) it joins that transaction
+        within: AbstractContextManager[Any] = nullcontext() if self.conn.in_transaction() else self.conn.begin()
+        with timed("staging"), within:
+            # (not stage.drop(checkfirst=True): inside the switch's transaction SQLite's
+            # check misses the temporary table staged before it)
+            preparer = self.conn.dialect.identifier_preparer
+            self.conn.exec_driver_sql(f"DROP TABLE IF EXISTS {preparer.format_table(stage)}")
             stage.create(self.conn)
             self.load_stage(self.conn, frame, chunk_rows)
         return stage
@@ -268,6 +274,7 @@ class DatabaseWriter(Writer):
             self.tables.history.create(conn, checkfirst=True)
             if self.tables.history_as_of is not None:
                 self.tables.history_as_of.create(conn, checkfirst=True)
+            self.add_columns()
             yield
             self.phase = "committing"
             with timed("commit"):
@@ -278,6 +285,65 @@ class DatabaseWriter(Writer):
 
     def current_state(self) -> TableState:
         return TableState.of_table(self.conn, self.tables.current)
+
+    def add_columns(self) -> None:
+        """Give tables written before the layout's added columns existed those columns
+        (``ALTER TABLE ... ADD COLUMN``, nullable, no default: existing rows get them empty,
+        a change of the catalog only). Runs under the lock, inside the switch's transaction,
+        so it commits with the run or not at all. No manual migration step."""
+        import sqlalchemy as sa
+
+        if not self.layout.added:
+            return
+        conn = self.conn
+        preparer = conn.dialect.identifier_preparer
+        inspector = sa.inspect(conn)
+        for table in (self.tables.current, self.tables.history):
+            present = {c["name"] for c in inspector.get_columns(table.name, schema=table.schema)}
+            for name in self.layout.added:
+                if name not in present:
+                    kind = table.c[name].type.compile(dialect=conn.dialect)
+                    conn.exec_driver_sql(
+                        f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {preparer.quote(name)} {kind}"
+                    )
+
+    def previous(self, as_of: pd.Timestamp) -> pd.DataFrame:
+        """From the history: ``ROW_NUMBER()`` over each lead's rows older than *as_of*, newest
+        (as_of, scored_at) first; its first row. Inside the session (under the lock) on its
+        connection, else on a connection of its own; no history table: no rows."""
+        if self._conn is not None:
+            return self._previous(self._conn, as_of)
+        engine = self.make_engine(600.0)
+        try:
+            with engine.connect() as conn:
+                return self._previous(conn, as_of)
+        except WritebackError:
+            raise
+        except self.errors() as exc:
+            raise WritebackError(
+                f"could not read the previous scores of {self.qualified} at {self.display}: "
+                f"{self.scrub(reason(exc))}"
+            ) from self._safe_cause(exc)
+        finally:
+            engine.dispose()
+
+    def _previous(self, conn: Connection, as_of: pd.Timestamp) -> pd.DataFrame:
+        import sqlalchemy as sa
+
+        history = self.tables.history
+        inspector = sa.inspect(conn)
+        if not inspector.has_table(history.name, schema=history.schema):
+            return _empty_previous(self.layout)
+        present = {c["name"] for c in inspector.get_columns(history.name, schema=history.schema)}
+        names = [n for n in PREVIOUS_READ if n in present]
+        order = [history.c[n].desc() for n in (ScoreOutput.as_of, ScoreOutput.scored_at) if n in present]
+        rank = sa.func.row_number().over(partition_by=history.c.lead_id, order_by=order).label("rank_")
+        stamp = pd.Timestamp(as_of).to_pydatetime()
+        rows = sa.select(*(history.c[n] for n in names), rank).where(history.c.as_of < stamp).subquery("h")
+        result = conn.execute(sa.select(*(rows.c[n] for n in names)).where(rows.c.rank_ == 1))
+        frame = pd.DataFrame(result.fetchall(), columns=names)
+        columns = {c.name: c for c in self.layout.columns}
+        return pd.DataFrame({n: coerce(frame[n].reset_index(drop=True), columns[n]) for n in names})
 
     def remove_leavers(self, stage: Any) -> int:
         import sqlalchemy as sa
@@ -392,7 +458,8 @@ class DatabaseWriter(Writer):
                 continue
             label = f"{table.schema}.{table.name}" if table.schema else str(table.name)
             present = {c["name"] for c in inspector.get_columns(table.name, schema=table.schema)}
-            missing = [c for c in layout.names if c not in present]
+            # the layout's added columns are added under the lock (add_columns)
+            missing = [c for c in layout.names if c not in present and c not in layout.added]
             if missing:
                 raise WritebackError(
                     f"table {label} exists but lacks column(s) {', '.join(missing)}: it was not "
@@ -483,6 +550,12 @@ class DatabaseWriter(Writer):
             f"could not write scores to {self.display} while {self.phase}: {text}. Nothing was "
             "changed: the previous scores are intact."
         )
+
+
+def _empty_previous(layout: Layout) -> pd.DataFrame:
+    """No previous rows, with the :data:`PREVIOUS_READ` columns typed."""
+    columns = {c.name: c for c in layout.columns}
+    return pd.DataFrame({n: coerce(pd.Series([], dtype=object), columns[n]) for n in PREVIOUS_READ if n in columns})
 
 
 def batch_keys(frame: pd.DataFrame) -> list[tuple[Any, str]]:

@@ -22,6 +22,7 @@ from convert.io.urls import engine_url as _sqlalchemy_url
 from convert.io.urls import is_database_url, redact_url
 from convert.io.writers.base import (
     DERIVED_ROOM,
+    Recheck,
     TableState,
     WriteGuards,
     Writer,
@@ -30,12 +31,12 @@ from convert.io.writers.base import (
 )
 from convert.io.writers.database import DatabaseWriter
 from convert.io.writers.files import FileWriter
-from convert.io.writers.frames import SCORES, Layout, coerce, prepare
+from convert.io.writers.frames import SCORES, Layout, coerce, layout_of, prepare
 from convert.io.writers.postgres import PostgresWriter
 from convert.io.writers.sqlite import SQLiteWriter
 from convert.schema import ScoreOutput, TableSchema
 
-__all__ = ["DATABASE_WRITERS", "engine_url", "read_table", "write_scores", "writer_for"]
+__all__ = ["DATABASE_WRITERS", "engine_url", "read_previous", "read_table", "write_scores", "writer_for"]
 
 logger = logging.getLogger("convert.io.writers")
 
@@ -90,6 +91,7 @@ def write_scores(
     allow_empty: bool = False,
     guards: WriteGuards | None = None,
     schema: type[TableSchema] = ScoreOutput,
+    recheck: Recheck | None = None,
 ) -> WriteSummary:
     """Write *scores* (the :class:`ScoreOutput` columns) to *target*; see :mod:`convert.io.writers`.
 
@@ -115,6 +117,11 @@ def write_scores(
         ``HISTORY_KEY``): ``ScoreOutput``, or ``AssignmentOutput`` for ``allocate``. A schema
         whose ``SHRINK_GUARD`` is false (assignments, which churn every day) skips the shrink
         guard; the lock, the model and the as-of guards apply to every schema.
+    recheck:
+        Called under the lock, after the guards, with each lead's previous row as the
+        target holds it then (:meth:`~convert.io.writers.base.Writer.previous`); returns the
+        scores to write instead (their changes recomputed against those rows: another run
+        wrote since the caller read them with :func:`read_previous`), or ``None``.
 
     Raises
     ------
@@ -130,14 +137,27 @@ def write_scores(
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
         raise WritebackError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
     guards = WriteGuards() if guards is None else guards
-    layout = SCORES if schema is ScoreOutput else Layout.of(schema)
+    layout = layout_of(schema)
     writer = writer_for(target, table, layout)
     if not layout.shrink_guard:
         guards = dataclasses.replace(guards, allow_shrink=True)
     frame = prepare(scores, allow_empty=allow_empty, layout=layout)
     batch = TableState.of_frame(frame)
     guards.check_batch(batch)
-    counts = writer.write(frame, batch, guards, chunk_rows)
+    locked: Recheck | None = None
+    if recheck is not None:
+        check = recheck
+
+        def locked(previous: pd.DataFrame) -> pd.DataFrame | None:
+            redo = check(previous)
+            if redo is None:
+                return None
+            typed = prepare(redo, allow_empty=allow_empty, layout=layout)
+            if TableState.of_frame(typed) != batch or not typed[ScoreOutput.lead_id].equals(frame[ScoreOutput.lead_id]):
+                raise WritebackError("the rechecked scores must keep the batch's leads, as-of and model")
+            return typed
+
+    counts = writer.write(frame, batch, guards, chunk_rows, locked)
     summary = WriteSummary(
         target=writer.display,
         table=writer.table.display if writer.table else None,
@@ -160,7 +180,7 @@ def read_table(
     rows are sorted by its history key (``lead_id``, ``as_of``, ``model_version``). For file
     targets *table* is ignored.
     """
-    layout = Layout.of(schema)
+    layout = layout_of(schema)
     frame = writer_for(target, table, layout, room=0).read()
     for column in layout.columns:
         if column.name in frame.columns:
@@ -169,6 +189,13 @@ def read_table(
     if keys:
         frame = frame.sort_values(keys, kind="stable")
     return frame.reset_index(drop=True)
+
+
+def read_previous(target: str | os.PathLike[str], as_of: pd.Timestamp, table: str = ScoreOutput.table) -> pd.DataFrame:
+    """Each lead's previous row before *as_of* as *target* holds it now (no lock): the
+    history table of a database, or the scores file a run would replace. The score step's
+    first read; :func:`write_scores` reads again under the lock (its *recheck*)."""
+    return writer_for(target, table, SCORES).previous(pd.Timestamp(as_of))
 
 
 def engine_url(url: str) -> str:

@@ -30,9 +30,16 @@ from typing import Literal
 import pandas as pd
 
 from convert.exceptions import WritebackError, WriteRefusedError
-from convert.io.writers.base import TableState, WriteGuards, Writer, lock_error, reason
-from convert.io.writers.frames import Layout, to_arrow
-from convert.schema import ScoreOutput
+from convert.io.writers.base import (
+    PREVIOUS_READ,
+    TableState,
+    WriteGuards,
+    Writer,
+    lock_error,
+    reason,
+)
+from convert.io.writers.frames import Layout, coerce, to_arrow
+from convert.schema import ScoreChanges, ScoreOutput
 
 __all__ = ["FileWriter", "file_lock"]
 
@@ -175,6 +182,60 @@ class FileWriter(Writer):
         stage.unlink(missing_ok=True)
 
     # reading ------------------------------------------------------------------------------
+
+    def previous(self, as_of: pd.Timestamp) -> pd.DataFrame:
+        """From the file being replaced (it holds the last run's rows, one per lead): the rows
+        older than *as_of*. A file that is not there or not a scores file gives none (the
+        guards decide what happens to it)."""
+        columns = {c.name: c for c in self.layout.columns}
+        wanted = [n for n in PREVIOUS_READ if n in columns]
+        old = pd.DataFrame({n: pd.Series([], dtype=object) for n in wanted})
+        if os.path.lexists(self.path):
+            try:
+                if self.fmt == "parquet":
+                    import pyarrow.parquet as pq
+
+                    present = set(pq.read_schema(self.path).names)
+                    old = pq.read_table(self.path, columns=[n for n in wanted if n in present]).to_pandas()
+                else:
+                    old = pd.read_csv(self.path, usecols=lambda c: c in wanted, dtype=str,
+                                      keep_default_na=False, na_values=[""])
+                if ScoreOutput.score not in old or ScoreOutput.as_of not in old:
+                    raise ValueError("no score or as_of column")
+            except Exception:  # not a scores file: no previous rows
+                old = pd.DataFrame({n: pd.Series([], dtype=object) for n in wanted})
+        typed = pd.DataFrame(
+            {n: coerce(old[n].reset_index(drop=True), columns[n]) for n in wanted if n in old}
+        )
+        t = pd.Timestamp(as_of)
+        earlier = typed[(typed[ScoreOutput.as_of] < t).to_numpy()]
+        carried = self._carried(old, typed, t)
+        return pd.concat([earlier, carried], ignore_index=True) if len(carried) else earlier.reset_index(drop=True)
+
+    def _carried(self, old: pd.DataFrame, typed: pd.DataFrame, t: pd.Timestamp) -> pd.DataFrame:
+        """A file keeps one run: for its rows at *t* or later (a re-run at the same as-of), the
+        previous score they carry, so the re-run compares with the earlier as-of too. Its
+        model and fingerprint are not on record (``model_version`` empty, ``events_seen`` empty)."""
+        prev_score, prev_as_of = ScoreChanges.previous_score, ScoreChanges.previous_as_of
+        if prev_score not in self.layout.names or not len(typed):
+            return typed.iloc[:0]
+        try:
+            extra = self.read()[[ScoreOutput.lead_id, ScoreOutput.as_of, prev_score, prev_as_of]]
+        except Exception:  # an older scores file without these columns: nothing carried
+            return typed.iloc[:0]
+        columns = {c.name: c for c in self.layout.columns}
+        when = coerce(extra[prev_as_of].reset_index(drop=True), columns[prev_as_of])
+        score = coerce(extra[prev_score].reset_index(drop=True), columns[prev_score])
+        stamp = coerce(extra[ScoreOutput.as_of].reset_index(drop=True), columns[ScoreOutput.as_of])
+        keep = ((stamp >= t) & when.notna() & score.notna() & (when < t)).to_numpy()
+        rows = {
+            ScoreOutput.lead_id: extra[ScoreOutput.lead_id].astype("string").to_numpy()[keep],
+            ScoreOutput.as_of: when.to_numpy()[keep],
+            ScoreOutput.score: score.to_numpy()[keep].astype("int64"),
+            ScoreOutput.model_version: "",
+        }
+        empty = pd.Series([None] * int(keep.sum()), dtype=object)
+        return pd.DataFrame({n: rows[n] if n in rows else coerce(empty, columns[n]) for n in typed.columns})
 
     def _read_keys(self, guards: WriteGuards) -> pd.DataFrame | None:
         """The keys of the scores in the file the run would replace (for the guards);

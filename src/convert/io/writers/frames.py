@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 
 from convert.exceptions import WritebackError
-from convert.schema import Column, ScoreOutput, TableSchema
+from convert.schema import Column, ScoreChanges, ScoreOutput, TableSchema
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["SCORES", "Layout", "coerce", "prepare", "to_arrow"]
+__all__ = ["SCORES", "Layout", "coerce", "layout_of", "prepare", "to_arrow"]
 
 _INT32 = (-(2**31), 2**31 - 1)
 #: pandas.api.types.infer_dtype kinds that are numbers, not timestamps
@@ -41,16 +41,29 @@ class Layout:
     history_key: tuple[str, ...]
     #: whether the shrink guard applies (not to assignments: they churn every day)
     shrink_guard: bool = True
+    #: nullable columns added after tables were first written: an existing table lacking them
+    #: gains them (``ALTER TABLE ... ADD COLUMN``, empty) on the first run, and a batch
+    #: without them writes them empty (a caller that computes no score changes)
+    added: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, schema: type[TableSchema]) -> Layout:
+    def of(cls, schema: type[TableSchema], added: type[TableSchema] | None = None) -> Layout:
+        """The layout of *schema*, with the (nullable) columns of *added* after its own."""
         history = tuple(getattr(schema, "HISTORY_KEY", (*schema.key, "as_of", "model_version")))
-        return cls(tuple(schema.columns()), tuple(schema.names()), tuple(schema.key), history,
-                   bool(getattr(schema, "SHRINK_GUARD", True)))
+        extra = tuple(added.columns()) if added is not None else ()
+        assert all(c.nullable for c in extra), "added columns must be nullable (existing rows get them empty)"
+        columns = (*schema.columns(), *extra)
+        return cls(tuple(columns), tuple(c.name for c in columns), tuple(schema.key), history,
+                   bool(getattr(schema, "SHRINK_GUARD", True)), tuple(c.name for c in extra))
 
 
-SCORES = Layout.of(ScoreOutput)
+#: The score tables: :class:`ScoreOutput`'s columns, then :class:`ScoreChanges`' (issue 17).
+SCORES = Layout.of(ScoreOutput, ScoreChanges)
 
+
+def layout_of(schema: type[TableSchema]) -> Layout:
+    """The written layout of *schema* (``ScoreOutput``: with the score-change columns)."""
+    return SCORES if schema is ScoreOutput else Layout.of(schema)
 
 
 def prepare(scores: object, *, allow_empty: bool, layout: Layout = SCORES) -> pd.DataFrame:
@@ -58,6 +71,10 @@ def prepare(scores: object, *, allow_empty: bool, layout: Layout = SCORES) -> pd
     if not isinstance(scores, pd.DataFrame):
         raise WritebackError(f"scores must be a pandas DataFrame, got {type(scores).__name__}")
     given = [str(c) for c in scores.columns]
+    rows: pd.DataFrame = scores
+    if layout.added and not any(c in given for c in layout.added):
+        rows = scores.assign(**dict.fromkeys(layout.added))  # written empty
+        given = [str(c) for c in rows.columns]
     missing = [c for c in layout.names if c not in given]
     extra = [c for c in given if c not in layout.names]
     doubled = sorted({c for c in given if given.count(c) > 1})
@@ -73,7 +90,7 @@ def prepare(scores: object, *, allow_empty: bool, layout: Layout = SCORES) -> pd
             f"scores do not have the ScoreOutput columns: {'; '.join(problems)}. "
             f"Expected exactly: {', '.join(layout.names)}"
         )
-    frame = scores.copy(deep=False)
+    frame = rows.copy(deep=False)
     frame.columns = pd.Index(given)
     data: dict[str, pd.Series] = {}
     for column in layout.columns:

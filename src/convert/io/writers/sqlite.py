@@ -104,8 +104,11 @@ class SQLiteWriter(DatabaseWriter):
             chunk = frame.iloc[start : start + chunk_rows]
             columns = [_python_values(chunk[c.name], c) for c in self.layout.columns]
             conn.exec_driver_sql(insert, list(zip(*columns, strict=True)))
-        # the anti-join of the switch looks leads up by lead_id
-        sa.Index(_quoted(f"{stage.name}_lead_id"), stage.c.lead_id).create(conn)
+        # the anti-join of the switch looks leads up by lead_id (a second staging of the run,
+        # under the lock, finds the index already on the table: stage.create made it)
+        name = f"{stage.name}_lead_id"
+        if not any(index.name == name for index in stage.indexes):
+            sa.Index(_quoted(name), stage.c.lead_id).create(conn)
 
 
 def _use_wal(dbapi_connection: Any, display: str) -> None:
