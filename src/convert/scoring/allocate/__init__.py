@@ -19,10 +19,11 @@ Rep effects
 -----------
 :func:`estimate_effects` compares, per rep and segment, the conversions of the rep's past
 leads with what the model predicted for them (observed / expected), relative to the
-segment as a whole, and shrinks the ratio by the amount of evidence: a gamma-Poisson
-(empirical Bayes) model whose prior strengths are fitted by maximum marginal likelihood, each
-rep's overall effect shrunk toward 1 and each (rep, segment) toward its rep's. Each effect
-comes with its 95 % posterior interval.
+segment's average rep (calibration factors common to all reps absorb where the model runs
+high or low for a segment), and shrinks the ratio by the amount of evidence: a gamma-Poisson
+(empirical Bayes) model whose prior strengths are integrated over their marginal likelihood,
+each rep's overall effect shrunk toward 1 and each (rep, segment) toward its rep's. Each
+effect comes with its 95 % posterior interval.
 """
 from convert.scoring.allocate.assign import Allocation, Lead, allocate, eligibility, expected_under
 from convert.scoring.allocate.baselines import greedy_by_score, round_robin
