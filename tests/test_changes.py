@@ -33,6 +33,8 @@ from convert.scoring.changes import (
 )
 from convert.scoring.score import feature_rows, score_frame
 
+pytestmark = pytest.mark.xdist_group("changes")  # one worker scores the module fixture's runs once
+
 T1, T2, T3 = pd.Timestamp("2025-04-01"), pd.Timestamp("2025-05-01"), pd.Timestamp("2025-06-01")
 AT = pd.Timestamp("2025-06-01 06:00")
 
