@@ -15,6 +15,16 @@ import pytest
 # fits by 10x or more; sleeping waiters cost little when the machine is idle. Set before
 # convert imports LightGBM, whose OpenMP runtime reads it once.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# One BLAS thread per test process (and the commands it starts, which inherit the variable).
+# The suite runs on two pytest-xdist workers, one per core; OpenBLAS's own threads on top
+# (scikit-learn's logistic regressions: the blend's linear half and the baseline) then fight
+# the other worker for the cores and made a small training 2x slower. The tests compare runs
+# within one process, never against figures computed with another thread count.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+threadpool_limits(limits=1, user_api="blas")  # in case a plugin loaded numpy before this file
 
 from convert.config import Config  # noqa: E402
 
@@ -208,12 +218,15 @@ def examples(request: pytest.FixtureRequest) -> Iterator[Examples]:
 
 # --- a small simulated CRM and a model trained on it, shared by the whole session ---------------
 
+#: quick training for small CRMs; one LightGBM thread, as the suite runs one pytest-xdist worker
+#: per core (tests/test_threads.py checks the default of 2 and that this override reaches LightGBM)
 FAST = {
     "train": {
         "num_boost_round": 300,
         "early_stopping_rounds": 30,
         "min_positives": 20,
-        "lightgbm": {"objective": "binary", "learning_rate": 0.1, "num_leaves": 15, "min_data_in_leaf": 30},
+        "lightgbm": {"objective": "binary", "learning_rate": 0.1, "num_leaves": 15, "min_data_in_leaf": 30,
+                     "num_threads": 1},
     },
     "calibration": {"min_rows_isotonic": 500},
 }

@@ -33,6 +33,8 @@ from convert.scoring.changes import (
 )
 from convert.scoring.score import feature_rows, score_frame
 
+pytestmark = pytest.mark.xdist_group("changes")  # one worker scores the module fixture's runs once
+
 T1, T2, T3 = pd.Timestamp("2025-04-01"), pd.Timestamp("2025-05-01"), pd.Timestamp("2025-06-01")
 AT = pd.Timestamp("2025-06-01 06:00")
 
@@ -165,7 +167,10 @@ def test_a_lead_that_left_and_came_back_compares_with_its_last_score(trained, fa
 def test_movements_add_up_across_a_retrained_model(trained, fast_config, runs):
     result, data = trained
     (first, _), _, _ = runs
-    config = fast_config.with_overrides(train__lightgbm__num_leaves=7, train__num_boost_round=120)
+    # another model: smaller trees and LightGBM alone (the first is a blend), which also
+    # halves the cost of the second training
+    config = fast_config.with_overrides(train__lightgbm__num_leaves=7, train__num_boost_round=120,
+                                        train__blend=False)
     retrained = train(data, config).model
     second, changes = run(data, retrained, T2, fast_config, first, "m/2")
     assert_exact(second, changes)

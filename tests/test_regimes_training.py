@@ -21,7 +21,7 @@ from convert.model.train import default_as_of, train
 from convert.scoring.score import score
 from convert.simulator.crm import generate_crm
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("regimes")]  # one worker trains each regime once
 
 #: regime -> (leads, horizon days)
 CASES = {"short": (3000, 30), "open": (3000, 60), "drift": (3000, 90), "additive": (3000, 90)}

@@ -13,7 +13,8 @@ from tests.conftest import FAST, missing
 from convert.analysis.report import SECTION_IDS
 from convert.cli import main
 
-pytestmark = pytest.mark.slow  # one train, backtest and report through the CLI, then chromium
+pytestmark = [pytest.mark.slow,  # one train, backtest and report through the CLI, then chromium
+              pytest.mark.xdist_group("report")]  # one worker: the module fixture runs once
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 AS_OF = "2025-07-01"
@@ -49,7 +50,9 @@ def demo_report(sim_export, tmp_path_factory):
         mlflow.set_registry_uri(uri)
         common = ["--data", str(sim_export), "--config", str(config), "--rejects", str(tmp / "rejects.csv")]
         main(["train", *common, "--save", str(tmp / "bundle")])
-        main(["backtest", *common, "--from", "2024-09-01", "--to", "2025-02-01", "--every", "1M",
+        # three origins are enough for the report's backtest section (tests/test_backtest.py
+        # checks the backtest itself over six)
+        main(["backtest", *common, "--from", "2024-12-01", "--to", "2025-02-01", "--every", "1M",
               "--retrain-every", "3M", "--out", str(tmp / "backtest")])
         main(["report", *common, "--as-of", AS_OF, "--out", str(tmp / "report.html"),
               "--backtest", str(tmp / "backtest")])

@@ -20,6 +20,9 @@ from convert.features.engine import discover_event_types
 from convert.features.labels import build_population
 from convert.features.query import feature_sql
 
+# one worker: one Spark session and one training of the module fixtures
+pytestmark = pytest.mark.xdist_group("spark")
+
 AS_OFS = [pd.Timestamp("2024-03-01"), pd.Timestamp("2024-09-15 12:00"), pd.Timestamp("2025-03-01")]
 SCORE_AS_OF = pd.Timestamp("2025-06-01")
 SCORED_AT = pd.Timestamp("2025-06-01 08:00:00")

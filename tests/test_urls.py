@@ -102,14 +102,14 @@ def test_a_password_with_a_raw_at_sign_works_against_the_server() -> None:
     """Trust authentication ignores the password: the URL must still reach the right host,
     and neither the summary nor a read error shows any part of it."""
     from sqlalchemy.engine import make_url
-    from tests.test_writeback import _pg_execute, make_scores
+    from tests.test_writeback import _pg_execute, make_scores, unique_table
 
     from convert.io.writers import read_table, write_scores
 
     base = make_url(require_postgres())
     host = f"{base.host}:{base.port or 5432}"
     url = f"postgresql://{base.username}:Pa55@w0rd@{host}/{base.database}"
-    table = "t_raw_at_password"
+    table = unique_table("t_raw_at_password")  # its own table: tests may run in parallel
     try:
         summary = write_scores(make_scores(20), url, table)
         assert not any(piece in str(summary) for piece in PIECES)

@@ -685,20 +685,31 @@ def _spellings(db: Db, table: str) -> tuple[str, str]:
     return table, f"{'main' if db.kind == 'sqlite' else 'public'}.{table}"
 
 
-def _wait_until_waiting_for_the_lock(db: Db, run: Writer) -> None:
-    """Block until *run* waits for the write-back lock another run holds (PostgreSQL: an
-    advisory-lock wait in pg_stat_activity; SQLite: its BEGIN IMMEDIATE issued)."""
+def _wait_until_waiting_for_the_lock(db: Db, run: Writer, table: str) -> None:
+    """Block until *run* waits for the write-back lock another run holds on *table*
+    (PostgreSQL: a wait for that table's advisory lock in pg_locks; SQLite: its BEGIN
+    IMMEDIATE issued)."""
     if db.kind == "postgresql":
         deadline = time.monotonic() + 60
-        while not _pg_waiting_on_advisory_lock():
+        while not _pg_waiting_on_advisory_lock(table):
             assert time.monotonic() < deadline, "the second run never waited for the lock"
             time.sleep(0.05)
     else:
         run.wait_for("SQL BEGIN IMMEDIATE")
 
 
-def _pg_waiting_on_advisory_lock() -> int:
-    rows = _pg_execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+def _pg_waiting_on_advisory_lock(table: str) -> int:
+    """Waits for *table*'s write-back lock in this database only: another test (a second
+    pytest-xdist worker) or another database's run waiting on a lock of its own is not one."""
+    from convert.io.writers.postgres import lock_key
+
+    key = lock_key(f"public.{table}") & 0xFFFFFFFFFFFFFFFF  # a bigint key: classid high, objid low
+    rows = _pg_execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1",
+        (key >> 32, key & 0xFFFFFFFF),
+    )
     return int(rows[0][0])
 
 
@@ -720,7 +731,7 @@ def test_concurrent_runs_on_t_and_schema_t_are_serialized(db: Db, tmp_path: Path
     a.wait_for("PAUSED")
     b = Writer(files[1], db.url, qualified)
     try:
-        _wait_until_waiting_for_the_lock(db, b)
+        _wait_until_waiting_for_the_lock(db, b, table)
         time.sleep(1.0)
         assert b.proc.poll() is None  # still waiting: A holds the table
         assert_same(read_table(db.url, bare), normalized(first))  # nothing committed yet
@@ -750,7 +761,7 @@ def test_of_two_concurrent_runs_the_older_as_of_no_longer_wins(db: Db, tmp_path:
     a.wait_for("PAUSED")
     b = Writer(files[1], db.url, qualified)  # older, but staged and waiting before A commits
     try:
-        _wait_until_waiting_for_the_lock(db, b)
+        _wait_until_waiting_for_the_lock(db, b, table)
     finally:
         a.resume()
     assert a.finish() == (0, "")
@@ -1143,6 +1154,7 @@ SQLITE_KILL_POINTS = {
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("kill_sqlite")  # one worker writes the reference once
 @pytest.mark.parametrize("point", list(SQLITE_KILL_POINTS))
 def test_sqlite_writer_killed_mid_write(sqlite_kill_case: tuple[str, KillCase], point: str) -> None:
     url, case = sqlite_kill_case
@@ -1227,6 +1239,7 @@ PG_KILL_POINTS = {
 
 @pytest.mark.slow
 @pytest.mark.postgres
+@pytest.mark.xdist_group("kill_pg")  # one worker writes the reference once
 @pytest.mark.parametrize("point", list(PG_KILL_POINTS))
 def test_postgresql_writer_killed_mid_write(
     pg_kill_case: tuple[str, KillCase], pg_tables: Any, point: str
