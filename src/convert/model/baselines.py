@@ -43,6 +43,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 from sklearn.utils.validation import check_is_fitted
+from threadpoolctl import threadpool_limits
 
 from convert.config import BaselinesConfig
 from convert.exceptions import (
@@ -419,7 +420,8 @@ class LogisticBaseline(Baseline):
         self.categorical_columns_ = categorical
         self.count_columns_ = counts
         self.signed_columns_ = signed
-        self.pipeline_.fit(X[self.feature_names_in_], labels)
+        with threadpool_limits(limits=1, user_api="blas"):  # the same digits on any machine (model.linear)
+            self.pipeline_.fit(X[self.feature_names_in_], labels)
         return self
 
     def predict_proba(self, X: pd.DataFrame) -> FloatArray:
@@ -558,7 +560,8 @@ class PointsRuleBaseline(Baseline):
         scale = float(pts.std()) or 1.0
         # Nearly unregularised: two parameters, many rows; C only guards against separation.
         platt = LogisticRegression(C=1e4, max_iter=1000)
-        platt.fit(((pts - center) / scale).reshape(-1, 1), labels)
+        with threadpool_limits(limits=1, user_api="blas"):
+            platt.fit(((pts - center) / scale).reshape(-1, 1), labels)
         slope = float(platt.coef_[0, 0])
         self.slope_ = slope / scale
         self.intercept_ = float(platt.intercept_[0]) - slope * center / scale

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
 
 from convert.exceptions import FeatureMismatchError
 
@@ -99,8 +100,11 @@ class LinearScorer:
             X, labels, weight = X[rows], labels[rows], weight[rows]
         Z, self.groups_ = self._design(X)
         model = LogisticRegression(C=self.C, max_iter=self.max_iter)
-        # weights scaled to mean 1 so that C means the same whatever the sampling
-        model.fit(Z, labels, sample_weight=weight / weight.mean() if len(weight) else None)
+        # weights scaled to mean 1 so that C means the same whatever the sampling; one BLAS
+        # thread, as for the calibrator: a threaded dot product sums in pieces, so the last
+        # digits would depend on the machine's cores (and threads fight LightGBM's for them)
+        with threadpool_limits(limits=1, user_api="blas"):
+            model.fit(Z, labels, sample_weight=weight / weight.mean() if len(weight) else None)
         self.coef_ = np.asarray(model.coef_[0], dtype="float64")
         self.intercept_ = float(model.intercept_[0])
         self.zbar_ = np.average(Z, axis=0, weights=weight) if len(Z) else np.zeros(Z.shape[1])
