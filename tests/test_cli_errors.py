@@ -107,7 +107,8 @@ def test_duckdb_out_of_memory_names_the_setting(sim_export, bundle, tmp_path):
     config.write_text(yaml.safe_dump({**FAST, "features": {"duckdb_memory_limit": "2MB"}}))
     for command in (["validate"], ["score", "--as-of", "2025-07-01", "--out", str(tmp_path / "s.parquet"),
                                    "--model", str(bundle)]):
-        result = run([*command, "--data", str(sim_export), "--config", str(config)], tmp_path)
+        # --no-cache: a cached load would attach the tables another test validated, in no memory
+        result = run([*command, "--data", str(sim_export), "--config", str(config), "--no-cache"], tmp_path)
         assert_clean_exit_2(result, "DuckDB ran out of memory", "features.duckdb_memory_limit")
 
 

@@ -1186,32 +1186,37 @@ def _pg_copy_running(table: str) -> Callable[[], None]:
 
 def _pg_leaver_locked(table: str, lead: str) -> Callable[[], None]:
     """Lock a leaver's row, wait until the writer's DELETE waits for it; the lock is held
-    a few seconds more (past the kill), then released."""
+    until then (however long the MERGE before it takes on a busy machine) and a second more,
+    past the kill, then released."""
 
     def hold() -> None:
         import psycopg
 
-        locked = threading.Event()
+        locked, seen = threading.Event(), threading.Event()
 
         def run() -> None:
             with psycopg.connect(_libpq_url(PG_URL)) as conn:
                 conn.execute(f'SELECT 1 FROM "{table}" WHERE lead_id = %s FOR UPDATE', (lead,))
                 locked.set()
-                time.sleep(5)
+                seen.wait(150)
+                time.sleep(1.0)
                 conn.rollback()
 
         threading.Thread(target=run, daemon=True).start()
         assert locked.wait(60), "could not lock the leaver's row"
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            waiting = _pg_execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND query LIKE %s",
-                (f'DELETE FROM "{table}"%',),
-            )
-            if waiting[0][0]:
-                return
-            time.sleep(0.01)
+        try:
+            while time.monotonic() < deadline:
+                waiting = _pg_execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE %s",
+                    (f'DELETE FROM "{table}"%',),
+                )
+                if waiting[0][0]:
+                    return
+                time.sleep(0.01)
+        finally:
+            seen.set()
         pytest.fail(f"the writer's DELETE from {table} never waited for the leaver's row")
 
     return hold
