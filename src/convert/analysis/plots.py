@@ -426,13 +426,7 @@ def plot_waterfall(explanation: LeadExplanation, max_features: int = 12) -> Figu
         steps.append(rest)
     fig = new_figure(9, 0.45 * len(steps) + 1.5, layout=None)
     ax = fig.add_subplot()
-    level = 0
-    for i, step in enumerate(steps):
-        start = 0 if i == 0 else level
-        color = "#777777" if i == 0 else ("#2a9d55" if step >= 0 else "#c0392b")
-        ax.barh(i, step, left=start, color=color)
-        ax.text(start + step, i, f" {step:+d}" if i else f" {step}", va="center", fontsize=8)
-        level = start + step
+    _waterfall_bars(ax, steps)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.axvline(explanation.score, color="black", lw=0.8, ls="--")
@@ -440,6 +434,18 @@ def plot_waterfall(explanation: LeadExplanation, max_features: int = 12) -> Figu
     ax.set_title(f"Lead {explanation.lead_id}: score {explanation.score}")
     fig.tight_layout()
     return fig
+
+
+def _waterfall_bars(ax: Any, steps: list[int]) -> None:
+    """A waterfall's bars on *ax*: the first step from zero (grey), each next one from where the
+    last ended (green up, red down), each labelled with its points."""
+    level = 0
+    for i, step in enumerate(steps):
+        start = 0 if i == 0 else level
+        color = "#777777" if i == 0 else ("#2a9d55" if step >= 0 else "#c0392b")
+        ax.barh(i, step, left=start, color=color)
+        ax.text(start + step, i, f" {step:+d}" if i else f" {step}", va="center", fontsize=8)
+        level = start + step
 
 
 @literal_text
@@ -459,13 +465,7 @@ def plot_change_waterfall(
         steps.append(rest)
     fig = new_figure(9, 0.45 * (len(steps) + 1) + 1.5, layout=None)
     ax = fig.add_subplot()
-    level = 0
-    for i, step in enumerate(steps):
-        start = 0 if i == 0 else level
-        color = "#777777" if i == 0 else ("#2a9d55" if step >= 0 else "#c0392b")
-        ax.barh(i, step, left=start, color=color)
-        ax.text(start + step, i, f" {step:+d}" if i else f" {step}", va="center", fontsize=8)
-        level = start + step
+    _waterfall_bars(ax, steps)
     end = len(steps)
     labels.append(f"score as of {as_of}")
     ax.barh(end, score_now, color="#777777")
