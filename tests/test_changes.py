@@ -250,6 +250,23 @@ def test_trend_thresholds():
     assert Config().scoring.trend_min_change == 5
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_top_movements_are_a_stable_sorts_first_k(seed):
+    """The batch's largest movements (found by counting values, not by sorting every cell) are
+    a stable sort's first k: largest |points| first, ties in lead then column order, zeros never."""
+    rng = np.random.default_rng(seed)
+    moves = rng.integers(-4, 5, (300, 7)) * (rng.random((300, 7)) < 0.3)
+    changes = Changes(frame=pd.DataFrame({ScoreOutput.lead_id: [f"L{i}" for i in range(300)]}),
+                      movements=moves, names=[f"f{j}" for j in range(6)] + [MODEL], exact=np.ones(300, bool))
+    for k in (0, 1, 10, 50, 10_000):
+        order = np.argsort(-np.abs(moves), axis=None, kind="stable")[:k]
+        order = order[moves.ravel()[order] != 0]
+        top = changes.top_movements(k)
+        assert top["points"].tolist() == moves.ravel()[order].tolist()
+        assert top[ScoreOutput.lead_id].tolist() == [f"L{i}" for i in order // 7]
+        assert top["movement"].tolist() == [changes.names[j] for j in order % 7]
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_exact_on_random_pairs_of_feature_rows(trained, fast_config, seed):
     """Seeded property test: any rows then, any previous scores and model versions."""

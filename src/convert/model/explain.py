@@ -102,23 +102,32 @@ def round_preserving_sum(values: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def _largest(rem: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """Per row, 1 for the *k[i]* largest entries of *rem* (ties to the lower column), else 0.
+    """Per row, True for the *k[i]* largest entries of *rem* (ties to the lower column).
 
     The first *k* of a stable sort by descending value: every entry above the row's k-th
     largest value, then the entries equal to it from the left until *k* are taken.
     """
     n, p = rem.shape
-    out = np.zeros((n, p), dtype="int64")
     some = np.flatnonzero(k > 0)
     if some.size == 0 or p == 0:
-        return out
-    part = rem[some]
-    kk = k[some]
+        return np.zeros((n, p), dtype=bool)
+    every = some.size == n
+    part = rem if every else rem[some]
+    kk = k if every else k[some]
     kth = np.sort(part, axis=1)[np.arange(some.size), p - kk][:, None]
-    above = part > kth
+    take = part > kth
     tied = part == kth
-    need = kk - above.sum(axis=1)
-    take = above | (tied & (np.cumsum(tied, axis=1) <= need[:, None]))
+    need = kk - take.sum(axis=1)
+    # the leftmost *need* of the tied entries; a row whose ties are all needed (the usual
+    # case: distinct remainders) takes them all without counting
+    split = np.flatnonzero(tied.sum(axis=1) > need)
+    take |= tied
+    if split.size:
+        ties = tied[split]
+        take[split] &= ~ties | (np.cumsum(ties, axis=1) <= need[split, None])
+    if every:
+        return take
+    out = np.zeros((n, p), dtype=bool)
     out[some] = take
     return out
 

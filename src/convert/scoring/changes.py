@@ -88,9 +88,16 @@ class Changes:
 
     def top_movements(self, k: int = 10) -> pd.DataFrame:
         """The *k* largest movements of the batch (lead, movement, points): for alerts and the report."""
-        absval = np.abs(self.movements)
-        flat = np.argsort(-absval, axis=None, kind="stable")[:k]
-        rows, cols = np.unravel_index(flat, absval.shape)
+        absval = np.abs(self.movements).ravel()
+        # the k largest non-zero |movements|, ties in row-major order (a stable sort's first
+        # k): the cells at or above the k-th largest value, found by counting the integer
+        # values (partitioning degrades on arrays of a few repeated values)
+        counts = np.bincount(absval, minlength=2) if absval.size else np.zeros(2, dtype="int64")
+        at_least = np.cumsum(counts[::-1])[::-1]  # cells with |movement| >= v, per v
+        floor = max(1, int(np.flatnonzero(at_least >= k)[-1])) if k > 0 and at_least[0] >= k else 1
+        candidates = np.flatnonzero(absval >= floor)
+        flat = candidates[np.argsort(-absval[candidates], kind="stable")[:max(k, 0)]]
+        rows, cols = np.unravel_index(flat, self.movements.shape)
         keep = self.movements[rows, cols] != 0
         return pd.DataFrame(
             {
@@ -203,6 +210,8 @@ def _round_movements(values: np.ndarray, targets: np.ndarray) -> np.ndarray:
     columns that moved at all: a feature no tree uses moves by exactly zero and stays zero."""
     out = np.zeros(values.shape, dtype="int64")
     moved = np.flatnonzero((values != 0).any(axis=0))
+    if len(moved) == values.shape[1]:
+        return round_preserving_sum(values, targets)
     if len(moved):
         out[:, moved] = round_preserving_sum(values[:, moved], targets)
     return out
@@ -244,23 +253,31 @@ def compare(
     has_prev = pi >= 0
     pj = np.maximum(pi, 0)
 
-    def take(col: str, fill: Any) -> np.ndarray:
-        if not len(prev):
-            return np.full(n, fill, dtype=object)
-        return np.where(has_prev, prev[col].to_numpy(dtype=object)[pj], fill)
+    def take(values: np.ndarray, fill: Any) -> np.ndarray:
+        fill = np.asarray(fill, dtype=values.dtype)
+        return np.where(has_prev, values[pj], fill) if len(prev) else np.full(n, fill)
 
-    prev_score = np.asarray(take(PREVIOUS_SCORE, 0), dtype="int64")
-    prev_as_of = pd.DatetimeIndex(pd.to_datetime(take(PREVIOUS_AS_OF, pd.NaT)))
-    prev_version = np.asarray(take(PREVIOUS_MODEL_VERSION, ""), dtype=object)
-    prev_events = np.asarray(take(PREVIOUS_EVENTS_SEEN, np.nan), dtype="float64")
+    prev_score = take(prev[PREVIOUS_SCORE].to_numpy(dtype="int64"), 0)
+    when = pd.to_datetime(prev[PREVIOUS_AS_OF]).to_numpy()
+    prev_as_of = pd.DatetimeIndex(take(when, np.datetime64("NaT").astype(when.dtype)))
+    prev_version = take(prev[PREVIOUS_MODEL_VERSION].to_numpy(dtype=object), "")
+    prev_events = take(prev[PREVIOUS_EVENTS_SEEN].to_numpy(dtype="float64"), np.nan)
 
-    # the rows of *then* at each lead's previous as-of
-    then_key = pd.MultiIndex.from_arrays([then[O.lead_id].astype(str).to_numpy(), pd.to_datetime(then[O.as_of])])
-    now_key = pd.MultiIndex.from_arrays([ids, prev_as_of])
-    ti = then_key.get_indexer(now_key) if len(then) else np.full(n, -1)
+    # the row of *then* at each lead's previous as-of: by lead when each lead has one row
+    # there (a run's previous rows), else by lead and time
+    then_ids = pd.Index(then[O.lead_id].astype(str))
+    then_at = pd.to_datetime(then[O.as_of]).to_numpy()
+    if not len(then):
+        ti = np.full(n, -1)
+    elif then_ids.is_unique:
+        ti = then_ids.get_indexer(ids)
+        ti[(ti >= 0) & (then_at[np.maximum(ti, 0)] != prev_as_of.to_numpy())] = -1
+    else:
+        ti = pd.MultiIndex.from_arrays([then_ids, then_at]).get_indexer(pd.MultiIndex.from_arrays([ids, prev_as_of]))
     found = has_prev & (ti >= 0)
     rows = np.flatnonzero(found)
-    then_rows = then.iloc[ti[rows]]
+    at = ti[rows]
+    then_rows = then if len(at) == len(then) and (at == np.arange(len(at))).all() else then.take(at)
     then_score, then_continuous = (
         _scores_and_points(model, then_rows, config.num_threads) if len(rows) else (None, None)
     )
@@ -345,11 +362,18 @@ def _sentences(
     if not len(r_exact):
         return out
     # integer points first; the unrounded points (at most 100 here) only break ties
-    mag = np.abs(movements[r_exact]) + 1e-5 * np.minimum(np.abs(continuous[r_exact]), 100.0)
-    part = np.argpartition(-mag, k - 1, axis=1)[:, :k] if k < width else np.tile(np.arange(width), (len(r_exact), 1))
-    order = np.argsort(-np.take_along_axis(mag, part, axis=1), axis=1, kind="stable")
-    top = np.take_along_axis(part, order, axis=1)  # (m, k) column of each slot
-    pts = np.take_along_axis(movements[r_exact], top, axis=1)
+    mag = np.abs(continuous[r_exact])
+    np.minimum(mag, 100.0, out=mag)
+    mag *= 1e-5
+    mag += np.abs(movements[r_exact])
+    # the k largest of each row, largest first, ties to the lower column: k passes of argmax
+    # (k is 3; partitioning degrades on rows of many equal values, the features that did not move)
+    top = np.empty((len(r_exact), k), dtype=np.intp)  # (m, k) column of each slot
+    every = np.arange(len(r_exact))
+    for i in range(k):
+        top[:, i] = mag.argmax(axis=1)
+        mag[every, top[:, i]] = -1.0
+    pts = movements[r_exact[:, None], top]
     lead_idx = np.repeat(r_exact, k)
     slot = np.tile(np.arange(k), len(r_exact))
     col = top.ravel()
@@ -392,8 +416,8 @@ def _model_words(prev_version: np.ndarray, model_version: str) -> np.ndarray:
 
 def _value_change_words(feature: FeatureDef, now: np.ndarray, then: np.ndarray) -> np.ndarray:
     """``<the value now in words> (was <value then>)`` for each lead, from the distinct values."""
-    now_codes, now_uniques = pd.factorize(pd.Series(feature.canonical(now), dtype=object), use_na_sentinel=True)
-    then_codes, then_uniques = pd.factorize(pd.Series(feature.canonical(then), dtype=object), use_na_sentinel=True)
+    now_codes, now_uniques = _factorize(feature.canonical(now))
+    then_codes, then_uniques = _factorize(feature.canonical(then))
     # code -1 (missing) is the last entry of each table
     now_said = np.array([feature.describe(v) for v in now_uniques] + [feature.describe(None)], dtype=object)
     now_value = np.array([feature.format_value(v) for v in now_uniques] + [None], dtype=object)
@@ -401,6 +425,15 @@ def _value_change_words(feature: FeatureDef, now: np.ndarray, then: np.ndarray) 
     before = np.array([f" (was {v})" for v in then_value[:-1]] + [f" (was {_none(feature)})"], dtype=object)
     same = now_value[now_codes] == then_value[then_codes]
     return now_said[now_codes] + np.where(same, " (value unchanged)", before[then_codes])
+
+
+def _factorize(values: np.ndarray) -> tuple[np.ndarray, list[Any]]:
+    """Codes (-1: missing) and distinct values, numbers factorized as numbers (not as objects)."""
+    if isinstance(values, np.ndarray) and values.dtype.kind == "f":
+        codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    else:
+        codes, uniques = pd.factorize(pd.Series(values, dtype=object), use_na_sentinel=True)
+    return codes, list(uniques)
 
 
 def _none(feature: FeatureDef) -> str:

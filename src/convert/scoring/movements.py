@@ -95,10 +95,11 @@ class RunChanges:
         self._index()
 
     def _index(self) -> None:
-        """The previous rows and their feature rows by lead, for each chunk's lookup."""
-        self._prev_by_lead = self.previous.set_index(self.previous[O.lead_id].astype(str), drop=False)
+        """The positions of the previous rows and of their feature rows by lead, for each
+        chunk's lookup (an index of the ids, not a re-indexed copy of the wide frames)."""
+        self._prev_ids = pd.Index(self.previous[O.lead_id].astype(str))
         then = self.then
-        self._then_by_lead = None if then is None else then.set_index(then[O.lead_id].astype(str), drop=False)
+        self._then_ids = None if then is None else pd.Index(then[O.lead_id].astype(str))
 
     # scoring ------------------------------------------------------------------------------
 
@@ -109,12 +110,10 @@ class RunChanges:
             self._tally(np.zeros(len(scored), dtype="int64"), np.zeros(len(scored), dtype=bool))
         else:
             ids = features[O.lead_id].astype(str).to_numpy()
-            prev = _rows_of(self._prev_by_lead, ids)
-            then = _rows_of(self._then_by_lead, ids)
-            assert prev is not None
-            then = _no_rows(features) if then is None else then
-            changes = compare(self.model, features, prev.reset_index(drop=True), then.reset_index(drop=True),
-                              self.config.scoring, self.model_version, now_points=points)
+            prev = _rows_of(self.previous, self._prev_ids, ids)
+            then = _no_rows(features) if self.then is None else _rows_of(self.then, self._then_ids, ids)
+            changes = compare(self.model, features, prev, then, self.config.scoring, self.model_version,
+                              now_points=points)
             changed = changes.frame.drop(columns=[O.lead_id])
             self._tally(changes.movements.sum(axis=1), changes.exact)
             top = changes.top_movements(self.keep)
@@ -176,13 +175,12 @@ class RunChanges:
         return out
 
 
-def _rows_of(by_lead: pd.DataFrame | None, ids: np.ndarray) -> pd.DataFrame | None:
-    """The rows of *by_lead* (indexed by lead, one row each) of the leads *ids* that have one:
-    a lookup of the chunk's ids, not a scan of every previous row per chunk."""
-    if by_lead is None:
-        return None
-    at = by_lead.index.get_indexer(ids)
-    return by_lead.iloc[at[at >= 0]]
+def _rows_of(frame: pd.DataFrame, index: pd.Index | None, ids: np.ndarray) -> pd.DataFrame:
+    """The rows of *frame* (one per lead, *index* its lead ids) of the leads *ids* that have
+    one, renumbered: a lookup of the chunk's ids, not a scan of every previous row per chunk."""
+    assert index is not None
+    at = index.get_indexer(ids)
+    return frame.take(at[at >= 0]).reset_index(drop=True)
 
 
 def _no_rows(like: pd.DataFrame) -> pd.DataFrame:
