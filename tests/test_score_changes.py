@@ -377,3 +377,25 @@ def test_the_command_prints_the_alerts_and_writes_them_to_a_table(sim_export, bu
     counted = result.output.split("since their previous score: ")[1].split(" leads moved")[0]
     assert (table[AlertOutput.alert].str.contains(TOP_GRADES)).sum() == int(counted.replace(",", ""))
     assert (pd.to_datetime(table[AlertOutput.previous_as_of]) == T2).all()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "parquet"])
+def test_the_report_finds_the_previous_run_in_the_scores(backend, tmp_path, monkeypatch):
+    """`report --scores`: the movements start at the last run before the as-of that the scores
+    hold (a database's history; a file's run, or the run its rows carry on a re-run)."""
+    from convert.steps.report import previous_run_as_of
+
+    target = f"sqlite:///{tmp_path / 's.db'}" if backend == "sqlite" else str(tmp_path / "s.parquet")
+    first, second = pd.Timestamp("2025-05-01"), pd.Timestamp("2025-05-08")
+    assert previous_run_as_of(target, "lead_scores", second) is None  # nothing written yet
+    write_scores(_scores(first), target, "lead_scores")
+    batch = _scores(second)
+    batch = batch.assign(**{C.previous_score: batch[O.score], C.previous_as_of: first, C.score_change: 0,
+                            C.trend: "steady", C.change_1: None, C.change_2: None, C.change_3: None,
+                            C.events_seen: 3})
+    write_scores(batch, target, "lead_scores")
+    assert previous_run_as_of(target, "lead_scores", pd.Timestamp("2025-05-15")) == second
+    assert previous_run_as_of(target, "lead_scores", second) == first  # a re-run of the last as-of
+    assert previous_run_as_of(target, "lead_scores", first) is None
+    monkeypatch.setenv("SCORES_AT", target)
+    assert previous_run_as_of("env:SCORES_AT", "lead_scores", pd.Timestamp("2025-06-01")) == second

@@ -318,14 +318,16 @@ def report(
     out: Annotated[Path, typer.Option("--out", help="The HTML file to write.")] = Path("reports/report.html"),
     model: ModelOpt = None,
     backtest: Annotated[Path | None, typer.Option("--backtest", help="Include a backtest: the folder `convert-leads backtest` wrote.")] = None,
-    since: Annotated[str | None, typer.Option("--since", help="The previous scoring run's as-of for the movements section (default: report.movements_days before --as-of); both times are scored by this model.")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="The previous scoring run's as-of for the movements section (default: --scores' last run before --as-of, else report.movements_days before it); both times are scored by this model.")] = None,
+    scores: Annotated[str | None, typer.Option("--scores", help="The scores `score` writes (file, database URL with --scores-table, env:VARIABLE): its last run before --as-of starts the movements.")] = None,
+    scores_table: Annotated[str | None, typer.Option("--scores-table", help="Scores table when --scores is a database (default lead_scores).")] = None,
     config: ConfigOpt = None, rejects: RejectsOpt = None, strict: StrictOpt = False,
     mapping: MappingOpt = None, no_cache: NoCacheOpt = False,
 ) -> None:
     """Write the analyst report (one self-contained HTML file); log it to the model's MLflow run."""
     summary = steps.report_step(data, _config(config, no_cache), _required(as_of, "--as-of"), out, model, backtest,
                                 _rejects(rejects), strict or None, echo, mapping=_mapping(mapping),
-                                since=_as_of(since, "--since"))
+                                since=_as_of(since, "--since"), scores=scores, scores_table=scores_table)
     for line in summary.lines():
         echo(line)
 

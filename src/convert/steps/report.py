@@ -31,7 +31,7 @@ from convert.scoring.changes import (
     points_of,
 )
 from convert.sources.mapping import Mapping
-from convert.steps.common import Echo, Input, _quiet, load_model, open_export
+from convert.steps.common import Echo, Input, _quiet, load_model, open_export, resolve_target
 from convert.steps.evaluate import own_holdout
 
 
@@ -63,20 +63,27 @@ def report_step(
     data_path: str | Path, config: Config, as_of: pd.Timestamp, out: str | Path, model_uri: str | None = None,
     backtest: str | Path | None = None, rejects: str | None = None, strict: bool | None = None,
     echo: Echo = _quiet, log_to_mlflow: bool = True, mapping: Mapping | None = None,
-    since: pd.Timestamp | None = None,
+    since: pd.Timestamp | None = None, scores: str | None = None, scores_table: str | None = None,
 ) -> ReportSummary:
     """Write the analyst report (one self-contained HTML file) and log it to the model's MLflow run.
 
     *backtest* is a folder written by :func:`~convert.steps.backtest.backtest_step` (or its
     ``backtest.csv``) to include as a section. *since* is the previous scoring run's as-of
-    for the movements section (default ``report.movements_days`` before *as_of*): the report
-    has no score table to read it from, so it scores both times with its own model.
+    for the movements section; without it, *scores* (what ``score`` writes: a file, a
+    database URL with *scores_table*, or ``env:VARIABLE``) says it, its latest as-of before
+    *as_of*; without either, ``report.movements_days`` before *as_of*. Both times are scored
+    with the report's model.
     """
     from convert.analysis.report import ReportInputs, build_report
     from convert.registry import store as registry
     from convert.scoring.score import feature_rows
 
     clock = time.perf_counter()
+    if since is None and scores is not None:
+        since = previous_run_as_of(scores, scores_table or ScoreOutput.table, as_of)
+        if since is None:
+            echo(f"{scores} holds no scoring run before {as_of:%Y-%m-%d}: movements since "
+                 f"report.movements_days ({config.report.movements_days}) days before")
     since = since if since is not None else as_of - pd.Timedelta(days=config.report.movements_days)
     if since >= as_of:
         raise ConfigError(f"--since {since} is not earlier than --as-of {as_of}: the movements section compares "
@@ -109,6 +116,16 @@ def report_step(
                             report.metrics(), as_of)
         logged = reg.run_id
     return ReportSummary(path, path.stat().st_size, time.perf_counter() - clock, report, logged)
+
+
+def previous_run_as_of(scores: str, table: str, as_of: pd.Timestamp) -> pd.Timestamp | None:
+    """The as-of of the last scoring run before *as_of* that *scores* holds (its history
+    table, or the run a scores file holds and the previous one its rows carry); ``None``
+    when there is none."""
+    from convert.io.writers import read_previous
+
+    rows = read_previous(resolve_target(scores) if scores.startswith("env:") else scores, as_of, table)
+    return None if rows.empty else pd.Timestamp(rows[ScoreOutput.as_of].max())
 
 
 def movements_since(
