@@ -242,6 +242,41 @@ def test_feature_matrix_encodes_as_lightgbm_reads_the_transformed_frame():
         FeatureMatrix(frame.drop(columns=["band"]), catalog)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_linear_contributions_are_the_design_terms_summed_column_by_column(seed):
+    """The linear half's contributions, computed feature by feature without the design, are the
+    design's terms ``(z - zbar) * coef`` summed column by column, to the last digit: kept,
+    pooled, unseen and missing categories, numbers with and without missing values."""
+    from convert.model.linear import LinearScorer
+
+    rng = np.random.default_rng(seed)
+    n = 3000
+    X = np.column_stack([
+        rng.exponential(3.0, n),                            # never negative: log1p
+        rng.normal(0.0, 2.0, n),                            # negative values: no log
+        rng.choice([0, 1, 2, 3, 4, 5], n, p=[0.4, 0.3, 0.2, 0.07, 0.02, 0.01]).astype(float),  # rare ones pooled
+        rng.choice([0, 1, 2], n).astype(float),             # every category kept
+    ])
+    X[rng.random((n, 4)) < np.array([0.1, 0.0, 0.05, 0.0])] = np.nan
+    y = (rng.random(n) < 1 / (1 + np.exp(-(X[:, 1] + (np.nan_to_num(X[:, 3]) == 2))))).astype(int)
+    lin = LinearScorer(min_frequency=50).fit(X, y, ["numeric", "numeric", "categorical", "categorical"])
+    assert lin.columns_[2]["pooled"] and lin.columns_[2]["missing"] and not lin.columns_[3]["pooled"]
+    new = X[:500].copy()
+    new[:50, 3] = np.nan  # missing where training had none: no column of the feature is set
+    new[50:100, 2] = 9.0  # a code never seen: pooled
+    new[100:150, 3] = 7.0  # a code never seen where nothing is pooled: no column set
+    new[150:200, 1] = np.nan  # missing where training had none: the median, no indicator
+    Z, groups = lin._design(new)
+    terms = (Z - lin.zbar_) * lin.coef_
+    expected = np.zeros((len(new), 5))
+    for c in range(terms.shape[1]):
+        expected[:, groups[c]] += terms[:, c]
+    expected[:, -1] = lin.base_raw
+    got = lin.contributions(new)
+    assert np.array_equal(got, expected)
+    assert np.allclose(got.sum(axis=1), lin.raw(new), atol=1e-12)
+
+
 def test_blend_contributions_add_up_and_survive_a_round_trip(trained, tmp_path):
     """A log-odds blend's contributions are the weighted sum of both models': exact, per lead."""
     from convert.model.explain import contributions

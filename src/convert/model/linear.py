@@ -124,11 +124,14 @@ class LinearScorer:
         neg = np.sort(rng.choice(neg, min(len(neg), self.max_rows - len(pos)), replace=False))
         return np.sort(np.concatenate([pos, neg]))
 
-    def _design(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _check_width(self, X: np.ndarray) -> None:
         if X.ndim != 2 or X.shape[1] != len(self.columns_):
             raise FeatureMismatchError(
                 f"the linear model expects {len(self.columns_)} feature columns; got shape {X.shape}"
             )
+
+    def _design(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self._check_width(X)
         blocks: list[np.ndarray] = []
         groups: list[int] = []
         for j, spec in enumerate(self.columns_):
@@ -168,12 +171,53 @@ class LinearScorer:
 
     def contributions(self, X: np.ndarray) -> np.ndarray:
         """Per-feature contributions, shape (n, p + 1), the base value last (as ``pred_contrib``);
-        each row sums to :meth:`raw` up to floating-point rounding."""
-        Z, groups = self._design(np.asarray(X, dtype="float64"))
-        terms = (Z - self.zbar_) * self.coef_
-        out = np.zeros((len(Z), len(self.columns_) + 1), dtype="float64")
-        for c in range(terms.shape[1]):
-            out[:, groups[c]] += terms[:, c]
+        each row sums to :meth:`raw` up to floating-point rounding.
+
+        Feature by feature, without building the design: a numeric feature's terms from its
+        column, a categorical feature's from a table holding, for each design column that can
+        be the row's one (a kept code, the pooled one, the missing one, or none), the sum of
+        the feature's terms. Every sum runs in design-column order from 0.0, so the numbers
+        are those of summing ``(z - zbar) * coef`` column by column to the last digit."""
+        X = np.asarray(X, dtype="float64")
+        self._check_width(X)
+        out = np.zeros((len(X), len(self.columns_) + 1), dtype="float64")
+        c = 0  # the feature's first design column
+        for j, spec in enumerate(self.columns_):
+            col = X[:, j]
+            missing = np.isnan(col)
+            if spec["kind"] == "categorical":
+                codes = np.where(missing, -1, np.nan_to_num(col, nan=-1.0)).astype("int64")
+                kept = np.asarray(spec["codes"], dtype="int64")
+                width = len(kept) + int(bool(spec["pooled"])) + int(bool(spec["missing"]))
+                # the design column each row sets (width: none): a kept code, pooled, missing
+                which = np.full(len(col), width, dtype=np.intp)
+                if len(kept):
+                    order = np.argsort(kept, kind="stable")
+                    at = np.minimum(np.searchsorted(kept[order], codes), len(kept) - 1)
+                    hit = kept[order][at] == codes
+                    which[hit] = order[at[hit]]
+                if spec["pooled"]:
+                    which[(codes >= 0) & (which == width)] = len(kept)
+                if spec["missing"]:
+                    which[missing] = width - 1
+                coef, zbar = self.coef_[c : c + width], self.zbar_[c : c + width]
+                table = np.zeros(width + 1, dtype="float64")
+                for case in range(width + 1):
+                    total = np.float64(0.0)
+                    for k in range(width):
+                        total = total + (np.float64(1.0 if k == case else 0.0) - zbar[k]) * coef[k]
+                    table[case] = total
+                out[:, j] = table[which]
+                c += width
+            else:
+                values = np.log1p(np.clip(col, 0, None)) if spec["log"] else col
+                values = np.where(missing, spec["median"], values)
+                acc = 0.0 + ((values - spec["mean"]) / spec["scale"] - self.zbar_[c]) * self.coef_[c]
+                c += 1
+                if spec["missing"]:
+                    acc += (missing.astype("float64") - self.zbar_[c]) * self.coef_[c]
+                    c += 1
+                out[:, j] = acc
         out[:, -1] = self.base_raw
         return out
 

@@ -196,6 +196,19 @@ def points_of(model: LeadScoringModel, features: pd.DataFrame, num_threads: int 
     return to_points(phi.sum(axis=1), phi[:, :-1], model.base_raw_, model_score_fn(model))
 
 
+def match_then(then: pd.DataFrame, then_ids: pd.Index, ids: np.ndarray, prev_as_of: pd.DatetimeIndex) -> np.ndarray:
+    """The row of *then* (lead ids *then_ids*) at each lead's previous as-of, -1 when none:
+    by lead when each lead has one row there (a run's previous rows), else by lead and time."""
+    if not len(then):
+        return np.full(len(ids), -1)
+    then_at = pd.to_datetime(then[O.as_of]).to_numpy()
+    if then_ids.is_unique:
+        ti = then_ids.get_indexer(ids)
+        ti[(ti >= 0) & (then_at[np.maximum(ti, 0)] != prev_as_of.to_numpy())] = -1
+        return ti
+    return pd.MultiIndex.from_arrays([then_ids, then_at]).get_indexer(pd.MultiIndex.from_arrays([ids, prev_as_of]))
+
+
 def _scores_and_points(model: LeadScoringModel, features: pd.DataFrame, num_threads: int) -> tuple[np.ndarray, np.ndarray]:
     """Integer scores and unrounded points (n, p) of feature rows, as :func:`points_of` gives
     them, without the integer points (the previous as-of needs none: the movements are
@@ -225,6 +238,7 @@ def compare(
     config: ScoringConfig,
     model_version: str,
     now_points: Points | None = None,
+    at: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Changes:
     """The changes of the leads of *now* since their previous scores.
 
@@ -241,6 +255,10 @@ def compare(
     now_points:
         The points of *now* when the caller has them (``score_frame(points=...)``);
         computed otherwise.
+    at:
+        When the caller has matched the rows (a run looks each chunk up in indexes built
+        once): per row of *now*, its row in *previous* and its row in *then* at the
+        previous as-of (-1: none); matched here by lead otherwise.
     """
     names = list(model.spec_.names)
     p = len(names)
@@ -249,7 +267,7 @@ def compare(
         now_points = points_of(model, now, config.num_threads)
     ids = now[O.lead_id].astype(str).to_numpy()
     prev = previous.reset_index(drop=True)
-    pi = pd.Index(prev[O.lead_id].astype(str)).get_indexer(ids)
+    pi = pd.Index(prev[O.lead_id].astype(str)).get_indexer(ids) if at is None else at[0]
     has_prev = pi >= 0
     pj = np.maximum(pi, 0)
 
@@ -263,21 +281,11 @@ def compare(
     prev_version = take(prev[PREVIOUS_MODEL_VERSION].to_numpy(dtype=object), "")
     prev_events = take(prev[PREVIOUS_EVENTS_SEEN].to_numpy(dtype="float64"), np.nan)
 
-    # the row of *then* at each lead's previous as-of: by lead when each lead has one row
-    # there (a run's previous rows), else by lead and time
-    then_ids = pd.Index(then[O.lead_id].astype(str))
-    then_at = pd.to_datetime(then[O.as_of]).to_numpy()
-    if not len(then):
-        ti = np.full(n, -1)
-    elif then_ids.is_unique:
-        ti = then_ids.get_indexer(ids)
-        ti[(ti >= 0) & (then_at[np.maximum(ti, 0)] != prev_as_of.to_numpy())] = -1
-    else:
-        ti = pd.MultiIndex.from_arrays([then_ids, then_at]).get_indexer(pd.MultiIndex.from_arrays([ids, prev_as_of]))
+    ti = match_then(then, pd.Index(then[O.lead_id].astype(str)), ids, prev_as_of) if at is None else at[1]
     found = has_prev & (ti >= 0)
     rows = np.flatnonzero(found)
-    at = ti[rows]
-    then_rows = then if len(at) == len(then) and (at == np.arange(len(at))).all() else then.take(at)
+    then_pos = ti[rows]
+    then_rows = then if len(then_pos) == len(then) and (then_pos == np.arange(len(then))).all() else then.take(then_pos)
     then_score, then_continuous = (
         _scores_and_points(model, then_rows, config.num_threads) if len(rows) else (None, None)
     )

@@ -41,8 +41,10 @@ from convert.scoring.changes import NEW as TREND_NEW
 from convert.scoring.changes import (
     PREVIOUS_AS_OF,
     PREVIOUS_COLUMNS,
+    PREVIOUS_MODEL_VERSION,
     PREVIOUS_SCORE,
     compare,
+    match_then,
     points_of,
     previous_features,
     previous_scores,
@@ -96,10 +98,12 @@ class RunChanges:
 
     def _index(self) -> None:
         """The positions of the previous rows and of their feature rows by lead, for each
-        chunk's lookup (an index of the ids, not a re-indexed copy of the wide frames)."""
-        self._prev_ids = pd.Index(self.previous[O.lead_id].astype(str))
+        chunk's lookup (indexes of the ids built once, not re-indexed copies of the wide
+        frames; the text columns as NumPy objects, so that a chunk's lookups copy no column)."""
+        self.previous = self.previous.reset_index(drop=True).astype({PREVIOUS_MODEL_VERSION: object})
+        self._prev_ids = pd.Index(self.previous[O.lead_id].astype(str).to_numpy(dtype=object))
         then = self.then
-        self._then_ids = None if then is None else pd.Index(then[O.lead_id].astype(str))
+        self._then_ids = None if then is None else pd.Index(then[O.lead_id].astype(str).to_numpy(dtype=object))
 
     # scoring ------------------------------------------------------------------------------
 
@@ -110,10 +114,15 @@ class RunChanges:
             self._tally(np.zeros(len(scored), dtype="int64"), np.zeros(len(scored), dtype=bool))
         else:
             ids = features[O.lead_id].astype(str).to_numpy()
-            prev = _rows_of(self.previous, self._prev_ids, ids)
-            then = _no_rows(features) if self.then is None else _rows_of(self.then, self._then_ids, ids)
-            changes = compare(self.model, features, prev, then, self.config.scoring, self.model_version,
-                              now_points=points)
+            pi = self._prev_ids.get_indexer(ids)
+            when = pd.to_datetime(self.previous[PREVIOUS_AS_OF]).to_numpy()
+            nat = np.datetime64("NaT").astype(when.dtype)
+            prev_as_of = pd.DatetimeIndex(np.where(pi >= 0, when[np.maximum(pi, 0)], nat) if len(when) else
+                                          np.full(len(ids), nat))
+            then = _no_rows(features) if self.then is None else self.then
+            ti = np.full(len(ids), -1) if self._then_ids is None else match_then(then, self._then_ids, ids, prev_as_of)
+            changes = compare(self.model, features, self.previous, then, self.config.scoring, self.model_version,
+                              now_points=points, at=(pi, ti))
             changed = changes.frame.drop(columns=[O.lead_id])
             self._tally(changes.movements.sum(axis=1), changes.exact)
             top = changes.top_movements(self.keep)
@@ -173,14 +182,6 @@ class RunChanges:
         self.moved, self.exact = [moved], [exact]
         self.rechecked = out
         return out
-
-
-def _rows_of(frame: pd.DataFrame, index: pd.Index | None, ids: np.ndarray) -> pd.DataFrame:
-    """The rows of *frame* (one per lead, *index* its lead ids) of the leads *ids* that have
-    one, renumbered: a lookup of the chunk's ids, not a scan of every previous row per chunk."""
-    assert index is not None
-    at = index.get_indexer(ids)
-    return frame.take(at[at >= 0]).reset_index(drop=True)
 
 
 def _no_rows(like: pd.DataFrame) -> pd.DataFrame:
