@@ -98,7 +98,7 @@ def index_events(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(
         f"CREATE OR REPLACE TABLE _active_days AS SELECT lead_key, min({E.occurred_at}) AS first_at, "
         f"max({E.occurred_at}) AS last_at FROM _events_indexed "
-        f"GROUP BY lead_key, CAST({E.occurred_at} AS DATE)"
+        f"GROUP BY lead_key, date_trunc('day', {E.occurred_at})"  # the day; cheaper than a DATE cast
     )
     con.execute(
         f"CREATE OR REPLACE TABLE _leads_indexed AS SELECT l.*, f.first_at AS {DUCKDB.first_event} "
