@@ -1,6 +1,6 @@
 """Benchmark: events -> point-in-time feature table, against a minimal DuckDB query and pandas.
 
-Default mode (issue acceptance: 20M events / 200k leads, one as-of time; ours within 1.2x of (issue 16; 1.5x before)
+Default mode (issue acceptance: 20M events / 200k leads, one as-of time; ours within 1.2x (issue 16) of
 the minimal DuckDB query). Generates a synthetic CRM as Parquet
 (``convert.simulator.crm.generate_crm``) into ``--workdir`` (a temporary folder by default, removed
 at the end unless ``--keep``), then, in one process:
