@@ -82,7 +82,8 @@ def report_step(
     if since is None and scores is not None:
         since = previous_run_as_of(scores, scores_table or ScoreOutput.table, as_of)
         if since is None:
-            echo(f"{scores} holds no scoring run before {as_of:%Y-%m-%d}: movements since "
+            # the target is not echoed: a database URL may hold a password
+            echo(f"--scores holds no scoring run before {as_of:%Y-%m-%d}: movements since "
                  f"report.movements_days ({config.report.movements_days}) days before")
     since = since if since is not None else as_of - pd.Timedelta(days=config.report.movements_days)
     if since >= as_of:
