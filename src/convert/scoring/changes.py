@@ -56,6 +56,8 @@ from convert.schema import ScoreOutput as O
 from convert.sources.export import CRMData
 
 NEW, UNKNOWN, IMPROVING, STEADY, DECLINING = "new", "unknown", "improving", "steady", "declining"
+#: Every trend, in the order reports list them.
+TRENDS = (IMPROVING, STEADY, DECLINING, NEW, UNKNOWN)
 #: The movement that is not a feature: today's model against the model of the previous score.
 MODEL = "model update"
 #: The feature whose value at an as-of time is the lead's events before it (the fingerprint).
@@ -196,7 +198,7 @@ def points_of(model: LeadScoringModel, features: pd.DataFrame, num_threads: int 
     return to_points(phi.sum(axis=1), phi[:, :-1], model.base_raw_, model_score_fn(model))
 
 
-def match_then(then: pd.DataFrame, then_ids: pd.Index, ids: np.ndarray, prev_as_of: pd.DatetimeIndex) -> np.ndarray:
+def _match_then(then: pd.DataFrame, then_ids: pd.Index, ids: np.ndarray, prev_as_of: pd.DatetimeIndex) -> np.ndarray:
     """The row of *then* (lead ids *then_ids*) at each lead's previous as-of, -1 when none:
     by lead when each lead has one row there (a run's previous rows), else by lead and time."""
     if not len(then):
@@ -238,7 +240,7 @@ def compare(
     config: ScoringConfig,
     model_version: str,
     now_points: Points | None = None,
-    at: tuple[np.ndarray, np.ndarray] | None = None,
+    indexes: tuple[pd.Index, pd.Index] | None = None,
 ) -> Changes:
     """The changes of the leads of *now* since their previous scores.
 
@@ -255,10 +257,9 @@ def compare(
     now_points:
         The points of *now* when the caller has them (``score_frame(points=...)``);
         computed otherwise.
-    at:
-        When the caller has matched the rows (a run looks each chunk up in indexes built
-        once): per row of *now*, its row in *previous* and its row in *then* at the
-        previous as-of (-1: none); matched here by lead otherwise.
+    indexes:
+        The lead ids of *previous* and of *then* as indexes, when the caller keeps them
+        (a run looks each chunk up in indexes built once); built here otherwise.
     """
     names = list(model.spec_.names)
     p = len(names)
@@ -267,7 +268,8 @@ def compare(
         now_points = points_of(model, now, config.num_threads)
     ids = now[O.lead_id].astype(str).to_numpy()
     prev = previous.reset_index(drop=True)
-    pi = pd.Index(prev[O.lead_id].astype(str)).get_indexer(ids) if at is None else at[0]
+    prev_ids, then_ids = indexes or (pd.Index(prev[O.lead_id].astype(str)), pd.Index(then[O.lead_id].astype(str)))
+    pi = prev_ids.get_indexer(ids)
     has_prev = pi >= 0
     pj = np.maximum(pi, 0)
 
@@ -281,7 +283,7 @@ def compare(
     prev_version = take(prev[PREVIOUS_MODEL_VERSION].to_numpy(dtype=object), "")
     prev_events = take(prev[PREVIOUS_EVENTS_SEEN].to_numpy(dtype="float64"), np.nan)
 
-    ti = match_then(then, pd.Index(then[O.lead_id].astype(str)), ids, prev_as_of) if at is None else at[1]
+    ti = _match_then(then, then_ids, ids, prev_as_of)
     found = has_prev & (ti >= 0)
     rows = np.flatnonzero(found)
     then_pos = ti[rows]
@@ -523,6 +525,16 @@ def _day(t: pd.Timestamp) -> str:
     return f"{t:%Y-%m-%d %H:%M}".removesuffix(" 00:00")
 
 
+def own_previous_scores(model: LeadScoringModel, then: pd.DataFrame, model_version: str, num_threads: int = 0) -> pd.DataFrame:
+    """Previous scores (:data:`PREVIOUS_COLUMNS`) that are *model*'s own scores of the feature
+    rows *then*, at their as-of: compared with them, the model update is zero and the feature
+    movements alone add up to each change (``explain --since``, the report's movements)."""
+    scores = points_of(model, then, num_threads).score if len(then) else np.array([], dtype="int64")
+    return pd.DataFrame({O.lead_id: then[O.lead_id].astype(str).to_numpy(), PREVIOUS_SCORE: scores,
+                         PREVIOUS_AS_OF: pd.to_datetime(then[O.as_of]).to_numpy(),
+                         PREVIOUS_MODEL_VERSION: model_version, PREVIOUS_EVENTS_SEEN: np.nan})
+
+
 def lead_change(
     model: LeadScoringModel, now: pd.DataFrame, then: pd.DataFrame, config: ScoringConfig, model_version: str,
 ) -> LeadChange:
@@ -531,10 +543,9 @@ def lead_change(
     update is zero and the feature movements alone add up to the change."""
     lead = str(now[O.lead_id].iloc[0])
     since = pd.Timestamp(then[O.as_of].iloc[0])
-    score_then = int(points_of(model, then, config.num_threads).score[0])
+    previous = own_previous_scores(model, then, model_version, config.num_threads)
+    score_then = int(previous[PREVIOUS_SCORE].iloc[0])
     now_points = points_of(model, now, config.num_threads)
-    previous = pd.DataFrame({O.lead_id: [lead], PREVIOUS_SCORE: [score_then], PREVIOUS_AS_OF: [since],
-                             PREVIOUS_MODEL_VERSION: [model_version], PREVIOUS_EVENTS_SEEN: [np.nan]})
     changes = compare(model, now, previous, then, config, model_version, now_points=now_points)
     names = model.spec_.names
     assert changes.exact[0] and changes.movements[0, len(names)] == 0  # the model's own score then

@@ -44,7 +44,6 @@ from convert.scoring.changes import (
     PREVIOUS_MODEL_VERSION,
     PREVIOUS_SCORE,
     compare,
-    match_then,
     points_of,
     previous_features,
     previous_scores,
@@ -103,7 +102,7 @@ class RunChanges:
         self.previous = self.previous.reset_index(drop=True).astype({PREVIOUS_MODEL_VERSION: object})
         self._prev_ids = pd.Index(self.previous[O.lead_id].astype(str).to_numpy(dtype=object))
         then = self.then
-        self._then_ids = None if then is None else pd.Index(then[O.lead_id].astype(str).to_numpy(dtype=object))
+        self._then_ids = pd.Index([] if then is None else then[O.lead_id].astype(str).to_numpy(dtype=object))
 
     # scoring ------------------------------------------------------------------------------
 
@@ -113,16 +112,9 @@ class RunChanges:
             changed = without_movements(scored, self.previous, self.config, self.why_not or SPARK_WHY)
             self._tally(np.zeros(len(scored), dtype="int64"), np.zeros(len(scored), dtype=bool))
         else:
-            ids = features[O.lead_id].astype(str).to_numpy()
-            pi = self._prev_ids.get_indexer(ids)
-            when = pd.to_datetime(self.previous[PREVIOUS_AS_OF]).to_numpy()
-            nat = np.datetime64("NaT").astype(when.dtype)
-            prev_as_of = pd.DatetimeIndex(np.where(pi >= 0, when[np.maximum(pi, 0)], nat) if len(when) else
-                                          np.full(len(ids), nat))
             then = _no_rows(features) if self.then is None else self.then
-            ti = np.full(len(ids), -1) if self._then_ids is None else match_then(then, self._then_ids, ids, prev_as_of)
             changes = compare(self.model, features, self.previous, then, self.config.scoring, self.model_version,
-                              now_points=points, at=(pi, ti))
+                              now_points=points, indexes=(self._prev_ids, self._then_ids))
             changed = changes.frame.drop(columns=[O.lead_id])
             self._tally(changes.movements.sum(axis=1), changes.exact)
             top = changes.top_movements(self.keep)

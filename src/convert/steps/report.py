@@ -17,19 +17,7 @@ from convert.exceptions import ConfigError, InsufficientDataError
 from convert.io.artifacts import write_text
 from convert.model.bundle import LeadScoringModel
 from convert.schema import ScoreChanges, ScoreOutput
-from convert.scoring.changes import (
-    DECLINING,
-    IMPROVING,
-    NEW,
-    PREVIOUS_AS_OF,
-    PREVIOUS_EVENTS_SEEN,
-    PREVIOUS_MODEL_VERSION,
-    PREVIOUS_SCORE,
-    STEADY,
-    UNKNOWN,
-    compare,
-    points_of,
-)
+from convert.scoring.changes import TRENDS, compare, own_previous_scores
 from convert.sources.mapping import Mapping
 from convert.steps.common import Echo, Input, _quiet, load_model, open_export, resolve_target
 from convert.steps.evaluate import own_holdout
@@ -136,13 +124,9 @@ def movements_since(
     """The movements of the *current* population since *since*, whose feature rows are *then*:
     the previous score of each lead open then is this model's score then, so
     :func:`convert.scoring.changes.compare`'s movements add up to each change exactly."""
-    scores_then = points_of(model, then, config.scoring.num_threads).score if len(then) else np.array([], "int64")
-    previous = pd.DataFrame({ScoreOutput.lead_id: then[ScoreOutput.lead_id].astype(str).to_numpy(),
-                             PREVIOUS_SCORE: scores_then, PREVIOUS_AS_OF: pd.Timestamp(since),
-                             PREVIOUS_MODEL_VERSION: label, PREVIOUS_EVENTS_SEEN: np.nan})
+    previous = own_previous_scores(model, then, label, config.scoring.num_threads)
     changes = compare(model, current, previous, then, config.scoring, label)
-    order = [IMPROVING, STEADY, DECLINING, NEW, UNKNOWN]
-    counts = changes.frame[ScoreChanges.trend].value_counts().reindex(order, fill_value=0).astype("int64")
+    counts = changes.frame[ScoreChanges.trend].value_counts().reindex(list(TRENDS), fill_value=0).astype("int64")
     by = changes.points_by_movement()
     col = {name: j for j, name in enumerate(changes.names)}
     mv = changes.movements[:, [col[n] for n in by.index]]
