@@ -10,8 +10,10 @@ import pytest
 
 from convert import load
 from convert.config import Config
+from convert.features.engine import ensure_indexed
 from convert.simulator.crm import generate_crm
 from convert.sources.mapping import Mapping
+from convert.sources.readers import has_table
 
 TABLES = ("leads", "accounts", "events", "stages")
 
@@ -41,6 +43,8 @@ def _same(a, b):
     pd.testing.assert_frame_equal(a.report.rejects, b.report.rejects)
     assert str(a.report) == str(b.report)
     assert a.report.quarantined == b.report.quarantined > 0
+    for data in (a, b):  # the per-day activity is built by the first feature query (or the cache)
+        ensure_indexed(data.con)
     for name in ("_leads_indexed", "_events_indexed", "_active_days"):
         x = a.con.execute(f"SELECT * FROM {name}").df()
         y = b.con.execute(f"SELECT * FROM {name}").df()
@@ -54,6 +58,9 @@ def test_cached_and_uncached_loads_give_identical_tables_and_rejects(tmp_path, e
     first = load(export, cfg)
     second = load(export, cfg)
     assert (first.from_cache, second.from_cache) == (False, True)
+    # a plain load leaves the per-day activity to the first feature query; a cache entry holds it
+    assert not has_table(plain.con, "_active_days")
+    assert has_table(second.con, "_active_days")
     assert len(_entries(tmp_path)) == 1
     _same(plain, first)
     _same(plain, second)

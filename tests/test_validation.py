@@ -253,3 +253,44 @@ def test_untrimmed_parquet_text_is_trimmed_and_empty_text_is_missing(tmp_path, t
     got = data.frame("events")
     assert "email" in set(got["channel"]) and "" not in set(got["channel"].dropna())
     assert data.report.tables["events"].rows_loaded == len(events)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_indexed_events_are_the_loaded_events_under_their_leads_keys(tmp_path, fmt):
+    """The feature engine's indexed events come from the validation pass's own join with the
+    checked leads: with quarantined leads and events (which shift every later lead's key), each
+    indexed event joined back through the keyed leads is exactly a loaded event, and the
+    per-day activity built on first use matches the events."""
+    from convert.features.engine import ensure_indexed
+    from convert.simulator.crm import generate_crm
+    from convert.sources.readers import has_table
+
+    generate_crm(tmp_path / "crm", n_leads=1500, seed=11, fmt=fmt, bad_rows=True)
+    data = load(tmp_path / "crm", Config.from_dict({"data": {"max_quarantine_share": 0.5}}), cache=False)
+    assert data.report.tables["leads"].quarantined > 0 and data.report.tables["events"].quarantined > 0
+    assert not has_table(data.con, "_events_keyed")  # the validation pass's table is gone
+    cols = "lead_id, event_type, occurred_at"
+    indexed = data.con.execute(
+        "SELECT l.lead_id, CAST(e.event_type AS VARCHAR) AS event_type, e.occurred_at "
+        "FROM _events_indexed e JOIN _leads_indexed l USING (lead_key)"
+    ).df()
+    loaded = data.con.execute(f"SELECT {cols} FROM events").df()
+    assert len(indexed) == len(loaded) > 1000
+    key = cols.split(", ")
+    pd.testing.assert_frame_equal(
+        indexed.sort_values(key).reset_index(drop=True), loaded.sort_values(key).reset_index(drop=True)
+    )
+    assert not has_table(data.con, "_active_days")  # built by the first feature query, not the load
+    ensure_indexed(data.con)
+    days = data.con.execute(
+        "SELECT l.lead_id, count(*) AS n FROM _active_days a JOIN _leads_indexed l USING (lead_key) GROUP BY 1"
+    ).df().set_index("lead_id")["n"].sort_index()
+    expected = loaded.assign(day=loaded["occurred_at"].dt.floor("D")).groupby("lead_id")["day"].nunique()
+    pd.testing.assert_series_equal(days, expected.sort_index(), check_names=False)
+    first = data.con.execute("SELECT lead_id, _first_event_at FROM _leads_indexed WHERE _first_event_at IS NOT NULL").df()
+    pd.testing.assert_series_equal(
+        first.set_index("lead_id")["_first_event_at"].sort_index(),
+        loaded.groupby("lead_id")["occurred_at"].min().sort_index(),
+        check_names=False,
+    )
+    data.close()

@@ -5,7 +5,8 @@ The features themselves (their SQL and catalog entries) are the families of
 :mod:`convert.features.query`; this module runs that query in DuckDB at scale:
 
 - :func:`index_events` builds compact copies of leads and events (integer lead keys, an
-  ENUM of event types, per-day activity) that the DuckDB dialect reads;
+  ENUM of event types) that the DuckDB dialect reads, :func:`index_active_days` their
+  per-day activity (on first use);
 - as-of times run in passes bounded by ``event_rows_per_pass`` (:func:`_pass_grids`),
   each scanning the events once into a rollup;
 - :func:`build_features` pivots the per-type features in numpy beside the per-lead query,
@@ -48,7 +49,7 @@ def discover_event_types(
     at most ``max_event_types`` types are kept, most frequent first. Only events before
     *before* count, so the vocabulary itself is point-in-time.
     """
-    _ensure_indexed(con)
+    ensure_indexed(con)
     rows = con.execute(
         f"SELECT CAST({Events.event_type} AS VARCHAR), count(*) AS n FROM {DUCKDB.events} "
         f"WHERE {Events.occurred_at} < ? GROUP BY {Events.event_type} ORDER BY n DESC, 1",
@@ -66,35 +67,59 @@ def _choose_vocabulary(counts: Sequence[tuple[str, int]], config: FeaturesConfig
     return sorted(kept, key=lambda t: (order.get(t, len(order)), t))
 
 
-def index_events(con: duckdb.DuckDBPyConnection) -> None:
+def index_events(con: duckdb.DuckDBPyConnection, keyed: str | None = None) -> None:
     """Compact copies of ``leads`` and ``events`` that :func:`feature_sql` reads in DuckDB.
 
     Each lead gets a small integer key (in ``lead_id`` order, so sorting by key sorts by
     lead) and event types become an ``ENUM``, so the one big aggregation over events
     groups and compares integers rather than text; each lead's seniority (read from its
-    job title) and first event time are kept beside it. ``_active_days`` holds a row per
-    (lead key, day with events) with the day's first and last event times, from which
-    distinct active days over any window of a day or more are counted exactly without a
-    DISTINCT aggregate over events. Built once per loaded export; the feature builders
-    build it when it is missing or older than the tables.
+    job title) is kept beside it. Built once per loaded export (the loader passes *keyed*:
+    its validation pass already joined every event with its lead's key, see
+    :func:`convert.sources.validation.keyed_table`; else events are joined with the keyed
+    leads here); the feature builders build it when it is missing or older than the
+    tables. The per-day activity is built on first use (:func:`index_active_days`).
     """
     L, E = Leads, Events
     con.execute("DROP TABLE IF EXISTS _events_indexed")
+    con.execute("DROP TABLE IF EXISTS _active_days")
     con.execute(f"DROP TYPE IF EXISTS {DUCKDB.event_type_enum}")
-    types = [r[0] for r in con.execute(
-        f"SELECT DISTINCT {E.event_type} FROM events WHERE {E.event_type} IS NOT NULL ORDER BY 1"
-    ).fetchall()]
-    con.execute(f"CREATE TYPE {DUCKDB.event_type_enum} AS ENUM ({', '.join(lit(t) for t in types) or lit('')})")
     con.execute(
         "CREATE OR REPLACE TABLE _leads_indexed AS SELECT *, "
         f"CAST(row_number() OVER (ORDER BY {L.lead_id}) AS INTEGER) AS lead_key, "
         f"{seniority_sql(L.job_title, DUCKDB)} AS {DUCKDB.seniority} FROM leads"
     )
-    con.execute(
-        f"CREATE TABLE _events_indexed AS SELECT l.lead_key, CAST(e.{E.event_type} AS {DUCKDB.event_type_enum}) "
-        f"AS {E.event_type}, e.{E.occurred_at} FROM events e JOIN _leads_indexed l "
-        f"ON l.{L.lead_id} = e.{E.lead_id}"
+    # the loaded events: the validation pass's keyed rows that broke no rule, else a join
+    source = (
+        f"(SELECT lead_key, {E.event_type}, {E.occurred_at} FROM {keyed} WHERE __rule IS NULL)"
+        if keyed
+        else f"(SELECT l.lead_key, e.{E.event_type}, e.{E.occurred_at} FROM events e "
+        f"JOIN _leads_indexed l ON l.{L.lead_id} = e.{E.lead_id})"
     )
+    types = [r[0] for r in con.execute(
+        f"SELECT DISTINCT {E.event_type} FROM {source} WHERE {E.event_type} IS NOT NULL ORDER BY 1"
+    ).fetchall()]
+    con.execute(f"CREATE TYPE {DUCKDB.event_type_enum} AS ENUM ({', '.join(lit(t) for t in types) or lit('')})")
+    con.execute(
+        f"CREATE TABLE _events_indexed AS SELECT lead_key, CAST({E.event_type} AS {DUCKDB.event_type_enum}) "
+        f"AS {E.event_type}, {E.occurred_at} FROM {source}"
+    )
+    con.execute(
+        "CREATE OR REPLACE TABLE _indexed_counts AS SELECT (SELECT count(*) FROM leads) AS leads, "
+        "(SELECT count(*) FROM events) AS events"
+    )
+
+
+def index_active_days(con: duckdb.DuckDBPyConnection) -> None:
+    """The per-day activity of :func:`index_events`' copies, which only engagement features read.
+
+    ``_active_days`` holds a row per (lead key, day with events) with the day's first and
+    last event times, from which distinct active days over any window of a day or more are
+    counted exactly without a DISTINCT aggregate over events; each lead's first event time
+    is added to ``_leads_indexed``. Built by the first feature query of a loaded export, not
+    by the load (a load that only validates, reports or exports never pays for it), and
+    kept in the load's cache entry.
+    """
+    E = Events
     con.execute(
         f"CREATE OR REPLACE TABLE _active_days AS SELECT lead_key, min({E.occurred_at}) AS first_at, "
         f"max({E.occurred_at}) AS last_at FROM _events_indexed "
@@ -105,22 +130,22 @@ def index_events(con: duckdb.DuckDBPyConnection) -> None:
         "FROM _leads_indexed l LEFT JOIN (SELECT lead_key, min(first_at) AS first_at FROM _active_days "
         "GROUP BY lead_key) f ON f.lead_key = l.lead_key"
     )
-    con.execute(
-        "CREATE OR REPLACE TABLE _indexed_counts AS SELECT (SELECT count(*) FROM leads) AS leads, "
-        "(SELECT count(*) FROM events) AS events"
-    )
 
 
-def _ensure_indexed(con: duckdb.DuckDBPyConnection) -> None:
-    """Build :func:`index_events`' tables unless they match the current ``leads`` and ``events``."""
+def ensure_indexed(con: duckdb.DuckDBPyConnection) -> None:
+    """Build :func:`index_events`' tables unless they match the current ``leads`` and
+    ``events``, and :func:`index_active_days`' unless they exist."""
     try:
         have = fetch_row(con, "SELECT leads, events FROM _indexed_counts")
         now = fetch_row(con, "SELECT (SELECT count(*) FROM leads), (SELECT count(*) FROM events)")
-        if have == now:
-            return
+        if have != now:
+            index_events(con)
     except duckdb.CatalogException:
-        pass
-    index_events(con)
+        index_events(con)
+    try:
+        con.execute("SELECT lead_key FROM _active_days LIMIT 0")
+    except duckdb.CatalogException:
+        index_active_days(con)
 
 
 # --- entry point ------------------------------------------------------------------------------
@@ -179,7 +204,7 @@ def _vocabulary(
     con: duckdb.DuckDBPyConnection, config: FeaturesConfig, event_types: Sequence[str] | None, population: str
 ) -> tuple[Catalog, tuple[str, ...]]:
     """The catalog and event vocabulary for *population* (discovered when not given)."""
-    _ensure_indexed(con)
+    ensure_indexed(con)
     _check_extra_attributes(con, config)
     if event_types is None:
         latest = fetch_row(con, f"SELECT max(as_of) FROM {population}")[0]
@@ -311,7 +336,7 @@ def build_features(
     types = None if event_types is None else tuple(event_types)
     frames = []
     try:
-        _ensure_indexed(con)
+        ensure_indexed(con)
         _check_extra_attributes(con, config)
         # latest as-of times first: the first pass's rollup then also gives the vocabulary
         for _ in _pass_grids(con, config, "_population", latest_first=True):

@@ -23,6 +23,7 @@ from convert.features.engine import (
     KEY,
     build_features,
     finish_frame,
+    index_active_days,
     index_events,
     iter_feature_batches,
     materialize_features,
@@ -39,13 +40,14 @@ from convert.sources.readers import (
     drop_relation,
     find_database_source,
     find_source,
+    has_table,
     is_database_url,
     is_view,
     load_database,
     load_raw,
     resolve_data,
 )
-from convert.sources.validation import LoadReport, enforce_thresholds, validate
+from convert.sources.validation import LoadReport, enforce_thresholds, keyed_table, validate
 from convert.sql import fetch_row, quote
 
 
@@ -353,8 +355,11 @@ def load(
         for table in raw_columns:
             drop_relation(con, f"raw_{table}")
             drop_relation(con, f"raw_{table}__src")
-        index_events(con)
+        keyed = keyed_table(Events.table)
+        index_events(con, keyed if has_table(con, keyed) else None)
+        drop_relation(con, keyed)
         if folder is not None and key is not None:
+            index_active_days(con)  # a cached load then never builds them again
             store(con, folder, key, report, mapped, config.data.cache_keep)
     except BaseException:
         con.close()

@@ -214,6 +214,11 @@ def is_view(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(fetch_row(con, "SELECT count(*) FROM duckdb_views() WHERE view_name = ? AND NOT internal", [name])[0])
 
 
+def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    """Whether table *name* exists (in any attached database)."""
+    return bool(fetch_row(con, "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name])[0])
+
+
 def drop_relation(con: duckdb.DuckDBPyConnection, name: str) -> None:
     """Drop table or view *name* if it exists."""
     con.execute(f"DROP {'VIEW' if is_view(con, name) else 'TABLE'} IF EXISTS {name}")

@@ -17,6 +17,7 @@ removed and counted, and a non-finite event value is emptied like a non-numeric 
 from __future__ import annotations
 
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -351,6 +352,7 @@ def validate(
     valid = config.valid_range()
     # Child tables (events: the big one) are checked optimistically as clean: their one pass
     # also tells whether any text holds a control character, and only then is it redone.
+    children_facts = _facts_meanwhile(source, [t for t in (Events.table, Stages.table) if t in raw_columns])
     dirty = {
         table: frozenset() if table in (Events.table, Stages.table) else _with_control(con, table, raw_types[table])
         for table in raw_columns
@@ -366,7 +368,7 @@ def validate(
     for schema, rules in ((Events, event_rules), (Stages, stage_rules)):
         if schema.table in raw_columns:
             table = schema.table
-            facts = text_facts(source, table)
+            facts = children_facts[table].result()
             if is_view(con, f"raw_{table}__src"):  # mapped values may be rewritten: trim them
                 facts = TextFacts(control=facts.control)
             try:
@@ -422,6 +424,18 @@ def validate(
     for table in raw_columns:
         con.execute(f"DROP TABLE IF EXISTS checked_{table}")
     return report
+
+
+def _facts_meanwhile(source: Source, tables: list[str]) -> dict[str, Future[TextFacts]]:
+    """:func:`~convert.sources.readers.text_facts` of each child table, found in a thread of its
+    own while DuckDB checks the leads and accounts (a scan of the file's bytes in Python: a
+    CSV file of 15M events takes about 0.6 s, which DuckDB's work, done without the GIL,
+    overlaps)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convert-text-facts")
+    try:
+        return {table: pool.submit(text_facts, source, table) for table in tables}
+    finally:
+        pool.shutdown(wait=False)
 
 
 def _with_control(con: duckdb.DuckDBPyConnection, table: str, raw_types: dict[str, str]) -> frozenset[str]:
@@ -611,23 +625,54 @@ def _check_child(
     return rejects
 
 
+#: The child tables whose rule pass also writes their compact keyed copy (:func:`keyed_table`),
+#: and the columns it keeps beside the lead key: what the feature engine's indexed events hold
+#: (:func:`convert.features.engine.index_events`), so that events are joined with leads once.
+KEYED_COLUMNS: dict[str, tuple[str, ...]] = {Events.table: (E.event_type, E.occurred_at)}
+#: The lead key: each loaded lead's rank in ``lead_id`` order (1, 2, ...), as the feature
+#: engine numbers the loaded leads.
+LEAD_KEY = "lead_key"
+
+
+def keyed_table(table: str) -> str:
+    """The table the rule pass of child *table* writes when it keeps a keyed copy: the file
+    row number (``__row``), the first broken rule (``__rule``, NULL when kept), the row's
+    lead key (NULL unless its lead was loaded) and :data:`KEYED_COLUMNS`."""
+    return f"_{table}_keyed"
+
+
 def _child_rules_broken(
     con: duckdb.DuckDBPyConnection, schema: type[TableSchema], rules: list[Rule], dirty: frozenset[str]
 ) -> pd.DataFrame:
     """The rejected rows of a typed child table (row number, index of the first rule broken):
-    one narrow pass over its ids, times and kinds joined with the checked leads."""
+    one narrow pass over its ids, times and kinds joined with the checked leads. For a table of
+    :data:`KEYED_COLUMNS` the pass keeps every row's lead key and those columns in
+    :func:`keyed_table` (the join the feature engine's index would otherwise do again)."""
     table = schema.table
     ids = [c for c in schema.columns() if c.identifier]
-    used = [c for c in schema.columns() if any(c in r.condition for r in rules)]
+    keep = KEYED_COLUMNS.get(table, ())
+    used = [c for c in schema.columns() if any(c in r.condition for r in rules) or c in keep]
     cols = [f"rowid + 1 AS {quote(ROW)}", *(quote(c) for c in used),
             *(f"{quote(c)} AS {quote('raw__' + c)}" for c in ids)]
     arms = " ".join(f"WHEN {r.condition} THEN {i}" for i, r in enumerate(rules))
+    # a loaded lead's key: its rank among the loaded leads (checked, no reason) by lead_id
+    key = (f"CAST(CASE WHEN reason IS NULL THEN row_number() OVER (PARTITION BY reason IS NULL "
+           f"ORDER BY {L.lead_id}) END AS INTEGER) AS {LEAD_KEY}") if keep else f"NULL AS {LEAD_KEY}"
+    checked = (
+        f"SELECT {quote(ROW)}, CAST(CASE {arms} END AS SMALLINT) AS __rule, {LEAD_KEY}"
+        + "".join(f", {quote(c)}" for c in keep)
+        + f" FROM (SELECT c.*, l.{L.lead_id} IS NOT NULL AS lead__exists, l.reason AS lead__reason, "
+        f"l.{L.created_at} AS lead__created_at, l.{LEAD_KEY} FROM (SELECT {', '.join(cols)} FROM {table}) c "
+        f"LEFT JOIN (SELECT {L.lead_id}, reason, {L.created_at}, {key} FROM checked_leads) l "
+        f"ON c.lead_id = l.{L.lead_id})"
+    )
+    if not keep:
+        return con.execute(
+            f"SELECT {quote(ROW)}, __rule FROM ({checked}) WHERE __rule IS NOT NULL ORDER BY {quote(ROW)}"
+        ).df()
+    con.execute(f"CREATE OR REPLACE TABLE {keyed_table(table)} AS {checked}")
     return con.execute(
-        f"SELECT {quote(ROW)}, __rule FROM (SELECT {quote(ROW)}, CAST(CASE {arms} END AS SMALLINT) AS __rule "
-        f"FROM (SELECT c.*, l.{L.lead_id} IS NOT NULL AS lead__exists, l.reason AS lead__reason, "
-        f"l.{L.created_at} AS lead__created_at FROM (SELECT {', '.join(cols)} FROM {table}) c "
-        f"LEFT JOIN (SELECT {L.lead_id}, reason, {L.created_at} FROM checked_leads) l "
-        f"ON c.lead_id = l.{L.lead_id})) WHERE __rule IS NOT NULL ORDER BY {quote(ROW)}"
+        f"SELECT {quote(ROW)}, __rule FROM {keyed_table(table)} WHERE __rule IS NOT NULL ORDER BY {quote(ROW)}"
     ).df()
 
 
