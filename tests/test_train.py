@@ -277,6 +277,29 @@ def test_linear_contributions_are_the_design_terms_summed_column_by_column(seed)
     assert np.allclose(got.sum(axis=1), lin.raw(new), atol=1e-12)
 
 
+@pytest.mark.parametrize("value", [1.4, 0.1, 4963.6, -2.9])
+def test_linear_half_ignores_a_column_constant_in_training(value):
+    """A column that never moved in a fold's training rows (a macro-economic rate, on a
+    time-ordered split) carries no information: its rounding-error deviation (~1e-16) must not
+    be taken for its scale, which turned any other value met later into ~1e15 standard
+    deviations (the linear half's log-odds reached -4e15 on the bank data and every blend
+    weight scored the same). Fitted with or without the column, the linear half predicts the
+    same, whatever value the column takes later."""
+    from convert.model.linear import LinearScorer
+
+    rng = np.random.default_rng(7)
+    n = 15935
+    informative = rng.normal(0.0, 1.0, n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(informative - 2.0)))).astype(int)
+    X = np.column_stack([informative, np.full(n, value)])
+    with_column = LinearScorer().fit(X, y, ["numeric", "numeric"])
+    without = LinearScorer().fit(X[:, :1], y, ["numeric"])
+    later = np.column_stack([rng.normal(0.0, 1.0, 200), np.full(200, value * 0.7 - 1.0)])
+    raw = with_column.raw(later)
+    assert np.all(np.abs(raw) < 20)
+    assert np.allclose(raw, without.raw(later[:, :1]), atol=1e-6)
+
+
 def test_blend_contributions_add_up_and_survive_a_round_trip(trained, tmp_path):
     """A log-odds blend's contributions are the weighted sum of both models': exact, per lead."""
     from convert.model.explain import contributions

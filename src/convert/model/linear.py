@@ -32,6 +32,17 @@ from convert.exceptions import FeatureMismatchError
 __all__ = ["LinearScorer"]
 
 
+def _constant(var: float, mean: float, n: int) -> bool:
+    """Whether a column whose computed variance is *var* is constant up to rounding (the
+    bound scikit-learn's ``StandardScaler`` uses, so the baseline's preprocessing and this
+    one agree). A constant column divided by its rounding-error deviation (~1e-16) would turn
+    any other value met later into ~1e15 standard deviations: one such column in a fold's
+    training rows (a macro-economic rate that did not move in that period) made the linear
+    half's log-odds reach -4e15 and every blend look alike."""
+    eps = float(np.finfo(np.float64).eps)
+    return var <= n * eps * var + (n * mean * eps) ** 2
+
+
 class LinearScorer:
     """Logistic regression on the model matrix, with exact per-feature contributions.
 
@@ -85,9 +96,9 @@ class LinearScorer:
                 median = float(np.median(values)) if values.size else 0.0
                 filled = np.where(present, np.log1p(np.clip(col, 0, None)) if log else col, median)
                 filled = np.where(np.isnan(filled), median, filled)
-                mean, scale = float(filled.mean()), float(filled.std())
+                mean, var = float(filled.mean()), float(filled.var())
                 self.columns_.append({"kind": kind, "log": log, "median": median, "mean": mean,
-                                      "scale": scale if scale > 0 else 1.0,
+                                      "scale": 1.0 if _constant(var, mean, filled.size) else var**0.5,
                                       "missing": bool((~present).any())})
         labels = np.asarray(y, dtype="int64")
         weight = np.ones(len(labels)) if sample_weight is None else np.asarray(sample_weight, dtype="float64")
