@@ -67,42 +67,59 @@ def _choose_vocabulary(counts: Sequence[tuple[str, int]], config: FeaturesConfig
     return sorted(kept, key=lambda t: (order.get(t, len(order)), t))
 
 
+def event_type_enum(con: duckdb.DuckDBPyConnection, relation: str) -> str:
+    """(Re)create the ``ENUM`` of event types that :func:`index_events`' copy stores, from the
+    distinct event types of *relation* (a table or subquery with ``event_type``); its name.
+
+    The indexed copy, which depends on the type, is dropped first. The loader builds it from
+    the typed events before the rows breaking a rule are removed: a type met only in those
+    rows is then a member no indexed event holds, which changes no feature (a comparison with
+    it is false, as with an absent type's NULL)."""
+    E = Events
+    con.execute("DROP TABLE IF EXISTS _events_indexed")
+    con.execute(f"DROP TYPE IF EXISTS {DUCKDB.event_type_enum}")
+    types = [r[0] for r in con.execute(
+        f"SELECT DISTINCT {E.event_type} FROM {relation} WHERE {E.event_type} IS NOT NULL ORDER BY 1"
+    ).fetchall()]
+    con.execute(f"CREATE TYPE {DUCKDB.event_type_enum} AS ENUM ({', '.join(lit(t) for t in types) or lit('')})")
+    return DUCKDB.event_type_enum
+
+
 def index_events(con: duckdb.DuckDBPyConnection, keyed: str | None = None) -> None:
     """Compact copies of ``leads`` and ``events`` that :func:`feature_sql` reads in DuckDB.
 
     Each lead gets a small integer key (in ``lead_id`` order, so sorting by key sorts by
-    lead) and event types become an ``ENUM``, so the one big aggregation over events
-    groups and compares integers rather than text; each lead's seniority (read from its
-    job title) is kept beside it. Built once per loaded export (the loader passes *keyed*:
-    its validation pass already joined every event with its lead's key, see
-    :func:`convert.sources.validation.keyed_table`; else events are joined with the keyed
-    leads here); the feature builders build it when it is missing or older than the
-    tables. The per-day activity is built on first use (:func:`index_active_days`).
+    lead) and event types become an ``ENUM`` (:func:`event_type_enum`), so the one big
+    aggregation over events groups and compares integers rather than text; each lead's
+    seniority (read from its job title) is kept beside it. Built once per loaded export: the
+    loader passes *keyed*, the table its validation pass wrote (every event's file row, first
+    broken rule, lead key, event type as the ``ENUM`` and time; see
+    :func:`convert.sources.validation.keyed_table`), whose kept rows become the copy without
+    joining events with leads again; without it events are joined with the keyed leads here.
+    The feature builders build it when it is missing or older than the tables. The per-day
+    activity is built on first use (:func:`index_active_days`).
     """
     L, E = Leads, Events
-    con.execute("DROP TABLE IF EXISTS _events_indexed")
     con.execute("DROP TABLE IF EXISTS _active_days")
-    con.execute(f"DROP TYPE IF EXISTS {DUCKDB.event_type_enum}")
     con.execute(
         "CREATE OR REPLACE TABLE _leads_indexed AS SELECT *, "
         f"CAST(row_number() OVER (ORDER BY {L.lead_id}) AS INTEGER) AS lead_key, "
         f"{seniority_sql(L.job_title, DUCKDB)} AS {DUCKDB.seniority} FROM leads"
     )
-    # the loaded events: the validation pass's keyed rows that broke no rule, else a join
-    source = (
-        f"(SELECT lead_key, {E.event_type}, {E.occurred_at} FROM {keyed} WHERE __rule IS NULL)"
-        if keyed
-        else f"(SELECT l.lead_key, e.{E.event_type}, e.{E.occurred_at} FROM events e "
-        f"JOIN _leads_indexed l ON l.{L.lead_id} = e.{E.lead_id})"
-    )
-    types = [r[0] for r in con.execute(
-        f"SELECT DISTINCT {E.event_type} FROM {source} WHERE {E.event_type} IS NOT NULL ORDER BY 1"
-    ).fetchall()]
-    con.execute(f"CREATE TYPE {DUCKDB.event_type_enum} AS ENUM ({', '.join(lit(t) for t in types) or lit('')})")
-    con.execute(
-        f"CREATE TABLE _events_indexed AS SELECT lead_key, CAST({E.event_type} AS {DUCKDB.event_type_enum}) "
-        f"AS {E.event_type}, {E.occurred_at} FROM {source}"
-    )
+    if keyed:  # the validation pass's rows: drop those that broke a rule, and its own columns
+        con.execute("DROP TABLE IF EXISTS _events_indexed")
+        con.execute(f"DELETE FROM {keyed} WHERE __rule IS NOT NULL")
+        for column in ("__row", "__rule"):
+            con.execute(f"ALTER TABLE {keyed} DROP COLUMN {column}")
+        con.execute(f"ALTER TABLE {keyed} RENAME TO _events_indexed")
+    else:
+        joined = (f"(SELECT l.lead_key, e.{E.event_type}, e.{E.occurred_at} FROM events e "
+                  f"JOIN _leads_indexed l ON l.{L.lead_id} = e.{E.lead_id})")
+        enum = event_type_enum(con, joined)
+        con.execute(
+            f"CREATE TABLE _events_indexed AS SELECT lead_key, CAST({E.event_type} AS {enum}) "
+            f"AS {E.event_type}, {E.occurred_at} FROM {joined}"
+        )
     con.execute(
         "CREATE OR REPLACE TABLE _indexed_counts AS SELECT (SELECT count(*) FROM leads) AS leads, "
         "(SELECT count(*) FROM events) AS events"

@@ -26,6 +26,7 @@ import pandas as pd
 
 from convert.config import DataConfig
 from convert.exceptions import ContractError
+from convert.features.engine import event_type_enum
 from convert.schema import (
     CONTRACT_TABLES,
     DUCKDB_TYPES,
@@ -427,10 +428,8 @@ def validate(
 
 
 def _facts_meanwhile(source: Source, tables: list[str]) -> dict[str, Future[TextFacts]]:
-    """:func:`~convert.sources.readers.text_facts` of each child table, found in a thread of its
-    own while DuckDB checks the leads and accounts (a scan of the file's bytes in Python: a
-    CSV file of 15M events takes about 0.6 s, which DuckDB's work, done without the GIL,
-    overlaps)."""
+    """:func:`~convert.sources.readers.text_facts` of each child table, found in a thread while
+    DuckDB (without the GIL) checks the leads and accounts: ~0.6 s for 15M events in CSV."""
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convert-text-facts")
     try:
         return {table: pool.submit(text_facts, source, table) for table in tables}
@@ -629,6 +628,15 @@ def _check_child(
 #: and the columns it keeps beside the lead key: what the feature engine's indexed events hold
 #: (:func:`convert.features.engine.index_events`), so that events are joined with leads once.
 KEYED_COLUMNS: dict[str, tuple[str, ...]] = {Events.table: (E.event_type, E.occurred_at)}
+
+
+def _keyed_select(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    """The keyed copy's columns of child *table* beside the lead key, as SQL (none: no copy):
+    event types as the feature engine's ``ENUM``, created here from the typed rows (text would
+    cost this pass and a later copy more than the cast)."""
+    keep = KEYED_COLUMNS.get(table, ())
+    enum = event_type_enum(con, table) if E.event_type in keep else None
+    return [f"CAST({quote(c)} AS {enum}) AS {quote(c)}" if c == E.event_type and enum else quote(c) for c in keep]
 #: The lead key: each loaded lead's rank in ``lead_id`` order (1, 2, ...), as the feature
 #: engine numbers the loaded leads.
 LEAD_KEY = "lead_key"
@@ -637,7 +645,8 @@ LEAD_KEY = "lead_key"
 def keyed_table(table: str) -> str:
     """The table the rule pass of child *table* writes when it keeps a keyed copy: the file
     row number (``__row``), the first broken rule (``__rule``, NULL when kept), the row's
-    lead key (NULL unless its lead was loaded) and :data:`KEYED_COLUMNS`."""
+    lead key (NULL unless its lead was loaded) and :data:`KEYED_COLUMNS` (the event type as
+    the feature engine's ``ENUM``)."""
     return f"_{table}_keyed"
 
 
@@ -660,7 +669,7 @@ def _child_rules_broken(
            f"ORDER BY {L.lead_id}) END AS INTEGER) AS {LEAD_KEY}") if keep else f"NULL AS {LEAD_KEY}"
     checked = (
         f"SELECT {quote(ROW)}, CAST(CASE {arms} END AS SMALLINT) AS __rule, {LEAD_KEY}"
-        + "".join(f", {quote(c)}" for c in keep)
+        + "".join(f", {c}" for c in _keyed_select(con, table))
         + f" FROM (SELECT c.*, l.{L.lead_id} IS NOT NULL AS lead__exists, l.reason AS lead__reason, "
         f"l.{L.created_at} AS lead__created_at, l.{LEAD_KEY} FROM (SELECT {', '.join(cols)} FROM {table}) c "
         f"LEFT JOIN (SELECT {L.lead_id}, reason, {L.created_at}, {key} FROM checked_leads) l "
