@@ -75,14 +75,15 @@ def event_type_enum(con: duckdb.DuckDBPyConnection, relation: str) -> str:
     the typed events before the rows breaking a rule are removed: a type met only in those
     rows is then a member no indexed event holds, which changes no feature (a comparison with
     it is false, as with an absent type's NULL)."""
-    E = Events
+    E, enum = Events, DUCKDB.event_type_enum
+    assert enum is not None  # DuckDB's dialect stores event types as an ENUM
     con.execute("DROP TABLE IF EXISTS _events_indexed")
-    con.execute(f"DROP TYPE IF EXISTS {DUCKDB.event_type_enum}")
+    con.execute(f"DROP TYPE IF EXISTS {enum}")
     types = [r[0] for r in con.execute(
         f"SELECT DISTINCT {E.event_type} FROM {relation} WHERE {E.event_type} IS NOT NULL ORDER BY 1"
     ).fetchall()]
-    con.execute(f"CREATE TYPE {DUCKDB.event_type_enum} AS ENUM ({', '.join(lit(t) for t in types) or lit('')})")
-    return DUCKDB.event_type_enum
+    con.execute(f"CREATE TYPE {enum} AS ENUM ({', '.join(lit(t) for t in types) or lit('')})")
+    return enum
 
 
 def index_events(con: duckdb.DuckDBPyConnection, keyed: str | None = None) -> None:
