@@ -628,6 +628,9 @@ def _check_child(
 #: and the columns it keeps beside the lead key: what the feature engine's indexed events hold
 #: (:func:`convert.features.engine.index_events`), so that events are joined with leads once.
 KEYED_COLUMNS: dict[str, tuple[str, ...]] = {Events.table: (E.event_type, E.occurred_at)}
+#: The lead key: each loaded lead's rank in ``lead_id`` order (1, 2, ...), as the feature
+#: engine numbers the loaded leads.
+LEAD_KEY = "lead_key"
 
 
 def _keyed_select(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
@@ -637,9 +640,6 @@ def _keyed_select(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
     keep = KEYED_COLUMNS.get(table, ())
     enum = event_type_enum(con, table) if E.event_type in keep else None
     return [f"CAST({quote(c)} AS {enum}) AS {quote(c)}" if c == E.event_type and enum else quote(c) for c in keep]
-#: The lead key: each loaded lead's rank in ``lead_id`` order (1, 2, ...), as the feature
-#: engine numbers the loaded leads.
-LEAD_KEY = "lead_key"
 
 
 def keyed_table(table: str) -> str:
