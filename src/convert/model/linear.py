@@ -141,6 +141,19 @@ class LinearScorer:
                 f"the linear model expects {len(self.columns_)} feature columns; got shape {X.shape}"
             )
 
+    @staticmethod
+    def _codes(col: np.ndarray, missing: np.ndarray) -> np.ndarray:
+        """A categorical column's codes as integers, -1 where missing."""
+        return np.where(missing, -1, np.nan_to_num(col, nan=-1.0)).astype("int64")
+
+    @staticmethod
+    def _standardised(spec: Mapping[str, Any], col: np.ndarray, missing: np.ndarray) -> np.ndarray:
+        """A numeric column's design value: ``log1p`` when so fitted, the median where missing,
+        standardised."""
+        values = np.log1p(np.clip(col, 0, None)) if spec["log"] else col
+        values = np.where(missing, spec["median"], values)
+        return np.asarray((values - spec["mean"]) / spec["scale"], dtype="float64")
+
     def _design(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self._check_width(X)
         blocks: list[np.ndarray] = []
@@ -149,7 +162,7 @@ class LinearScorer:
             col = X[:, j]
             missing = np.isnan(col)
             if spec["kind"] == "categorical":
-                codes = np.where(missing, -1, np.nan_to_num(col, nan=-1.0)).astype("int64")
+                codes = self._codes(col, missing)
                 for code in spec["codes"]:
                     blocks.append((codes == code).astype("float64"))
                     groups.append(j)
@@ -160,9 +173,7 @@ class LinearScorer:
                     blocks.append(missing.astype("float64"))
                     groups.append(j)
             else:
-                values = np.log1p(np.clip(col, 0, None)) if spec["log"] else col
-                values = np.where(missing, spec["median"], values)
-                blocks.append((values - spec["mean"]) / spec["scale"])
+                blocks.append(self._standardised(spec, col, missing))
                 groups.append(j)
                 if spec["missing"]:
                     blocks.append(missing.astype("float64"))
@@ -197,7 +208,7 @@ class LinearScorer:
             col = X[:, j]
             missing = np.isnan(col)
             if spec["kind"] == "categorical":
-                codes = np.where(missing, -1, np.nan_to_num(col, nan=-1.0)).astype("int64")
+                codes = self._codes(col, missing)
                 kept = np.asarray(spec["codes"], dtype="int64")
                 width = len(kept) + int(bool(spec["pooled"])) + int(bool(spec["missing"]))
                 # the design column each row sets (width: none): a kept code, pooled, missing
@@ -221,9 +232,7 @@ class LinearScorer:
                 out[:, j] = table[which]
                 c += width
             else:
-                values = np.log1p(np.clip(col, 0, None)) if spec["log"] else col
-                values = np.where(missing, spec["median"], values)
-                acc = 0.0 + ((values - spec["mean"]) / spec["scale"] - self.zbar_[c]) * self.coef_[c]
+                acc = 0.0 + (self._standardised(spec, col, missing) - self.zbar_[c]) * self.coef_[c]
                 c += 1
                 if spec["missing"]:
                     acc += (missing.astype("float64") - self.zbar_[c]) * self.coef_[c]

@@ -355,9 +355,8 @@ def load(
         for table in raw_columns:
             drop_relation(con, f"raw_{table}")
             drop_relation(con, f"raw_{table}__src")
-        keyed = keyed_table(Events.table)
+        keyed = keyed_table(Events.table)  # renamed to the indexed events when the pass wrote it
         index_events(con, keyed if has_table(con, keyed) else None)
-        drop_relation(con, keyed)
         if folder is not None and key is not None:
             index_active_days(con)  # a cached load then never builds them again
             store(con, folder, key, report, mapped, config.data.cache_keep)
