@@ -101,7 +101,7 @@ def _drop(url: str, table: str) -> None:
     engine = sa.create_engine(engine_url(url))
     with engine.begin() as conn:
         for name in (table, f"{table}_history"):
-            conn.execute(sa.text(f"DROP TABLE IF EXISTS {quote(name)}"))
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {quote(name)} CASCADE"))
     engine.dispose()
 
 

@@ -4,9 +4,10 @@
 
 Measures, on the same N seeded rows in ScoreOutput shape (shuffled, realistic text):
 
-1. ``write_scores`` into empty tables (one transaction: binary COPY into the history, then
-   the current table merged from those rows), then again as an update run over the
-   existing tables (next as_of, 5% of the leads left, 5% new, history kept);
+1. ``write_scores`` into empty tables (one transaction: binary COPY into the run's table,
+   its key built after loading, the table made the current rows and a part of the history:
+   see ``convert.io.writers.postgres``), then again as an update run over the existing
+   tables (next as_of, 5% of the leads left, 5% new, history kept);
 2. a plain psycopg ``executemany`` INSERT into a plain table (no key), on the first
    ``--executemany-rows`` rows only (row by row is slow), extrapolated to rows/s;
 3. a raw ``COPY ... FROM STDIN`` (CSV encoded by Arrow) into an empty plain table.
@@ -354,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if not args.keep:
                 for table in (ours, f"{ours}_history", em_table, copy_table):
-                    conn.execute(f'DROP TABLE IF EXISTS "{table}"')
+                    conn.execute(f'DROP TABLE IF EXISTS "{table}" CASCADE')
 
     copy_rate = results[-1].rows / results[-1].seconds
     print(

@@ -152,7 +152,7 @@ def test_assignments_write_to_files_and_postgres(tmp_path):
 
         engine = sa.create_engine(engine_url(pg))
         with engine.begin() as conn:
-            conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table}", "{table}_history"'))
+            conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table}", "{table}_history" CASCADE'))
         engine.dispose()
     with pytest.raises(Exception, match="missing column"):
         write_scores(frame.drop(columns=["reason"]), tmp_path / "b.parquet", schema=AssignmentOutput)

@@ -232,5 +232,5 @@ def test_a_nul_lead_id_no_longer_breaks_the_postgresql_write(trained, sim_export
     engine = sa.create_engine(engine_url(url))
     with engine.begin() as conn:
         for name in (table, f"{table}_history"):
-            conn.execute(sa.text(f'DROP TABLE IF EXISTS "{name}"'))
+            conn.execute(sa.text(f'DROP TABLE IF EXISTS "{name}" CASCADE'))
     engine.dispose()

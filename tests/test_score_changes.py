@@ -188,7 +188,7 @@ def _drop_pg(url: str, *tables: str) -> None:
     engine = sa.create_engine(engine_url(url))
     with engine.begin() as conn:
         for t in tables:
-            conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{t}", "{t}_history"')
+            conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{t}", "{t}_history" CASCADE')
     engine.dispose()
 
 

@@ -116,4 +116,4 @@ def test_a_password_with_a_raw_at_sign_works_against_the_server() -> None:
         assert f"{base.username}:***@{host}" in summary.target
         assert len(read_table(url, table)) == 20
     finally:
-        _pg_execute(f'DROP TABLE IF EXISTS "{table}", "{table}_history"')
+        _pg_execute(f'DROP TABLE IF EXISTS "{table}", "{table}_history" CASCADE')

@@ -166,7 +166,7 @@ def pg_tables(pg_url: str) -> Iterator[Callable[[str], str]]:
 
     yield new
     for name in made:
-        _pg_execute(f'DROP TABLE IF EXISTS "{name}", "{name}_history"')
+        _pg_execute(f'DROP TABLE IF EXISTS "{name}", "{name}_history" CASCADE')
 
 
 @dataclass
@@ -256,6 +256,18 @@ def test_missing_and_extra_columns_are_named(tmp_path: Path) -> None:
     message = str(info.value)
     assert "'grade'" in message and "'risk_3'" in message and "'secret_sauce'" in message
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_a_batch_without_the_change_columns_gets_them_typed_empty() -> None:
+    """Typed empty columns made directly (a batch of a caller that computes no changes) are
+    the columns the coercion of given empty columns makes."""
+    from convert.io.writers.frames import SCORES, prepare
+
+    frame = make_scores(50)
+    made = prepare(frame, allow_empty=False)
+    coerced = prepare(frame.assign(**dict.fromkeys(SCORES.added)), allow_empty=False)
+    pd.testing.assert_frame_equal(made, coerced)
+    assert made[list(SCORES.added)].isna().all().all()
 
 
 def test_types_are_coerced(tmp_path: Path) -> None:
@@ -348,9 +360,10 @@ def test_tables_created_with_keys_and_types(db: Db) -> None:
     # PostgreSQL orders the history's key by run first (appends; see PostgresWriter.history_key)
     assert sorted(history_pk) == ["as_of", "lead_id", "model_version"]
     assert history_pk[0] == ("lead_id" if db.kind == "sqlite" else "as_of")
+    # PostgreSQL: the key's text sorts by bytes (its index builds twice as fast)
     expected = {
         "sqlite": ("TEXT", "TIMESTAMP", "REAL", "INTEGER"),
-        "postgresql": ("TEXT", "TIMESTAMP", "DOUBLE PRECISION", "INTEGER"),
+        "postgresql": ('TEXT COLLATE "C"', "TIMESTAMP", "DOUBLE PRECISION", "INTEGER"),
     }[db.kind]
     assert (types["lead_id"], types["as_of"], types["probability"], types["score"]) == expected
     assert types["scored_at"] == expected[1] and types["reason_1"] == "TEXT"
@@ -456,7 +469,8 @@ def test_views_grants_indexes_and_comments_on_the_current_table_survive_runs(
     pg_url: str, pg_tables: Any
 ) -> None:
     """What users put on the current table (a view over it, a grant, an index, a comment)
-    still works after two runs: the writer never drops, renames or truncates the table."""
+    still works after two runs: the writer never drops, renames or truncates the table,
+    and the index is copied onto each run's table (where the current rows are)."""
     table = pg_tables("keep")
     suffix = uuid.uuid4().hex[:8]
     view, role = f"wbh_view_{suffix}", f"wbh_reader_{suffix}"
@@ -482,6 +496,8 @@ def test_views_grants_indexes_and_comments_on_the_current_table_survive_runs(
         assert granted == [(True, True)]
         indexes = _pg_execute("SELECT indexname FROM pg_indexes WHERE tablename = %s", (table,))
         assert f"{table}_by_score" in {r[0] for r in indexes}
+        copied = _pg_execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s", (f"{table}_r3",))
+        assert sorted(d.split(" USING ")[1] for d in (r[0] for r in copied)) == ["btree (lead_id)", "btree (score)"]
         comment = _pg_execute("SELECT obj_description(%s::regclass, 'pg_class')", (f'"{table}"',))
         assert comment == [("scores for the sales team",)]
         # the role reads the view and the table through its grants
@@ -489,7 +505,7 @@ def test_views_grants_indexes_and_comments_on_the_current_table_survive_runs(
         assert_same(read_table(pg_url, table), normalized(third))
     finally:
         _pg_execute(f'DROP VIEW IF EXISTS "{view}"')
-        _pg_execute(f'DROP TABLE IF EXISTS "{table}", "{table}_history"')
+        _pg_execute(f'DROP TABLE IF EXISTS "{table}", "{table}_history" CASCADE')
         _pg_execute(f'DROP ROLE IF EXISTS "{role}"')
 
 
@@ -507,22 +523,64 @@ def test_postgres_scheme_aliases_and_hidden_password(pg_url: str, pg_tables: Any
         assert "***" in summary.target and summary.target.startswith(scheme)
 
 
-def test_postgresql_before_merge_gives_the_same_tables(
-    pg_url: str, pg_tables: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Servers before 15 (no MERGE) take UPDATE ... FROM + INSERT: the same final tables."""
-    import convert.io.writers.postgres as writeback
+def _run_tables(table: str, parent: str) -> list[str]:
+    rows = _pg_execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = %s::regclass ORDER BY 1",
+        (f'"{parent}"',),
+    )
+    return [r[0] for r in rows]
 
+
+def test_postgresql_run_tables_hold_each_run_once(pg_url: str, pg_tables: Any) -> None:
+    """Each run's rows live in one run table, a child of the current table while it is the
+    latest run and of the history for good; the parents hold no rows of their own. A re-run
+    of the same as-of replaces the history rows it repeats, and a run table it leaves
+    empty is dropped."""
+    table = pg_tables("runs")
+    first = make_scores(300, seed=21)
+    second = make_scores(280, as_of="2025-02-28", seed=22, ids=range(40, 320))
+    write_scores(first, pg_url, table)
+    assert _run_tables(table, table) == [f"{table}_r1"]
+    write_scores(second, pg_url, table)
+    assert _run_tables(table, table) == [f"{table}_r2"]
+    assert _run_tables(table, f"{table}_history") == [f"{table}_r1", f"{table}_r2"]
+    own = _pg_execute(f'SELECT (SELECT count(*) FROM ONLY "{table}"), (SELECT count(*) FROM ONLY "{table}_history")')
+    assert own == [(0, 0)]
+    assert _pg_execute(f'SELECT count(*) FROM ONLY "{table}_r2"') == [(280,)]
+    # the same as-of again (rescored): r2's rows are replaced, r2 left empty and dropped
+    again = make_scores(280, as_of="2025-02-28", seed=23, ids=range(40, 320))
+    summary = write_scores(again, pg_url, table)
+    assert summary.history_rows_added == 0 and summary.history_rows_updated == 280
+    assert _run_tables(table, table) == [f"{table}_r3"]
+    assert _run_tables(table, f"{table}_history") == [f"{table}_r1", f"{table}_r3"]
+    assert_same(read_table(pg_url, table), normalized(again))
+    assert_same(read_table(pg_url, f"{table}_history"), normalized(first, again))
+    # the history key stays unique across the run tables
+    doubled = _pg_execute(
+        f'SELECT count(*) FROM (SELECT 1 FROM "{table}_history" GROUP BY as_of, model_version, lead_id HAVING count(*) > 1) d'
+    )
+    assert doubled == [(0,)]
+
+
+def test_postgresql_tables_of_the_earlier_layout_take_run_tables(pg_url: str, pg_tables: Any) -> None:
+    """Tables an earlier version wrote (the current rows in the current table itself, the
+    history's rows in the history) move to run tables on their next run: same final tables
+    as tables written by run tables from the start, the old history rows kept in place."""
     first = make_scores(400, seed=14)
     second = make_scores(350, as_of="2025-02-28", seed=15, ids=range(80, 430))
-    with_merge, without_merge = pg_tables(), pg_tables()
-    for frame in (first, second, second):
-        write_scores(frame, pg_url, with_merge)
-    monkeypatch.setattr(writeback, "_PG_MERGE_VERSION", (999,))
-    summaries = [write_scores(frame, pg_url, without_merge) for frame in (first, second, second)]
-    assert [s.rows_removed for s in summaries] == [0, 80, 0]
-    assert _tables_differ(pg_url, with_merge, without_merge) == []
-    assert_same(read_table(pg_url, without_merge), normalized(second))
+    fresh, old = pg_tables(), pg_tables()
+    write_scores(first, pg_url, fresh)
+    for suffix in ("", "_history"):
+        _pg_execute(f'CREATE TABLE "{old}{suffix}" (LIKE "{fresh}{suffix}" INCLUDING ALL)')
+        _pg_execute(f'INSERT INTO "{old}{suffix}" SELECT * FROM "{fresh}{suffix}"')
+    for frame in (second, second):
+        write_scores(frame, pg_url, fresh)
+        write_scores(frame, pg_url, old)
+    assert _tables_differ(pg_url, fresh, old) == []
+    assert_same(read_table(pg_url, old), normalized(second))
+    own = _pg_execute(f'SELECT (SELECT count(*) FROM ONLY "{old}"), (SELECT count(*) FROM ONLY "{old}_history")')
+    assert own == [(0, 400)]  # the first run's history rows stay where the old version wrote them
 
 
 def test_engine_url_maps_postgresql_to_psycopg() -> None:
@@ -680,6 +738,11 @@ class Writer:
         return self.proc.returncode, err
 
 
+#: the first statement a writer sends after its lock and guards (SQLite deletes the leavers;
+#: PostgreSQL creates the run's table)
+_AFTER_GUARDS = {"sqlite": "DELETE FROM", "postgresql": "CREATE TABLE"}
+
+
 def _spellings(db: Db, table: str) -> tuple[str, str]:
     """Two names of one table: bare and schema-qualified."""
     return table, f"{'main' if db.kind == 'sqlite' else 'public'}.{table}"
@@ -727,7 +790,7 @@ def test_concurrent_runs_on_t_and_schema_t_are_serialized(db: Db, tmp_path: Path
     a_batch.to_parquet(files[0])
     b_batch.to_parquet(files[1])
 
-    a = Writer(files[0], db.url, bare, pause_on="DELETE FROM")  # after lock + guards
+    a = Writer(files[0], db.url, bare, pause_on=_AFTER_GUARDS[db.kind])  # after lock + guards
     a.wait_for("PAUSED")
     b = Writer(files[1], db.url, qualified)
     try:
@@ -757,7 +820,7 @@ def test_of_two_concurrent_runs_the_older_as_of_no_longer_wins(db: Db, tmp_path:
     files = [tmp_path / "newer.parquet", tmp_path / "older.parquet"]
     newer.to_parquet(files[0])
     make_scores(5_000, as_of="2025-02-28", seed=49).to_parquet(files[1])
-    a = Writer(files[0], db.url, bare, pause_on="DELETE FROM")  # holds the lock
+    a = Writer(files[0], db.url, bare, pause_on=_AFTER_GUARDS[db.kind])  # holds the lock
     a.wait_for("PAUSED")
     b = Writer(files[1], db.url, qualified)  # older, but staged and waiting before A commits
     try:
@@ -780,7 +843,7 @@ def test_a_stuck_lock_ends_in_a_clear_error_within_the_timeout(db: Db, tmp_path:
     write_scores(first, db.url, qualified)
     batch = tmp_path / "b.parquet"
     make_scores(2_000, as_of="2025-02-28", seed=44).to_parquet(batch)
-    holder = Writer(batch, db.url, qualified, pause_on="DELETE FROM")
+    holder = Writer(batch, db.url, qualified, pause_on=_AFTER_GUARDS[db.kind])
     holder.wait_for("PAUSED")
     try:
         started = time.monotonic()
@@ -1043,7 +1106,7 @@ def pg_kill_case(
     try:
         yield pg_url, _kill_case(pg_url, reference, tmp_path_factory.mktemp("kill-pg"))
     finally:
-        _pg_execute(f'DROP TABLE IF EXISTS "{reference}", "{reference}_history"')
+        _pg_execute(f'DROP TABLE IF EXISTS "{reference}", "{reference}_history" CASCADE')
 
 
 def _tables_differ(url: str, left: str, right: str) -> list[str]:
@@ -1184,60 +1247,59 @@ def _pg_copy_running(table: str) -> Callable[[], None]:
     return wait
 
 
-def _pg_leaver_locked(table: str, lead: str) -> Callable[[], None]:
-    """Lock a leaver's row, wait until the writer's DELETE waits for it; the lock is held
-    until then (however long the MERGE before it takes on a busy machine) and a second more,
-    past the kill, then released."""
+def _pg_run_table_locked(table: str, run: str) -> Callable[[], None]:
+    """Hold a reader's lock on the run table *run* (the current rows) until the writer's
+    switch waits for it, and a second more, past the kill, then release it: the writer is
+    killed with its run table loaded and keyed, inside the switch."""
 
     def hold() -> None:
         import psycopg
 
         locked, seen = threading.Event(), threading.Event()
 
-        def run() -> None:
+        def run_reader() -> None:
             with psycopg.connect(_libpq_url(PG_URL)) as conn:
-                conn.execute(f'SELECT 1 FROM "{table}" WHERE lead_id = %s FOR UPDATE', (lead,))
+                conn.execute(f'LOCK TABLE "{run}" IN ACCESS SHARE MODE')
                 locked.set()
                 seen.wait(150)
                 time.sleep(1.0)
                 conn.rollback()
 
-        threading.Thread(target=run, daemon=True).start()
-        assert locked.wait(60), "could not lock the leaver's row"
+        threading.Thread(target=run_reader, daemon=True).start()
+        assert locked.wait(60), f"could not lock {run}"
         deadline = time.monotonic() + 120
         try:
             while time.monotonic() < deadline:
                 waiting = _pg_execute(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                     "AND query LIKE %s",
-                    (f'DELETE FROM "{table}"%',),
+                    (f'ALTER TABLE "{run}" NO INHERIT "{table}"%',),
                 )
                 if waiting[0][0]:
                     return
                 time.sleep(0.01)
         finally:
             seen.set()
-        pytest.fail(f"the writer's DELETE from {table} never waited for the leaver's row")
+        pytest.fail(f"the writer's switch never waited for {run}")
 
     return hold
 
 
 PG_KILL_POINTS = {
-    # a new run COPYs straight into the history, inside the switch's transaction
-    "copy-history": lambda t: (
+    # COPY into the run's own table, inside the switch's transaction
+    "copy-run": lambda t: (
         lambda sql: "pg_advisory_xact_lock" in sql,
-        _pg_copy_running(f"{t}_history"),
+        _pg_copy_running(f"{t}_r2"),
     ),
-    # history written, deleting the leavers from the current table (a newer run deletes them
-    # after the MERGE, by a quick filter: a row lock on a leaver holds the DELETE there)
-    "switch-leavers": lambda t: (
-        lambda sql: sql.startswith((f'DELETE FROM "{t}" ', f'MERGE INTO "{t}" ')),
-        _pg_leaver_locked(t, "00Q000000000"),
+    # the run table loaded, building its primary key
+    "run-keys": lambda t: (
+        lambda sql: sql.startswith(f'ALTER TABLE "{t}_r2" ADD PRIMARY KEY'),
+        _sleep(0.1),
     ),
-    # MERGE (PostgreSQL 15+) or UPDATE ... FROM + INSERT into the current table
-    "switch-current": lambda t: (
-        lambda sql: sql.startswith((f'MERGE INTO "{t}" ', f'UPDATE "{t}" ')),
-        _sleep(0.3),
+    # the switch: the previous run table (held by a reader) leaving the current table
+    "switch": lambda t: (
+        lambda sql: "pg_advisory_xact_lock" in sql,
+        _pg_run_table_locked(t, f"{t}_r1"),
     ),
 }
 
@@ -1253,41 +1315,37 @@ def test_postgresql_writer_killed_mid_write(
     table = pg_tables("k")
     trigger, after = PG_KILL_POINTS[point](table)
     _check_kill(url, case, table, trigger, after)
-    # the killed session's temporary staging table went with it
-    deadline = time.monotonic() + 30
-    while _pg_execute("SELECT count(*) FROM pg_class WHERE relname = %s", (f"{table}__stage",))[0][
-        0
-    ]:
-        assert time.monotonic() < deadline, "the staging table outlived the killed writer"
-        time.sleep(0.2)
+    # the killed run's table went with it: the re-run is r2, beside the previous run's r1
+    assert _run_tables(table, f"{table}_history") == [f"{table}_r1", f"{table}_r2"]
 
 
 
 @pytest.mark.slow
 @pytest.mark.postgres
-@pytest.mark.parametrize("point", ["copy-new-history", "build-keys"])
+@pytest.mark.parametrize("point", ["copy-run", "run-keys"])
 def test_postgresql_first_run_killed_leaves_no_tables(
     pg_kill_case: tuple[str, KillCase], pg_tables: Any, point: str
 ) -> None:
-    """The first run creates both tables without keys inside its transaction and builds the
-    keys after loading: killed while loading or building a key, no table is left behind,
-    and the next run creates them with their keys."""
+    """The first run creates both tables and its run table inside its transaction and
+    builds the run table's key after loading: killed while loading or building the key, no
+    table is left behind, and the next run creates them with their keys."""
     url, case = pg_kill_case
     table = pg_tables("f")
     trigger, after = {
-        "copy-new-history": (
+        "copy-run": (
             lambda sql: "pg_advisory_xact_lock" in sql,
-            _pg_copy_running(f"{table}_history"),
+            _pg_copy_running(f"{table}_r1"),
         ),
-        "build-keys": (
-            lambda sql: sql.startswith(f'ALTER TABLE "{table}" ADD CONSTRAINT'),
+        "run-keys": (
+            lambda sql: sql.startswith(f'ALTER TABLE "{table}_r1" ADD PRIMARY KEY'),
             _sleep(0.1),
         ),
     }[point]
     _run_and_kill(url, table, case.batch_file, trigger, after)
     deadline = time.monotonic() + 30
     while _pg_execute(
-        "SELECT count(*) FROM pg_class WHERE relname IN (%s, %s)", (table, f"{table}_history")
+        "SELECT count(*) FROM pg_class WHERE relname IN (%s, %s, %s)",
+        (table, f"{table}_history", f"{table}_r1"),
     )[0][0]:
         assert time.monotonic() < deadline, "a killed first run left a table behind"
         time.sleep(0.2)

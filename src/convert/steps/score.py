@@ -103,7 +103,7 @@ def score_step(
                 f"no lead is open at {as_of} in {data_path}: choose an --as-of inside the export's "
                 "history; nothing was written"
             )
-        run = RunChanges(model, as_of, config, label, read_previous(target, as_of, table), why_not=SPARK_WHY)
+        run = RunChanges(model, as_of, config, label, read_previous(target, as_of, table, config.writeback.lock_timeout_s), why_not=SPARK_WHY)
         scores = run.chunk(scored, scored, None)
         written = write_scores(scores, target, table, guards=guards, recheck=lambda rows: run.recheck(scores, rows))
         return _with_alerts(ScoreSummary(written, _final(run, scores), run), config, guards, alerts_target,
@@ -112,7 +112,7 @@ def score_step(
     try:
         check_model(source, model, label, config)
         t = source.scoring_as_of(as_of, "score a CRM export")
-        run = RunChanges(model, t, config, label, read_previous(target, t, table), source=source)
+        run = RunChanges(model, t, config, label, read_previous(target, t, table, config.writeback.lock_timeout_s), source=source)
         chunks = list(iter_scores(source, model, t, config, label, scored_at=now(), progress=progress,
                                   on_chunk=run.chunk))
         if not chunks:

@@ -58,7 +58,7 @@ after). Waiting longer than ``lock_timeout_s`` stops the run with
 :class:`~convert.exceptions.WriteLockedError` ("another run holds TABLE"), changing nothing.
 
 The guards are not tied to the scores' columns: :class:`TableState` reads any table with
-an as-of and a model-version column, and :func:`lock_table` / :func:`file_lock` take the
+an as-of and a model-version column, and :func:`file_lock` takes the
 same locks. ``allocate``'s assignments (``schema=AssignmentOutput``) go through the same
 lock, older-as-of and one-model-per-table guards and history table; the shrink guard does
 not apply to them (``SHRINK_GUARD = False``: assignments churn every day).
@@ -74,8 +74,8 @@ between); the batch is then staged again under the lock.
 
 Tables: ``lead_id`` TEXT, ``as_of``/``scored_at`` TIMESTAMP (naive UTC), ``probability``
 DOUBLE PRECISION (SQLite REAL), the points INTEGER, the rest TEXT (empty text is NULL).
-On PostgreSQL the current table has ``fillfactor = 50`` (each run rewrites most rows; the
-free space makes those HOT updates) and the history an index on (as_of, model_version).
+On PostgreSQL each run's rows are written once, into a run table ``{table}_r{N}`` that table
+inheritance makes a child of both tables (see :mod:`~convert.io.writers.postgres`).
 
 Modules: :mod:`~convert.io.writers.base` (the contract, the guards, the names),
 :mod:`~convert.io.writers.frames` (columns and types), :mod:`~convert.io.writers.files`,

@@ -428,12 +428,14 @@ class Writer(ABC):
         raise NotImplementedError
 
     @abstractmethod
-    def previous(self, as_of: pd.Timestamp) -> pd.DataFrame:
+    def previous(self, as_of: pd.Timestamp, lock_timeout_s: float = 600.0) -> pd.DataFrame:
         """Each lead's latest row with an as-of strictly earlier than *as_of* (the latest
         ``scored_at`` among rows of one as-of): the :data:`PREVIOUS_READ` columns the target
         has, typed. From the history table (databases) or the file being replaced (files);
         empty when there is none. Inside :meth:`write` it reads under the lock; called
-        alone, it reads what is committed now (the caller's first, optimistic read)."""
+        alone, it reads what is committed now (the caller's first, optimistic read), waiting
+        at most *lock_timeout_s* for a lock another session holds on the tables (else
+        :class:`WriteLockedError`)."""
 
     # the dialect's parts ------------------------------------------------------------------
 

@@ -60,9 +60,13 @@ def _quoted(name: str) -> sa.sql.elements.quoted_name:
     return quoted_name(name, quote=True)
 
 
-def _column_type(column: Column) -> Any:
+def _column_type(column: Column, *, key: bool = False) -> Any:
+    """The SQL type of *column*; a text column of the current table's key sorts by bytes
+    on PostgreSQL (``COLLATE "C"``: equality is the same, its index builds twice as fast)."""
     import sqlalchemy as sa
 
+    if key and column.dtype == "string":
+        return sa.Text().with_variant(sa.Text(collation="C"), "postgresql")
     if column.dtype == "timestamp":
         return sa.TIMESTAMP()
     if column.dtype == "number":
@@ -95,7 +99,7 @@ class Tables:
             columns = [
                 sa.Column(
                     _quoted(c.name),
-                    _column_type(c),
+                    _column_type(c, key=c.name in layout.current_key),
                     nullable=c.nullable and c.name not in key,
                     autoincrement=False,
                 )
@@ -115,11 +119,7 @@ class Tables:
                 history.c.model_version,
             )
         return cls(
-            # Every run rewrites most current rows (new as_of); half-empty pages let PostgreSQL
-            # update them in place (HOT updates: no new index entries), about 3x faster.
-            current=table(
-                name.name, layout.current_key, schema=schema, postgresql_with={"fillfactor": 50}
-            ),
+            current=table(name.name, layout.current_key, schema=schema),
             history=history,
             history_as_of=history_as_of,
             stage=table(
@@ -307,19 +307,22 @@ class DatabaseWriter(Writer):
                         f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {preparer.quote(name)} {kind}"
                     )
 
-    def previous(self, as_of: pd.Timestamp) -> pd.DataFrame:
+    def previous(self, as_of: pd.Timestamp, lock_timeout_s: float = 600.0) -> pd.DataFrame:
         """From the history: ``ROW_NUMBER()`` over each lead's rows older than *as_of*, newest
         (as_of, scored_at) first; its first row. Inside the session (under the lock) on its
         connection, else on a connection of its own; no history table: no rows."""
         if self._conn is not None:
             return self._previous(self._conn, as_of)
-        engine = self.make_engine(600.0)
+        engine = self.make_engine(lock_timeout_s)
         try:
             with engine.connect() as conn:
+                self.qualified = self.qualified_name(conn)
                 return self._previous(conn, as_of)
         except WritebackError:
             raise
         except self.errors() as exc:
+            if is_lock_timeout(exc):
+                raise lock_error(self.qualified, self.display, lock_timeout_s) from None
             raise WritebackError(
                 f"could not read the previous scores of {self.qualified} at {self.display}: "
                 f"{self.scrub(reason(exc))}"

@@ -191,11 +191,13 @@ def read_table(
     return frame.reset_index(drop=True)
 
 
-def read_previous(target: str | os.PathLike[str], as_of: pd.Timestamp, table: str = ScoreOutput.table) -> pd.DataFrame:
-    """Each lead's previous row before *as_of* as *target* holds it now (no lock): the
-    history table of a database, or the scores file a run would replace. The score step's
-    first read; :func:`write_scores` reads again under the lock (its *recheck*)."""
-    return writer_for(target, table, SCORES).previous(pd.Timestamp(as_of))
+def read_previous(target: str | os.PathLike[str], as_of: pd.Timestamp, table: str = ScoreOutput.table,
+                  lock_timeout_s: float = 600.0) -> pd.DataFrame:
+    """Each lead's previous row before *as_of* as *target* holds it now (no lock of its own,
+    waiting at most *lock_timeout_s* for another session's): the history table of a
+    database, or the scores file a run would replace. The score step's first read;
+    :func:`write_scores` reads again under the lock (its *recheck*)."""
+    return writer_for(target, table, SCORES).previous(pd.Timestamp(as_of), lock_timeout_s)
 
 
 def engine_url(url: str) -> str:

@@ -183,7 +183,7 @@ class FileWriter(Writer):
 
     # reading ------------------------------------------------------------------------------
 
-    def previous(self, as_of: pd.Timestamp) -> pd.DataFrame:
+    def previous(self, as_of: pd.Timestamp, lock_timeout_s: float = 600.0) -> pd.DataFrame:
         """From the file being replaced (it holds the last run's rows, one per lead): the rows
         older than *as_of*. A file that is not there or not a scores file gives none (the
         guards decide what happens to it)."""

@@ -72,7 +72,8 @@ def prepare(scores: object, *, allow_empty: bool, layout: Layout = SCORES) -> pd
         raise WritebackError(f"scores must be a pandas DataFrame, got {type(scores).__name__}")
     given = [str(c) for c in scores.columns]
     rows: pd.DataFrame = scores
-    if layout.added and not any(c in given for c in layout.added):
+    absent = bool(layout.added) and not any(c in given for c in layout.added)
+    if absent:
         rows = scores.assign(**dict.fromkeys(layout.added))  # written empty
         given = [str(c) for c in rows.columns]
     missing = [c for c in layout.names if c not in given]
@@ -94,6 +95,9 @@ def prepare(scores: object, *, allow_empty: bool, layout: Layout = SCORES) -> pd
     frame.columns = pd.Index(given)
     data: dict[str, pd.Series] = {}
     for column in layout.columns:
+        if absent and column.name in layout.added:  # typed empty, as coerce would make it
+            data[column.name] = _empty(column, len(frame))
+            continue
         series = coerce(frame[column.name].reset_index(drop=True), column)
         if not column.nullable:
             empty = series.isna().to_numpy()
@@ -118,6 +122,14 @@ def prepare(scores: object, *, allow_empty: bool, layout: Layout = SCORES) -> pd
             "written (pass allow_empty=True if the population really is empty)"
         )
     return result
+
+
+def _empty(column: Column, rows: int) -> pd.Series:
+    """A column of *rows* empty values in the type :func:`coerce` gives an empty column."""
+    if column.dtype == "timestamp":
+        return pd.Series(pd.NaT, index=pd.RangeIndex(rows), dtype="datetime64[us]")
+    dtype = {"string": "string", "number": "float64"}.get(column.dtype, "Int64")
+    return pd.Series(np.nan if dtype == "float64" else pd.NA, index=pd.RangeIndex(rows), dtype=dtype)
 
 
 def coerce(series: pd.Series, column: Column) -> pd.Series:
@@ -196,6 +208,11 @@ def _as_float(series: pd.Series) -> pd.Series:
 
 
 def _as_int(series: pd.Series) -> pd.Series:
+    if isinstance(series.dtype, np.dtype) and series.dtype.kind in "iu":  # no NA, whole already
+        if len(series) and (series.min() < _INT32[0] or series.max() > _INT32[1]):
+            bad = ((series < _INT32[0]) | (series > _INT32[1])).to_numpy()
+            raise WritebackError(f"outside the INTEGER range: {_first_bad(series, bad)}")
+        return series.astype("int64")
     numbers = pd.to_numeric(_blank_to_na(series), errors="raise")
     if pd.api.types.is_bool_dtype(numbers):
         raise WritebackError("integers expected, got booleans")
