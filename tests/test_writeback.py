@@ -563,6 +563,23 @@ def test_postgresql_run_tables_hold_each_run_once(pg_url: str, pg_tables: Any) -
     assert doubled == [(0,)]
 
 
+def test_postgresql_url_options_are_kept_beside_the_lock_timeout(pg_url: str) -> None:
+    """A URL's own ``options`` (here a search_path) still apply: the writer adds its lock
+    timeout to them instead of replacing them."""
+    schema = f"wbh_opt_{uuid.uuid4().hex[:8]}"
+    _pg_execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        url = f"{pg_url}?options=-csearch_path%3D{schema}"
+        write_scores(make_scores(20, seed=5), url, "scores")
+        found = _pg_execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1", (schema,)
+        )
+        assert [r[0] for r in found] == ["scores", "scores_history", "scores_r1"]
+        assert_same(read_table(url, "scores"), normalized(make_scores(20, seed=5)))
+    finally:
+        _pg_execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
 def test_postgresql_tables_of_the_earlier_layout_take_run_tables(pg_url: str, pg_tables: Any) -> None:
     """Tables an earlier version wrote (the current rows in the current table itself, the
     history's rows in the history) move to run tables on their next run: same final tables

@@ -134,9 +134,13 @@ class PostgresWriter(DatabaseWriter):
         import sqlalchemy as sa
         from sqlalchemy.pool import NullPool
 
-        # every lock wait of the session (a reader's too) ends after the run's lock timeout
+        # every lock wait of the session (a reader's too) ends after the run's lock timeout;
+        # after the URL's own options (e.g. a search_path), which these must not replace
         timeout_ms = max(1, round(lock_timeout_s * 1000))
-        connect_args: dict[str, Any] = {"connect_timeout": 15, "options": f"-c lock_timeout={timeout_ms}"}
+        given = self.url.query.get("options", "")
+        given = given if isinstance(given, str) else " ".join(given)
+        options = f"{given} -c lock_timeout={timeout_ms}".strip()
+        connect_args: dict[str, Any] = {"connect_timeout": 15, "options": options}
         if "application_name" not in self.url.query:
             connect_args["application_name"] = "convert-writeback"
         return sa.create_engine(self.url, poolclass=NullPool, connect_args=connect_args)
