@@ -294,3 +294,37 @@ def test_indexed_events_are_the_loaded_events_under_their_leads_keys(tmp_path, f
         check_names=False,
     )
     data.close()
+
+
+def test_event_types_from_parquet_dictionaries_make_the_same_enum(tmp_path, monkeypatch):
+    """A Parquet events file's event types come from its dictionaries (read by the text-facts
+    thread) instead of a DISTINCT over the typed events: the same ENUM, in DuckDB's byte order.
+    Known types that lack one (e.g. a value a mapping rewrote) are found all again."""
+    import pyarrow.parquet as pq
+
+    from convert.features import engine
+    from convert.simulator.crm import generate_crm
+    from convert.sources import readers, validation
+
+    generate_crm(tmp_path / "crm", n_leads=600, seed=5, fmt="parquet")
+    path = tmp_path / "crm" / "events.parquet"
+    expected = sorted(set(pq.read_table(path, columns=["event_type"]).column(0).to_pylist()) - {None},
+                      key=lambda t: t.encode())
+    assert sorted(readers._parquet_text_facts(path, "event_type").event_types, key=lambda t: t.encode()) == expected
+    given: list[object] = []
+
+    def spy(con, relation, types=None):
+        given.append(types)
+        return engine.event_type_enum(con, relation, types)
+
+    monkeypatch.setattr(validation, "event_type_enum", spy)
+    for facts in (None, readers.TextFacts(control=False, untrimmed=False, event_types=(expected[0],))):
+        if facts is not None:
+            monkeypatch.setattr(validation, "text_facts", lambda source, table, facts=facts: facts)
+        given.clear()
+        data = load(tmp_path / "crm", Config(), cache=False)
+        members = data.con.execute("SELECT enum_range(NULL::_event_type)").fetchone()[0]
+        assert list(members) == expected
+        # the dictionaries' types were used; when they lacked one, the DISTINCT ran after them
+        assert given[0] is not None and (given[1:] == [None] if facts is not None else given[1:] == [])
+        data.close()

@@ -67,9 +67,10 @@ def _choose_vocabulary(counts: Sequence[tuple[str, int]], config: FeaturesConfig
     return sorted(kept, key=lambda t: (order.get(t, len(order)), t))
 
 
-def event_type_enum(con: duckdb.DuckDBPyConnection, relation: str) -> str:
+def event_type_enum(con: duckdb.DuckDBPyConnection, relation: str, types: Sequence[str] | None = None) -> str:
     """(Re)create the ``ENUM`` of event types that :func:`index_events`' copy stores, from the
     distinct event types of *relation* (a table or subquery with ``event_type``); its name.
+    *types*: those types, known already (the loader's, from a Parquet file's dictionaries).
 
     The indexed copy, which depends on the type, is dropped first. The loader builds it from
     the typed events before the rows breaking a rule are removed: a type met only in those
@@ -79,9 +80,11 @@ def event_type_enum(con: duckdb.DuckDBPyConnection, relation: str) -> str:
     assert enum is not None  # DuckDB's dialect stores event types as an ENUM
     con.execute("DROP TABLE IF EXISTS _events_indexed")
     con.execute(f"DROP TYPE IF EXISTS {enum}")
-    types = [r[0] for r in con.execute(
-        f"SELECT DISTINCT {E.event_type} FROM {relation} WHERE {E.event_type} IS NOT NULL ORDER BY 1"
-    ).fetchall()]
+    if types is None:
+        types = [r[0] for r in con.execute(
+            f"SELECT DISTINCT {E.event_type} FROM {relation} WHERE {E.event_type} IS NOT NULL ORDER BY 1"
+        ).fetchall()]
+    types = sorted(set(types), key=lambda t: t.encode())  # DuckDB's order of text: by bytes
     con.execute(f"CREATE TYPE {enum} AS ENUM ({', '.join(lit(t) for t in types) or lit('')})")
     return enum
 

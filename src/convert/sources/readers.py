@@ -35,7 +35,7 @@ from convert.exceptions import ConfigError, ContractError, ResourceError
 from convert.io import scratch
 from convert.io.urls import engine_url, redact_url, resolve_env, scrub, secrets_of
 from convert.io.urls import is_database_url as is_database_url  # re-exported (cli, dataset)
-from convert.schema import CONTRACT_TABLES, REQUIRED_TABLES
+from convert.schema import CONTRACT_TABLES, REQUIRED_TABLES, Events
 from convert.sources.mapping import CsvFormat, Mapping, split_table_name
 from convert.sql import fetch_row, lit
 
@@ -241,6 +241,8 @@ class TextFacts:
 
     control: bool = True  #: a control character
     untrimmed: bool = True  #: an empty value, or one with a leading or trailing space
+    #: the distinct event types of an events file, when read from its dictionaries (Parquet)
+    event_types: tuple[str, ...] | None = None
 
 
 def text_facts(source: Source, table: str) -> TextFacts:
@@ -267,12 +269,14 @@ def text_facts(source: Source, table: str) -> TextFacts:
                         return TextFacts()
                     last = chunk[-1]
             return TextFacts(control=False)
-        return _parquet_text_facts(path)
+        return _parquet_text_facts(path, Events.event_type if table == Events.table else None)
     except (OSError, ValueError, ImportError):
         return TextFacts()
 
 
-def _parquet_text_facts(path: Path) -> TextFacts:
+def _parquet_text_facts(path: Path, distinct: str | None = None) -> TextFacts:
+    """The facts from the values of the text columns' dictionaries; *distinct*: a text column
+    whose distinct values are kept too (the event types, for the feature engine's ENUM)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -282,11 +286,15 @@ def _parquet_text_facts(path: Path) -> TextFacts:
     if not text:
         return TextFacts(control=False, untrimmed=False)
     control = untrimmed = False
+    found: set[str] | None = set() if distinct in text else None
     file = pq.ParquetFile(path, read_dictionary=text)
     for group in range(file.num_row_groups):  # one row group at a time: bounded memory
-        for column in file.read_row_group(group, columns=text).columns:
-            for chunk in column.chunks:
+        read = file.read_row_group(group, columns=text)
+        for name in text:
+            for chunk in read.column(name).chunks:
                 values = chunk.dictionary if pa.types.is_dictionary(chunk.type) else chunk
+                if found is not None and name == distinct:
+                    found.update(v for v in pc.unique(values).to_pylist() if v is not None)
                 data = values.buffers()[-1]
                 control = control or (data is not None and _bytes_hold_control(data.to_pybytes()))
                 untrimmed = untrimmed or len(values) > 0 and bool(pc.any(pc.or_(
@@ -294,7 +302,7 @@ def _parquet_text_facts(path: Path) -> TextFacts:
                 )).as_py())
                 if control and untrimmed:
                     return TextFacts()
-    return TextFacts(control=control, untrimmed=untrimmed)
+    return TextFacts(control=control, untrimmed=untrimmed, event_types=None if found is None else tuple(found))
 
 
 def scan_error(

@@ -597,7 +597,8 @@ def _check_child(
     if probe and fetch_row(con, f"SELECT coalesce(bool_or(__ctl), false) FROM {table}")[0]:
         con.execute(f"DROP TABLE {table}")
         return None
-    bad = _child_rules_broken(con, schema, rules, dirty)
+    verbatim = not dirty and not facts.untrimmed and raw_types.get(E.event_type) == "VARCHAR"
+    bad = _child_rules_broken(con, schema, rules, dirty, facts.event_types if verbatim else None)
     report.rows_read = int(fetch_row(con, f"SELECT count(*) FROM {table}")[0])
     report.reasons = {}
     for i, n in bad["__rule"].value_counts().items():
@@ -633,12 +634,12 @@ KEYED_COLUMNS: dict[str, tuple[str, ...]] = {Events.table: (E.event_type, E.occu
 LEAD_KEY = "lead_key"
 
 
-def _keyed_select(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+def _keyed_select(con: duckdb.DuckDBPyConnection, table: str, types: tuple[str, ...] | None) -> list[str]:
     """The keyed copy's columns of child *table* beside the lead key, as SQL (none: no copy):
-    event types as the feature engine's ``ENUM``, created here from the typed rows (text would
-    cost this pass and a later copy more than the cast)."""
+    event types as the feature engine's ``ENUM``, created here from the typed rows or the
+    *types* known already (text would cost this pass and a later copy more than the cast)."""
     keep = KEYED_COLUMNS.get(table, ())
-    enum = event_type_enum(con, table) if E.event_type in keep else None
+    enum = event_type_enum(con, table, types) if E.event_type in keep else None
     return [f"CAST({quote(c)} AS {enum}) AS {quote(c)}" if c == E.event_type and enum else quote(c) for c in keep]
 
 
@@ -651,7 +652,8 @@ def keyed_table(table: str) -> str:
 
 
 def _child_rules_broken(
-    con: duckdb.DuckDBPyConnection, schema: type[TableSchema], rules: list[Rule], dirty: frozenset[str]
+    con: duckdb.DuckDBPyConnection, schema: type[TableSchema], rules: list[Rule], dirty: frozenset[str],
+    types: tuple[str, ...] | None = None,
 ) -> pd.DataFrame:
     """The rejected rows of a typed child table (row number, index of the first rule broken):
     one narrow pass over its ids, times and kinds joined with the checked leads. For a table of
@@ -667,19 +669,21 @@ def _child_rules_broken(
     # a loaded lead's key: its rank among the loaded leads (checked, no reason) by lead_id
     key = (f"CAST(CASE WHEN reason IS NULL THEN row_number() OVER (PARTITION BY reason IS NULL "
            f"ORDER BY {L.lead_id}) END AS INTEGER) AS {LEAD_KEY}") if keep else f"NULL AS {LEAD_KEY}"
-    checked = (
-        f"SELECT {quote(ROW)}, CAST(CASE {arms} END AS SMALLINT) AS __rule, {LEAD_KEY}"
-        + "".join(f", {c}" for c in _keyed_select(con, table))
-        + f" FROM (SELECT c.*, l.{L.lead_id} IS NOT NULL AS lead__exists, l.reason AS lead__reason, "
-        f"l.{L.created_at} AS lead__created_at, l.{LEAD_KEY} FROM (SELECT {', '.join(cols)} FROM {table}) c "
-        f"LEFT JOIN (SELECT {L.lead_id}, reason, {L.created_at}, {key} FROM checked_leads) l "
-        f"ON c.lead_id = l.{L.lead_id})"
-    )
+    def checked(known: tuple[str, ...] | None) -> str:
+        return (f"SELECT {quote(ROW)}, CAST(CASE {arms} END AS SMALLINT) AS __rule, {LEAD_KEY}"
+                + "".join(f", {c}" for c in _keyed_select(con, table, known))
+                + f" FROM (SELECT c.*, l.{L.lead_id} IS NOT NULL AS lead__exists, l.reason AS lead__reason, "
+                f"l.{L.created_at} AS lead__created_at, l.{LEAD_KEY} FROM (SELECT {', '.join(cols)} FROM {table}) c "
+                f"LEFT JOIN (SELECT {L.lead_id}, reason, {L.created_at}, {key} FROM checked_leads) l "
+                f"ON c.lead_id = l.{L.lead_id})")
     if not keep:
         return con.execute(
-            f"SELECT {quote(ROW)}, __rule FROM ({checked}) WHERE __rule IS NOT NULL ORDER BY {quote(ROW)}"
+            f"SELECT {quote(ROW)}, __rule FROM ({checked(None)}) WHERE __rule IS NOT NULL ORDER BY {quote(ROW)}"
         ).df()
-    con.execute(f"CREATE OR REPLACE TABLE {keyed_table(table)} AS {checked}")
+    try:
+        con.execute(f"CREATE OR REPLACE TABLE {keyed_table(table)} AS {checked(types)}")
+    except duckdb.ConversionException:  # a type the known ones lack (e.g. a value mapped): find them all
+        con.execute(f"CREATE OR REPLACE TABLE {keyed_table(table)} AS {checked(None)}")
     return con.execute(
         f"SELECT {quote(ROW)}, __rule FROM {keyed_table(table)} WHERE __rule IS NOT NULL ORDER BY {quote(ROW)}"
     ).df()
@@ -761,13 +765,9 @@ def _lead_warnings(
         f"WHERE l.reason IS NULL AND l.{L.account_id} IS NOT NULL",
     )
     if missing:
-        reports["leads"].warnings[
-            "account_id not found in accounts; lead kept without firmographics"
-        ] = missing
+        reports["leads"].warnings["account_id not found in accounts; lead kept without firmographics"] = missing
     if quarantined:
-        reports["leads"].warnings[
-            "account quarantined; lead kept without firmographics"
-        ] = quarantined
+        reports["leads"].warnings["account quarantined; lead kept without firmographics"] = quarantined
 
 
 def enforce_thresholds(report: LoadReport, source: Source, config: DataConfig, strict: bool | None = None) -> None:
