@@ -43,9 +43,10 @@ What changes with inheritance (the README's Write-back section says it too): the
 no longer fire (no row is inserted into it); a foreign key cannot reference it (its own rows
 are none); and the switch needs a brief ``ACCESS EXCLUSIVE`` lock on the previous run table,
 so a long query reading the current table delays it (at most ``writeback.lock_timeout_s``);
-and a repeatable-read transaction that began before the switch and first reads the current
-table after it sees the new rows (which tables are its children is catalog state, not
-versioned by snapshots; the rows are written frozen), where it saw the old ones before.
+and a repeatable-read transaction that began before the switch but first reads the current
+table after it sees the new rows though its snapshot predates them (which tables are its
+children is catalog state, not versioned by snapshots; the rows are written frozen). One that
+read it before holds its lock: the switch waits for it to end.
 
 Rejected, measured (issue 16): the MERGE of each run's rows into the current table after
 COPYing them into the history (0.23x a raw COPY: every row written twice, the MERGE alone
