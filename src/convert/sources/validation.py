@@ -557,10 +557,11 @@ def _check_child(
     inner: list[str] = []
     kept: list[str] = []  # raw text of a rule's column, kept where its own rules may fire
     flags: dict[str, str] = {}
+    verbatim = {c for c in schema.columns() if c.dtype == "string" and raw_types.get(c) == "VARCHAR"
+                and not facts.untrimmed and not dirty}  # text taken as the file holds it
     for col in schema.columns():
         if col in raw_types:
-            verbatim = col.dtype == "string" and raw_types[col] == "VARCHAR" and not facts.untrimmed and not dirty
-            typed = quote(col) if verbatim else _typed(col, raw_types[col], col in dirty, trim=False)
+            typed = quote(col) if col in verbatim else _typed(col, raw_types[col], col in dirty, trim=False)
             inner.append(f"{typed} AS {quote(col)}")
             if col.dtype == "string" and not col.identifier and col in dirty:
                 flags[control_warning(col)] = has_control(_text(col, raw_types[col]))
@@ -597,8 +598,7 @@ def _check_child(
     if probe and fetch_row(con, f"SELECT coalesce(bool_or(__ctl), false) FROM {table}")[0]:
         con.execute(f"DROP TABLE {table}")
         return None
-    verbatim = not dirty and not facts.untrimmed and raw_types.get(E.event_type) == "VARCHAR"
-    bad = _child_rules_broken(con, schema, rules, dirty, facts.event_types if verbatim else None)
+    bad = _child_rules_broken(con, schema, rules, dirty, facts.event_types if E.event_type in verbatim else None)
     report.rows_read = int(fetch_row(con, f"SELECT count(*) FROM {table}")[0])
     report.reasons = {}
     for i, n in bad["__rule"].value_counts().items():

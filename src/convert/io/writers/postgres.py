@@ -68,7 +68,7 @@ import pandas as pd
 from convert.exceptions import WritebackError
 from convert.io.writers import pgcopy
 from convert.io.writers.base import DERIVED_ROOM, TableState, timed
-from convert.io.writers.database import DatabaseWriter, batch_keys
+from convert.io.writers.database import DatabaseWriter
 from convert.io.writers.frames import to_arrow
 from convert.schema import ScoreOutput
 
@@ -87,11 +87,10 @@ _PG_DRIVERS = ("postgresql", "postgres", "postgresql+psycopg", "postgres+psycopg
 
 @dataclass
 class _Batch:
-    """The staged batch: typed Arrow rows, the (as_of, model_version) pairs, and (once
-    created in the switch) the run table's quoted name."""
+    """The staged batch: typed Arrow rows and (once created in the switch) the run table's
+    quoted name."""
 
     arrow: pa.Table
-    pairs: list[tuple[Any, str]]
     chunk_rows: int
     run: str = ""
 
@@ -179,7 +178,7 @@ class PostgresWriter(DatabaseWriter):
         self.phase = "staging the scores"
         with timed("encoding"):
             arrow = to_arrow(frame, self.layout)
-        return _Batch(arrow, batch_keys(frame), chunk_rows)
+        return _Batch(arrow, chunk_rows)
 
     # the run table ------------------------------------------------------------------------
 
