@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 from tests.conftest import write_export
@@ -10,6 +11,7 @@ from convert import load
 from convert.cli import main
 from convert.config import Config
 from convert.exceptions import ContractError
+from convert.sources.validation import VALUE_WARNING
 
 
 def _load(tmp_path, cfg, fmt="csv", **tables):
@@ -244,6 +246,20 @@ def test_text_facts_tell_what_a_file_surely_lacks(tmp_path, tables, fmt):
         assert facts.untrimmed and not facts.control
 
 
+def test_control_bytes_are_exactly_the_control_characters_of_utf8():
+    """The vectorised byte test agrees with the contract's regular expression on every byte,
+    and finds the two-byte C1 characters (and not other two-byte characters)."""
+    from convert.sources.readers import _bytes_hold_control
+    from convert.sources.rules import CONTROL_RE
+
+    for b in range(128):
+        text = f"ab{chr(b)}cd"
+        assert _bytes_hold_control(text.encode()) == bool(CONTROL_RE.search(text)), b
+    for text in ("x\u0085y", "x\u009fy", "caf\u00e9 \u00a3", "\u00c2\u0080"):
+        assert _bytes_hold_control(bytearray(text.encode()) + b"\x01", len(text.encode())) == \
+            bool(CONTROL_RE.search(text)), text
+
+
 def test_untrimmed_parquet_text_is_trimmed_and_empty_text_is_missing(tmp_path, tables):
     events = tables["events"].copy()
     events.loc[0, "channel"] = "  email "
@@ -253,6 +269,83 @@ def test_untrimmed_parquet_text_is_trimmed_and_empty_text_is_missing(tmp_path, t
     got = data.frame("events")
     assert "email" in set(got["channel"]) and "" not in set(got["channel"].dropna())
     assert data.report.tables["events"].rows_loaded == len(events)
+
+
+@pytest.mark.parametrize("tz", [None, "UTC"])
+def test_rejected_stored_timestamps_show_their_text_without_a_kept_copy(tmp_path, tables, tz):
+    """A Parquet file's stored timestamps (naive or with a time zone) keep no raw text copy:
+    a rejected row's value is rebuilt from its typed instant, the same text DuckDB prints for
+    the stored value, for a rule of its own (implausible) and one on its lead (dated before it)."""
+    events = tables["events"].copy()
+    events["occurred_at"] = pd.to_datetime(events["occurred_at"]).dt.tz_localize(tz)
+    events.loc[0, "occurred_at"] = pd.Timestamp("1900-01-02 03:04:05", tz=tz)
+    lead_created = pd.Timestamp(tables["leads"].set_index("lead_id").loc[events.loc[1, "lead_id"], "created_at"])
+    events.loc[1, "occurred_at"] = (lead_created - pd.Timedelta(hours=1)).tz_localize(tz)
+    folder = write_export(tmp_path / "crm", "parquet", **{**tables, "events": events})
+    data = load(folder, Config.from_dict({"data": {"max_quarantine_share": 0.5}}), cache=False)
+    printed = [str(v) for v in data.con.execute(
+        f"SELECT CAST(occurred_at AS VARCHAR) FROM read_parquet('{folder / 'events.parquet'}') LIMIT 2").fetchall()]
+    got = _rejects(data, "events").set_index("row")
+    assert list(got.index) == [1, 2]
+    assert got.loc[1, "reason"].startswith("occurred_at is implausible")
+    assert got.loc[2, "reason"] == "occurred_at is earlier than the lead's created_at"
+    assert [f"('{got.loc[1, 'value']}',)", f"('{got.loc[2, 'value']}',)"] == printed
+    assert got.loc[1, "value"].startswith("1900-01-02 03:04:05")
+    data.close()
+
+
+@pytest.mark.parametrize(("values", "emptied"), [
+    ([1.0, 2.0, 3.5], 0),
+    ([1e308, 1e308, 7.0], 0),  # finite values whose sum overflows: counted, none emptied
+    ([1e308, float("inf"), float("-inf")], 2),
+    ([float("nan"), float("inf"), 1.0], 1),  # a NaN is a null in Parquet: not a warning
+])
+def test_stored_event_values_that_are_not_finite_are_emptied_and_counted(tmp_path, tables, values, emptied):
+    events = tables["events"].copy()
+    events["value"] = [values[i % len(values)] if i < len(values) else 1.0 for i in range(len(events))]
+    data = load(write_export(tmp_path / "crm", "parquet", **{**tables, "events": events}), Config(), cache=False)
+    got = data.frame("events")["value"]
+    assert data.report.tables["events"].warnings.get(VALUE_WARNING, 0) == emptied
+    assert got.notna().sum() == len(events) - emptied - (1 if np.isnan(values[0]) else 0)
+    assert np.isfinite(got.dropna()).all() and (got.dropna() == 1e308).sum() == values.count(1e308)
+    data.close()
+
+
+CONTROL_KEY = "lead_id contains a control character (a NUL byte or another non-printing one)"
+
+
+@pytest.mark.parametrize(("key", "reason", "lead_too"), [
+    (" {} ", None, False),  # trimmed, it is its lead's id: loaded
+    ("", "empty lead_id", False),
+    ("{}\x01", CONTROL_KEY, False),
+    ("{}\x01", CONTROL_KEY, True),  # the (quarantined) lead's id holds the same character: it matches
+])
+def test_a_parquet_lead_key_left_unread_is_still_trimmed_and_checked(tmp_path, tables, key, reason, lead_too):
+    """The text facts of a Parquet child file leave its lead key unread (costly to read when it
+    is not dictionary encoded); the rule pass then checks the keys of the rows it rejected for
+    their lead, and redoes the pass when one needs trimming or holds a control character: the
+    same rows and reasons as with every column read."""
+    from convert.sources.readers import find_source, text_facts
+
+    events, leads = tables["events"].copy(), tables["leads"].copy()
+    lead = events.loc[0, "lead_id"]
+    events["lead_id"] = events["lead_id"].astype(object)
+    events.loc[0, "lead_id"] = key.format(lead)
+    if lead_too:
+        leads["lead_id"] = leads["lead_id"].astype(object)
+        leads.loc[leads["lead_id"] == lead, "lead_id"] = key.format(lead)
+    changed = {**tables, "events": events, "leads": leads}
+    facts = text_facts(find_source(write_export(tmp_path / "facts", "parquet", **changed)), "events", ("lead_id",))
+    assert facts.unread == ("lead_id",) and not facts.control and not facts.untrimmed
+    data = load(write_export(tmp_path / "crm", "parquet", **changed), Config.from_dict(
+        {"data": {"max_quarantine_share": 0.5}}), cache=False)
+    rejected = _rejects(data, "events")
+    rejected = rejected[rejected["row"] == 1]
+    if reason is None:
+        assert rejected.empty and lead in set(data.frame("events")["lead_id"])
+    else:
+        assert list(rejected["reason"]) == [reason], rejected
+    data.close()
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
@@ -320,7 +413,7 @@ def test_event_types_from_parquet_dictionaries_make_the_same_enum(tmp_path, monk
     monkeypatch.setattr(validation, "event_type_enum", spy)
     for facts in (None, readers.TextFacts(control=False, untrimmed=False, event_types=(expected[0],))):
         if facts is not None:
-            monkeypatch.setattr(validation, "text_facts", lambda source, table, facts=facts: facts)
+            monkeypatch.setattr(validation, "text_facts", lambda source, table, skip, facts=facts: facts)
         given.clear()
         data = load(tmp_path / "crm", Config(), cache=False)
         members = data.con.execute("SELECT enum_range(NULL::_event_type)").fetchone()[0]

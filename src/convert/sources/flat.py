@@ -40,14 +40,8 @@ from convert.schema import Labeled, Rejects
 from convert.sources.base import NO_FLAT, Attributes, FlatOptions, LeadSource, Purpose, TrainingSet
 from convert.sources.mapping import CsvFormat, FlatMapping, Mapping, mapped_select
 from convert.sources.readers import Source, connect, read_frame
-from convert.sources.validation import (
-    CONTROL_RE,
-    LoadReport,
-    TableReport,
-    _enforce_thresholds,
-    control_warning,
-    strip_control,
-)
+from convert.sources.rules import CONTROL_RE, control_warning, strip_control
+from convert.sources.validation import LoadReport, TableReport, _enforce_thresholds
 
 Split = Literal["random", "ordered"]
 DEFAULT_POSITIVE = ("1", "true", "yes")

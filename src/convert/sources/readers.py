@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
+import numpy as np
 
 from convert.config import FeaturesConfig
 from convert.exceptions import ConfigError, ContractError, ResourceError
@@ -224,15 +225,33 @@ def drop_relation(con: duckdb.DuckDBPyConnection, name: str) -> None:
     con.execute(f"DROP {'VIEW' if is_view(con, name) else 'TABLE'} IF EXISTS {name}")
 
 
-#: Bytes of a control character (:data:`convert.sources.validation.CONTROL`) in UTF-8: C0 but
-#: tab and newline, and DEL; the C1 characters are two bytes, ``\xc2`` then ``\x80``-``\x9f``.
-_CONTROL_BYTES = bytes([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F])
-_OTHER_BYTES = bytes(b for b in range(256) if b not in _CONTROL_BYTES)
+#: The C1 control characters in UTF-8: ``\xc2`` then ``\x80``-``\x9f``.
 _C1_RE = re.compile(rb"\xc2[\x80-\x9f]")
 
 
-def _bytes_hold_control(data: bytes) -> bool:
-    return bool(data.translate(None, _OTHER_BYTES)) or (b"\xc2" in data and _C1_RE.search(data) is not None)
+def _bytes_hold_control(data: bytes | bytearray, n: int | None = None, scratch: np.ndarray | None = None) -> bool:
+    """Whether the first *n* bytes of *data* (all by default) hold a control character
+    (:data:`convert.sources.rules.CONTROL`) in UTF-8: C0 but tab and newline (0-8, 11-31), DEL
+    (127), or a C1 character (two bytes).
+
+    Three vectorised minimums instead of a byte-by-byte loop (2x faster on a 1.3 GB CSV
+    file): bytes 0-8 are those at most 8; 11-31 those below 21 once 11 is subtracted (modulo
+    256, tab and newline then become 254 and 255); DEL the one that XOR 127 makes 0.
+    *scratch*: a uint8 buffer of at least *n* bytes to reuse."""
+    n = len(data) if n is None else n
+    if not n:
+        return False
+    raw = np.frombuffer(data, np.uint8, count=n)
+    if raw.min() <= 0x08:
+        return True
+    work = np.empty(n, np.uint8) if scratch is None else scratch[:n]
+    np.subtract(raw, 11, out=work)
+    if work.min() < 21:
+        return True
+    np.bitwise_xor(raw, 0x7F, out=work)
+    if work.min() == 0:
+        return True
+    return data.find(b"\xc2", 0, n) >= 0 and _C1_RE.search(data, 0, n) is not None
 
 
 @dataclass(frozen=True)
@@ -243,9 +262,11 @@ class TextFacts:
     untrimmed: bool = True  #: an empty value, or one with a leading or trailing space
     #: the distinct event types of an events file, when read from its dictionaries (Parquet)
     event_types: tuple[str, ...] | None = None
+    #: text columns whose values were not looked at (the facts say nothing of them)
+    unread: tuple[str, ...] = ()
 
 
-def text_facts(source: Source, table: str) -> TextFacts:
+def text_facts(source: Source, table: str, skip: tuple[str, ...] = ()) -> TextFacts:
     """What *table*'s file may hold in its text values, found cheaply, so that validation may
     skip work on every row that would change nothing (a regular expression looking for control
     characters costs as much as reading the file; trimming copies every value).
@@ -255,36 +276,42 @@ def text_facts(source: Source, table: str) -> TextFacts:
     carriage return counts: CRLF line ends take the row-by-row check) has no value with one;
     whether values need trimming is not told from the bytes (maybe). A Parquet file's text
     columns are read as dictionaries (cheap when dictionary-encoded) and their values checked
-    for both. Anything else (a database, another encoding) may hold either.
+    for both, except the columns in *skip* (a child file's lead key: validation checks it
+    otherwise; reading a column that is not dictionary-encoded costs a hash of every value).
+    Anything else (a database, another encoding) may hold either.
     """
     path = source.file(table)
     if path is None:
         return TextFacts()
     try:
         if path.suffix == ".csv":
+            chunk, scratch = bytearray(16 * 2**20), np.empty(16 * 2**20, np.uint8)
             with open(path, "rb", buffering=0) as fh:
                 last = 0  # the previous chunk's last byte: a C1 character may straddle chunks
-                while chunk := fh.read(16 * 2**20):
-                    if _bytes_hold_control(chunk) or (last == 0xC2 and 0x80 <= chunk[0] <= 0x9F):
+                while n := fh.readinto(chunk):
+                    if _bytes_hold_control(chunk, n, scratch) or (last == 0xC2 and 0x80 <= chunk[0] <= 0x9F):
                         return TextFacts()
-                    last = chunk[-1]
+                    last = chunk[n - 1]
             return TextFacts(control=False)
-        return _parquet_text_facts(path, Events.event_type if table == Events.table else None)
+        return _parquet_text_facts(path, Events.event_type if table == Events.table else None, skip)
     except (OSError, ValueError, ImportError):
         return TextFacts()
 
 
-def _parquet_text_facts(path: Path, distinct: str | None = None) -> TextFacts:
+def _parquet_text_facts(path: Path, distinct: str | None = None, skip: tuple[str, ...] = ()) -> TextFacts:
     """The facts from the values of the text columns' dictionaries; *distinct*: a text column
-    whose distinct values are kept too (the event types, for the feature engine's ENUM)."""
+    whose distinct values are kept too (the event types, for the feature engine's ENUM);
+    *skip*: text columns left unread."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     schema = pq.read_schema(path)
-    text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    every = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    text = [name for name in every if name not in skip]
+    unread = tuple(name for name in every if name in skip)
     if not text:
-        return TextFacts(control=False, untrimmed=False)
+        return TextFacts(control=False, untrimmed=False, unread=unread)
     control = untrimmed = False
     found: set[str] | None = set() if distinct in text else None
     file = pq.ParquetFile(path, read_dictionary=text)
@@ -302,7 +329,8 @@ def _parquet_text_facts(path: Path, distinct: str | None = None) -> TextFacts:
                 )).as_py())
                 if control and untrimmed:
                     return TextFacts()
-    return TextFacts(control=control, untrimmed=untrimmed, event_types=None if found is None else tuple(found))
+    return TextFacts(control=control, untrimmed=untrimmed, event_types=None if found is None else tuple(found),
+                     unread=unread)
 
 
 def scan_error(

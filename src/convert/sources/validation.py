@@ -2,8 +2,9 @@
 
 Raw tables (from :mod:`convert.sources.readers`) become typed contract tables ``leads``,
 ``accounts``, ``events`` and ``stages`` in the same connection. Each rule of the
-contract is one declared :class:`Rule` (column, SQL condition, reason); a row is
-quarantined for the first rule it breaks, and rows of a quarantined lead follow it.
+contract is one declared :class:`~convert.sources.rules.Rule` (column, SQL condition,
+reason; :mod:`convert.sources.rules` lists them); a row is quarantined for the first rule it
+breaks, and rows of a quarantined lead follow it.
 Errors stop with a :class:`~convert.exceptions.ContractError` naming file, row and
 column. Working in SQL keeps exports of a hundred million events within memory.
 
@@ -16,10 +17,9 @@ removed and counted, and a non-finite event value is emptied like a non-numeric 
 
 from __future__ import annotations
 
-import re
+import math
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import duckdb
 import pandas as pd
@@ -31,7 +31,6 @@ from convert.schema import (
     CONTRACT_TABLES,
     DUCKDB_TYPES,
     Accounts,
-    Column,
     Events,
     Leads,
     Rejects,
@@ -40,54 +39,24 @@ from convert.schema import (
 )
 from convert.sources.mapping import CsvFormat
 from convert.sources.readers import ROW, Source, TextFacts, is_view, scan_error, text_facts
+from convert.sources.rules import (
+    CONTROL,
+    NUMERIC_TYPE,
+    Rule,
+    account_rules,
+    control_warning,
+    event_rules,
+    has_control,
+    lead_rules,
+    stage_rules,
+    text_of_typed,
+    text_sql,
+    typed_sql,
+    without_control,
+)
 from convert.sql import fetch_row, lit, quote
 
-#: Control characters (RE2 class): C0 but tab and newline, DEL and C1. A NUL byte among
-#: them is refused by PostgreSQL in any text; the others garble files and screens.
-CONTROL = r"[\x00-\x08\x0B-\x1F\x7F-\x9F]"
-
-
-CONTROL_RE = re.compile(CONTROL)
-
-
-def control_warning(column: str) -> str:
-    """The summary's warning for a text column whose control characters were removed."""
-    return f"control characters removed from {column!r} (NUL and others but tab and newline)"
-
-
-def strip_control(frame: pd.DataFrame, skip: tuple[str | None, ...] = ()) -> dict[str, int]:
-    """Remove control characters from the text columns of *frame* (in place) but *skip*;
-    return the number of values changed per column (flat files, read with pandas)."""
-    changed: dict[str, int] = {}
-    for column in frame.columns:
-        if column in skip or not (pd.api.types.is_object_dtype(frame[column]) or pd.api.types.is_string_dtype(frame[column])):
-            continue
-        text = frame[column]
-        hit = text.map(lambda v: isinstance(v, str) and CONTROL_RE.search(v) is not None).astype(bool)
-        if hit.any():
-            frame.loc[hit, column] = text[hit].map(lambda v: CONTROL_RE.sub("", v))
-            changed[str(column)] = int(hit.sum())
-    return changed
-
-
-def has_control(sql: str) -> str:
-    """SQL: whether text *sql* holds a control character (NULL stays NULL)."""
-    return f"regexp_matches({sql}, '{CONTROL}')"
-
-
-def without_control(sql: str) -> str:
-    """SQL: text *sql* with its control characters removed."""
-    return f"regexp_replace({sql}, '{CONTROL}', '', 'g')"
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One line of the contract's bad-rows table that quarantines a row."""
-
-    column: str
-    condition: str
-    reason: str
-
+L, A, E = Leads, Accounts, Events
 
 @dataclass
 class TableReport:
@@ -137,51 +106,6 @@ class LoadReport:
 # --- typing ---------------------------------------------------------------------------------
 
 
-def _text(col: str, raw_type: str) -> str:
-    """A raw column as trimmed text, empty meaning NULL."""
-    if raw_type == "VARCHAR":
-        return f"NULLIF(trim({quote(col)}), '')"
-    return f"CAST({quote(col)} AS VARCHAR)"
-
-
-_NUMERIC = re.compile(r"(U?(TINY|SMALL|BIG|HUGE)?INT(EGER)?|DOUBLE|FLOAT|REAL|DECIMAL\(\d+,\s*\d+\))")
-
-
-def _typed(col: Column, raw_type: str, dirty: bool = True, trim: bool = True) -> str:
-    """SQL casting a raw column to its contract type; NULL where it does not parse.
-
-    Numbers are finite or NULL (``inf``, ``1e400``, ``NaN`` do not parse as a number);
-    text that is not an id loses its control characters (an id keeps them: its row is
-    quarantined by a rule). *dirty*: whether the column holds any control character at all
-    (a clean column skips the regular expression). *trim*: False casts a timestamp's text
-    as it is (the cast ignores surrounding white space and gives NULL for empty text, so the
-    result is the same without a trimmed copy of every value).
-    """
-    text = _text(col, raw_type)
-    if col.dtype == "timestamp":
-        source = text if raw_type == "VARCHAR" and trim else quote(col)
-        # An offset is honoured; without one the session time zone (UTC) applies. The UTC
-        # wall time is rebuilt from the epoch (arithmetic, far cheaper than a time-zone
-        # conversion); only an infinite timestamp takes the conversion.
-        tz = f"TRY_CAST({source} AS TIMESTAMPTZ)"
-        return f"coalesce(make_timestamp(epoch_us({tz})), TRY_CAST({tz} AT TIME ZONE 'UTC' AS TIMESTAMP))"
-    if col.dtype in ("integer", "number") and _NUMERIC.fullmatch(raw_type):
-        text = quote(col)  # a stored number: cast directly (its text round-trips exactly)
-    if col.dtype == "integer":
-        return f"TRY_CAST(TRY_CAST({text} AS DOUBLE) AS BIGINT)"
-    if col.dtype == "number":
-        number = f"TRY_CAST({text} AS DOUBLE)"
-        return f"CASE WHEN isfinite({number}) THEN {number} END"
-    if col.identifier or not dirty:
-        return text
-    return f"NULLIF(trim({without_control(text)}), '')"
-
-
-def _finite(col: str) -> str:
-    """SQL: the raw text of *col* read as a double (``inf`` and ``NaN`` included)."""
-    return f"TRY_CAST({quote('raw__' + col)} AS DOUBLE)"
-
-
 def _parsed_select(
     schema: type[TableSchema], raw: str, columns: dict[str, str], dirty: frozenset[str] = frozenset()
 ) -> str:
@@ -189,8 +113,8 @@ def _parsed_select(
     parts = [f"rowid + 1 AS {ROW}"]
     for col in schema.columns():
         if col in columns:
-            parts.append(f"{_typed(col, columns[col], col in dirty)} AS {quote(col)}")
-            parts.append(f"{_text(col, columns[col])} AS {quote('raw__' + col)}")
+            parts.append(f"{typed_sql(col, columns[col], col in dirty)} AS {quote(col)}")
+            parts.append(f"{text_sql(col, columns[col])} AS {quote('raw__' + col)}")
         else:
             parts.append(f"CAST(NULL AS {DUCKDB_TYPES[col.dtype]}) AS {quote(col)}")
             parts.append(f"CAST(NULL AS VARCHAR) AS {quote('raw__' + col)}")
@@ -216,105 +140,6 @@ def _value_case(rules: list[Rule]) -> str:
     """The offending raw value, its control characters shown as U+FFFD (the rejects file is text)."""
     arms = " ".join(f"WHEN {r.condition} THEN {quote('raw__' + r.column)}" for r in rules)
     return f"regexp_replace(CASE {arms} ELSE NULL END, '{CONTROL}', '\ufffd', 'g')"
-
-
-# --- the contract's rules -------------------------------------------------------------------
-
-L, A, E, S = Leads, Accounts, Events, Stages
-
-
-def _ts(value: datetime) -> str:
-    return f"TIMESTAMP '{value:%Y-%m-%d %H:%M:%S.%f}'"
-
-
-def _control_rule(col: str, dirty: frozenset[str]) -> Rule:
-    condition = has_control(quote("raw__" + col)) if col in dirty else "false"
-    return Rule(col, condition,
-                f"{col} contains a control character (a NUL byte or another non-printing one)")
-
-
-def _plausible_rule(col: str, valid: tuple[datetime, datetime]) -> Rule:
-    lo, hi = valid
-    return Rule(
-        col,
-        f"({quote(col)} < {_ts(lo)} OR {quote(col)} > {_ts(hi)})",
-        f"{col} is implausible: outside data.valid_from .. data.valid_to ({lo:%Y-%m-%d} .. {hi:%Y-%m-%d})",
-    )
-
-
-def lead_rules(valid: tuple[datetime, datetime], dirty: frozenset[str] = frozenset()) -> list[Rule]:
-    """The contract's rules for ``leads``, with timestamps plausible within *valid* (*dirty*:
-    the columns holding a control character somewhere)."""
-    return [
-        Rule(L.lead_id, f"{L.lead_id} IS NULL", "empty lead_id"),
-        _control_rule(L.lead_id, dirty),
-        _control_rule(L.account_id, dirty),
-        Rule(L.created_at, f"{L.created_at} IS NULL", "created_at is empty or not an ISO 8601 timestamp"),
-        _plausible_rule(L.created_at, valid),
-        Rule(
-            L.converted_at,
-            f"raw__{L.converted_at} IS NOT NULL AND {L.converted_at} IS NULL",
-            "converted_at is not an ISO 8601 timestamp",
-        ),
-        _plausible_rule(L.converted_at, valid),
-        Rule(L.converted_at, f"{L.converted_at} < {L.created_at}", "converted_at is earlier than created_at"),
-        Rule(
-            L.disqualified_at,
-            f"raw__{L.disqualified_at} IS NOT NULL AND {L.disqualified_at} IS NULL",
-            "disqualified_at is not an ISO 8601 timestamp",
-        ),
-        _plausible_rule(L.disqualified_at, valid),
-        Rule(
-            L.disqualified_at,
-            f"{L.disqualified_at} < {L.created_at}",
-            "disqualified_at is earlier than created_at",
-        ),
-    ]
-
-
-def _firmographic_rules(col: str) -> list[Rule]:
-    return [
-        Rule(col, f"NOT isfinite({_finite(col)})", f"{col} is not a finite number (inf or NaN)"),
-        Rule(col, f"raw__{col} IS NOT NULL AND {quote(col)} IS NULL", f"{col} is not a number"),
-        Rule(col, f"{_finite(col)} < 0", f"{col} is negative"),
-    ]
-
-
-def account_rules(dirty: frozenset[str] = frozenset()) -> list[Rule]:
-    return [
-        Rule(A.account_id, f"{A.account_id} IS NULL", "empty account_id"),
-        _control_rule(A.account_id, dirty),
-        *_firmographic_rules(A.employees),
-        *_firmographic_rules(A.annual_revenue),
-    ]
-
-
-def _child_rules(
-    time_col: str, kind_col: str, valid: tuple[datetime, datetime], dirty: frozenset[str]
-) -> list[Rule]:
-    """Rules shared by events and stages: a row belongs to a valid lead and is dated after it."""
-    return [
-        Rule("lead_id", "lead_id IS NULL", "empty lead_id"),
-        _control_rule("lead_id", dirty),
-        Rule("lead_id", "lead__exists AND lead__reason IS NOT NULL", "its lead is quarantined"),
-        Rule("lead_id", "NOT lead__exists", "lead_id not found in leads"),
-        Rule(time_col, f"{quote(time_col)} IS NULL", f"{time_col} is empty or not an ISO 8601 timestamp"),
-        _plausible_rule(time_col, valid),
-        Rule(kind_col, f"{quote(kind_col)} IS NULL", f"empty {kind_col}"),
-        Rule(
-            time_col,
-            f"{quote(time_col)} < lead__created_at",
-            f"{time_col} is earlier than the lead's created_at",
-        ),
-    ]
-
-
-def event_rules(valid: tuple[datetime, datetime], dirty: frozenset[str] = frozenset()) -> list[Rule]:
-    return _child_rules(E.occurred_at, E.event_type, valid, dirty)
-
-
-def stage_rules(valid: tuple[datetime, datetime], dirty: frozenset[str] = frozenset()) -> list[Rule]:
-    return _child_rules(S.entered_at, S.stage, valid, dirty)
 
 
 # --- validation -----------------------------------------------------------------------------
@@ -371,11 +196,11 @@ def validate(
             table = schema.table
             facts = children_facts[table].result()
             if is_view(con, f"raw_{table}__src"):  # mapped values may be rewritten: trim them
-                facts = TextFacts(control=facts.control)
+                facts = TextFacts(control=facts.control, unread=facts.unread)
             try:
                 rejected = _check_child(con, schema, rules(valid, none), raw_types[table], raw_columns[table],
                                         none, reports[table], facts)
-                if rejected is None:  # a control character somewhere: find the columns, check again
+                if rejected is None:  # a control character somewhere, or an unread key to trim: check again
                     dirty[table] = _with_control(con, table, raw_types[table])
                     rejected = _check_child(con, schema, rules(valid, dirty[table]), raw_types[table],
                                             raw_columns[table], dirty[table], reports[table])
@@ -429,10 +254,12 @@ def validate(
 
 def _facts_meanwhile(source: Source, tables: list[str]) -> dict[str, Future[TextFacts]]:
     """:func:`~convert.sources.readers.text_facts` of each child table, found in a thread while
-    DuckDB (without the GIL) checks the leads and accounts: ~0.6 s for 15M events in CSV."""
+    DuckDB (without the GIL) checks the leads and accounts: ~0.6 s for 15M events in CSV. A
+    Parquet file's lead key is left unread (a hash of each value when it is not dictionary
+    encoded, as sorted files often are): the rule pass checks it (:func:`_unread_keys_differ`)."""
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convert-text-facts")
     try:
-        return {table: pool.submit(text_facts, source, table) for table in tables}
+        return {table: pool.submit(text_facts, source, table, (E.lead_id,)) for table in tables}
     finally:
         pool.shutdown(wait=False)
 
@@ -559,17 +386,26 @@ def _check_child(
     flags: dict[str, str] = {}
     verbatim = {c for c in schema.columns() if c.dtype == "string" and raw_types.get(c) == "VARCHAR"
                 and not facts.untrimmed and not dirty}  # text taken as the file holds it
+    # A stored number is copied as a double; its non-finite values are emptied after the pass
+    # (:func:`_empty_non_finite`), which costs a scan of one column instead of a flag per row.
+    number = E.value if table == Events.table and NUMERIC_TYPE.fullmatch(raw_types.get(E.value, "")) else None
     for col in schema.columns():
         if col in raw_types:
-            typed = quote(col) if col in verbatim else _typed(col, raw_types[col], col in dirty, trim=False)
+            typed = (quote(col) if col in verbatim else f"TRY_CAST({quote(col)} AS DOUBLE)" if col == number
+                     else typed_sql(col, raw_types[col], col in dirty, trim=False))
             inner.append(f"{typed} AS {quote(col)}")
             if col.dtype == "string" and not col.identifier and col in dirty:
-                flags[control_warning(col)] = has_control(_text(col, raw_types[col]))
+                flags[control_warning(col)] = has_control(text_sql(col, raw_types[col]))
         else:
             inner.append(f"CAST(NULL AS {DUCKDB_TYPES[col.dtype]}) AS {quote(col)}")
     columns = {str(c): c for c in schema.columns()}
+    derived: dict[str, str] = {}  # a rule's column whose text its typed value tells (the rejects')
     for name in dict.fromkeys(r.column for r in rules):
         if name in raw_types and not columns[name].identifier:
+            told = text_of_typed(columns[name], raw_types[name], f"e.{quote(name)}", name in dirty)
+            if told is not None:
+                derived[name] = told
+                continue
             inner.append(f"{quote(name)} AS {quote('raw__' + name)}")  # a reference: no copy
             kept.append(name)
     extras = [c for c in raw if c not in contract]
@@ -577,9 +413,9 @@ def _check_child(
         inner.append(f"{without_control(quote(extra))} AS {quote(extra)}" if extra in dirty else quote(extra))
     for extra in sorted(c for c in dirty if c in extras):
         flags[control_warning(extra)] = has_control(quote(extra))
-    if table == Events.table and E.value in raw_types:
-        stored = quote(E.value) if _NUMERIC.fullmatch(raw_types[E.value]) else _text(E.value, raw_types[E.value])
-        flags[VALUE_WARNING] = f"{stored} IS NOT NULL AND {_typed(E.value, raw_types[E.value])} IS NULL"
+    if table == Events.table and E.value in raw_types and not number:
+        flags[VALUE_WARNING] = (f"{text_sql(E.value, raw_types[E.value])} IS NOT NULL AND "
+                                f"{typed_sql(E.value, raw_types[E.value])} IS NULL")
     inner += [f"{sql} AS {quote(f'flag__{i}')}" for i, sql in enumerate(flags.values())]
     text = [c for c, t in raw_types.items() if t == "VARCHAR"]
     probe = not dirty and bool(text) and facts.control
@@ -590,7 +426,7 @@ def _check_child(
     outer = [quote(c) for c in [*contract, *extras]]
     for name in kept:
         fires = " OR ".join(f"({r.condition})" for r in rules if r.column == name and _local(r))
-        outer.append(f"CASE WHEN {fires or 'false'} THEN {_text('raw__' + name, raw_types[name])} END "
+        outer.append(f"CASE WHEN {fires or 'false'} THEN {text_sql('raw__' + name, raw_types[name])} END "
                       f"AS {quote('raw__' + name)}")
     outer += [quote(f"flag__{i}") for i in range(len(flags))] + (["__ctl"] if probe else [])
     con.execute(f"DROP TABLE IF EXISTS {table}")
@@ -599,6 +435,9 @@ def _check_child(
         con.execute(f"DROP TABLE {table}")
         return None
     bad = _child_rules_broken(con, schema, rules, dirty, facts.event_types if E.event_type in verbatim else None)
+    if _unread_keys_differ(con, table, rules, bad, facts.unread):
+        con.execute(f"DROP TABLE {table}")
+        return None
     report.rows_read = int(fetch_row(con, f"SELECT count(*) FROM {table}")[0])
     report.reasons = {}
     for i, n in bad["__rule"].value_counts().items():
@@ -607,7 +446,7 @@ def _check_child(
     report.reasons = dict(sorted(report.reasons.items()))
     report.quarantined = len(bad)
     report.rows_loaded = report.rows_read - report.quarantined
-    rejects = _child_rejects(con, schema, rules, raw_types, bad, kept)
+    rejects = _child_rejects(con, schema, rules, raw_types, bad, derived)
     if len(bad):
         con.register("_child_bad", bad)
         try:
@@ -619,10 +458,47 @@ def _check_child(
         counts = fetch_row(con, "SELECT " + ", ".join(f"count(*) FILTER (WHERE flag__{i})" for i in range(len(flags)))
                            + f" FROM {table}")
         report.warnings.update({w: int(n) for w, n in zip(flags, counts, strict=True) if n})
+    if number and (emptied := _empty_non_finite(con, table, number)):
+        report.warnings[VALUE_WARNING] = emptied
     drop = [*(f"raw__{c}" for c in kept), *(f"flag__{i}" for i in range(len(flags))), *(["__ctl"] if probe else [])]
     for name in drop:
         con.execute(f"ALTER TABLE {table} DROP COLUMN {quote(name)}")
     return rejects
+
+
+def _empty_non_finite(con: duckdb.DuckDBPyConnection, table: str, column: str) -> int:
+    """Empty the non-finite values (NaN, infinities) of double *column* of *table*; how many.
+    A finite sum proves there are none (any NaN or infinity makes it non-finite) at a third of
+    the cost of testing every value; only a non-finite sum (or an overflow) counts them."""
+    total = fetch_row(con, f"SELECT sum({quote(column)}) FROM {table}")[0]
+    if total is None or math.isfinite(total):
+        return 0
+    n = int(fetch_row(con, f"SELECT count(*) FILTER (WHERE NOT isfinite({quote(column)})) FROM {table}")[0])
+    if n:
+        con.execute(f"UPDATE {table} SET {quote(column)} = NULL WHERE NOT isfinite({quote(column)})")
+    return n
+
+
+def _unread_keys_differ(
+    con: duckdb.DuckDBPyConnection, table: str, rules: list[Rule], bad: pd.DataFrame, unread: tuple[str, ...]
+) -> bool:
+    """Whether a rejected row's text in an *unread* column (the lead key; the file's facts did
+    not look at it, :func:`_facts_meanwhile`) needs trimming or holds a control character: then
+    the pass must be redone with the key trimmed and checked. A row kept matched a checked
+    lead's id (trimmed, with no control character), so only rows rejected for their lead can
+    tell; there are few, and the check reads them alone."""
+    lead = [i for i, r in enumerate(rules) if r.column in unread and not _local(r)]
+    rows = bad.loc[bad["__rule"].isin(lead), [ROW]]
+    if not len(rows):
+        return False
+    differs = " OR ".join(f"{quote(c)} IS DISTINCT FROM NULLIF(trim({quote(c)}), '') OR {has_control(quote(c))}"
+                          for c in unread)
+    con.register("_child_keys", rows)
+    try:
+        return bool(fetch_row(con, f"SELECT coalesce(bool_or({differs}), false) FROM {table} "
+                                   f"WHERE rowid IN (SELECT {quote(ROW)} - 1 FROM _child_keys)")[0])
+    finally:
+        con.unregister("_child_keys")
 
 
 #: The child tables whose rule pass also writes their compact keyed copy (:func:`keyed_table`),
@@ -691,10 +567,11 @@ def _child_rules_broken(
 
 def _child_rejects(
     con: duckdb.DuckDBPyConnection, schema: type[TableSchema], rules: list[Rule], raw_types: dict[str, str],
-    bad: pd.DataFrame, kept: list[str],
+    bad: pd.DataFrame, derived: dict[str, str],
 ) -> pd.DataFrame:
     """The rejects file's rows for a child table, built only for the rejected rows: the
-    offending raw text is an id's typed value (an id is its trimmed text), the text the typed
+    offending raw text is an id's typed value (an id is its trimmed text), the text its typed
+    value tells (*derived*, :func:`~convert.sources.rules.text_of_typed`), the text the typed
     table kept, or (for a rule on the row's lead, e.g. dated before it) read again from the
     file by row number; control characters are shown as U+FFFD."""
     table = schema.table
@@ -704,13 +581,15 @@ def _child_rejects(
         return pd.DataFrame({c: pd.Series(dtype="object") for c in names.names()})
     ids = {str(c) for c in schema.columns() if c.identifier}
     reread = sorted({r.column for i, r in enumerate(rules) if r.column in raw_types and not _local(r)
-                     and r.column not in ids and (bad["__rule"] == i).any()})
+                     and r.column not in ids and r.column not in derived and (bad["__rule"] == i).any()})
     value_arms = []
     for i, r in enumerate(rules):
         if r.column not in raw_types:
             value = "NULL"
         elif r.column in ids:
             value = f"e.{quote(r.column)}"
+        elif r.column in derived:
+            value = derived[r.column]
         elif _local(r):
             value = f"e.{quote('raw__' + r.column)}"
         else:  # read again from the file (only when such a row is rejected)
@@ -723,7 +602,7 @@ def _child_rejects(
         join_text = ""
         if reread:  # file order, so rowid matches the typed table's
             con.execute("CREATE OR REPLACE TEMP TABLE _child_text AS SELECT "
-                        + ", ".join(f"{_text(c, raw_types[c])} AS {quote(c)}" for c in reread) + f" FROM raw_{table}")
+                        + ", ".join(f"{text_sql(c, raw_types[c])} AS {quote(c)}" for c in reread) + f" FROM raw_{table}")
             join_text = f" LEFT JOIN _child_text t ON t.rowid + 1 = b.{row}"
         return con.execute(
             f"SELECT '{table}' AS {quote(names.table_name)}, b.{row} AS {quote(names.row)}, "
