@@ -8,10 +8,8 @@ breaks, and rows of a quarantined lead follow it.
 Errors stop with a :class:`~convert.exceptions.ContractError` naming file, row and
 column. Working in SQL keeps exports of a hundred million events within memory.
 
-Beyond the contract's table, input that would break what comes later is set aside here:
-an id holding a control character (a NUL byte fails every PostgreSQL write), a timestamp
-outside ``data.valid_from`` .. ``data.valid_to`` (``0001-01-01`` placeholders), and
-firmographics that are infinite, NaN or negative; control characters in other text are
+Beyond the contract's table, the rules also set aside input that would break what comes
+later (:mod:`convert.sources.rules` says which); control characters in other text are
 removed and counted, and a non-finite event value is emptied like a non-numeric one.
 """
 
@@ -366,8 +364,8 @@ def _check_child(
     One scan of ``raw_<table>`` (a view over the file, :func:`~convert.sources.readers.load_raw`)
     writes the typed table, in file order (so a row's file row number is ``rowid + 1``), with
     no text copy of its columns: beside the typed values it keeps only the warnings' flags and,
-    for a rule's column, the raw text of the rows whose typed value is missing or implausible
-    (nearly none). A second, narrow pass joins the typed ids and times with the (small) checked
+    for a rule's column whose typed value does not tell its text, the raw text of the rows
+    whose typed value is missing or implausible (nearly none). A second, narrow pass joins the typed ids and times with the (small) checked
     leads and yields each rejected row's first broken rule; only those rows are deleted, and
     only for them is the rejects file's text built. No global sort. Fills *report* (rows read,
     reasons, warnings).
@@ -376,7 +374,9 @@ def _check_child(
     regular expression over the row's text; skipped when the file surely holds none, *facts*
     from :func:`~convert.sources.readers.text_facts`); when it finds one, the table is dropped
     and None returned, for the caller to find the dirty columns and check again. Text that
-    surely needs no trimming (*facts*) is taken as it is, without a trimmed copy.
+    surely needs no trimming (*facts*) is taken as it is, without a trimmed copy; a lead key
+    the facts left unread is checked on the rows rejected for their lead alone, and None is
+    returned too should one need trimming or hold a control character.
     """
     facts = facts or TextFacts()
     table = schema.table
