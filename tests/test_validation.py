@@ -272,15 +272,18 @@ def test_untrimmed_parquet_text_is_trimmed_and_empty_text_is_missing(tmp_path, t
 
 
 @pytest.mark.parametrize("tz", [None, "UTC"])
-def test_rejected_stored_timestamps_show_their_text_without_a_kept_copy(tmp_path, tables, tz):
-    """A Parquet file's stored timestamps (naive or with a time zone) keep no raw text copy:
-    a rejected row's value is rebuilt from its typed instant, the same text DuckDB prints for
-    the stored value, for a rule of its own (implausible) and one on its lead (dated before it)."""
+@pytest.mark.parametrize("unit", ["us", "ns"])
+def test_rejected_stored_timestamps_show_their_text_without_a_kept_copy(tmp_path, tables, tz, unit):
+    """A Parquet file's stored timestamps (naive or with a time zone) keep no raw text copy
+    when in microseconds: a rejected row's value is rebuilt from its typed instant, the same
+    text DuckDB prints for the stored value, for a rule of its own (implausible) and one on its
+    lead (dated before it). Nanoseconds (which the typed value does not hold) keep their text."""
     events = tables["events"].copy()
     events["occurred_at"] = pd.to_datetime(events["occurred_at"]).dt.tz_localize(tz)
     events.loc[0, "occurred_at"] = pd.Timestamp("1900-01-02 03:04:05", tz=tz)
     lead_created = pd.Timestamp(tables["leads"].set_index("lead_id").loc[events.loc[1, "lead_id"], "created_at"])
     events.loc[1, "occurred_at"] = (lead_created - pd.Timedelta(hours=1)).tz_localize(tz)
+    events["occurred_at"] = events["occurred_at"].astype(f"datetime64[{unit}{', UTC' if tz else ''}]")
     folder = write_export(tmp_path / "crm", "parquet", **{**tables, "events": events})
     data = load(folder, Config.from_dict({"data": {"max_quarantine_share": 0.5}}), cache=False)
     printed = [str(v) for v in data.con.execute(
