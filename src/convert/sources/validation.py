@@ -365,10 +365,10 @@ def _check_child(
     writes the typed table, in file order (so a row's file row number is ``rowid + 1``), with
     no text copy of its columns: beside the typed values it keeps only the warnings' flags and,
     for a rule's column whose typed value does not tell its text, the raw text of the rows
-    whose typed value is missing or implausible (nearly none). A second, narrow pass joins the typed ids and times with the (small) checked
-    leads and yields each rejected row's first broken rule; only those rows are deleted, and
-    only for them is the rejects file's text built. No global sort. Fills *report* (rows read,
-    reasons, warnings).
+    whose typed value is missing or implausible (nearly none). A second, narrow pass joins the
+    typed ids and times with the (small) checked leads and yields each rejected row's first
+    broken rule; only those rows are deleted, and only for them is the rejects file's text
+    built. No global sort. Fills *report* (rows read, reasons, warnings).
 
     With *dirty* empty the scan also looks for a control character in any text column (one
     regular expression over the row's text; skipped when the file surely holds none, *facts*
@@ -491,7 +491,7 @@ def _unread_keys_differ(
     rows = bad.loc[bad["__rule"].isin(lead), [ROW]]
     if not len(rows):
         return False
-    differs = " OR ".join(f"{quote(c)} IS DISTINCT FROM NULLIF(trim({quote(c)}), '') OR {has_control(quote(c))}"
+    differs = " OR ".join(f"{quote(c)} IS DISTINCT FROM {text_sql(c, 'VARCHAR')} OR {has_control(quote(c))}"
                           for c in unread)
     con.register("_child_keys", rows)
     try:
