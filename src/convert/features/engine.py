@@ -8,9 +8,10 @@ The features themselves (their SQL and catalog entries) are the families of
   ENUM of event types) that the DuckDB dialect reads, :func:`index_active_days` their
   per-day activity (on first use);
 - as-of times run in passes bounded by ``event_rows_per_pass`` (:func:`_pass_grids`),
-  each scanning the events once into a rollup;
-- :func:`build_features` pivots the per-type features in numpy beside the per-lead query,
-  :func:`materialize_features` keeps the result in DuckDB for :func:`iter_feature_batches`;
+  each scanning the events once;
+- :func:`build_features` evaluates the families that read events from one scan of them
+  (:mod:`convert.features.scan`) beside the query of the others; :func:`materialize_features`
+  runs every family's SQL and keeps the result in DuckDB for :func:`iter_feature_batches`;
 - :func:`discover_event_types` chooses the event vocabulary, point-in-time.
 """
 
@@ -29,12 +30,13 @@ import pyarrow as pa
 
 from convert.config import STANDARD_EVENT_TYPES, FeaturesConfig
 from convert.exceptions import FeatureMismatchError
+from convert.features import scan
 from convert.features.catalog import Catalog
 from convert.features.dialect import DUCKDB, seniority_sql, slug
 from convert.features.dialect import unique_slugs as unique_slugs  # re-exported (sources.flat)
+from convert.features.families import FAMILIES, Query
 from convert.features.families import feature_catalog as feature_catalog  # re-exported
-from convert.features.families import per_type_metrics
-from convert.features.query import by_type_sql, feature_sql, rollup_sql
+from convert.features.query import feature_sql, rollup_windows
 from convert.schema import Events, Leads, Snapshot
 from convert.sql import fetch_row, lit
 
@@ -359,15 +361,17 @@ def build_features(
     try:
         ensure_indexed(con)
         _check_extra_attributes(con, config)
-        # latest as-of times first: the first pass's rollup then also gives the vocabulary
+        # latest as-of times first: the first pass's events then also give the vocabulary
         for _ in _pass_grids(con, config, "_population", latest_first=True):
-            con.execute(f"CREATE OR REPLACE TEMP TABLE _rollup AS {rollup_sql('_grid', config)}")
-            try:
-                if types is None:
-                    types = tuple(_rollup_vocabulary(con, config))
-                frames.append(_build_pass(con, config, types, feature_catalog(types, config)))
-            finally:
-                con.execute("DROP TABLE IF EXISTS _rollup")
+            rows = scan.read_rows(con)
+            with _small_pages():  # scan arrays: see _small_pages
+                events = scan.read_events(con, rows.grid)
+            if types is None:
+                types = tuple(
+                    _choose_vocabulary(events.type_counts(), config) if len(rows.grid)
+                    else discover_event_types(con, pd.Timestamp.max, config)
+                )
+            frames.append(_build_pass(con, config, types, feature_catalog(types, config), rows, events))
     finally:
         con.execute("DROP TABLE IF EXISTS _population")
     assert types is not None  # _pass_grids always runs a pass, if an empty one
@@ -375,44 +379,51 @@ def build_features(
     return FeatureSet(frame=frame, catalog=feature_catalog(types, config), event_types=types)
 
 
-def _rollup_vocabulary(con: duckdb.DuckDBPyConnection, config: FeaturesConfig) -> list[str]:
-    """:func:`discover_event_types` before the latest as-of time of ``_grid``, read from ``_rollup``
-    (which counts every lead's events before each as-of time) instead of from events.
-    Without an as-of time, the vocabulary of every event, as :func:`materialize_features`."""
-    if fetch_row(con, "SELECT max(as_of) FROM _grid")[0] is None:
-        return discover_event_types(con, pd.Timestamp.max, config)
-    rows = con.execute(
-        "SELECT CAST(event_type AS VARCHAR), CAST(sum(n_all) AS BIGINT) AS n FROM _rollup "
-        "WHERE as_of = (SELECT max(as_of) FROM _grid) GROUP BY event_type ORDER BY n DESC, 1"
-    ).fetchall()
-    return _choose_vocabulary(rows, config)
-
-
 def _build_pass(
-    con: duckdb.DuckDBPyConnection, config: FeaturesConfig, event_types: Sequence[str], catalog: Catalog
+    con: duckdb.DuckDBPyConnection,
+    config: FeaturesConfig,
+    event_types: tuple[str, ...],
+    catalog: Catalog,
+    rows: scan.Rows,
+    events: scan.EventArrays,
 ) -> pd.DataFrame:
-    """Features of the current pass (``_grid``, ``_grid_population``, ``_rollup``) as a frame.
+    """Features of the current pass (``_grid``, ``_grid_population``) as a frame.
 
-    The rollup is read twice: by :func:`by_type_sql`, whose long rows are scattered into
-    the per-type columns in numpy (a reshape that costs DuckDB a join per event type),
-    and by the per-lead query (every other feature), which runs in DuckDB's threads
-    meanwhile.
+    The families that read events are evaluated from one scan of them
+    (:mod:`convert.features.scan`), run by numba while DuckDB runs the query of the other
+    families (stages, firmographics, the lead's own attributes) in its own threads.
     """
-    per_lead = feature_sql("_grid_population", "_grid", event_types, config, rollup="_rollup", by_type=False)
-    n_rows = int(fetch_row(con, "SELECT count(*) FROM _grid_population")[0])
-    long = (
-        con.sql(by_type_sql("_rollup", "_grid_population", event_types, config)).to_arrow_table()
-        if event_types
-        else None
-    )
+    sql_families = [f for f in FAMILIES if not f.scanned]
+    per_lead = feature_sql("_grid_population", "_grid", event_types, config, families=sql_families, row=True)
+    # what the scan reads leaves DuckDB first: the connection runs one query at a time
+    days = scan.read_days(con, rows.grid, max(config.windows_days))
+    leads = scan.read_leads(con)
     numeric = [f.name for f in catalog if f.kind == "numeric"]
     with ThreadPoolExecutor(max_workers=1) as pool:  # this thread leaves the connection alone
         lead_rows = pool.submit(lambda: con.sql(f"{per_lead} ORDER BY row").to_arrow_table())
         with _small_pages():
-            block = _by_type_block(long, n_rows, numeric, event_types, config)
+            counted = scan.scan(events, days, leads, rows, event_types, config, tuple(rollup_windows(config)))
+            block, filled = _scanned_block(counted, Query(event_types, config, DUCKDB, "_grid"), numeric)
         lead = lead_rows.result()
+    unfilled = set(numeric) - filled - set(lead.column_names)
+    if unfilled:  # a programming error: the families' evaluate and SQL must cover the catalog
+        raise RuntimeError(f"no family computed {sorted(unfilled)}")
     with _small_pages():
         return _assemble(lead, block, numeric, catalog)
+
+
+def _scanned_block(counted: scan.EventScan, q: Query, numeric: list[str]) -> tuple[np.ndarray, set[str]]:
+    """The numeric features as one float64 block (a row per feature, a column per population
+    row) with the scanned families' rows filled, and the names of those rows."""
+    block = np.empty((len(numeric), len(counted.as_of)))
+    column_of = {name: j for j, name in enumerate(numeric)}
+    filled: set[str] = set()
+    for family in FAMILIES:
+        if family.scanned:
+            for name, values in family.evaluate(counted, q).items():
+                block[column_of[name]] = values
+                filled.add(name)
+    return block, filled
 
 
 @contextmanager
@@ -438,38 +449,10 @@ def _small_pages() -> Iterator[None]:
         switch(previous)
 
 
-def _by_type_block(
-    long: pa.Table | None, n_rows: int, numeric: list[str], event_types: Sequence[str], config: FeaturesConfig
-) -> np.ndarray:
-    """The numeric features as one float64 block (a row per feature, a column per population
-    row), the per-type features filled from :func:`by_type_sql`'s long rows.
-
-    Per-type counts start at 0 and recencies as missing; each long row is written to its
-    population row's column and its type's feature rows.
-    """
-    column_of = {name: j for j, name in enumerate(numeric)}
-    metrics = per_type_metrics(config)
-    slots = np.array(
-        [[column_of[pattern.format(s)] for pattern, _ in metrics] for s in unique_slugs(event_types).values()],
-        dtype=np.int64,
-    ).reshape(len(event_types), len(metrics))
-    block = np.zeros((len(numeric), n_rows))  # zeroed lazily by the kernel: counts start at 0
-    block[slots[:, -1]] = np.nan
-    if long is not None and long.num_rows:
-        row = long.column("row").to_numpy()
-        slot = long.column("slot").to_numpy()
-        flat = slots[:, 0][slot] * n_rows + row  # where each row's first metric goes
-        offsets = (slots - slots[:, :1]) * n_rows  # the other metrics' rows, relative to it
-        consecutive = bool((offsets == offsets[0]).all())  # true of the catalog's order
-        for m, (_, col) in enumerate(metrics):
-            where = flat + int(offsets[0, m]) if consecutive else slots[:, m][slot] * n_rows + row
-            np.put(block, where, long.column(col).to_numpy())
-    return block
-
-
 def _assemble(lead: pa.Table, block: np.ndarray, numeric: list[str], catalog: Catalog) -> pd.DataFrame:
-    """The frame of :func:`finish_frame` from the per-lead rows (ordered by ``row``) and
-    :func:`_by_type_block`'s block, which becomes the frame's numeric block without a copy."""
+    """The frame of :func:`finish_frame` from the per-lead rows (ordered by ``row``) and the
+    scanned families' block (a row per numeric feature, a column per population row), which
+    becomes the frame's numeric block without a copy."""
     rows = lead.column("row").to_numpy()
     if len(rows) != block.shape[1]:  # population rows without a lead: keep the others
         block = block[:, rows]

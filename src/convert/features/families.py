@@ -11,7 +11,12 @@ the catalog and writes their SQL: common table expressions, joins and output col
 the one query :func:`convert.features.query.feature_sql` assembles. Both engines (DuckDB,
 :mod:`convert.features.engine`; Spark, :mod:`convert.features.spark`) and the catalog
 iterate :data:`FAMILIES`, so a new family is one new entry here, and the catalog and the
-SQL are written side by side so they cannot drift apart. The families, in catalog order:
+SQL are written side by side so they cannot drift apart. The families that read events
+also say how their features follow from an event scan (:meth:`FeatureFamily.evaluate`,
+over :class:`convert.features.scan.EventScan`), which the DuckDB engine's
+``build_features`` uses in place of their SQL; the SQL stays the reference, which
+``materialize_features`` and Spark run and the parity tests compare with. The families,
+in catalog order:
 
 - ``engagement`` per event type (:class:`EngagementByType`): counts over the configured
   windows and in all, recency;
@@ -32,7 +37,10 @@ the lead key), ``pe`` (the rollup of events before each as-of time,
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from convert.config import FeaturesConfig
 from convert.features.catalog import (
@@ -56,22 +64,24 @@ from convert.features.dialect import (
 )
 from convert.schema import Accounts, Events, Leads, Stages
 
+if TYPE_CHECKING:  # the scan's numba kernels are the DuckDB engine's, not the SQL's
+    from convert.features.scan import EventScan
+
 
 @dataclass(frozen=True)
 class Query:
-    """What a family's SQL is written for: the vocabulary, the settings and the engine.
-
-    ``slugs`` maps each event type to its feature-name fragment; it is empty when the
-    per-type features are pivoted outside the query (the DuckDB engine pivots
-    :meth:`EngagementByType.long_sql`'s rows in numpy).
-    """
+    """What a family's SQL is written for: the vocabulary, the settings and the engine."""
 
     event_types: tuple[str, ...]
     config: FeaturesConfig
     dialect: Dialect
     #: The table of the population's distinct as-of times.
     grid: str
-    slugs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def slugs(self) -> dict[str, str]:
+        """Each event type's feature-name fragment."""
+        return unique_slugs(self.event_types)
 
     def days_since(self, column: str) -> str:
         """Days from *column* to the row's as-of time."""
@@ -105,13 +115,14 @@ class FeatureFamily:
         """``expr AS feature`` of each feature, in catalog order."""
         raise NotImplementedError
 
+    #: Whether :meth:`evaluate` computes the family from an event scan (the DuckDB
+    #: engine's ``build_features`` then leaves it out of the query).
+    scanned: bool = False
 
-def per_type_metrics(config: FeaturesConfig) -> list[tuple[str, str]]:
-    """(feature name pattern, rollup column) of each per-type feature, in catalog order."""
-    return [(f"n_{{}}_{w}d", f"n_w{w}") for w in config.windows_days] + [
-        ("n_{}_total", "n_all"),
-        ("days_since_{}", "last_at"),
-    ]
+    def evaluate(self, scan: EventScan, q: Query) -> dict[str, np.ndarray]:
+        """The family's numeric features from *scan*, by name (float64, NaN for missing):
+        the same values as its SQL, which stays the reference."""
+        raise NotImplementedError(f"the {self.name} family is computed in SQL only")
 
 
 class EngagementByType(FeatureFamily):
@@ -173,29 +184,16 @@ class EngagementByType(FeatureFamily):
             out.append(f"{q.days_since(ta + '.last_at')} AS days_since_{s}")
         return out
 
-    def long_sql(
-        self, rollup: str, population: str, event_types: Sequence[str], config: FeaturesConfig, d: Dialect
-    ) -> str:
-        """The per-type features in long form: a row per (population row, type of the vocabulary).
+    scanned = True
 
-        *population* holds ``lead_key``, ``as_of`` and ``row`` (the row's position in the
-        result); ``slot`` is the type's position in *event_types*, and the metric columns
-        follow :func:`per_type_metrics`. Types outside the vocabulary and leads outside the
-        population are left out. Pivoting these rows into columns (the DuckDB engine does it
-        in numpy, :meth:`columns` in SQL) gives every per-type feature.
-        """
-        if not event_types:
-            raise ValueError("by_type_sql needs at least one event type")
-        vocab = ", ".join(f"({d.event_type(t)}, {i})" for i, t in enumerate(event_types))
-        cols = [  # counts stay 32-bit: half the bytes to move
-            f"{d.days_between('r.as_of', 'r.' + col)} AS {col}" if col == "last_at" else f"r.{col}"
-            for _, col in per_type_metrics(config)
-        ]
-        return (
-            f"SELECT p.row, v.slot, {', '.join(cols)} FROM {rollup} r "
-            f"JOIN {population} p ON p.lead_key = r.lead_key AND p.as_of = r.as_of "
-            f"JOIN (VALUES {vocab}) AS v(event_type, slot) ON v.event_type = r.event_type"
-        )
+    def evaluate(self, scan: EventScan, q: Query) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for i, s in enumerate(q.slugs.values()):
+            for w in q.config.windows_days:
+                out[f"n_{s}_{w}d"] = scan.count(w, slot=i)
+            out[f"n_{s}_total"] = scan.count(slot=i)
+            out[f"days_since_{s}"] = scan.days_since(slot=i)
+        return out
 
 
 class Engagement(FeatureFamily):
@@ -312,10 +310,31 @@ class Engagement(FeatureFamily):
             f"{q.days_since('g.last_touch')} AS days_since_last_touch",
             f"coalesce(ac.active_days, 0) AS active_days_{max(windows)}d",
             f"coalesce(g.trend, 0) AS trend_{q.config.trend_window_days}d",
-            "CAST(g.n_clicks AS DOUBLE) / NULLIF(g.n_opens, 0) AS email_ctr",
+            # no click among the opens is a rate of 0 (the sum of no click rows is NULL)
+            "CAST(coalesce(g.n_clicks, 0) AS DOUBLE) / NULLIF(g.n_opens, 0) AS email_ctr",
         ]
         out += [f"coalesce(g.high_{w}, 0) AS n_high_intent_{w}d" for w in windows]
         out.append(f"{q.days_since('g.last_high_intent')} AS days_since_high_intent")
+        return out
+
+    scanned = True
+
+    def evaluate(self, scan: EventScan, q: Query) -> dict[str, np.ndarray]:
+        windows, tw = q.config.windows_days, q.config.trend_window_days
+        out = {f"n_events_{w}d": scan.count(w) for w in windows}
+        opens = scan.opens()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ctr = np.where(opens > 0, scan.clicks() / opens, np.nan)
+        out.update({
+            "n_events_total": scan.count(),
+            "days_since_first_touch": scan.days_since("first"),
+            "days_since_last_touch": scan.days_since("latest"),
+            f"active_days_{max(windows)}d": scan.active.astype(np.float64),
+            f"trend_{tw}d": 2 * scan.count(tw) - scan.count(2 * tw),
+            "email_ctr": ctr,
+        })
+        out.update({f"n_high_intent_{w}d": scan.count(w, high=True) for w in windows})
+        out["days_since_high_intent"] = scan.days_since("high")
         return out
 
 
@@ -403,6 +422,18 @@ class Account(FeatureFamily):
             "- (CASE WHEN coalesce(g.own_90, 0) > 0 THEN 1 ELSE 0 END) END AS account_active_leads_90d",
         ]
 
+    scanned = True
+
+    def evaluate(self, scan: EventScan, q: Query) -> dict[str, np.ndarray]:
+        leads, n30, n90, active90 = scan.account  # NaN where the SQL's al row is missing
+        own30, own90 = scan.count(30), scan.count(90)
+        return {
+            "account_other_leads": leads - 1,
+            "account_n_events_30d": n30 - own30,
+            "account_n_events_90d": n90 - own90,
+            "account_active_leads_90d": active90 - (own90 > 0),
+        }
+
 
 class Firmographic(FeatureFamily):
     """Who the lead's company is: industry, size and revenue with bands, country."""
@@ -484,13 +515,10 @@ class Extra(FeatureFamily):
         return out
 
 
-#: The per-type engagement family, which the DuckDB engine pivots itself.
-BY_TYPE = EngagementByType()
-
 #: Every family, in catalog (and output column) order. A family's SQL may read the tables
 #: of the families before it.
 FAMILIES: tuple[FeatureFamily, ...] = (
-    BY_TYPE,
+    EngagementByType(),
     Engagement(),
     Lifecycle(),
     Account(),

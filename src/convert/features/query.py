@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from convert.config import FeaturesConfig
-from convert.features.dialect import DUCKDB, Dialect, unique_slugs, window_starts
-from convert.features.families import BY_TYPE, FAMILIES, Query, feature_catalog
+from convert.features.dialect import DUCKDB, Dialect, window_starts
+from convert.features.families import FAMILIES, FeatureFamily, Query, feature_catalog
 from convert.schema import Accounts, Events, Leads
 
 
@@ -49,13 +49,6 @@ def rollup_sql(grid: str, config: FeaturesConfig, dialect: Dialect = DUCKDB) -> 
     )
 
 
-def by_type_sql(
-    rollup: str, population: str, event_types: Sequence[str], config: FeaturesConfig, dialect: Dialect = DUCKDB
-) -> str:
-    """The per-type features in long form (:meth:`~convert.features.families.EngagementByType.long_sql`)."""
-    return BY_TYPE.long_sql(rollup, population, event_types, config, dialect)
-
-
 def feature_sql(
     population: str,
     grid: str,
@@ -63,8 +56,8 @@ def feature_sql(
     config: FeaturesConfig,
     dialect: Dialect = DUCKDB,
     *,
-    rollup: str | None = None,
-    by_type: bool = True,
+    families: Sequence[FeatureFamily] = FAMILIES,
+    row: bool = False,
 ) -> str:
     """One query computing every feature for each (lead_id, as_of) in *population*.
 
@@ -74,21 +67,22 @@ def feature_sql(
     and ``stages`` are the typed contract tables; the dialect names the events table the
     query reads (DuckDB reads :func:`~convert.features.engine.index_events`' compact copy).
 
-    The plan scans events once (:func:`rollup_sql`; *rollup* names a table already
-    holding it, else it is a CTE); each family then works from that small table (the
-    per-lead totals, the per-type pivot, the account sums) or from the last days'
-    activity only (distinct active days). Nothing joins the population until the end.
-    With ``by_type=False`` the per-type features are left out and *population*'s
-    ``row`` column is returned as ``row``, for a caller that pivots :func:`by_type_sql`.
+    The plan scans events once (:func:`rollup_sql`); each family then works from that
+    small table (the per-lead totals, the per-type pivot, the account sums) or from the
+    last days' activity only (distinct active days). Nothing joins the population until
+    the end. *families* (all by default) chooses the families whose columns the query
+    computes (the DuckDB engine computes those that read events from a scan,
+    :mod:`convert.features.scan`); without one that reads the rollup, events are not
+    read. ``row=True`` also returns *population*'s ``row`` column.
     """
     d = dialect
     L, A = Leads, Accounts
     key = d.lead_key
-    q = Query(tuple(event_types), config, d, grid, unique_slugs(event_types) if by_type else {})
+    q = Query(tuple(event_types), config, d, grid)
     ctes: list[tuple[str, str]] = []
     joins: list[str] = []
-    out: list[str] = ["p.lead_id", "p.as_of"] + ([] if by_type else ["p.row"])
-    for family in FAMILIES:
+    out: list[str] = ["p.lead_id", "p.as_of"] + (["p.row"] if row else [])
+    for family in families:
         ctes += family.ctes(q)
         joins += family.joins(q)
         out += family.columns(q)
@@ -97,9 +91,10 @@ def feature_sql(
     # reach pandas as Python decimals (slow, and not the float64 models take)
     numeric = {f.name for f in feature_catalog(event_types, config) if f.kind == "numeric"}
     out = [_as_double(column, numeric) for column in out]
-    pe = f"SELECT * FROM {rollup}" if rollup else rollup_sql(grid, config, d)
-    pop = ", ".join(dict.fromkeys(["lead_id", "as_of", key] + ([] if by_type else ["row"])))
-    ctes = [("pop", f"SELECT {pop} FROM {population}"), ("pe", pe), *ctes]
+    pop = ", ".join(dict.fromkeys(["lead_id", "as_of", key] + (["row"] if row else [])))
+    reads_events = any(f.scanned for f in families)  # the families reading the rollup
+    ctes = [("pop", f"SELECT {pop} FROM {population}"),
+            *([("pe", rollup_sql(grid, config, d))] if reads_events else []), *ctes]
     return (
         "WITH " + ", ".join(f"{name} AS ({sql})" for name, sql in ctes)
         + f" SELECT {', '.join(out)} FROM pop p "
