@@ -360,7 +360,7 @@ def scan(
     account, created = leads
     n_keys = len(account)
     grid = rows.grid
-    row_of = np.full((n_keys, len(grid)), -1, dtype=np.int64)
+    row_of = np.full((n_keys, len(grid)), -1, dtype=np.int32)  # the population row of (lead, as-of), or -1
     known = rows.key > 0
     row_of[rows.key[known], rows.as_of[known]] = np.flatnonzero(known)
     starts = grid[:, None] - np.asarray(windows, dtype=np.int64)[None, :] * DAY_US
@@ -375,7 +375,7 @@ def scan(
             if t in code_of:
                 flags[code_of[t]] |= flag
     type_windows = np.array([windows.index(w) for w in config.windows_days], dtype=np.int64)
-    own_windows = np.array([windows.index(30), windows.index(90)], dtype=np.int64)
+    own_windows = np.array([windows.index(30), windows.index(90)], dtype=np.int64)  # the account family's
     n = len(windows) + 1
     counts = np.zeros((len(rows), 2 * n + 2 + len(event_types) * (len(config.windows_days) + 1)), np.int32)
     times = np.full((len(rows), 3 + len(event_types)), _NONE, dtype=np.int64)
@@ -389,9 +389,8 @@ def scan(
         key, code, at = _group_by_lead(key, code, at, n_keys, shift)
     _count_events(key, code, at, grid, starts, row_of, slot_of, flags, type_windows,
                   own_windows, widest, counts, times, own, parts)
-    active = np.zeros(len(rows), dtype=np.int32)
-    widest = max(config.windows_days)
-    _count_days(*days, grid, grid - widest * DAY_US, row_of, active, parts)
+    active = np.zeros(len(rows), dtype=np.int32)  # over the longest feature window, as the SQL's
+    _count_days(*days, grid, grid - max(config.windows_days) * DAY_US, row_of, active, parts)
     as_of = grid[rows.as_of] if len(grid) else np.zeros(len(rows), dtype=np.int64)
     # the kernels write a lead's counts side by side; the features read a count of every row
     return EventScan(windows, tuple(config.windows_days), as_of, _transposed(counts), _transposed(times), active,
