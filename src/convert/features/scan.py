@@ -42,8 +42,8 @@ _NONE = np.iinfo(np.int64).min  # before every time: no latest event
 
 _CLICK, _OPEN, _HIGH = 1, 2, 4  # event type flags
 #: scattered events are grouped by ranges of lead keys before counting, each range holding
-#: about 4,096 population rows (leads x as-of times): its counts then stay in cache
-_RANGE_ROWS_LOG2 = 12
+#: about 2,048 population rows (leads x as-of times): its counts then stay in cache
+_RANGE_ROWS_LOG2 = 11
 
 
 # --- what leaves DuckDB --------------------------------------------------------------------------
@@ -166,27 +166,35 @@ def _runs(key: np.ndarray) -> int:  # pragma: no cover - compiled
     return runs
 
 
-@njit(nogil=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def _group_by_lead(
-    key: np.ndarray, code: np.ndarray, at: np.ndarray, n_keys: int, shift: int
+    key: np.ndarray, code: np.ndarray, at: np.ndarray, n_keys: int, shift: int, parts: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
     """The events stably grouped by ranges of ``2**shift`` lead keys (a counting sort by
     ``key >> shift``: few enough ranges that writing them streams, small enough that one
-    range's rows stay in cache while it is counted)."""
-    n_ranges = (n_keys >> shift) + 1
-    start = np.zeros(n_ranges + 1, dtype=np.int64)
-    for k in key:
-        start[(k >> shift) + 1] += 1
+    range's rows stay in cache while it is counted). Each of *parts* threads sorts a slice
+    of the events into its own place within every range."""
+    n, n_ranges = key.shape[0], (n_keys >> shift) + 1
+    counts = np.zeros((parts, n_ranges), dtype=np.int64)
+    for part in prange(parts):
+        for i in range(n * part // parts, n * (part + 1) // parts):
+            counts[part, key[i] >> shift] += 1
+    start = np.zeros((parts, n_ranges), dtype=np.int64)  # where each slice's part of a range begins
+    at_ = 0
     for b in range(n_ranges):
-        start[b + 1] += start[b]
+        for part in range(parts):
+            start[part, b] = at_
+            at_ += counts[part, b]
     out_key, out_code, out_at = np.empty_like(key), np.empty_like(code), np.empty_like(at)
-    for i in range(key.shape[0]):
-        b = key[i] >> shift
-        j = start[b]
-        start[b] = j + 1
-        out_key[j] = key[i]
-        out_code[j] = code[i]
-        out_at[j] = at[i]
+    for part in prange(parts):
+        cursor = start[part]
+        for i in range(n * part // parts, n * (part + 1) // parts):
+            b = key[i] >> shift
+            j = cursor[b]
+            cursor[b] = j + 1
+            out_key[j] = key[i]
+            out_code[j] = code[i]
+            out_at[j] = at[i]
     return out_key, out_code, out_at
 
 
@@ -386,7 +394,7 @@ def scan(
     key, code, at = events.key, events.code, events.at
     if _runs(key) > 4 * n_keys:  # scattered (a log in time order): each row's counts would miss the cache
         shift = max(0, _RANGE_ROWS_LOG2 - int(np.ceil(np.log2(max(len(grid), 1)))))
-        key, code, at = _group_by_lead(key, code, at, n_keys, shift)
+        key, code, at = _group_by_lead(key, code, at, n_keys, shift, parts)
     _count_events(key, code, at, grid, starts, row_of, slot_of, flags, type_windows,
                   own_windows, widest, counts, times, own, parts)
     active = np.zeros(len(rows), dtype=np.int32)  # over the longest feature window, as the SQL's
