@@ -190,6 +190,28 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep each ``xdist_group`` on one worker, as ``--dist loadgroup`` promises.
+
+    pytest-xdist marks a group's tests by suffixing their node ids with ``@<group>``, which
+    its scheduler reads; it sets the suffix on ``item._nodeid``, which pytest 9 no longer
+    reads (the id lives in ``item._id``). The groups were then split across both workers,
+    and each worker rebuilt the module fixtures they share (a trained model, a report, a
+    Spark session): measured, the report module's fixture ran twice, 30 s each. Sets the
+    suffix where pytest keeps the id; a no-op where xdist's own suffix took effect.
+    """
+    if not config.getoption("loadgroup", default=False):  # no xdist, or another --dist
+        return
+    for item in items:
+        names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                        for m in item.iter_markers("xdist_group")})
+        if names and "@" not in item.nodeid and hasattr(item, "_id"):
+            from _pytest.nodeid import coerce_node_id  # pytest 9
+
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(names)}")
+
+
 _CALL_FAILED = pytest.StashKey[bool]()
 
 

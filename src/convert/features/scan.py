@@ -15,7 +15,8 @@ events can count everything at once:
   thread reads every event and counts those of its leads: no two threads write the same
   row, whatever order the events are stored in), into an :class:`EventScan`: per row,
   the counts over every window, the latest times, the distinct active days and the
-  account's sums;
+  account's sums. Events stored scattered (a log in time order) are first grouped by
+  ranges of lead keys, so that the rows being counted stay in cache;
 - each family's ``evaluate`` turns an :class:`EventScan` into its features, written beside
   its SQL, so that the two cannot drift apart unseen; the parity tests hold them to the
   same values, to the last digit.
