@@ -361,6 +361,7 @@ def build_features(
     try:
         ensure_indexed(con)
         _check_extra_attributes(con, config)
+        leads = scan.read_leads(con)  # the same for every pass
         # latest as-of times first: the first pass's events then also give the vocabulary
         for _ in _pass_grids(con, config, "_population", latest_first=True):
             rows = scan.read_rows(con)
@@ -371,7 +372,7 @@ def build_features(
                     _choose_vocabulary(events.type_counts(), config) if len(rows.grid)
                     else discover_event_types(con, pd.Timestamp.max, config)
                 )
-            frames.append(_build_pass(con, config, types, feature_catalog(types, config), rows, events))
+            frames.append(_build_pass(con, config, types, feature_catalog(types, config), rows, events, leads))
     finally:
         con.execute("DROP TABLE IF EXISTS _population")
     assert types is not None  # _pass_grids always runs a pass, if an empty one
@@ -386,6 +387,7 @@ def _build_pass(
     catalog: Catalog,
     rows: scan.Rows,
     events: scan.EventArrays,
+    leads: tuple[np.ndarray, np.ndarray],
 ) -> pd.DataFrame:
     """Features of the current pass (``_grid``, ``_grid_population``) as a frame.
 
@@ -397,7 +399,6 @@ def _build_pass(
     per_lead = feature_sql("_grid_population", "_grid", event_types, config, families=sql_families, row=True)
     # what the scan reads leaves DuckDB first: the connection runs one query at a time
     days = scan.read_days(con, rows.grid, max(config.windows_days))
-    leads = scan.read_leads(con)
     numeric = [f.name for f in catalog if f.kind == "numeric"]
     with ThreadPoolExecutor(max_workers=1) as pool:  # this thread leaves the connection alone
         lead_rows = pool.submit(lambda: con.sql(f"{per_lead} ORDER BY row").to_arrow_table())

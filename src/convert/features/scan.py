@@ -402,24 +402,9 @@ def scan(
     _count_days(*days, grid, grid - max(config.windows_days) * DAY_US, row_of, active, parts)
     as_of = grid[rows.as_of] if len(grid) else np.zeros(len(rows), dtype=np.int64)
     # the kernels write a lead's counts side by side; the features read a count of every row
-    return EventScan(windows, tuple(config.windows_days), as_of, _transposed(counts), _transposed(times), active,
+    return EventScan(windows, tuple(config.windows_days), as_of,
+                     np.ascontiguousarray(counts.T), np.ascontiguousarray(times.T), active,
                      _account_sums(rows, account, created, own))
-
-
-def _transposed(a: np.ndarray) -> np.ndarray:
-    """*a* transposed into a C-ordered copy (numpy's copy of a transposed view is slower)."""
-    out = np.empty(a.shape[::-1], dtype=a.dtype)
-    _transpose(a, out)
-    return out
-
-
-@njit(parallel=True, nogil=True, cache=True)
-def _transpose(a: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
-    block = 64
-    for start in prange((a.shape[0] + block - 1) // block):
-        for j in range(a.shape[1]):
-            for i in range(start * block, min(a.shape[0], (start + 1) * block)):
-                out[j, i] = a[i, j]
 
 
 def _account_sums(
